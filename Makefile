@@ -1,0 +1,50 @@
+# podnet: the README's two commands are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+CNI_BIN_DIR ?= /opt/cni/bin
+APT_PACKAGES := iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
+	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump
+PYTEST_ARGS ?=
+
+.PHONY: deps apt venv test demo install proto bench clean-stamps
+
+deps: apt venv
+
+apt: .stamp-apt
+.stamp-apt: Makefile .ci/apt-deps
+	bash .ci/apt-deps $(APT_PACKAGES)
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+## test: the whole suite (real namespaces, real peers); needs root
+test: deps
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+## demo: a local lab with pods pinging across nodes, then teardown
+demo: deps
+	$(PY) -m podnetd.demo
+
+## install: the plugin to $(CNI_BIN_DIR)/podnet and the commands to /usr/local/bin
+install: deps
+	install -d $(CNI_BIN_DIR)
+	{ echo "#!$(abspath $(PY)) -I -S"; tail -n +1 cni-plugin/plugin.py; } > $(CNI_BIN_DIR)/podnet.tmp
+	chmod 0755 $(CNI_BIN_DIR)/podnet.tmp && mv $(CNI_BIN_DIR)/podnet.tmp $(CNI_BIN_DIR)/podnet
+	for cmd in podnetd podnetctl; do ln -sf $(abspath $(VENV))/bin/$$cmd /usr/local/bin/$$cmd; done
+
+## proto: regenerate the committed stubs in podnetd/api from proto/
+proto: venv
+	$(PY) proto/generate.py
+
+## bench: the CNI latency benchmark (numbers go in the issue notes, not in tests)
+bench: deps
+	$(PY) bench/cni_latency.py
+
+clean-stamps:
+	rm -f .stamp-apt $(VENV)/.stamp

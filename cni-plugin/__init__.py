@@ -1,0 +1,1 @@
+"""The podnet CNI plugin (installed as the `podnet` binary)."""

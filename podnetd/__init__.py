@@ -1,0 +1,2 @@
+"""podnetd: the podnet node daemon."""
+__version__ = "0.1.0"

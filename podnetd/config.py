@@ -1,0 +1,113 @@
+"""podnetd's command line and config file. Config file keys mirror the long flags
+("pod-cidr" or "pod_cidr"); flags on the command line win over the file."""
+import argparse
+import ipaddress
+import json
+import os
+import sys
+
+DEFAULT_SOCKET = "/run/podnet/podnetd.sock"
+DEFAULT_STATE_DIR = "/var/lib/podnet"
+DEFAULT_BRIDGE = "podnet0"
+
+# Modules that add flags (routing, pod runtime) append a function(parser) here before parse().
+EXTENSIONS: list = []
+# ...and a function(namespace) -> None that raises ConfigError for their own checks.
+VALIDATORS: list = []
+
+
+class ConfigError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit 2
+        sys.stderr.write(f"podnetd: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="podnetd", description="podnet node daemon")
+    p.add_argument("--config", help="config file (YAML or JSON) whose keys mirror these flags")
+    p.add_argument("--node-name", help="this node's name (default: the hostname)")
+    p.add_argument("--pod-cidr", help="this node's pod CIDR, e.g. 10.244.1.0/24")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help="unix socket of the API (mode 0600)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where IPAM and pod state live")
+    p.add_argument("--bridge", default=DEFAULT_BRIDGE, help="the pod bridge's name")
+    p.add_argument("--mtu", type=int, help="pod MTU (default: the uplink's MTU)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    for extend in EXTENSIONS:
+        extend(p)
+    return p
+
+
+def _load_file(path: str, parser: argparse.ArgumentParser) -> dict:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parse failure is one clear line
+        raise ConfigError(f"config file {path}: cannot parse: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of flag names to values")
+    known = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        action = known[dest]
+        if action.type and value is not None and not isinstance(value, bool):
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"config file {path}: {key}: invalid value {value!r}") from None
+        if action.choices and value not in action.choices:
+            raise ConfigError(f"config file {path}: {key}: {value!r} is not one of {list(action.choices)}")
+        values[dest] = value
+    return values
+
+
+def validate(ns: argparse.Namespace) -> None:
+    if not ns.node_name:
+        ns.node_name = os.uname().nodename
+    if not ns.pod_cidr and not getattr(ns, "allow_leased_cidr", False):
+        raise ConfigError("--pod-cidr is required")
+    if ns.pod_cidr:
+        try:
+            net = ipaddress.ip_network(ns.pod_cidr, strict=True)
+        except ValueError as e:
+            raise ConfigError(f"--pod-cidr {ns.pod_cidr}: {e}") from None
+        if net.version != 4 or net.prefixlen > 30:
+            raise ConfigError(f"--pod-cidr {ns.pod_cidr}: need an IPv4 network of /30 or larger")
+        ns.pod_cidr = str(net)
+    if ns.mtu is not None and not 576 <= ns.mtu <= 65535:
+        raise ConfigError(f"--mtu {ns.mtu}: must be between 576 and 65535")
+    if not ns.bridge or len(ns.bridge) > 15 or "/" in ns.bridge or " " in ns.bridge:
+        raise ConfigError(f"--bridge {ns.bridge!r}: not a valid interface name")
+    if not os.path.isabs(ns.socket):
+        raise ConfigError(f"--socket {ns.socket}: must be an absolute path")
+    for check in VALIDATORS:
+        check(ns)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    first = parser.parse_args(argv)
+    try:
+        if first.config:
+            parser.set_defaults(**_load_file(first.config, parser))
+            first = parser.parse_args(argv)
+        validate(first)
+    except ConfigError as e:
+        parser.error(str(e))
+    return first

@@ -1,0 +1,1 @@
+"""podnetctl: the CLI for people. Each module under podnetd/ctl registers its subcommands."""

@@ -1,0 +1,48 @@
+"""podnetctl endpoints | node | status."""
+from google.protobuf import json_format
+
+from ..api.podnet.v1 import node_pb2, node_pb2_grpc
+from . import output
+from .client import call, channel
+
+
+def _node_stub(args):
+    return node_pb2_grpc.NodeStub(channel(args.socket))
+
+
+def cmd_endpoints(args) -> int:
+    resp = call(_node_stub(args).ListEndpoints, node_pb2.ListEndpointsRequest())
+    rows = [json_format.MessageToDict(e, preserving_proto_field_name=True) for e in resp.endpoints]
+    for row in rows:
+        row["container"] = row.get("container_id", "")[:12]
+    output.emit(rows, [("CONTAINER", "container"), ("IFNAME", "ifname"), ("ADDRESS", "address"),
+                       ("HOST-IF", "host_ifname"), ("NETWORK", "network"), ("NETNS", "netns")],
+                args.output)
+    return 0
+
+
+def cmd_node(args) -> int:
+    info = call(_node_stub(args).GetNodeInfo, node_pb2.GetNodeInfoRequest())
+    row = json_format.MessageToDict(info, preserving_proto_field_name=True,
+                                    always_print_fields_with_no_presence=True)
+    output.emit([row], [("NODE", "node_name"), ("POD-CIDR", "pod_cidr"), ("GATEWAY", "gateway"),
+                        ("BRIDGE", "bridge"), ("MTU", "mtu"), ("ALLOCATED", "allocated"),
+                        ("CAPACITY", "capacity")], args.output, raw=row)
+    return 0
+
+
+def cmd_status(args) -> int:
+    resp = call(_node_stub(args).Status, node_pb2.StatusRequest())
+    row = {"ready": resp.ready, "message": resp.message, "free_addresses": resp.free_addresses}
+    output.emit([row], [("READY", "ready"), ("FREE", "free_addresses"), ("MESSAGE", "message")],
+                args.output, raw=row)
+    return 0 if resp.ready else 1
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("endpoints", parents=[common], help="pod attachments on this node")
+    p.set_defaults(func=cmd_endpoints)
+    p = sub.add_parser("node", parents=[common], help="this node's network facts")
+    p.set_defaults(func=cmd_node)
+    p = sub.add_parser("status", parents=[common], help="is the daemon ready")
+    p.set_defaults(func=cmd_status)

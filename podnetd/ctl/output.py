@@ -1,0 +1,25 @@
+"""Tables by default, -o json|yaml for machines."""
+import json
+import sys
+
+
+def emit(rows: list[dict], columns: list[tuple[str, str]], fmt: str = "table", *, raw=None) -> None:
+    """rows: dicts; columns: (HEADER, key) pairs for the table; raw: what json/yaml print
+    (default: rows)."""
+    data = rows if raw is None else raw
+    if fmt == "json":
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif fmt == "yaml":
+        import yaml
+        yaml.safe_dump(data, sys.stdout, sort_keys=False, default_flow_style=False)
+    else:
+        sys.stdout.write(table(rows, columns))
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    cells = [[str(header) for header, _ in columns]]
+    for row in rows:
+        cells.append(["" if row.get(key) is None else str(row.get(key)) for _, key in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in cells)

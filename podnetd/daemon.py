@@ -1,0 +1,158 @@
+"""The podnetd process: state-dir lock, node setup, reconcile, the API server, shutdown."""
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+
+from grpc_health.v1 import health_pb2
+
+from . import __version__, node, server
+from .api.podnet.v1 import node_pb2
+from .cni import CniHandler
+from .endpoints import Endpoints, NodeNet
+from .ipam import Ipam
+from .kernel import ip_lib
+from .kernel.errors import KernelError
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    pass
+
+
+# Features that run beside the core (routing backends, pod runtime) append a factory
+# function(daemon) -> object with async start() and async stop(); they start after the node is set up.
+COMPONENTS: list = []
+
+
+class Daemon:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.ipam: Ipam | None = None
+        self.endpoints: Endpoints | None = None
+        self.cni: CniHandler | None = None
+        self.components: list = []
+        self._server = None
+        self._health = None
+        self._lock_fd: int | None = None
+        self._stop = asyncio.Event()
+
+    # -- start -------------------------------------------------------------------------------
+
+    def _lock_state_dir(self) -> None:
+        os.makedirs(self.cfg.state_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.cfg.state_dir, "podnetd.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(f"another podnetd is using state dir {self.cfg.state_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _prepare_socket(self) -> None:
+        path = self.cfg.socket
+        os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(path)
+                raise StartupError(f"socket {path} is in use by a running daemon")
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)  # left by a daemon that died
+            finally:
+                probe.close()
+
+    def setup_node(self) -> None:
+        cfg = self.cfg
+        mtu = cfg.mtu or node.uplink_mtu()
+        try:
+            node.setup(cfg.bridge, cfg.pod_cidr, mtu, cfg.node_name)
+        except KernelError as e:
+            raise StartupError(f"set up bridge {cfg.bridge} for {cfg.pod_cidr}: {e}") from None
+        net = NodeNet(bridge=cfg.bridge, gateway=node.gateway_of(cfg.pod_cidr),
+                      prefixlen=int(cfg.pod_cidr.split("/")[1]), mtu=mtu)
+        self.ipam = Ipam(os.path.join(cfg.state_dir, "ipam.db"), cfg.pod_cidr, net.gateway)
+        self.endpoints = Endpoints(net, self.ipam)
+        self.cni = CniHandler(self.endpoints, self.bridge_facts, self.status)
+        counts = self.endpoints.reconcile()
+        log.info("node %s: bridge %s gateway %s/%d mtu %d; reconciled endpoints: %s",
+                 cfg.node_name, cfg.bridge, net.gateway, net.prefixlen, mtu, counts)
+
+    async def start(self) -> None:
+        self._lock_state_dir()
+        self._prepare_socket()
+        await asyncio.get_running_loop().run_in_executor(None, self.setup_node)
+        for factory in COMPONENTS:
+            component = factory(self)
+            await component.start()
+            self.components.append(component)
+        self._server, self._health, names = server.build(self, f"unix://{self.cfg.socket}")
+        old_umask = os.umask(0o077)  # the socket is born 0600: root only
+        try:
+            await self._server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.cfg.socket, 0o600)
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("podnetd %s serving on %s", __version__, self.cfg.socket)
+
+    # -- facts -------------------------------------------------------------------------------
+
+    def bridge_facts(self) -> dict:
+        link = ip_lib.link_get(self.cfg.bridge)
+        return {"name": self.cfg.bridge, "mac": link["mac"] if link else ""}
+
+    def status(self) -> tuple[bool, str]:
+        link = ip_lib.link_get(self.cfg.bridge)
+        if link is None:
+            return False, f"bridge {self.cfg.bridge} is missing"
+        free = self.ipam.free_count()
+        if free <= 0:
+            return False, f"pod CIDR {self.cfg.pod_cidr} has no free address"
+        for component in self.components:
+            problem = getattr(component, "problem", lambda: None)()
+            if problem:
+                return False, problem
+        return True, f"ready: {free} free addresses in {self.cfg.pod_cidr}"
+
+    def node_info(self) -> node_pb2.NodeInfo:
+        net = self.endpoints.node
+        return node_pb2.NodeInfo(
+            node_name=self.cfg.node_name, pod_cidr=self.cfg.pod_cidr, gateway=net.gateway,
+            bridge=net.bridge, mtu=net.mtu, allocated=len(self.ipam.records()),
+            capacity=self.ipam.capacity, version=__version__)
+
+    # -- run and stop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("stopping (pods and their network stay as they are)")
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=2)
+        for component in reversed(self.components):
+            with contextlib.suppress(Exception):
+                await component.stop()
+        if self.ipam is not None:
+            self.ipam.close()
+        with contextlib.suppress(FileNotFoundError):
+            if self._server is not None:
+                os.unlink(self.cfg.socket)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)

@@ -1,0 +1,26 @@
+"""podnetd entry point."""
+import asyncio
+import logging
+import sys
+
+from . import config
+from .daemon import Daemon, StartupError
+from .ipam import IpamError
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config.parse(argv)
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(Daemon(cfg).run())
+    except (StartupError, IpamError) as e:
+        sys.stderr.write(f"podnetd: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Node network setup: the pod bridge with the gateway address, and forwarding."""
+import hashlib
+import ipaddress
+
+from .kernel import ip_lib, sysctl
+
+DEFAULT_MTU = 1500
+
+
+def bridge_mac(node_name: str) -> str:
+    """A stable, locally administered unicast MAC for the node's bridge."""
+    digest = hashlib.sha256(f"podnet-bridge\0{node_name}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def gateway_of(pod_cidr: str) -> str:
+    """The gateway is the first address of the pod CIDR."""
+    return str(ipaddress.ip_network(pod_cidr).network_address + 1)
+
+
+def uplink_mtu() -> int:
+    """The MTU of the interface that carries the default route, or 1500 without one."""
+    dev = ip_lib.default_route_dev()
+    link = ip_lib.link_get(dev) if dev else None
+    return link["mtu"] if link and link["mtu"] else DEFAULT_MTU
+
+
+def setup(bridge: str, pod_cidr: str, mtu: int, node_name: str) -> int:
+    """Create or repair the bridge and its gateway address, and turn forwarding on.
+    Idempotent: on a node that is already right it changes nothing. Returns the bridge index."""
+    network = ipaddress.ip_network(pod_cidr)
+    index = ip_lib.bridge_ensure(bridge, mtu=mtu, mac=bridge_mac(node_name))
+    ip_lib.addr_add(bridge, f"{gateway_of(pod_cidr)}/{network.prefixlen}")
+    sysctl.write("net.ipv4.ip_forward", 1)
+    return index

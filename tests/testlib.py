@@ -1,0 +1,172 @@
+"""Shared helpers for tests: unique names, namespaces, a podnetd per node netns, the plugin.
+
+Everything created here carries a per-run unique prefix and is removed even when a test fails.
+"""
+import itertools
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PY = sys.executable
+PLUGIN = REPO / "cni-plugin" / "plugin.py"
+REFERENCE_CNI_DIR = "/usr/lib/cni"
+
+_counter = itertools.count()
+RUN_ID = f"{os.getpid() % 100000:05d}"
+
+
+def unique(tag: str = "") -> str:
+    """A short unique name (fits a 15-char interface name): 'pt' + run id + tag + counter."""
+    return f"pt{RUN_ID}{tag}{next(_counter)}"
+
+
+def sh(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], check=check, capture_output=True, text=True, **kw)
+
+
+def in_ns(ns: str, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    """Run a command inside a named netns (nsenter keeps /sys, unlike `ip netns exec`)."""
+    return sh("nsenter", f"--net=/run/netns/{ns}", *cmd, check=check, **kw)
+
+
+class Netns:
+    """Named network namespaces that are all deleted on cleanup()."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def add(self, tag: str = "n") -> str:
+        name = unique(tag)
+        sh("ip", "netns", "add", name)
+        self.names.append(name)
+        in_ns(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def remove(self, name: str) -> None:
+        sh("ip", "netns", "del", name, check=False)
+        if name in self.names:
+            self.names.remove(name)
+
+    def cleanup(self) -> None:
+        for name in reversed(list(self.names)):
+            self.remove(name)
+
+
+class Daemon:
+    """A podnetd running inside a node netns, with its own socket and state dir."""
+
+    def __init__(self, netns: str, pod_cidr: str = "10.77.0.0/24", *, node_name: str | None = None,
+                 extra: list[str] | None = None, workdir: str | None = None):
+        self.netns = netns
+        self.pod_cidr = pod_cidr
+        self.node_name = node_name or netns
+        self.workdir = workdir or tempfile.mkdtemp(prefix=f"{unique('d')}-")
+        self.socket = os.path.join(self.workdir, "podnetd.sock")
+        self.state_dir = os.path.join(self.workdir, "state")
+        self.log_path = os.path.join(self.workdir, "podnetd.log")
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", PY, "-m", "podnetd.main",
+                "--node-name", self.node_name, "--pod-cidr", self.pod_cidr,
+                "--socket", self.socket, "--state-dir", self.state_dir, *self.extra]
+
+    def start(self, timeout: float = 15) -> "Daemon":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=REPO)
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"podnetd exited {self.proc.returncode}:\n{self.log()}")
+            rc, _, _ = plugin("STATUS", config=self.config())
+            if rc == 0:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"podnetd not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return pathlib.Path(self.log_path).read_text()
+        except OSError:
+            return ""
+
+    def config(self, name: str = "podnet-test", version: str = "1.1.0", **extra) -> dict:
+        return {"cniVersion": version, "name": name, "type": "podnet", "socket": self.socket, **extra}
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> "Daemon":
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def plugin(command: str, *, config: dict | bytes | None = None, container_id: str = "",
+           netns: str = "", ifname: str = "", args: str = "", path: str = REFERENCE_CNI_DIR,
+           timeout: float = 30, argv: list[str] | None = None) -> tuple[int, dict | str, str]:
+    """Run the podnet plugin as a runtime does (env + stdin, `python -I -S` like the installed
+    binary). Returns (exit code, parsed stdout or raw text, stderr)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command}
+    for key, value in (("CNI_CONTAINERID", container_id), ("CNI_NETNS", netns),
+                       ("CNI_IFNAME", ifname), ("CNI_ARGS", args), ("CNI_PATH", path)):
+        if value:
+            env[key] = value
+    data = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
+    proc = subprocess.run(argv or [PY, "-I", "-S", str(PLUGIN)], input=data, env=env,
+                          capture_output=True, timeout=timeout)
+    out = proc.stdout.decode()
+    try:
+        parsed = json.loads(out) if out.strip() else ""
+    except ValueError:
+        parsed = out
+    return proc.returncode, parsed, proc.stderr.decode()
+
+
+def ns_path(name: str) -> str:
+    return f"/run/netns/{name}"
+
+
+def ping(ns: str, address: str, count: int = 1, timeout: int = 2, size: int | None = None,
+         dont_fragment: bool = False) -> bool:
+    cmd = ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout)]
+    if count > 1:
+        cmd += ["-i", "0.2"]
+    if size is not None:
+        cmd += ["-s", str(size)]
+    if dont_fragment:
+        cmd += ["-M", "do"]
+    return in_ns(ns, *cmd, address, check=False).returncode == 0
+
+
+def links_in(ns: str | None = None) -> list[dict]:
+    cmd = ["ip", "-j", "link", "show"]
+    out = in_ns(ns, *cmd).stdout if ns else sh(*cmd).stdout
+    return json.loads(out)
