@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 CNI_BIN_DIR ?= /opt/cni/bin
 APT_PACKAGES := iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
-	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump
+	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump vagrant
 PYTEST_ARGS ?=
 
 .PHONY: deps apt venv test demo install proto bench clean-stamps
@@ -34,7 +34,7 @@ demo: deps
 ## install: the plugin to $(CNI_BIN_DIR)/podnet and the commands to /usr/local/bin
 install: deps
 	install -d $(CNI_BIN_DIR)
-	{ echo "#!$(abspath $(PY)) -I -S"; tail -n +1 cni-plugin/plugin.py; } > $(CNI_BIN_DIR)/podnet.tmp
+	{ echo "#!$(abspath $(PY)) -IS"; cat cni-plugin/plugin.py; } > $(CNI_BIN_DIR)/podnet.tmp
 	chmod 0755 $(CNI_BIN_DIR)/podnet.tmp && mv $(CNI_BIN_DIR)/podnet.tmp $(CNI_BIN_DIR)/podnet
 	for cmd in podnetd podnetctl; do ln -sf $(abspath $(VENV))/bin/$$cmd /usr/local/bin/$$cmd; done
 
@@ -48,3 +48,7 @@ bench: deps
 
 clean-stamps:
 	rm -f .stamp-apt $(VENV)/.stamp
+
+## lab-vagrant: the multi-VM Vagrant lab (opt-in, not in `make test`; KEEP=1 leaves the VMs up)
+lab-vagrant: deps
+	KEEP=$(KEEP) vagrant/lab

@@ -114,7 +114,7 @@ class Daemon:
         link = ip_lib.link_get(self.cfg.bridge)
         if link is None:
             return False, f"bridge {self.cfg.bridge} is missing"
-        free = self.ipam.free_count()
+        free = self.ipam.free_count()  # "releasing" addresses count as taken until freed
         if free <= 0:
             return False, f"pod CIDR {self.cfg.pod_cidr} has no free address"
         for component in self.components:
@@ -146,6 +146,8 @@ class Daemon:
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop(grace=2)
+        if self.endpoints is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.endpoints.reaper.drain)
         for component in reversed(self.components):
             with contextlib.suppress(Exception):
                 await component.stop()

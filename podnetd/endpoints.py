@@ -8,6 +8,8 @@ import dataclasses
 import hashlib
 import logging
 import os
+import queue
+import threading
 
 from .ipam import Ipam, Record
 from .kernel import ip_lib, netns
@@ -46,12 +48,7 @@ def host_veth_name(container_id: str, ifname: str) -> str:
 
 def _configure_pod_side(ifname: str, address: str, gateway: str) -> str:
     """Inside the pod netns: address, link up, lo up, default route. Returns the pod MAC."""
-    ip_lib.addr_add(ifname, address)
-    ip_lib.link_set(ifname, up=True)
-    ip_lib.link_set("lo", up=True)
-    ip_lib.route_replace("default", gateway=gateway, dev=ifname)
-    link = ip_lib.link_get(ifname)
-    return link["mac"] if link else ""
+    return ip_lib.pod_interface_setup(ifname, address, gateway)["mac"]
 
 
 def _inspect_pod_side(ifname: str) -> dict:
@@ -61,10 +58,68 @@ def _inspect_pod_side(ifname: str) -> dict:
     return {"link": link, "addrs": ip_lib.addrs(ifname), "routes": ip_lib.routes()}
 
 
+class VethReaper:
+    """Deletes detached pods' veths in the background.
+
+    Deleting a veth waits for RCU grace periods in the kernel (~15 ms here), which would be
+    most of a DEL's latency. DEL marks the record "releasing" (committed), hands the veth to this
+    thread and returns; the address stays taken until the veth is gone, and a crash in between
+    is finished by the start-up reconcile. An ADD for the same key waits for its deletion."""
+
+    def __init__(self, ipam: Ipam):
+        self.ipam = ipam
+        self._queue: queue.Queue = queue.Queue()
+        self._pending: dict[tuple[str, str], threading.Event] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="veth-reaper", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: Record) -> None:
+        key = (record.container_id, record.ifname)
+        with self._lock:
+            if key in self._pending:
+                return
+            self._pending[key] = threading.Event()
+        self._queue.put(record)
+
+    def wait(self, key: tuple[str, str], timeout: float = 30) -> None:
+        with self._lock:
+            done = self._pending.get(key)
+        if done is not None:
+            done.wait(timeout)
+
+    def drain(self, timeout: float = 10) -> None:
+        with self._lock:
+            events = list(self._pending.values())
+        for done in events:
+            done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            try:
+                reap(self.ipam, record)
+            except Exception as e:  # noqa: BLE001 - keep reaping; reconcile retries at start
+                log.error("delete %s of %s/%s: %s", record.host_ifname, record.container_id[:12],
+                          record.ifname, e)
+            finally:
+                with self._lock:
+                    done = self._pending.pop((record.container_id, record.ifname), None)
+                if done:
+                    done.set()
+
+
+def reap(ipam: Ipam, record: Record) -> None:
+    """Delete a detached record's veth, then free its address."""
+    ip_lib.link_delete(record.host_ifname)
+    ipam.release(record.container_id, record.ifname)
+
+
 class Endpoints:
     def __init__(self, node: NodeNet, ipam: Ipam):
         self.node = node
         self.ipam = ipam
+        self.reaper = VethReaper(ipam)
 
     # -- attach ---------------------------------------------------------------------------
 
@@ -77,6 +132,11 @@ class Endpoints:
             except NamespaceGone as e:
                 raise UnknownContainer(f"{what}: {e}") from None
             undo.callback(os.close, fd)
+            stale = self.ipam.get(container_id, ifname)
+            if stale is not None and stale.state == "releasing":
+                self.reaper.wait((container_id, ifname))
+                if self.ipam.get(container_id, ifname) is not None:
+                    reap(self.ipam, stale)
             record, created = self.ipam.allocate(container_id, ifname, netns=netns_path,
                                                  network=network, host_ifname=host,
                                                  mtu=self.node.mtu)
@@ -116,22 +176,29 @@ class Endpoints:
     # -- detach ---------------------------------------------------------------------------
 
     def detach(self, container_id: str, ifname: str, netns_path: str = "") -> Record | None:
-        """Remove the pod's link and release its address. Idempotent: an unknown pod, a gone
-        netns or no netns at all are fine."""
+        """Detach the pod: its record turns "releasing" and its veth (the peer inside the pod
+        goes with it) is deleted in the background, then the address is freed. Idempotent: an
+        unknown pod, a gone netns or no netns at all are fine."""
         record = self.ipam.get(container_id, ifname)
-        host = record.host_ifname if record and record.host_ifname else host_veth_name(container_id, ifname)
-        try:
-            ip_lib.link_delete(host)  # the peer inside the pod goes with it
-        except KernelError as e:
-            raise AttachError(f"detach {container_id[:12]}/{ifname}: {e}") from None
-        return self.ipam.release(container_id, ifname)
+        if record is None:
+            try:  # no record, but a veth of ours may have outlived it
+                ip_lib.link_delete(host_veth_name(container_id, ifname))
+            except KernelError as e:
+                raise AttachError(f"detach {container_id[:12]}/{ifname}: {e}") from None
+            return None
+        if record.state != "releasing":
+            self.ipam.update(container_id, ifname, state="releasing")
+        if not record.host_ifname:
+            record = dataclasses.replace(record, host_ifname=host_veth_name(container_id, ifname))
+        self.reaper.submit(record)
+        return record
 
     # -- check ----------------------------------------------------------------------------
 
     def check(self, container_id: str, ifname: str, netns_path: str) -> Record:
         what = f"check {container_id[:12]}/{ifname}"
         record = self.ipam.get(container_id, ifname)
-        if record is None:
+        if record is None or record.state != "active":
             raise CheckFailed(f"{what}: no address is allocated to this attachment")
         host = ip_lib.link_get(record.host_ifname)
         if host is None:
@@ -162,7 +229,7 @@ class Endpoints:
         for record in self.ipam.records():
             if network and record.network and record.network != network:
                 continue
-            if (record.container_id, record.ifname) in valid:
+            if (record.container_id, record.ifname) in valid or record.state != "active":
                 continue
             gone = self.detach(record.container_id, record.ifname)
             if gone:
@@ -180,7 +247,10 @@ class Endpoints:
         recorded = set()
         released = 0
         for record in self.ipam.records():
-            if record.host_ifname in ours:
+            if record.state == "releasing":
+                reap(self.ipam, record)
+                released += 1
+            elif record.host_ifname in ours:
                 recorded.add(record.host_ifname)
             else:
                 self.ipam.release(record.container_id, record.ifname)

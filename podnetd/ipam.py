@@ -35,6 +35,7 @@ class Record:
     mac: str = ""
     mtu: int = 0
     created: float = 0.0
+    state: str = "active"  # "releasing": detached, its veth being deleted; the address stays taken
     host_mac: str = ""    # not stored: read from the kernel when a result needs it
 
     @property
@@ -53,11 +54,12 @@ CREATE TABLE IF NOT EXISTS endpoints (
     mac TEXT NOT NULL DEFAULT '',
     mtu INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active',
     PRIMARY KEY (container_id, ifname)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_COLUMNS = "container_id, ifname, ip, netns, network, host_ifname, mac, mtu, created"
+_COLUMNS = "container_id, ifname, ip, netns, network, host_ifname, mac, mtu, created, state"
 
 
 class Ipam:
@@ -93,9 +95,9 @@ class Ipam:
         return self._last - self._first + 1 - (1 if self._first <= int(self.gateway) <= self._last else 0)
 
     def _row(self, row) -> Record:
-        cid, ifname, ip, netns, network, host, mac, mtu, created = row
+        cid, ifname, ip, netns, network, host, mac, mtu, created, state = row
         return Record(cid, ifname, f"{ipaddress.ip_address(ip)}/{self.network.prefixlen}",
-                      netns, network, host, mac, mtu, created)
+                      netns, network, host, mac, mtu, created, state)
 
     def get(self, container_id: str, ifname: str) -> Record | None:
         with self._lock:
@@ -124,8 +126,9 @@ class Ipam:
                 ip = self._next_free()
                 created = time.time()
                 self._db.execute(
-                    f"INSERT INTO endpoints ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (container_id, ifname, ip, netns, network, host_ifname, "", mtu, created))
+                    f"INSERT INTO endpoints ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (container_id, ifname, ip, netns, network, host_ifname, "", mtu, created,
+                     "active"))
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('last_reserved', ?)", (str(ip),))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -148,7 +151,7 @@ class Ipam:
         raise PoolExhausted(f"no free address left in {self.network} ({len(used) - 1} in use)")
 
     def update(self, container_id: str, ifname: str, **fields) -> None:
-        allowed = {"netns", "network", "host_ifname", "mac", "mtu"}
+        allowed = {"netns", "network", "host_ifname", "mac", "mtu", "state"}
         if not fields or set(fields) - allowed:
             raise ValueError(f"update: fields must be among {sorted(allowed)}")
         assignments = ", ".join(f"{k}=?" for k in fields)

@@ -18,7 +18,8 @@ def endpoint_pb(record: Record, gateway: str) -> node_pb2.Endpoint:
     return node_pb2.Endpoint(
         container_id=record.container_id, ifname=record.ifname, netns=record.netns,
         address=record.address, gateway=gateway, host_ifname=record.host_ifname, mac=record.mac,
-        mtu=record.mtu, network=record.network, created_unix=int(record.created))
+        mtu=record.mtu, network=record.network, created_unix=int(record.created),
+        state=record.state)
 
 
 async def _off_loop(fn, *args):

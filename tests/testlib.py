@@ -170,3 +170,15 @@ def links_in(ns: str | None = None) -> list[dict]:
     cmd = ["ip", "-j", "link", "show"]
     out = in_ns(ns, *cmd).stdout if ns else sh(*cmd).stdout
     return json.loads(out)
+
+
+def wait_for(condition, timeout: float = 10, interval: float = 0.05, what: str = "condition"):
+    """Poll condition() until it returns something truthy; return it, or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -10,6 +10,9 @@ import socket
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from . import rtnl
 from .errors import Exists, NotFound, from_errno
 from .netns import ipr
 
@@ -41,13 +44,15 @@ def _link_dict(msg) -> dict:
 
 def link_get(name: str) -> dict | None:
     """The link's facts, or None when there is no such link."""
+    msg = ifinfmsg()
+    msg["attrs"] = [("IFLA_IFNAME", name)]
     try:
-        msgs = ipr().link("get", ifname=name)
-    except NetlinkError as e:
-        if isinstance(from_errno(e.code, ""), NotFound):
-            return None
-        raise from_errno(e.code, f"get link {name}") from None
-    return _link_dict(msgs[0]) if msgs else None
+        (reply,) = rtnl.transact([(msg, rtnl.RTM_GETLINK, rtnl.REQUEST, f"get link {name}")])
+    except NotFound:
+        return None
+    found = ifinfmsg(reply[0])
+    found.decode()
+    return _link_dict(found)
 
 
 def link_index(name: str) -> int | None:
@@ -82,13 +87,10 @@ def link_set(name: str, *, up: bool | None = None, mtu: int | None = None,
 def link_delete(name: str) -> bool:
     """Delete a link; False when it was already gone."""
     try:
-        ipr().link("del", ifname=name)
+        rtnl.delete_link(name)
         return True
-    except NetlinkError as e:
-        err = from_errno(e.code, f"delete link {name}")
-        if isinstance(err, NotFound):
-            return False
-        raise err from None
+    except NotFound:
+        return False
 
 
 def bridge_ensure(name: str, *, mtu: int, mac: str) -> int:
@@ -117,18 +119,16 @@ def bridge_ensure(name: str, *, mtu: int, mac: str) -> int:
 
 def veth_create(host_name: str, peer_name: str, peer_netns_fd: int, *, mtu: int,
                 master: int) -> dict:
-    """Create a veth pair with the host end enslaved to master and up, and the peer created
-    directly inside the namespace behind peer_netns_fd (no move, no rename). Returns the host
-    end's link facts (index, mac, ...)."""
-    with _netlink(f"create veth {host_name} with peer {peer_name} in the pod netns"):
-        ipr().link("add", ifname=host_name, kind="veth", mtu=mtu, master=master,
-                   peer={"ifname": peer_name, "net_ns_fd": peer_netns_fd, "mtu": mtu})
-    with _netlink(f"set {host_name} up"):
-        ipr().link("set", ifname=host_name, state="up")
-    link = link_get(host_name)
-    if link is None:
-        raise NotFound(f"create veth {host_name}: gone right after creation")
-    return link
+    """Create a veth pair with the host end up on master and the peer created directly inside
+    the namespace behind peer_netns_fd (no move, no rename). Returns the host end's facts."""
+    return rtnl.create_veth(host_name, peer_name, peer_netns_fd, mtu, master)
+
+
+def pod_interface_setup(ifname: str, address: str, gateway: str) -> dict:
+    """In the pod's netns: lo and ifname up, the address, a default route via gateway.
+    Returns ifname's facts (index, mac, ...)."""
+    iface = ipaddress.ip_interface(address)
+    return rtnl.configure_interface(ifname, str(iface.ip), iface.network.prefixlen, gateway)
 
 
 def addr_add(name: str, cidr: str) -> None:

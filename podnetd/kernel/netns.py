@@ -28,6 +28,8 @@ def ipr() -> IPRoute:
 
 
 def _close_thread_socket() -> None:
+    from . import rtnl
+    rtnl.close_thread_socket()
     sock = getattr(_local, "ipr", None)
     if sock is not None:
         _local.ipr = None

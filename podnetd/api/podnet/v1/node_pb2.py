@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14podnet/v1/node.proto\x12\tpodnet.v1\"5\n\rAttachmentKey\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\"\xb7\x01\n\x08\x45ndpoint\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x13\n\x0bhost_ifname\x18\x06 \x01(\t\x12\x0b\n\x03mac\x18\x07 \x01(\t\x12\x0b\n\x03mtu\x18\x08 \x01(\x05\x12\x0f\n\x07network\x18\t \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\n \x01(\x03\"U\n\rAttachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\"7\n\x0e\x41ttachResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"D\n\rDetachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"\"\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"C\n\x0c\x43heckRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"6\n\rCheckResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"\x16\n\x14ListEndpointsRequest\"?\n\x15ListEndpointsResponse\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"]\n\x15GarbageCollectRequest\x12\x33\n\x11valid_attachments\x18\x01 \x03(\x0b\x32\x18.podnet.v1.AttachmentKey\x12\x0f\n\x07network\x18\x02 \x01(\t\"?\n\x16GarbageCollectResponse\x12%\n\x08released\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"\x0f\n\rStatusRequest\"H\n\x0eStatusResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0e\x66ree_addresses\x18\x03 \x01(\x05\"\x14\n\x12GetNodeInfoRequest\"\x93\x01\n\x08NodeInfo\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\t\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\x12\x11\n\tallocated\x18\x06 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\"~\n\nCniRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0e\n\x06ifname\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x01(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x07 \x01(\x0c\"0\n\x0b\x43niResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x32\xed\x03\n\x04Node\x12=\n\x06\x41ttach\x12\x18.podnet.v1.AttachRequest\x1a\x19.podnet.v1.AttachResponse\x12=\n\x06\x44\x65tach\x12\x18.podnet.v1.DetachRequest\x1a\x19.podnet.v1.DetachResponse\x12:\n\x05\x43heck\x12\x17.podnet.v1.CheckRequest\x1a\x18.podnet.v1.CheckResponse\x12R\n\rListEndpoints\x12\x1f.podnet.v1.ListEndpointsRequest\x1a .podnet.v1.ListEndpointsResponse\x12U\n\x0eGarbageCollect\x12 .podnet.v1.GarbageCollectRequest\x1a!.podnet.v1.GarbageCollectResponse\x12=\n\x06Status\x12\x18.podnet.v1.StatusRequest\x1a\x19.podnet.v1.StatusResponse\x12\x41\n\x0bGetNodeInfo\x12\x1d.podnet.v1.GetNodeInfoRequest\x1a\x13.podnet.v1.NodeInfo2>\n\x03\x43ni\x12\x37\n\x06Invoke\x12\x15.podnet.v1.CniRequest\x1a\x16.podnet.v1.CniResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14podnet/v1/node.proto\x12\tpodnet.v1\"5\n\rAttachmentKey\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\"\xc6\x01\n\x08\x45ndpoint\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x13\n\x0bhost_ifname\x18\x06 \x01(\t\x12\x0b\n\x03mac\x18\x07 \x01(\t\x12\x0b\n\x03mtu\x18\x08 \x01(\x05\x12\x0f\n\x07network\x18\t \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\n \x01(\x03\x12\r\n\x05state\x18\x0b \x01(\t\"U\n\rAttachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\"7\n\x0e\x41ttachResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"D\n\rDetachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"\"\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"C\n\x0c\x43heckRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"6\n\rCheckResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"\x16\n\x14ListEndpointsRequest\"?\n\x15ListEndpointsResponse\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"]\n\x15GarbageCollectRequest\x12\x33\n\x11valid_attachments\x18\x01 \x03(\x0b\x32\x18.podnet.v1.AttachmentKey\x12\x0f\n\x07network\x18\x02 \x01(\t\"?\n\x16GarbageCollectResponse\x12%\n\x08released\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"\x0f\n\rStatusRequest\"H\n\x0eStatusResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0e\x66ree_addresses\x18\x03 \x01(\x05\"\x14\n\x12GetNodeInfoRequest\"\x93\x01\n\x08NodeInfo\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\t\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\x12\x11\n\tallocated\x18\x06 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\"~\n\nCniRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0e\n\x06ifname\x18\x04 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x05 \x01(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x07 \x01(\x0c\"0\n\x0b\x43niResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x32\xed\x03\n\x04Node\x12=\n\x06\x41ttach\x12\x18.podnet.v1.AttachRequest\x1a\x19.podnet.v1.AttachResponse\x12=\n\x06\x44\x65tach\x12\x18.podnet.v1.DetachRequest\x1a\x19.podnet.v1.DetachResponse\x12:\n\x05\x43heck\x12\x17.podnet.v1.CheckRequest\x1a\x18.podnet.v1.CheckResponse\x12R\n\rListEndpoints\x12\x1f.podnet.v1.ListEndpointsRequest\x1a .podnet.v1.ListEndpointsResponse\x12U\n\x0eGarbageCollect\x12 .podnet.v1.GarbageCollectRequest\x1a!.podnet.v1.GarbageCollectResponse\x12=\n\x06Status\x12\x18.podnet.v1.StatusRequest\x1a\x19.podnet.v1.StatusResponse\x12\x41\n\x0bGetNodeInfo\x12\x1d.podnet.v1.GetNodeInfoRequest\x1a\x13.podnet.v1.NodeInfo2>\n\x03\x43ni\x12\x37\n\x06Invoke\x12\x15.podnet.v1.CniRequest\x1a\x16.podnet.v1.CniResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,41 +34,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTACHMENTKEY']._serialized_start=35
   _globals['_ATTACHMENTKEY']._serialized_end=88
   _globals['_ENDPOINT']._serialized_start=91
-  _globals['_ENDPOINT']._serialized_end=274
-  _globals['_ATTACHREQUEST']._serialized_start=276
-  _globals['_ATTACHREQUEST']._serialized_end=361
-  _globals['_ATTACHRESPONSE']._serialized_start=363
-  _globals['_ATTACHRESPONSE']._serialized_end=418
-  _globals['_DETACHREQUEST']._serialized_start=420
-  _globals['_DETACHREQUEST']._serialized_end=488
-  _globals['_DETACHRESPONSE']._serialized_start=490
-  _globals['_DETACHRESPONSE']._serialized_end=524
-  _globals['_CHECKREQUEST']._serialized_start=526
-  _globals['_CHECKREQUEST']._serialized_end=593
-  _globals['_CHECKRESPONSE']._serialized_start=595
-  _globals['_CHECKRESPONSE']._serialized_end=649
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=651
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=673
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=675
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=738
-  _globals['_GARBAGECOLLECTREQUEST']._serialized_start=740
-  _globals['_GARBAGECOLLECTREQUEST']._serialized_end=833
-  _globals['_GARBAGECOLLECTRESPONSE']._serialized_start=835
-  _globals['_GARBAGECOLLECTRESPONSE']._serialized_end=898
-  _globals['_STATUSREQUEST']._serialized_start=900
-  _globals['_STATUSREQUEST']._serialized_end=915
-  _globals['_STATUSRESPONSE']._serialized_start=917
-  _globals['_STATUSRESPONSE']._serialized_end=989
-  _globals['_GETNODEINFOREQUEST']._serialized_start=991
-  _globals['_GETNODEINFOREQUEST']._serialized_end=1011
-  _globals['_NODEINFO']._serialized_start=1014
-  _globals['_NODEINFO']._serialized_end=1161
-  _globals['_CNIREQUEST']._serialized_start=1163
-  _globals['_CNIREQUEST']._serialized_end=1289
-  _globals['_CNIRESPONSE']._serialized_start=1291
-  _globals['_CNIRESPONSE']._serialized_end=1339
-  _globals['_NODE']._serialized_start=1342
-  _globals['_NODE']._serialized_end=1835
-  _globals['_CNI']._serialized_start=1837
-  _globals['_CNI']._serialized_end=1899
+  _globals['_ENDPOINT']._serialized_end=289
+  _globals['_ATTACHREQUEST']._serialized_start=291
+  _globals['_ATTACHREQUEST']._serialized_end=376
+  _globals['_ATTACHRESPONSE']._serialized_start=378
+  _globals['_ATTACHRESPONSE']._serialized_end=433
+  _globals['_DETACHREQUEST']._serialized_start=435
+  _globals['_DETACHREQUEST']._serialized_end=503
+  _globals['_DETACHRESPONSE']._serialized_start=505
+  _globals['_DETACHRESPONSE']._serialized_end=539
+  _globals['_CHECKREQUEST']._serialized_start=541
+  _globals['_CHECKREQUEST']._serialized_end=608
+  _globals['_CHECKRESPONSE']._serialized_start=610
+  _globals['_CHECKRESPONSE']._serialized_end=664
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=666
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=688
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=690
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=753
+  _globals['_GARBAGECOLLECTREQUEST']._serialized_start=755
+  _globals['_GARBAGECOLLECTREQUEST']._serialized_end=848
+  _globals['_GARBAGECOLLECTRESPONSE']._serialized_start=850
+  _globals['_GARBAGECOLLECTRESPONSE']._serialized_end=913
+  _globals['_STATUSREQUEST']._serialized_start=915
+  _globals['_STATUSREQUEST']._serialized_end=930
+  _globals['_STATUSRESPONSE']._serialized_start=932
+  _globals['_STATUSRESPONSE']._serialized_end=1004
+  _globals['_GETNODEINFOREQUEST']._serialized_start=1006
+  _globals['_GETNODEINFOREQUEST']._serialized_end=1026
+  _globals['_NODEINFO']._serialized_start=1029
+  _globals['_NODEINFO']._serialized_end=1176
+  _globals['_CNIREQUEST']._serialized_start=1178
+  _globals['_CNIREQUEST']._serialized_end=1304
+  _globals['_CNIRESPONSE']._serialized_start=1306
+  _globals['_CNIRESPONSE']._serialized_end=1354
+  _globals['_NODE']._serialized_start=1357
+  _globals['_NODE']._serialized_end=1850
+  _globals['_CNI']._serialized_start=1852
+  _globals['_CNI']._serialized_end=1914
 # @@protoc_insertion_point(module_scope)

@@ -15,7 +15,7 @@ class AttachmentKey(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("container_id", "ifname", "netns", "address", "gateway", "host_ifname", "mac", "mtu", "network", "created_unix")
+    __slots__ = ("container_id", "ifname", "netns", "address", "gateway", "host_ifname", "mac", "mtu", "network", "created_unix", "state")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IFNAME_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Endpoint(_message.Message):
     MTU_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     ifname: str
     netns: str
@@ -36,7 +37,8 @@ class Endpoint(_message.Message):
     mtu: int
     network: str
     created_unix: int
-    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., host_ifname: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., network: _Optional[str] = ..., created_unix: _Optional[int] = ...) -> None: ...
+    state: str
+    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., host_ifname: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., network: _Optional[str] = ..., created_unix: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("container_id", "ifname", "netns", "network")
