@@ -1,0 +1,413 @@
+"""The lab: underlay namespaces, a podnetd per node (mTLS peers or etcd), pods; and teardown."""
+import contextlib
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+
+from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc, node_pb2, node_pb2_grpc
+from . import netops, pki, plan, procs, state
+from .plan import PlanError
+from .state import LabState, StateError
+
+DEFAULT_NAME = "lab"
+UNDERLAY_BRIDGE = "br0"
+NODE_IF = "eth0"
+ETCD_NAME = "etcd"
+
+
+class LabError(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def daemon_flags() -> frozenset:
+    """The long flags this podnetd offers (cluster features may not all be there yet)."""
+    out = subprocess.run([sys.executable, "-m", "podnetd.main", "--help"], capture_output=True,
+                         text=True).stdout
+    return frozenset(w.strip(",[]") for w in out.split() if w.startswith("--"))
+
+
+def _grpc_channel(sock: str) -> grpc.Channel:
+    return grpc.insecure_channel(f"unix://{sock}")
+
+
+class Lab:
+    def __init__(self, st: LabState):
+        self.st = st
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, name: str = DEFAULT_NAME, root: str = state.ROOT) -> "Lab":
+        try:
+            return cls(state.load(name, root))
+        except StateError as e:
+            raise LabError(str(e)) from None
+
+    @classmethod
+    def up(cls, nodes: int, topology: str = "l2", store: str = "static", *,
+           name: str = DEFAULT_NAME, root: str = state.ROOT, tls: bool = True,
+           node_timeout: float | None = None, backend: str | None = None,
+           reconcile_interval: float | None = None, vxlan_vni: int | None = None,
+           vxlan_port: int | None = None, extra_args: list[str] | None = None,
+           wait: float = 30.0) -> "Lab":
+        """Create a lab of `nodes` nodes and wait (up to `wait` s) until every daemon serves and,
+        when the daemons do cluster routing, every node routes to every other. Anything made
+        before a failure is torn down again."""
+        try:
+            plan.validate_name(name)
+            if topology not in plan.TOPOLOGIES:
+                raise PlanError(f"topology {topology!r}: expected one of {', '.join(plan.TOPOLOGIES)}")
+            if store not in plan.STORES:
+                raise PlanError(f"store {store!r}: expected one of {', '.join(plan.STORES)}")
+            if not 1 <= nodes <= plan.MAX_NODES:
+                raise PlanError(f"--nodes {nodes}: must be between 1 and {plan.MAX_NODES}")
+        except PlanError as e:
+            raise LabError(str(e)) from None
+        options = {"tls": tls, "node_timeout": node_timeout, "backend": backend,
+                   "reconcile_interval": reconcile_interval, "vxlan_vni": vxlan_vni,
+                   "vxlan_port": vxlan_port, "extra_args": extra_args or []}
+        st = LabState(name=name, topology=topology, store=store, options=options, root=root)
+        with state.locked(name, root):
+            try:
+                state.create(st)
+            except StateError as e:
+                raise LabError(str(e)) from None
+            lab = cls(st)
+            try:
+                lab._build_underlay()
+                if tls:
+                    pki.make_ca(os.path.join(st.dir, "ca"), name)
+                if store == "etcd":
+                    lab._start_etcd()
+                segs = plan.initial_segments(nodes, topology)
+                planned = [plan.plan_node(name, topology, store, i + 1, segs[i]) for i in range(nodes)]
+                for p in planned:
+                    lab._make_node(p)
+                peers = [p.name for p in planned]
+                for p in planned:
+                    lab._start_daemon(p.name, [q for q in peers if q != p.name])
+                lab.wait_ready(peers, timeout=wait)
+            except BaseException:
+                lab._teardown()
+                raise
+        lab.wait_routes(timeout=wait)
+        return lab
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _add_netns(self, ns: str) -> None:
+        # Recorded first: a crash right after `ip netns add` still leaves it to `lab down`.
+        self.st.namespaces.append(ns)
+        self.st.save()
+        try:
+            netops.netns_add(ns)
+        except netops.NetopsError as e:
+            self.st.namespaces.remove(ns)
+            self.st.save()
+            raise LabError(str(e)) from None
+
+    def _build_underlay(self) -> None:
+        segs = plan.segments(self.st.name, self.st.topology)
+        try:
+            if self.st.topology == "l2":
+                seg = segs[0]
+                self._add_netns(seg.netns)
+                netops.bridge(seg.netns, UNDERLAY_BRIDGE, f"{seg.gateway}/{seg.prefixlen}")
+                return
+            router = f"{self.st.name}-rt"
+            self._add_netns(router)
+            netops.sysctl(router, "net.ipv4.ip_forward", "1", "router: forwarding")
+            for seg in segs:
+                self._add_netns(seg.netns)
+                netops.bridge(seg.netns, UNDERLAY_BRIDGE)
+                ifname = f"eth{seg.name}"
+                netops.veth(seg.netns, "rt", router, ifname, master=UNDERLAY_BRIDGE)
+                netops.configure(router, ifname, f"{seg.gateway}/{seg.prefixlen}", None)
+        except netops.NetopsError as e:
+            raise LabError(f"build underlay: {e}") from None
+
+    def _attach(self, ns: str, segment: str, port: str, address: str) -> None:
+        seg = {s.name: s for s in plan.segments(self.st.name, self.st.topology)}[segment]
+        try:
+            netops.veth(seg.netns, port, ns, NODE_IF, master=UNDERLAY_BRIDGE)
+            netops.configure(ns, NODE_IF, f"{address}/{seg.prefixlen}", seg.gateway)
+        except netops.NetopsError as e:
+            raise LabError(f"attach {ns} to segment {segment}: {e}") from None
+
+    def _make_node(self, p: plan.NodePlan) -> None:
+        self._add_netns(p.netns)
+        self._attach(p.netns, p.segment, p.name, p.ip)
+        d = self.st.node_dir(p.name)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if self.st.options.get("tls"):
+            ca = os.path.join(self.st.dir, "ca")
+            pki.make_node_cert(os.path.join(d, "tls"), os.path.join(ca, "ca.crt"),
+                               os.path.join(ca, "ca.key"), p.name, p.ip)
+        self.st.nodes[p.name] = {"index": p.index, "netns": p.netns, "segment": p.segment,
+                                 "ip": p.ip, "pod_cidr": p.pod_cidr, "dir": d,
+                                 "socket": os.path.join(d, "podnetd.sock")}
+        self.st.save()
+
+    # -- etcd ------------------------------------------------------------------------------------
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{plan.etcd_address(self.st.name, self.st.topology)}:{plan.ETCD_PORT}"
+
+    def _start_etcd(self) -> None:
+        ns = f"{self.st.name}-etcd"
+        self._add_netns(ns)
+        self._attach(ns, "a", ETCD_NAME, plan.etcd_address(self.st.name, self.st.topology))
+        self.start_etcd()
+
+    def start_etcd(self, timeout: float = 20) -> None:
+        ns, d = f"{self.st.name}-etcd", os.path.join(self.st.dir, "etcd")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        url = self.etcd_endpoint
+        argv = [*netops.nsenter(ns), "etcd", "--name", "lab", "--data-dir", os.path.join(d, "data"),
+                "--listen-client-urls", url, "--advertise-client-urls", url,
+                # peers: none; the peer port stays on the etcd namespace's loopback
+                "--listen-peer-urls", "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--initial-cluster", "lab=http://127.0.0.1:2380", "--log-level", "warn"]
+        self._spawn(ETCD_NAME, argv, os.path.join(d, "etcd.log"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = subprocess.run([*netops.nsenter(ns), "etcdctl", "--endpoints", url,
+                                     "--dial-timeout", "1s", "endpoint", "health"],
+                                    capture_output=True, text=True)
+            if health.returncode == 0:
+                return
+            if not procs.alive(self.st.processes[ETCD_NAME]):
+                raise LabError(f"etcd exited:\n{self._tail(os.path.join(d, 'etcd.log'))}")
+            time.sleep(0.1)
+        raise LabError(f"etcd not healthy after {timeout}s at {url}")
+
+    def stop_etcd(self, sig: int = signal.SIGTERM) -> None:
+        record = self.st.processes.get(ETCD_NAME)
+        if record:
+            procs.stop(record, sig)
+
+    # -- daemons -----------------------------------------------------------------------------
+
+    def _spawn(self, key: str, argv: list[str], log: str) -> dict:
+        record = procs.spawn(argv, log)
+        self.st.processes[key] = record
+        self.st.save()
+        return record
+
+    def daemon_argv(self, node: str, peers: list[str]) -> list[str]:
+        n, o, flags = self.st.nodes[node], self.st.options, daemon_flags()
+        argv = [*netops.nsenter(n["netns"]), sys.executable, "-m", "podnetd.main",
+                "--node-name", node, "--socket", n["socket"],
+                "--state-dir", os.path.join(n["dir"], "state")]
+        leased = self.st.store == "etcd" and "--etcd-endpoints" in flags
+        if not leased:
+            argv += ["--pod-cidr", n["pod_cidr"] or plan.static_pod_cidr(n["index"])]
+        wanted = [("--node-ip", n["ip"]), ("--cluster-cidr", plan.CLUSTER_CIDR),
+                  ("--store", self.st.store), ("--node-timeout", o.get("node_timeout")),
+                  ("--backend", o.get("backend")), ("--reconcile-interval", o.get("reconcile_interval")),
+                  ("--vxlan-vni", o.get("vxlan_vni")), ("--vxlan-port", o.get("vxlan_port"))]
+        if self.st.store == "static":
+            wanted += [("--listen", f"{n['ip']}:{plan.PEER_PORT}"),
+                       ("--peers", ",".join(f"{self.st.nodes[p]['ip']}:{plan.PEER_PORT}"
+                                            for p in peers) or None)]
+        else:
+            wanted += [("--etcd-endpoints", self.etcd_endpoint), ("--node-cidr-size", 24)]
+        if o.get("tls") and self.st.store == "static":
+            tls = os.path.join(n["dir"], "tls")
+            wanted += [("--tls-cert", os.path.join(tls, "node.crt")),
+                       ("--tls-key", os.path.join(tls, "node.key")),
+                       ("--tls-ca", os.path.join(self.st.dir, "ca", "ca.crt"))]
+        for flag, value in wanted:
+            if value is not None and flag in flags:
+                argv += [flag, str(value)]
+        return argv + list(o.get("extra_args") or [])
+
+    def _start_daemon(self, node: str, peers: list[str]) -> None:
+        n = self.st.nodes[node]
+        n["peers"] = peers
+        self._spawn(f"podnetd/{node}", self.daemon_argv(node, peers),
+                    os.path.join(n["dir"], "podnetd.log"))
+
+    def start_daemon(self, node: str, timeout: float = 20) -> None:
+        """(Re)start a node's podnetd with the arguments it had and wait until it serves."""
+        with state.locked(self.st.name, self.st.root):
+            self._start_daemon(node, self.st.nodes[node].get("peers", []))
+        self.wait_ready([node], timeout)
+
+    def stop_daemon(self, node: str, sig: int = signal.SIGTERM) -> None:
+        record = self.st.processes.get(f"podnetd/{node}")
+        if record:
+            procs.stop(record, sig)
+
+    def daemon(self, node: str) -> dict:
+        return self.st.processes[f"podnetd/{node}"]
+
+    def wait_ready(self, nodes: list[str], timeout: float = 30) -> None:
+        """Until each daemon answers GetNodeInfo; learns leased pod CIDRs on the way."""
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            n = self.st.nodes[node]
+            while True:
+                record = self.daemon(node)
+                if not procs.alive(record):
+                    raise LabError(f"podnetd on {node} exited:\n{self._tail(record['log'])}")
+                # A fresh channel per try, and only once the socket exists: a channel that
+                # failed once backs off for seconds before it dials again.
+                info = self._node_info(n["socket"]) if os.path.exists(n["socket"]) else None
+                if info is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(f"podnetd on {node} not serving after {timeout}s:\n"
+                                   f"{self._tail(record['log'])}")
+                time.sleep(0.05)
+            n["pod_cidr"] = info.pod_cidr
+        with state.locked(self.st.name, self.st.root):
+            self.st.save()
+
+    @staticmethod
+    def _node_info(sock: str):
+        with contextlib.closing(_grpc_channel(sock)) as ch:
+            try:
+                return node_pb2_grpc.NodeStub(ch).GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=2)
+            except grpc.RpcError:
+                return None
+
+    # -- join and leave ----------------------------------------------------------------------
+
+    def add_node(self, segment: str | None = None, *, wait: float = 20) -> str:
+        """A node joins: underlay port, certificate, podnetd seeded with the live nodes."""
+        with state.locked(self.st.name, self.st.root):
+            index = max((n["index"] for n in self.st.nodes.values()), default=0) + 1
+            segment = segment or plan.join_segment([n["segment"] for n in self.st.nodes.values()],
+                                                   self.st.topology)
+            p = plan.plan_node(self.st.name, self.st.topology, self.st.store, index, segment)
+            peers = list(self.st.nodes)
+            self._make_node(p)
+            self._start_daemon(p.name, peers)
+        self.wait_ready([p.name], wait)
+        return p.name
+
+    def remove_node(self, node: str, sig: int = signal.SIGKILL) -> None:
+        """A node leaves abruptly: its daemon dies, its namespace and pods vanish."""
+        with state.locked(self.st.name, self.st.root):
+            self.stop_daemon(node, sig)
+            for pod, p in list(self.st.pods.items()):
+                if p["node"] == node:
+                    self._delete_ns(p["netns"])
+                    del self.st.pods[pod]
+            self._delete_ns(self.st.nodes[node]["netns"])
+            self.st.processes.pop(f"podnetd/{node}", None)
+            del self.st.nodes[node]
+            self.st.save()
+
+    def _delete_ns(self, ns: str) -> None:
+        try:
+            netops.netns_del(ns)
+        except netops.NetopsError as e:
+            raise LabError(str(e)) from None
+        if ns in self.st.namespaces:
+            self.st.namespaces.remove(ns)
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def node_names(self) -> list[str]:
+        return sorted(self.st.nodes, key=lambda n: self.st.nodes[n]["index"])
+
+    def socket(self, node: str) -> str:
+        return self.st.nodes[node]["socket"]
+
+    def netns(self, node: str) -> str:
+        return self.st.nodes[node]["netns"]
+
+    def cluster_view(self, node: str, timeout: float = 3):
+        """(ListNodesResponse, ListRoutesResponse) from a node's daemon; None for a part the
+        daemon does not offer (or when it is down)."""
+        with contextlib.closing(_grpc_channel(self.socket(node))) as ch:
+            stub = cluster_pb2_grpc.ClusterStub(ch)
+            out = []
+            for method, req in ((stub.ListNodes, cluster_pb2.ListNodesRequest()),
+                                (stub.ListRoutes, cluster_pb2.ListRoutesRequest())):
+                try:
+                    out.append(method(req, timeout=timeout))
+                except grpc.RpcError:
+                    out.append(None)
+        return tuple(out)
+
+    def missing_routes(self) -> dict[str, list[str]]:
+        """Per node, the other nodes' pod CIDRs its kernel has no route for."""
+        from .probe import route_dsts
+        cidrs = {n: v["pod_cidr"] for n, v in self.st.nodes.items() if v.get("pod_cidr")}
+        missing = {}
+        for node, v in self.st.nodes.items():
+            try:
+                have = route_dsts(v["netns"])
+            except Exception:  # noqa: BLE001 - a namespace mid-removal counts as missing all
+                have = set()
+            gaps = [c for other, c in cidrs.items() if other != node and c not in have]
+            if gaps:
+                missing[node] = gaps
+        return missing
+
+    def wait_routes(self, timeout: float = 30) -> dict[str, list[str]]:
+        """Until every node routes to every other node's pod CIDR; returns what is still
+        missing at the timeout (empty when converged)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = self.missing_routes()
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.1)
+
+    # -- teardown ------------------------------------------------------------------------------
+
+    def down(self) -> None:
+        with state.locked(self.st.name, self.st.root):
+            self._teardown()
+
+    def _teardown(self) -> None:
+        """Stop every recorded process (by PID), delete every recorded namespace, remove the
+        state dir. Keeps going past failures and reports them all at the end."""
+        errors = []
+        daemons = [r for k, r in self.st.processes.items() if k.startswith("podnetd/")]
+        others = [r for k, r in self.st.processes.items() if not k.startswith("podnetd/")]
+        for group in (daemons, others):
+            try:
+                procs.stop_many(group, signal.SIGTERM, timeout=5)
+            except OSError as e:
+                errors.append(f"stop processes: {e}")
+        pods = [p["netns"] for p in self.st.pods.values()]
+        for ns in pods + [ns for ns in reversed(self.st.namespaces) if ns not in pods]:
+            try:
+                netops.netns_del(ns)
+            except netops.NetopsError as e:
+                errors.append(str(e))
+        if errors:
+            self.st.save()
+            raise LabError(f"lab {self.st.name} down: " + "; ".join(errors))
+        state.remove_dir(self.st.name, self.st.root)
+
+    @staticmethod
+    def _tail(path: str, lines: int = 15) -> str:
+        try:
+            with open(path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def down(name: str = DEFAULT_NAME, root: str = state.ROOT) -> None:
+    """Tear down a lab by name; a missing state file with a left-over dir just removes the dir."""
+    if not state.exists(name, root):
+        if os.path.isdir(state.lab_dir(name, root)):
+            state.remove_dir(name, root)
+            return
+        raise LabError(f"no lab named {name!r}")
+    Lab.open(name, root).down()
