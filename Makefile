@@ -33,9 +33,7 @@ demo: deps
 
 ## install: the plugin to $(CNI_BIN_DIR)/podnet and the commands to /usr/local/bin
 install: deps
-	install -d $(CNI_BIN_DIR)
-	{ echo "#!$(abspath $(PY)) -IS"; cat cni-plugin/plugin.py; } > $(CNI_BIN_DIR)/podnet.tmp
-	chmod 0755 $(CNI_BIN_DIR)/podnet.tmp && mv $(CNI_BIN_DIR)/podnet.tmp $(CNI_BIN_DIR)/podnet
+	$(PY) -m podnetd.install --cni-bin-dir $(CNI_BIN_DIR)
 	for cmd in podnetd podnetctl; do ln -sf $(abspath $(VENV))/bin/$$cmd /usr/local/bin/$$cmd; done
 
 ## proto: regenerate the committed stubs in podnetd/api from proto/

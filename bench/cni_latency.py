@@ -28,13 +28,9 @@ REFERENCE_DIR = "/usr/lib/cni"
 
 
 def install_podnet(bin_dir: str) -> str:
-    """The plugin exactly as `make install` lays it out: python -I -S + cni-plugin/plugin.py."""
-    path = os.path.join(bin_dir, "podnet")
-    with open(path, "w") as f:
-        f.write(f"#!{sys.executable} -IS\n")
-        f.write((REPO / "cni-plugin" / "plugin.py").read_text())
-    os.chmod(path, 0o755)
-    return path
+    """The plugin exactly as `make install` lays it out."""
+    from podnetd.install import install_plugin
+    return install_plugin(bin_dir)
 
 
 def invoke(binary: str, node_ns: str | None, command: str, config: dict, cid: str = "",

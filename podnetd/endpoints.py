@@ -13,7 +13,7 @@ import threading
 
 from .ipam import Ipam, Record
 from .kernel import ip_lib, netns
-from .kernel.errors import Exists, KernelError, NamespaceGone
+from .kernel.errors import Exists, KernelError, NamespaceGone, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,15 @@ def host_veth_name(container_id: str, ifname: str) -> str:
     """Deterministic host-side name: 'pn' + 11 hex digits of sha256(container id, ifname)."""
     digest = hashlib.sha256(f"{container_id}\0{ifname}".encode()).hexdigest()
     return HOST_VETH_PREFIX + digest[:11]
+
+
+def veth_macs(container_id: str, ifname: str) -> tuple[str, str]:
+    """Stable locally administered unicast MACs for (host end, pod end): a re-ADD keeps the pod's
+    MAC, so its neighbours' ARP entries stay right, and nothing is read back after creation."""
+    digest = hashlib.sha256(f"mac\0{container_id}\0{ifname}".encode()).digest()
+    host = ":".join(f"{b:02x}" for b in (0x02, *digest[0:5]))
+    pod = ":".join(f"{b:02x}" for b in (0x0a, *digest[5:10]))
+    return host, pod
 
 
 def _configure_pod_side(ifname: str, address: str, gateway: str) -> str:
@@ -120,6 +129,7 @@ class Endpoints:
         self.node = node
         self.ipam = ipam
         self.reaper = VethReaper(ipam)
+        self._bridge_index: int | None = None
 
     # -- attach ---------------------------------------------------------------------------
 
@@ -144,11 +154,9 @@ class Endpoints:
                 undo.callback(self.ipam.release, container_id, ifname)
             # A repeated ADD (a runtime retrying) keeps the address and rebuilds the link.
             ip_lib.link_delete(host)
-            bridge_index = ip_lib.link_index(self.node.bridge)
-            if bridge_index is None:
-                raise AttachError(f"{what}: bridge {self.node.bridge} is missing")
+            host_mac, pod_mac = veth_macs(container_id, ifname)
             try:
-                host_link = ip_lib.veth_create(host, ifname, fd, mtu=self.node.mtu, master=bridge_index)
+                self._create_veth(host, ifname, fd, host_mac, pod_mac)
             except Exists as e:
                 raise AttachError(f"{what}: {e}: an interface named {ifname} (or {host}) "
                                   f"already exists") from None
@@ -164,7 +172,24 @@ class Endpoints:
             undo.pop_all()
             os.close(fd)
         return dataclasses.replace(record, mac=mac, host_ifname=host, netns=netns_path,
-                                   host_mac=host_link["mac"])
+                                   host_mac=host_mac)
+
+    def _create_veth(self, host: str, ifname: str, fd: int, host_mac: str, pod_mac: str) -> None:
+        """Create the pair on the bridge, whose index is cached: it only changes when the
+        bridge is re-created (drift repair), and then creation fails and the cache is renewed."""
+        for attempt in (1, 2):
+            if self._bridge_index is None:
+                self._bridge_index = ip_lib.link_index(self.node.bridge)
+                if self._bridge_index is None:
+                    raise AttachError(f"bridge {self.node.bridge} is missing")
+            try:
+                ip_lib.veth_create(host, ifname, fd, mtu=self.node.mtu, master=self._bridge_index,
+                                   host_mac=host_mac, peer_mac=pod_mac)
+                return
+            except (NotFound, KernelError) as e:
+                if attempt == 2 or isinstance(e, Exists):
+                    raise
+                self._bridge_index = None
 
     @staticmethod
     def _delete_quietly(name: str) -> None:

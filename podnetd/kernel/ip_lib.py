@@ -118,10 +118,10 @@ def bridge_ensure(name: str, *, mtu: int, mac: str) -> int:
 
 
 def veth_create(host_name: str, peer_name: str, peer_netns_fd: int, *, mtu: int,
-                master: int) -> dict:
+                master: int, host_mac: str, peer_mac: str) -> None:
     """Create a veth pair with the host end up on master and the peer created directly inside
-    the namespace behind peer_netns_fd (no move, no rename). Returns the host end's facts."""
-    return rtnl.create_veth(host_name, peer_name, peer_netns_fd, mtu, master)
+    the namespace behind peer_netns_fd (no move, no rename)."""
+    rtnl.create_veth(host_name, peer_name, peer_netns_fd, mtu, master, host_mac, peer_mac)
 
 
 def pod_interface_setup(ifname: str, address: str, gateway: str) -> dict:

@@ -87,12 +87,34 @@ def transact(requests: list[tuple]) -> list[list[bytes]]:
     return replies
 
 
+_IFINFO = struct.Struct("=BxHiII")   # family, type, index, flags, change
+_NLA = struct.Struct("=HH")
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+
+
 def _link_facts(raw: bytes) -> dict:
-    msg = ifinfmsg(raw)
-    msg.decode()
-    return {"index": msg["index"], "name": msg.get_attr("IFLA_IFNAME"), "mac": msg.get_attr("IFLA_ADDRESS"),
-            "mtu": msg.get_attr("IFLA_MTU"), "master": msg.get_attr("IFLA_MASTER") or 0,
-            "up": bool(msg["flags"] & IFF_UP)}
+    """The few facts the hot path needs, read straight from the RTM_NEWLINK bytes (a full
+    pyroute2 decode of a link message costs ~0.5 ms)."""
+    _, _, index, flags, _ = _IFINFO.unpack_from(raw, _HEADER.size)
+    facts = {"index": index, "name": None, "mac": None, "mtu": None, "master": 0,
+             "up": bool(flags & IFF_UP)}
+    offset = _HEADER.size + _IFINFO.size
+    while offset + _NLA.size <= len(raw):
+        length, kind = _NLA.unpack_from(raw, offset)
+        if length < _NLA.size:
+            break
+        value = raw[offset + _NLA.size:offset + length]
+        kind &= 0x3FFF
+        if kind == IFLA_ADDRESS:
+            facts["mac"] = ":".join(f"{b:02x}" for b in value)
+        elif kind == IFLA_IFNAME:
+            facts["name"] = value.rstrip(b"\0").decode()
+        elif kind == IFLA_MTU:
+            facts["mtu"] = struct.unpack("=I", value)[0]
+        elif kind == IFLA_MASTER:
+            facts["master"] = struct.unpack("=I", value)[0]
+        offset += (length + 3) & ~3
+    return facts
 
 
 def get_link(name: str) -> dict:
@@ -108,24 +130,22 @@ def delete_link(name: str) -> None:
     transact([(msg, RTM_DELLINK, REQUEST, f"delete link {name}")])
 
 
-def create_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, master: int) -> dict:
-    """One request: the host end up on master, the peer created inside the pod netns. Returns
-    the host end's facts."""
+def create_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, master: int,
+                host_mac: str, peer_mac: str) -> None:
+    """One request: the host end up on master, the peer created inside the pod netns, both with
+    the given MACs (so nothing has to be read back)."""
     msg = ifinfmsg()
     msg["flags"] = msg["change"] = IFF_UP
     msg["attrs"] = [
-        ("IFLA_IFNAME", host), ("IFLA_MTU", mtu), ("IFLA_MASTER", master),
+        ("IFLA_IFNAME", host), ("IFLA_MTU", mtu), ("IFLA_MASTER", master), ("IFLA_ADDRESS", host_mac),
         ("IFLA_LINKINFO", {"attrs": [
             ("IFLA_INFO_KIND", "veth"),
             ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": [
-                ("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd), ("IFLA_MTU", mtu)]})]}),
+                ("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd), ("IFLA_MTU", mtu),
+                ("IFLA_ADDRESS", peer_mac)]})]}),
         ]}),
     ]
-    get = ifinfmsg()
-    get["attrs"] = [("IFLA_IFNAME", host)]
-    _, reply = transact([(msg, RTM_NEWLINK, CREATE, f"create veth {host} (peer {peer})"),
-                         (get, RTM_GETLINK, REQUEST, f"get link {host}")])
-    return _link_facts(reply[0])
+    transact([(msg, RTM_NEWLINK, CREATE, f"create veth {host} (peer {peer})")])
 
 
 def configure_interface(ifname: str, address: str, prefixlen: int, gateway: str) -> dict:

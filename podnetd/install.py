@@ -1,0 +1,57 @@
+"""Lay out the podnet CNI plugin in a CNI bin dir.
+
+<bin_dir>/podnet is a three-line launcher for `python3 -IS` (no site, no environment) that
+imports the plugin from <bin_dir>/.podnet/, where it is byte-compiled at install time: a script
+run directly is re-compiled on every exec, which would cost more than the rest of a DEL.
+Usage: python -m podnetd.install [--cni-bin-dir /opt/cni/bin] [--python /usr/bin/python3]
+"""
+import argparse
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+SOURCE = pathlib.Path(__file__).resolve().parent.parent / "cni-plugin" / "plugin.py"
+LIB_DIR = ".podnet"
+MODULE = "podnet_plugin"
+
+
+def default_python() -> str:
+    """Debian's python3 when present (it starts faster than a pyenv or venv build), else ours.
+    The plugin needs only built-in modules, so any Python 3.10+ runs it."""
+    system = "/usr/bin/python3"
+    return system if os.access(system, os.X_OK) else sys.executable
+
+
+def install_plugin(bin_dir: str, python: str | None = None, source: pathlib.Path = SOURCE) -> str:
+    python = python or default_python()
+    lib = os.path.join(bin_dir, LIB_DIR)
+    os.makedirs(lib, exist_ok=True)
+    module_path = os.path.join(lib, f"{MODULE}.py")
+    shutil.copyfile(source, module_path + ".tmp")
+    os.replace(module_path + ".tmp", module_path)
+    # byte-compile with the interpreter that will run it (its magic number must match)
+    subprocess.run([python, "-IS", "-c", f"import py_compile; py_compile.compile({module_path!r}, "
+                    f"doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)"],
+                   check=True)
+    launcher = os.path.join(bin_dir, "podnet")
+    with open(launcher + ".tmp", "w") as f:
+        f.write(f"#!{python} -IS\nimport sys\nsys.path.insert(0, {lib!r})\n"
+                f"from {MODULE} import main\nsys.exit(main())\n")
+    os.chmod(launcher + ".tmp", 0o755)
+    os.replace(launcher + ".tmp", launcher)
+    return launcher
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="podnetd.install")
+    ap.add_argument("--cni-bin-dir", default="/opt/cni/bin")
+    ap.add_argument("--python", default=None)
+    args = ap.parse_args()
+    print(install_plugin(args.cni_bin_dir, args.python))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
