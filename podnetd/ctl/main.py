@@ -8,6 +8,8 @@ from .client import CtlError
 
 # Feature modules (cluster views, lab, pods) append a register(subparsers, common) here.
 MODULES = [network]
+from . import cluster, lab  # noqa: E402 - issue 3: nodes/routes views and the netns lab
+MODULES += [cluster, lab]
 
 
 def build_parser() -> argparse.ArgumentParser:

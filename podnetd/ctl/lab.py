@@ -1,0 +1,193 @@
+"""podnetctl lab up | down | status | list | pod add|del|list | matrix | exec."""
+import os
+import sys
+
+from . import output
+from .client import CtlError
+
+
+def _lab_api():
+    # Imported lazily: the lab pulls in pyroute2 and the kernel layer, other commands don't need it.
+    from ..lab import lab, pods, probe, state, status
+    return lab, pods, probe, state, status
+
+
+def _open(args):
+    lab, *_ = _lab_api()
+    try:
+        return lab.Lab.open(args.name)
+    except lab.LabError as e:
+        raise CtlError(str(e)) from None
+
+
+def _guard(fn):
+    """LabError -> one line on stderr, never a traceback."""
+    def run(args):
+        lab, *_ = _lab_api()
+        try:
+            return fn(args)
+        except lab.LabError as e:
+            raise CtlError(str(e)) from None
+    return run
+
+
+@_guard
+def cmd_up(args) -> int:
+    lab, _, _, _, status = _lab_api()
+    print(f"lab {args.name}: {args.nodes} nodes, {args.topology} underlay, {args.store} store ...",
+          file=sys.stderr)
+    lb = lab.Lab.up(args.nodes, args.topology, args.store, name=args.name, tls=not args.no_tls,
+                    node_timeout=args.node_timeout, backend=args.backend, wait=args.wait)
+    missing = lb.missing_routes()
+    _print_status(status.collect(lb), args.output)
+    if missing:
+        print(f"warning: not converged after {args.wait}s; missing routes: {missing}", file=sys.stderr)
+    print(f"lab {args.name} is up; `podnetctl lab down --name {args.name}` removes it", file=sys.stderr)
+    return 0
+
+
+@_guard
+def cmd_down(args) -> int:
+    lab, *_ = _lab_api()
+    lab.down(args.name)
+    print(f"lab {args.name}: removed")
+    return 0
+
+
+@_guard
+def cmd_status(args) -> int:
+    *_, status = _lab_api()
+    _print_status(status.collect(_open(args)), args.output)
+    return 0
+
+
+def _print_status(data: dict, fmt: str) -> None:
+    if fmt != "table":
+        output.emit([], [], fmt, raw=data)
+        return
+    print(f"lab {data['name']}: topology {data['topology']}, store {data['store']}, state {data['dir']}")
+    rows = [{**n, "peers": " ".join(f"{k}={v}" for k, v in sorted(n["peers"].items())) or "-"}
+            for n in data["nodes"]]
+    sys.stdout.write(output.table(rows, [("NODE", "node"), ("UNDERLAY", "underlay_ip"),
+                                         ("SEG", "segment"), ("POD-CIDR", "pod_cidr"),
+                                         ("DAEMON", "daemon"), ("MODE PER PEER", "peers"),
+                                         ("PROBLEM", "problem")]))
+    print()
+    sys.stdout.write(output.table(data["routes"], [("ON", "node"), ("KIND", "kind"),
+                                                   ("FOR", "node_to" if data["routes"] and
+                                                    "node_to" in data["routes"][0] else "node"),
+                                                   ("MODE", "mode"), ("DESTINATION", "destination"),
+                                                   ("VIA", "via"), ("DEV", "dev"), ("STATE", "state")])
+                     if data["routes"] else "no routes programmed\n")
+    if data["pods"]:
+        print()
+        sys.stdout.write(output.table(data["pods"], [("POD", "pod"), ("ADDRESS", "address"),
+                                                     ("NETNS", "netns")]))
+
+
+@_guard
+def cmd_list(args) -> int:
+    _, _, _, state, _ = _lab_api()
+    rows = []
+    for name in state.names():
+        st = state.load(name)
+        rows.append({"name": name, "topology": st.topology, "store": st.store,
+                     "nodes": len(st.nodes), "pods": len(st.pods), "dir": st.dir})
+    output.emit(rows, [("NAME", "name"), ("TOPOLOGY", "topology"), ("STORE", "store"),
+                       ("NODES", "nodes"), ("PODS", "pods"), ("STATE", "dir")], args.output)
+    return 0
+
+
+@_guard
+def cmd_pod_add(args) -> int:
+    _, pods, *_ = _lab_api()
+    lb = _open(args)
+    key = pods.add_pod(lb, args.node, args.pod)
+    p = lb.st.pods[key]
+    print(f"{key} {p['address']} netns {p['netns']}")
+    return 0
+
+
+@_guard
+def cmd_pod_del(args) -> int:
+    _, pods, *_ = _lab_api()
+    pods.del_pod(_open(args), args.pod)
+    return 0
+
+
+@_guard
+def cmd_pod_list(args) -> int:
+    _, pods, *_ = _lab_api()
+    rows = [{"pod": k, **p} for k, p in pods.pods(_open(args)).items()]
+    output.emit(rows, [("POD", "pod"), ("NODE", "node"), ("ADDRESS", "address"),
+                       ("NETNS", "netns")], args.output)
+    return 0
+
+
+@_guard
+def cmd_matrix(args) -> int:
+    _, pods, probe, _, _ = _lab_api()
+    ps = pods.pods(_open(args))
+    if len(ps) < 2:
+        raise CtlError("the matrix needs at least two pods (podnetctl lab pod add --node n1)")
+    results = probe.tcp_matrix(ps) if args.tcp else probe.ping_matrix(ps)
+    sys.stdout.write(probe.render_matrix(ps, results))
+    return 0 if all(results.values()) else 1
+
+
+@_guard
+def cmd_exec(args) -> int:
+    lb = _open(args)
+    target = args.target
+    if target in lb.st.nodes:
+        ns = lb.netns(target)
+    elif target in lb.st.pods:
+        ns = lb.st.pods[target]["netns"]
+    else:
+        raise CtlError(f"no node or pod {target!r} in lab {args.name}")
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise CtlError("give a command after --, e.g. podnetctl lab exec n1 -- ip route")
+    os.execvp("nsenter", ["nsenter", f"--net=/run/netns/{ns}", *cmd])
+
+
+def register(sub, common) -> None:
+    from ..lab.lab import DEFAULT_NAME
+    lab = sub.add_parser("lab", help="a local multi-node lab in network namespaces")
+    lsub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+
+    def add(name, func, help_, **kw):
+        p = lsub.add_parser(name, parents=[common], help=help_, **kw)
+        p.add_argument("--name", default=DEFAULT_NAME, help="the lab's name (namespace prefix)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "create nodes, underlay and daemons")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--topology", default="l2", choices=["l2", "routed"])
+    p.add_argument("--store", default="static", choices=["static", "etcd"])
+    p.add_argument("--backend", choices=["auto", "host-gw", "vxlan"])
+    p.add_argument("--node-timeout", type=float)
+    p.add_argument("--no-tls", action="store_true", help="run the peers without mutual TLS")
+    p.add_argument("--wait", type=float, default=30, help="seconds to wait for convergence")
+    add("down", cmd_down, "remove every trace of the lab")
+    add("status", cmd_status, "nodes, CIDRs, mode per peer, routes")
+    add("list", cmd_list, "labs on this machine")
+    add("matrix", cmd_matrix, "all-pairs ping (or --tcp) between the lab's pods") \
+        .add_argument("--tcp", action="store_true")
+    p = add("exec", cmd_exec, "run a command in a node's or pod's network namespace")
+    p.add_argument("target", help="node (n1) or pod (n1/p1)")
+    p.add_argument("cmd", nargs="...", help="-- command ...")
+    pod = lsub.add_parser("pod", help="pods in the lab")
+    psub = pod.add_subparsers(dest="pod_command", required=True, metavar="ACTION")
+    for name, func, help_ in (("add", cmd_pod_add, "a pod netns attached via the CNI plugin"),
+                              ("del", cmd_pod_del, "CNI DEL and remove the pod netns"),
+                              ("list", cmd_pod_list, "the lab's pods")):
+        p = psub.add_parser(name, parents=[common], help=help_)
+        p.add_argument("--name", default=DEFAULT_NAME, help="the lab's name")
+        p.set_defaults(func=func)
+        if name == "add":
+            p.add_argument("--node", required=True)
+            p.add_argument("--pod", help="pod name (default p1, p2, ...)")
+        elif name == "del":
+            p.add_argument("pod", help="n1/p1")

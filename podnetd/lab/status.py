@@ -1,0 +1,52 @@
+"""What `podnetctl lab status` shows: nodes, their CIDRs, the mode chosen per peer, routes.
+Asks each daemon (podnet.v1.Cluster) and falls back to the kernel's routes when it can't."""
+import ipaddress
+
+from google.protobuf import json_format
+
+from . import plan, probe, procs
+from .lab import Lab
+
+
+def _msg(m) -> dict:
+    return json_format.MessageToDict(m, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def collect(lab: Lab) -> dict:
+    nodes, routes = [], []
+    cluster = ipaddress.ip_network(plan.CLUSTER_CIDR)
+    for name in lab.node_names():
+        n = lab.st.nodes[name]
+        record = lab.st.processes.get(f"podnetd/{name}")
+        running = bool(record) and procs.alive(record)
+        listing, programmed = lab.cluster_view(name) if running else (None, None)
+        peers, problem = {}, ""
+        if listing is not None:
+            problem = listing.problem
+            for peer in listing.nodes:
+                if peer.name != name:
+                    peers[peer.name] = peer.mode + (f" ({peer.problem})" if peer.problem else "")
+        nodes.append({"node": name, "netns": n["netns"], "underlay_ip": n["ip"],
+                      "segment": n["segment"], "pod_cidr": n.get("pod_cidr") or "",
+                      "daemon": f"pid {record['pid']}" if running else "DOWN",
+                      "peers": peers, "problem": problem})
+        if programmed is not None:
+            for e in programmed.entries:
+                routes.append({"node": name, **_msg(e)})
+            continue
+        # No Cluster service: show the kernel's routes into other nodes' pod CIDRs.
+        try:
+            kernel = probe.routes(n["netns"])
+        except Exception:  # noqa: BLE001 - a node mid-teardown has no routes to show
+            kernel = []
+        own = n.get("pod_cidr")
+        for r in kernel:
+            if r["dst"] != "default" and r["dst"] != own and \
+                    ipaddress.ip_network(r["dst"]).subnet_of(cluster):
+                routes.append({"node": name, "kind": "route", "node_to": "", "mode": "kernel",
+                               "destination": r["dst"], "via": r["gateway"] or "",
+                               "dev": r["dev"] or "", "state": "present"})
+    pods = [{"pod": k, "netns": p["netns"], "address": p["address"]} for k, p in lab.st.pods.items()]
+    return {"name": lab.st.name, "topology": lab.st.topology, "store": lab.st.store,
+            "dir": lab.st.dir, "nodes": nodes, "routes": routes, "pods": pods}
