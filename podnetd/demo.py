@@ -1,65 +1,71 @@
-"""`make demo` (single node): podnetd in a node netns, two pods attached through the plugin,
-their addresses and a ping between them, then teardown of everything it made."""
-import contextlib
-import json
+"""`make demo`: a 3-node lab (two underlay subnets joined by a router, so peers on the same subnet
+use host-gw and the others vxlan), two pods per node, an all-pairs ping matrix, then teardown of
+everything it made."""
+import argparse
 import os
-import pathlib
-import subprocess
 import sys
-import tempfile
 import time
 
-PLUGIN = pathlib.Path(__file__).resolve().parent.parent / "cni-plugin" / "plugin.py"
+from .lab import pods, probe, status
+from .lab.lab import Lab, LabError
 
 
-def _sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+def _say(msg: str, t0: float) -> None:
+    print(f"[{time.monotonic() - t0:5.1f}s] {msg}", flush=True)
 
 
-def _cni(command: str, config: dict, container_id: str, netns: str) -> dict:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
-    proc = subprocess.run([sys.executable, "-I", "-S", str(PLUGIN)], input=json.dumps(config),
-                          env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"CNI {command} {container_id}: {proc.stdout.strip()} {proc.stderr.strip()}")
-    return json.loads(proc.stdout) if proc.stdout.strip() else {}
+def run(topology: str, store: str, nodes: int) -> int:
+    t0 = time.monotonic()
+    name = f"pndemo{os.getpid() % 100000}"
+    _say(f"lab {name}: {nodes} nodes, {topology} underlay, {store} store, mutual TLS between peers", t0)
+    lab = Lab.up(nodes, topology, store, name=name, wait=20)
+    try:
+        missing = lab.missing_routes()
+        _say("nodes up" + (f"; NOT converged, missing routes: {missing}" if missing else
+                           ", every node routes to every other"), t0)
+        data = status.collect(lab)
+        print()
+        for n in data["nodes"]:
+            modes = ", ".join(f"{k} {v}" for k, v in sorted(n["peers"].items())) or "no cluster view"
+            print(f"  {n['node']}  underlay {n['underlay_ip']:<12} (subnet {n['segment']})  "
+                  f"pods {n['pod_cidr']:<14}  peers: {modes}")
+        print()
+        for node in lab.node_names():
+            for _ in range(2):
+                pods.add_pod(lab, node)
+        ps = pods.pods(lab)
+        _say(f"{len(ps)} pods attached through the podnet CNI plugin; pinging all "
+             f"{len(ps) * (len(ps) - 1)} pairs", t0)
+        results = probe.ping_matrix(ps)
+        print()
+        sys.stdout.write(probe.render_matrix(ps, results))
+        print()
+        failed = [f"{a}->{b}" for (a, b), ok in results.items() if not ok]
+        _say(f"{len(results) - len(failed)}/{len(results)} pairs answered"
+             + (f"; failed: {', '.join(failed[:6])}{' ...' if len(failed) > 6 else ''}"
+                if failed else ""), t0)
+        return 1 if failed else 0
+    finally:
+        lab.down()
+        _say(f"lab {name} removed (namespaces, daemons, state dir)", t0)
 
 
-def main() -> int:
-    tag = f"pndemo{os.getpid() % 10000}"
-    workdir = tempfile.mkdtemp(prefix=f"{tag}-")
-    node_ns, pods = f"{tag}-node", [f"{tag}-pod{i}" for i in (1, 2)]
-    sock = os.path.join(workdir, "podnetd.sock")
-    config = {"cniVersion": "1.1.0", "name": "podnet-demo", "type": "podnet", "socket": sock}
-    with contextlib.ExitStack() as cleanup:
-        for ns in (node_ns, *pods):
-            _sh("ip", "netns", "add", ns)
-            cleanup.callback(subprocess.run, ["ip", "netns", "del", ns], capture_output=True)
-        cleanup.callback(subprocess.run, ["rm", "-rf", workdir])
-        log = open(os.path.join(workdir, "podnetd.log"), "wb")
-        daemon = subprocess.Popen(["nsenter", f"--net=/run/netns/{node_ns}", sys.executable, "-m",
-                                   "podnetd.main", "--node-name", "demo", "--pod-cidr", "10.88.0.0/24",
-                                   "--socket", sock, "--state-dir", os.path.join(workdir, "state")],
-                                  stdout=log, stderr=subprocess.STDOUT)
-        cleanup.callback(daemon.wait)
-        cleanup.callback(daemon.terminate)
-        deadline = time.monotonic() + 15
-        while not os.path.exists(sock):
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                print(open(log.name).read())
-                return 1
-            time.sleep(0.05)
-        addresses = {}
-        for i, ns in enumerate(pods, 1):
-            result = _cni("ADD", config, f"demo-pod-{i}", f"/run/netns/{ns}")
-            cleanup.callback(_cni, "DEL", config, f"demo-pod-{i}", f"/run/netns/{ns}")
-            addresses[ns] = result["ips"][0]["address"].split("/")[0]
-            print(f"pod{i}: {result['ips'][0]['address']} via {result['ips'][0]['gateway']}")
-        ping = subprocess.run(["nsenter", f"--net=/run/netns/{pods[0]}", "ping", "-c", "3", "-i", "0.2",
-                               addresses[pods[1]]], capture_output=True, text=True)
-        print(ping.stdout.strip())
-        return ping.returncode
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="podnetd.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--topology", default="routed", choices=["l2", "routed"])
+    p.add_argument("--store", default="static", choices=["static", "etcd"])
+    p.add_argument("--nodes", type=int, default=3)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("demo: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    try:
+        return run(args.topology, args.store, args.nodes)
+    except LabError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
