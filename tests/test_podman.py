@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from cni_chain import make_bin_dir
-from testlib import PY, REPO, unique
+from testlib import PY, REPO, unique, wait_for
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "sleep", "ping", "ip", "cat", "ls", "true", "hostname")
@@ -157,7 +157,8 @@ def test_podman_containers_get_addresses_ping_and_release(daemon, podman_env):
 
     # podman stop tears the network down (DEL with libcni's cached result); start attaches anew
     podman("stop", "-t", "0", names[1])
-    assert ids[1] not in json.dumps(endpoints(daemon))
+    wait_for(lambda: ids[1] not in json.dumps(endpoints(daemon)),
+             what="stop to release the address")
     podman("start", names[1])
     restarted = podman.inspect(names[1])["NetworkSettings"]["Networks"][network]["IPAddress"]
     assert any(ids[1] in json.dumps(e) and f"{restarted}/24" in json.dumps(e)
@@ -167,10 +168,10 @@ def test_podman_containers_get_addresses_ping_and_release(daemon, podman_env):
 
     # podman rm releases the address through the plugin's DEL
     podman("rm", "-f", "-t", "0", names[0])
-    left = json.dumps(endpoints(daemon))
-    assert ids[0] not in left and ids[1] in left
+    wait_for(lambda: ids[0] not in json.dumps(endpoints(daemon)), what="rm to release the address")
+    assert ids[1] in json.dumps(endpoints(daemon))
     podman("rm", "-f", "-t", "0", names[1])
-    assert endpoints(daemon) == []
+    wait_for(lambda: endpoints(daemon) == [], what="rm to release the last address")
     for key in podman.sandboxes:
         assert not os.path.exists(key), f"podman left its netns {key}"
     assert not [m for m in open("/proc/mounts") if podman.workdir in m]
