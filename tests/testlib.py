@@ -182,3 +182,12 @@ def wait_for(condition, timeout: float = 10, interval: float = 0.05, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def endpoints(daemon: "Daemon") -> list[dict]:
+    """The daemon's endpoint records, through podnetctl as a person would get them."""
+    proc = subprocess.run([PY, "-m", "podnetd.ctl.main", "endpoints", "--socket", daemon.socket,
+                           "-o", "json"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    if proc.returncode != 0:
+        raise AssertionError(f"podnetctl endpoints failed: {proc.stderr}")
+    return json.loads(proc.stdout)

@@ -1,0 +1,134 @@
+"""podnetd's flags, config file, socket, health and reflection; the committed stubs; packaging."""
+import json
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+import tomllib
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from testlib import PY, REPO, Daemon, in_ns
+
+sys.path.insert(0, str(REPO / "proto"))
+
+
+def run_podnetd(*args, timeout=20):
+    return subprocess.run([PY, "-m", "podnetd.main", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--pod-cidr", "10.1.0.0/33"], "--pod-cidr"),
+    (["--pod-cidr", "10.1.0.1/24"], "host bits set"),
+    (["--pod-cidr", "10.1.0.0/24", "--mtu", "99"], "--mtu"),
+    (["--pod-cidr", "10.1.0.0/24", "--bridge", "a-name-much-too-long"], "--bridge"),
+    (["--pod-cidr", "10.1.0.0/24", "--socket", "relative.sock"], "absolute"),
+    (["--node-name", "x"], "--pod-cidr is required"),
+    (["--pod-cidr", "10.1.0.0/24", "--no-such-flag"], "unrecognized"),
+    (["--pod-cidr", "10.1.0.0/24", "--mtu", "abc"], "--mtu"),
+])
+def test_bad_flags_are_one_clear_line_exit_2(args, needle):
+    proc = run_podnetd(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("podnetd: error:") and needle in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("pod-cidr: [1, 2", "cannot parse"),
+    ("pod-cidr: 10.1.0.0/24\nbogus-key: 1\n", "unknown key 'bogus-key'"),
+    ("pod-cidr: 10.1.0.0/24\nmtu: lots\n", "mtu"),
+    ("- a list\n", "mapping"),
+])
+def test_bad_config_file(tmp_path, text, needle):
+    path = tmp_path / "podnetd.yaml"
+    path.write_text(text)
+    proc = run_podnetd("--config", str(path))
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_config_file_keys_mirror_flags_and_flags_win(netns, tmp_path):
+    node = netns.add("cf")
+    cfg = tmp_path / "podnetd.yaml"
+    cfg.write_text("pod_cidr: 10.79.0.0/24\nbridge: pncfg0\nmtu: 1400\nlog-level: debug\n")
+    d = Daemon(node, "10.78.0.0/24", extra=["--config", str(cfg)])  # --pod-cidr on the command line
+    try:
+        d.start()
+        (link,) = json.loads(in_ns(node, "ip", "-j", "addr", "show", "pncfg0").stdout)
+        assert link["mtu"] == 1400
+        assert [(a["local"], a["prefixlen"]) for a in link["addr_info"]] == [("10.78.0.1", 24)]
+    finally:
+        d.cleanup()
+
+
+def test_socket_is_root_only_and_serves_health_and_reflection(daemon):
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert mode == 0o600
+    with grpc.insecure_channel(f"unix://{daemon.socket}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "podnet.v1.Node", "podnet.v1.Cni"):
+            resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                            timeout=5)
+        names = {s.name for a in answers for s in a.list_services_response.service}
+    assert {"podnet.v1.Node", "podnet.v1.Cni", "grpc.health.v1.Health"} <= names
+
+
+def test_second_daemon_on_same_state_dir_is_refused(daemon):
+    proc = subprocess.run(daemon.argv(), capture_output=True, text=True, timeout=20, cwd=REPO)
+    assert proc.returncode != 0
+    assert "another podnetd is using state dir" in proc.stderr
+
+
+def test_committed_stubs_match_proto(tmp_path):
+    import generate
+    fresh = generate.generate(tmp_path)
+    committed = REPO / "podnetd" / "api"
+    assert fresh, "no stubs generated"
+    for path in fresh:
+        rel = path.relative_to(tmp_path)
+        mine = committed / rel
+        assert mine.exists(), f"{rel} is not committed: run `make proto`"
+        assert mine.read_text() == path.read_text(), f"{rel} drifted from proto/: run `make proto`"
+
+
+def test_every_package_is_listed_in_pyproject():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "podnetd").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml packages: {sorted(found - listed)}"
+    assert "podnet_cni" in listed
+
+
+def test_plugin_wire_codec_matches_the_stubs():
+    sys.path.insert(0, str(REPO / "cni-plugin"))
+    import plugin
+    from podnetd.api.podnet.v1 import node_pb2
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"abc", b"CNI_NETNS": b"/proc/1/ns/net",
+           b"CNI_IFNAME": b"eth0", b"CNI_ARGS": b"K=V", b"CNI_PATH": b"/opt/cni/bin"}
+    raw = plugin.encode_request(env, b'{"x": 1}' * 40)
+    parsed = node_pb2.CniRequest.FromString(raw)
+    assert (parsed.command, parsed.container_id, parsed.netns, parsed.ifname, parsed.args,
+            parsed.path) == ("ADD", "abc", "/proc/1/ns/net", "eth0", "K=V", "/opt/cni/bin")
+    assert parsed.config == b'{"x": 1}' * 40
+    reply = node_pb2.CniResponse(exit_code=7, stdout=b"hello" * 100).SerializeToString()
+    assert plugin.decode_response(reply) == (7, b"hello" * 100)
+    descriptor = node_pb2.CniRequest.DESCRIPTOR
+    for number, env_name in plugin.ENV_FIELDS:
+        assert descriptor.fields_by_number[number].name == env_name[4:].decode().lower().replace(
+            "containerid", "container_id")
+    assert descriptor.fields_by_number[plugin.CONFIG_FIELD].name == "config"
+
+
+def test_installed_plugin_layout_runs_with_system_python(tmp_path):
+    from podnetd.install import install_plugin
+    launcher = install_plugin(str(tmp_path))
+    proc = subprocess.run([launcher], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True)
+    assert proc.returncode == 0 and '"supportedVersions"' in proc.stdout
+    assert list((tmp_path / ".podnet" / "__pycache__").glob("podnet_plugin.*.pyc"))
