@@ -27,6 +27,9 @@ class StartupError(Exception):
 # Features that run beside the core (routing backends, pod runtime) append a factory
 # function(daemon) -> object with async start() and async stop(); they start after the node is set up.
 COMPONENTS: list = []
+# ...and async function(daemon) hooks that run before node setup and may decide cfg.pod_cidr
+# (leased from a store) and cfg.mtu (e.g. underlay MTU - VXLAN overhead).
+PRE_SETUP: list = []
 
 
 class Daemon:
@@ -88,6 +91,8 @@ class Daemon:
     async def start(self) -> None:
         self._lock_state_dir()
         self._prepare_socket()
+        for hook in PRE_SETUP:
+            await hook(self)
         await asyncio.get_running_loop().run_in_executor(None, self.setup_node)
         for factory in COMPONENTS:
             component = factory(self)

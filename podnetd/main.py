@@ -6,10 +6,14 @@ import sys
 from . import config
 from .daemon import Daemon, StartupError
 from .ipam import IpamError
+from .cluster import wire as _cluster  # noqa: F401 - registers cluster flags, hooks, services
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config.parse(argv)
+    if getattr(cfg, "cleanup", False):
+        from .cluster import cleanup
+        return cleanup.run(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

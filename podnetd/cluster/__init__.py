@@ -1,0 +1,1 @@
+"""Cluster membership (stores) and routing between nodes (backends); see docs/architecture.md."""

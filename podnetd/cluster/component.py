@@ -1,0 +1,249 @@
+"""The cluster component of podnetd: store + routing backend + reconcile loop + firewall.
+
+Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the node is set up
+(it decides the underlay, the pod MTU and, with etcd, the pod CIDR); daemon.COMPONENTS starts
+it after; server.SERVICE_REGISTRARS serves podnet.v1.Cluster.
+"""
+import asyncio
+import contextlib
+import logging
+import time
+
+from ..kernel import ip_lib, vxlan
+from ..kernel.errors import KernelError
+from . import backends, records as rec, routing
+from .backends import Context, Entry
+from .firewall import Firewall
+from .records import NodeRecord
+
+log = logging.getLogger(__name__)
+
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+def make_store(cfg, on_change):
+    if cfg.store == "etcd":
+        from .etcd import EtcdStore
+        return EtcdStore(cfg, on_change)
+    from .static import StaticStore
+    return StaticStore(cfg, on_change)
+
+
+class ClusterComponent:
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.cfg = daemon.cfg
+        self.backend = backends.get(self.cfg.backend)
+        self.store = None
+        self.underlay: dict = {}
+        self.own: NodeRecord | None = None
+        self.firewall: Firewall | None = None
+        self.desired: list[Entry] = []
+        self.modes: dict[str, tuple[str, str]] = {}
+        self.refused: dict[str, str] = {}
+        self.kernel_problem: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._task = None
+        self._lock = asyncio.Lock()
+        self._problems_logged: set = set()
+
+    # -- before node setup -----------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        from ..daemon import StartupError
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if not cfg.node_ip:
+            cfg.node_ip = await loop.run_in_executor(None, vxlan.default_route_address)
+            if not cfg.node_ip:
+                raise StartupError("no --node-ip given and no default route to take it from")
+        try:
+            self.underlay = await loop.run_in_executor(None, routing.underlay, cfg.node_ip)
+        except KernelError as e:
+            raise StartupError(f"--node-ip {cfg.node_ip}: {e}") from None
+        if cfg.mtu is None:
+            cfg.mtu = self.underlay["mtu"] - (VXLAN_OVERHEAD if self.backend.uses_vxlan() else 0)
+        self.store = make_store(cfg, self._changed)
+        try:
+            leased = await self.store.lease_cidr(cfg.node_name)
+        except Exception as e:  # noqa: BLE001 - one clear line at start
+            raise StartupError(f"{self.store.name} store: {e}") from None
+        if leased:
+            cfg.pod_cidr = leased
+        log.info("cluster: node %s underlay %s on %s (mtu %d), pod CIDR %s, pod mtu %d, store %s, "
+                 "backend %s", cfg.node_name, cfg.node_ip, self.underlay["dev"], self.underlay["mtu"],
+                 cfg.pod_cidr, cfg.mtu, self.store.name, self.backend.name)
+
+    # -- start / stop ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        uses_vxlan = self.backend.uses_vxlan()
+        if uses_vxlan:
+            await loop.run_in_executor(None, self._ensure_vxlan)
+        self.own = NodeRecord(name=cfg.node_name, underlay_ip=cfg.node_ip, pod_cidr=cfg.pod_cidr,
+                              vtep_mac=rec.vtep_mac(cfg.node_name) if uses_vxlan else "",
+                              heartbeat_ms=rec.now_ms(), started_ms=self._claim_time())
+        self.firewall = Firewall(cfg.pod_cidr, cfg.cluster_cidr, self.daemon.ipam.records)
+        await loop.run_in_executor(None, self.firewall.sync)
+        self._observe_endpoints()
+        await self.store.start(self.own)
+        self._task = asyncio.create_task(self._loop(), name="cluster-reconcile")
+
+    async def stop(self) -> None:
+        # Kernel state stays: pods keep talking across a daemon restart.
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.store:
+            await self.store.stop()
+
+    def _claim_time(self) -> int:
+        """When this node first claimed its pod CIDR (kept in the state dir), so a restart does
+        not make its claim look newer than a conflicting newcomer's."""
+        import json
+        import os
+        path = os.path.join(self.cfg.state_dir, "cluster-claim.json")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if data.get("pod_cidr") == self.cfg.pod_cidr:
+                return int(data["started_ms"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        started = rec.now_ms()
+        with open(path + ".tmp", "w") as f:
+            json.dump({"pod_cidr": self.cfg.pod_cidr, "started_ms": started}, f)
+        os.replace(path + ".tmp", path)
+        return started
+
+    def _ensure_vxlan(self) -> None:
+        cfg = self.cfg
+        vxlan.vxlan_ensure(cfg.vxlan_dev, vni=cfg.vxlan_vni, port=cfg.vxlan_port, local=cfg.node_ip,
+                           mac=rec.vtep_mac(cfg.node_name), mtu=self.underlay["mtu"] - VXLAN_OVERHEAD)
+        # The VTEP address: the source of traffic the node itself sends to remote pods.
+        ip_lib.addr_add(cfg.vxlan_dev, f"{rec.vtep_ip(cfg.pod_cidr)}/32")
+
+    def _observe_endpoints(self) -> None:
+        """Keep the anti-spoofing set in step with attach/detach (the endpoints object is the
+        one the CNI handler calls, so wrapping its methods covers every path)."""
+        endpoints, firewall, ipam = self.daemon.endpoints, self.firewall, self.daemon.ipam
+        attach, detach = endpoints.attach, endpoints.detach
+
+        def attach_and_allow(container_id, ifname, netns_path, network=""):
+            record = attach(container_id, ifname, netns_path, network)
+            try:
+                firewall.allow(record)
+            except KernelError as e:
+                log.error("attach %s/%s: anti-spoofing entry: %s (the reconcile loop retries)",
+                          container_id[:12], ifname, e)
+            return record
+
+        def detach_and_forbid(container_id, ifname, netns_path=""):
+            before = ipam.get(container_id, ifname)
+            released = detach(container_id, ifname, netns_path)
+            if before is not None:
+                try:
+                    firewall.forbid(before)
+                except KernelError as e:
+                    log.warning("detach %s/%s: anti-spoofing entry: %s", container_id[:12], ifname, e)
+            return released
+
+        endpoints.attach = attach_and_allow
+        endpoints.detach = detach_and_forbid
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        next_firewall = time.monotonic() + self.cfg.reconcile_interval
+        while True:
+            self._wake.clear()
+            try:
+                await self.reconcile(firewall=time.monotonic() >= next_firewall)
+            except Exception as e:  # noqa: BLE001 - the loop must survive anything and retry
+                log.exception("cluster reconcile failed: %s", e)
+            if time.monotonic() >= next_firewall:
+                next_firewall = time.monotonic() + self.cfg.reconcile_interval
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.reconcile_interval)
+
+    async def reconcile(self, firewall: bool = False) -> dict:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            records = self.store.records()
+            self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
+            if self.cfg.node_name in self.refused:
+                peers = []  # a refused node routes nowhere: never half-applied
+            else:
+                peers = [r for r in records if r.name != self.cfg.node_name and r.name not in self.refused]
+            result = await loop.run_in_executor(None, self._sync_kernel, peers, firewall,
+                                                self.store.synced())
+            for err in result["errors"]:
+                if err not in self._problems_logged:
+                    log.error("cluster routing: %s", err)
+            self._problems_logged = set(result["errors"])
+            self.kernel_problem = result["errors"][0] if result["errors"] else None
+            if result["installed"] or result["removed"]:
+                log.info("cluster routing: %d installed, %d removed (%d peers)",
+                         result["installed"], result["removed"], len(peers))
+            return result
+
+    def _sync_kernel(self, peers: list[NodeRecord], firewall: bool, synced: bool) -> dict:
+        errors = []
+        if self.backend.uses_vxlan():
+            try:
+                self._ensure_vxlan()
+            except KernelError as e:
+                errors.append(f"vxlan device {self.cfg.vxlan_dev}: {e}")
+        try:
+            self.underlay = routing.underlay(self.cfg.node_ip)
+        except KernelError as e:
+            errors.append(str(e))
+        ctx = Context(self.own, self.underlay.get("subnets", ()), self.cfg.vxlan_dev)
+        desired, modes = backends.plan(ctx, self.backend, peers)
+        for name, (mode, problem) in modes.items():
+            if problem and (name, problem) not in self._problems_logged:
+                log.warning("node %s: %s", name, problem)
+                self._problems_logged.add((name, problem))
+        self.desired, self.modes = desired, modes
+        result = routing.sync(desired, self.cfg.vxlan_dev, allow_removal=synced)
+        result["errors"] = errors + result["errors"]
+        if firewall:
+            try:
+                self.firewall.sync()
+            except KernelError as e:
+                result["errors"].append(str(e))
+        return result
+
+    # -- views -----------------------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """What makes the node unfit for new pods (CNI STATUS fails with it). A store that is
+        away is not: pods on this node and the routes already made keep working."""
+        if self.cfg.node_name in self.refused:
+            return f"this node is refused by the cluster: {self.refused[self.cfg.node_name]}"
+        return self.kernel_problem
+
+    def cluster_problem(self) -> str | None:
+        return self.problem() or self.store.problem()
+
+    def nodes(self) -> list[dict]:
+        out = []
+        for r in self.store.records():
+            if r.name == self.cfg.node_name:
+                mode, problem = "self", self.refused.get(r.name, "")
+            elif r.name in self.refused:
+                mode, problem = "unreachable", self.refused[r.name]
+            else:
+                mode, problem = self.modes.get(r.name, ("unreachable", "not routed yet"))
+            out.append({**r.to_dict(), "age": self.store.age(r.name), "mode": mode, "problem": problem})
+        return out
+
+    def routes(self) -> list[tuple[Entry, bool]]:
+        return routing.present(self.desired, self.cfg.vxlan_dev)

@@ -1,0 +1,95 @@
+"""Egress masquerade and anti-spoofing, as two nftables tables podnetd owns.
+
+- `inet podnet`: pod traffic leaving the cluster CIDR is masqueraded; pod-to-pod never is.
+- `bridge podnet`: a frame entering the bridge from a pod port (host veths are named pn…)
+  passes only with the port's own MAC and, for IPv4/ARP, the pod's own address; everything
+  else from a pod port (other ethertypes, IPv6) is dropped. The allowed (port, MAC, IP)
+  triples are set elements: attach adds one with one `nft` call, detach removes it, and the
+  reconcile loop rewrites the whole table (atomically) from the IPAM records.
+"""
+import logging
+import threading
+
+from ..endpoints import HOST_VETH_PREFIX
+from ..kernel import nft
+from ..kernel.errors import KernelError
+
+log = logging.getLogger(__name__)
+
+TABLE = "podnet"
+
+
+def egress_body(pod_cidr: str, cluster_cidr: str) -> str:
+    return (
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f"    ip saddr {cluster_cidr} ip daddr {cluster_cidr} return\n"
+        f"    ip saddr {pod_cidr} ip daddr != {cluster_cidr} masquerade\n"
+        "  }")
+
+
+def element(port: str, mac: str, ip: str) -> str:
+    return f'"{port}" . {mac.lower()} . {ip}'
+
+
+def guard_body(elements: list[str]) -> str:
+    elems = f"    elements = {{ {', '.join(elements)} }}\n" if elements else ""
+    return (
+        "  set pods {\n"
+        "    type ifname . ether_addr . ipv4_addr\n"
+        f"{elems}"
+        "  }\n"
+        "  chain prerouting {\n"
+        "    type filter hook prerouting priority -200; policy accept;\n"
+        f'    iifname "{HOST_VETH_PREFIX}*" jump from_pod\n'
+        "  }\n"
+        "  chain from_pod {\n"
+        "    ether type ip iifname . ether saddr . ip saddr @pods accept\n"
+        "    ether type arp iifname . ether saddr . arp saddr ip @pods "
+        "iifname . arp saddr ether . arp saddr ip @pods accept\n"
+        "    drop\n"
+        "  }")
+
+
+def record_element(record) -> str | None:
+    if not (record.host_ifname and record.mac and record.address):
+        return None
+    return element(record.host_ifname, record.mac, record.address.split("/")[0])
+
+
+class Firewall:
+    """Owns both tables. Thread-safe: attach/detach run in executor threads."""
+
+    def __init__(self, pod_cidr: str, cluster_cidr: str, records):
+        self.pod_cidr = pod_cidr
+        self.cluster_cidr = cluster_cidr
+        self.records = records  # () -> IPAM records
+        self._lock = threading.Lock()
+
+    def sync(self) -> None:
+        with self._lock:
+            nft.replace_table("inet", TABLE, egress_body(self.pod_cidr, self.cluster_cidr))
+            elements = [e for e in map(record_element, self.records()) if e]
+            nft.replace_table("bridge", TABLE, guard_body(elements))
+
+    def allow(self, record) -> None:
+        e = record_element(record)
+        if e:
+            with self._lock:
+                nft.add_elements("bridge", TABLE, "pods", [e])
+
+    def forbid(self, record) -> None:
+        e = record_element(record)
+        if e:
+            with self._lock:
+                nft.delete_elements("bridge", TABLE, "pods", [e])
+
+
+def remove_tables() -> list[str]:
+    errors = []
+    for family in ("inet", "bridge"):
+        try:
+            nft.delete_table(family, TABLE)
+        except KernelError as e:
+            errors.append(str(e))
+    return errors

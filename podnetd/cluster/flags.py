@@ -1,0 +1,130 @@
+"""podnetd's cluster flags, registered through config.EXTENSIONS/VALIDATORS.
+
+Cluster mode is on when any of --cluster-cidr, --peers, --listen, --node-ip, --store etcd or
+--etcd-endpoints is given; then --cluster-cidr is required. Without them podnetd stays the
+single-node daemon it was.
+"""
+import ipaddress
+import os
+
+from .. import config
+from .backends import BACKENDS
+
+STORES = ("static", "etcd")
+DEFAULT_PEER_PORT = 7946
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+_positive_float.__name__ = "positive number"
+
+
+def add_flags(p) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--node-ip", help="underlay address (default: the address of the default-route interface)")
+    g.add_argument("--cluster-cidr", help="pod addresses of the whole cluster; --pod-cidr must lie inside it")
+    g.add_argument("--store", choices=STORES, help="where node records live (default static)")
+    g.add_argument("--listen", help="static store: ADDR:PORT of the peer gRPC service (default <node-ip>:7946)")
+    g.add_argument("--peers", help="static store: seed peers, a:port,b:port")
+    g.add_argument("--node-timeout", type=_positive_float, default=15.0,
+                   help="seconds after which a silent node is withdrawn (default 15)")
+    g.add_argument("--etcd-endpoints", help="etcd store: http(s)://host:port,...")
+    g.add_argument("--node-cidr-size", type=int, default=24,
+                   help="etcd store: prefix length of the pod CIDR block leased per node (default 24)")
+    g.add_argument("--backend", choices=sorted(BACKENDS), default="auto",
+                   help="auto (default: host-gw on the same subnet, vxlan otherwise), host-gw or vxlan")
+    g.add_argument("--vxlan-vni", type=int, default=1, help="VXLAN network identifier (default 1)")
+    g.add_argument("--vxlan-port", type=int, default=8472, help="VXLAN UDP port (default 8472)")
+    g.add_argument("--vxlan-dev", default="podnet.vxlan", help="VXLAN device name (default podnet.vxlan)")
+    g.add_argument("--tls-cert", help="peer service: this node's certificate (PEM)")
+    g.add_argument("--tls-key", help="peer service: this node's private key (PEM)")
+    g.add_argument("--tls-ca", help="peer service: the CA that signs every node's certificate (PEM)")
+    g.add_argument("--reconcile-interval", type=_positive_float, default=5.0,
+                   help="seconds between kernel drift repairs (default 5)")
+    g.add_argument("--cleanup", action="store_true",
+                   help="remove everything podnetd created on this node (nft tables, vxlan device, "
+                        "its routes, the bridge) and exit")
+    # --pod-cidr may be omitted with --store etcd (leased); validate() below requires it otherwise.
+    p.set_defaults(allow_leased_cidr=True)
+
+
+def cluster_enabled(ns) -> bool:
+    return bool(ns.cluster_cidr or ns.peers or ns.listen or ns.node_ip or ns.store == "etcd"
+                or ns.etcd_endpoints)
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not sep or not host:
+            raise ValueError
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not 0 < number < 65536:
+            raise ValueError
+    except ValueError:
+        raise config.ConfigError(f"{what} {text!r}: expected IP:PORT") from None
+    return host, number
+
+
+def validate(ns) -> None:
+    ns.cluster = cluster_enabled(ns)
+    ns.store = ns.store or "static"
+    if ns.cleanup:
+        return
+    if not ns.pod_cidr and not (ns.cluster and ns.store == "etcd"):
+        raise config.ConfigError("--pod-cidr is required (or --store etcd to lease one)")
+    if not ns.cluster:
+        return
+    if not ns.cluster_cidr:
+        raise config.ConfigError("--cluster-cidr is required in a cluster (with --peers, --listen, "
+                                 "--node-ip or --store etcd)")
+    try:
+        cluster = ipaddress.ip_network(ns.cluster_cidr, strict=True)
+    except ValueError as e:
+        raise config.ConfigError(f"--cluster-cidr {ns.cluster_cidr}: {e}") from None
+    if cluster.version != 4:
+        raise config.ConfigError(f"--cluster-cidr {ns.cluster_cidr}: need an IPv4 network")
+    ns.cluster_cidr = str(cluster)
+    if ns.pod_cidr and not ipaddress.ip_network(ns.pod_cidr).subnet_of(cluster):
+        raise config.ConfigError(f"--pod-cidr {ns.pod_cidr} does not lie inside --cluster-cidr {ns.cluster_cidr}")
+    if ns.node_ip:
+        try:
+            ns.node_ip = str(ipaddress.IPv4Address(ns.node_ip))
+        except ValueError:
+            raise config.ConfigError(f"--node-ip {ns.node_ip!r}: not an IPv4 address") from None
+    if ns.listen:
+        _host_port(ns.listen, "--listen")
+    ns.peer_list = [f"{h}:{p}" for h, p in (_host_port(s.strip(), "--peers")
+                                              for s in (ns.peers or "").split(",") if s.strip())]
+    if ns.store == "etcd":
+        if not ns.etcd_endpoints:
+            raise config.ConfigError("--store etcd needs --etcd-endpoints http://host:port,...")
+        for url in ns.etcd_endpoints.split(","):
+            if not url.strip().startswith(("http://", "https://")):
+                raise config.ConfigError(f"--etcd-endpoints {url!r}: expected http(s)://host:port")
+        if not cluster.prefixlen <= ns.node_cidr_size <= 30:
+            raise config.ConfigError(f"--node-cidr-size {ns.node_cidr_size}: must be between "
+                                     f"{cluster.prefixlen} (the cluster prefix) and 30")
+    if not 0 < ns.vxlan_vni < 2 ** 24:
+        raise config.ConfigError(f"--vxlan-vni {ns.vxlan_vni}: must be between 1 and 16777215")
+    if not 0 < ns.vxlan_port < 65536:
+        raise config.ConfigError(f"--vxlan-port {ns.vxlan_port}: not a UDP port")
+    if not ns.vxlan_dev or len(ns.vxlan_dev) > 15 or "/" in ns.vxlan_dev or " " in ns.vxlan_dev:
+        raise config.ConfigError(f"--vxlan-dev {ns.vxlan_dev!r}: not a valid interface name")
+    tls = [ns.tls_cert, ns.tls_key, ns.tls_ca]
+    if any(tls) and not all(tls):
+        raise config.ConfigError("--tls-cert, --tls-key and --tls-ca go together")
+    for path in filter(None, tls):
+        if not os.path.isfile(path):
+            raise config.ConfigError(f"TLS file {path}: no such file")
+
+
+config.EXTENSIONS.append(add_flags)
+config.VALIDATORS.append(validate)

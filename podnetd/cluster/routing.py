@@ -1,0 +1,125 @@
+"""Programs backend entries into the kernel and reads back the ones podnetd owns.
+
+Blocking (netlink); called from an executor thread. Owned state is: routes in the main table
+with protocol ROUTE_PROTO, and the permanent neighbours and FDB entries of our own VXLAN
+device. Nothing else is read as ours, so nothing else is ever removed.
+"""
+import ipaddress
+import logging
+
+from ..kernel import ip_lib, vxlan
+from ..kernel.errors import KernelError
+from .backends import ROUTE_PROTO, Entry
+
+log = logging.getLogger(__name__)
+
+
+def owned_entries(vxlan_dev: str) -> list[Entry]:
+    """Entries in the kernel that podnetd made (node and mode as far as the kernel tells)."""
+    found: list[Entry] = []
+    for f in vxlan.fdb_entries(vxlan_dev):
+        found.append(Entry("fdb", "", "vxlan", f["mac"], f["dst"], vxlan_dev))
+    for n in vxlan.neighbours(vxlan_dev):
+        found.append(Entry("neigh", "", "vxlan", n["ip"], n["mac"], vxlan_dev))
+    for r in ip_lib.routes(proto=ROUTE_PROTO):
+        if r["proto"] != ROUTE_PROTO or r["dst"] == "default":
+            continue
+        on_vxlan = r["dev"] == vxlan_dev
+        found.append(Entry("route", "", "vxlan" if on_vxlan else "host-gw", r["dst"],
+                           r["gateway"] or "", vxlan_dev if on_vxlan else ""))
+    return found
+
+
+def same(a: Entry, b: Entry) -> bool:
+    return (a.key, a.via, a.dev) == (b.key, b.via, b.dev)
+
+
+def install(e: Entry) -> None:
+    if e.kind == "fdb":
+        vxlan.fdb_replace(e.dev, e.destination, e.via)
+    elif e.kind == "neigh":
+        vxlan.neigh_replace(e.dev, e.destination, e.via)
+    elif e.dev:
+        ip_lib.route_replace(e.destination, gateway=e.via, dev=e.dev, onlink=True, proto=ROUTE_PROTO)
+    else:
+        ip_lib.route_replace(e.destination, gateway=e.via, proto=ROUTE_PROTO)
+
+
+def remove(e: Entry) -> None:
+    if e.kind == "fdb":
+        vxlan.fdb_delete(e.dev, e.destination, e.via)
+    elif e.kind == "neigh":
+        vxlan.neigh_delete(e.dev, e.destination)
+    else:
+        # proto in the request: the kernel deletes only a route with our protocol number.
+        ip_lib.route_delete(e.destination, proto=ROUTE_PROTO)
+
+
+def sync(desired: list[Entry], vxlan_dev: str, allow_removal: bool) -> dict:
+    """Make the kernel hold desired (in order), removing owned entries not desired when
+    allow_removal. Keeps going past failures; returns counts and the errors."""
+    actual = owned_entries(vxlan_dev)
+    have = {e.key: e for e in actual}
+    want = {e.key for e in desired}
+    errors: list[str] = []
+    installed = removed = 0
+    if allow_removal:
+        # Routes first (reverse install order), so no route is left pointing at a removed neighbour.
+        for e in sorted((e for e in actual if e.key not in want), key=lambda e: -_order(e)):
+            try:
+                remove(e)
+                removed += 1
+            except KernelError as err:
+                errors.append(f"remove {e.kind} {e.destination}: {err}")
+    failed_nodes: set[str] = set()
+    for e in desired:
+        if e.node in failed_nodes:
+            continue  # never a route whose fdb/neigh could not be made
+        if e.key in have and same(have[e.key], e):
+            continue
+        try:
+            install(e)
+            installed += 1
+        except KernelError as err:
+            failed_nodes.add(e.node)
+            errors.append(f"install {e.kind} {e.destination} for {e.node}: {err}")
+    return {"installed": installed, "removed": removed, "errors": errors}
+
+
+def _order(e: Entry) -> int:
+    return {"fdb": 0, "neigh": 1, "route": 2}[e.kind]
+
+
+def present(desired: list[Entry], vxlan_dev: str) -> list[tuple[Entry, bool]]:
+    have = {e.key: e for e in owned_entries(vxlan_dev)}
+    return [(e, e.key in have and same(have[e.key], e)) for e in desired]
+
+
+def underlay(node_ip: str) -> dict:
+    """The underlay device holding node_ip: {dev, mtu, subnets}."""
+    addrs = vxlan.ipv4_addresses()
+    mine = [a for a in addrs if a["ip"] == node_ip]
+    if not mine:
+        raise KernelError(f"underlay: no interface holds {node_ip}")
+    dev = mine[0]["dev"]
+    link = ip_lib.link_get(dev)
+    subnets = tuple(ipaddress.ip_interface(f"{a['ip']}/{a['prefixlen']}").network
+                    for a in addrs if a["dev"] == dev and a["prefixlen"] < 32)
+    return {"dev": dev, "mtu": (link or {}).get("mtu") or 1500, "subnets": subnets}
+
+
+def remove_all(vxlan_dev: str) -> list[str]:
+    """Remove every owned entry and the VXLAN device; keep going past failures."""
+    errors = []
+    for e in sorted(owned_entries(vxlan_dev), key=lambda e: -_order(e)):
+        try:
+            remove(e)
+        except KernelError as err:
+            errors.append(str(err))
+    link = vxlan.vxlan_get(vxlan_dev)
+    if link is not None and link["kind"] == "vxlan":
+        try:
+            ip_lib.link_delete(vxlan_dev)
+        except KernelError as err:
+            errors.append(str(err))
+    return errors

@@ -1,0 +1,39 @@
+"""The Store interface: where node records are published and learnt."""
+from typing import Callable
+
+from .records import NodeRecord
+
+
+class Store:
+    name = ""
+
+    def __init__(self, cfg, on_change: Callable[[], None]):
+        self.cfg = cfg
+        self.on_change = on_change
+
+    async def lease_cidr(self, node_name: str) -> str | None:
+        """Before node setup: the pod CIDR this store hands the node, or None when the node
+        brings its own (--pod-cidr)."""
+        return None
+
+    async def start(self, own: NodeRecord) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def records(self) -> list[NodeRecord]:
+        """Every live record, this node's included."""
+        raise NotImplementedError
+
+    def age(self, name: str) -> float:
+        """Seconds since this node last heard of name's liveness."""
+        return 0.0
+
+    def synced(self) -> bool:
+        """True once the store has a complete view, so that a missing record means a departed
+        node (before that, e.g. right after a restart, nothing is removed)."""
+        return True
+
+    def problem(self) -> str | None:
+        return None

@@ -1,0 +1,147 @@
+"""Helpers for the cluster tests (no tests here): a small underlay made in the test itself
+(a hub netns holding a bridge, one veth per node), podnetds with cluster flags, and kernel
+inspection of a node. Everything carries the run's unique prefix and is removed by fixtures."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+
+import pytest
+
+from testlib import PY, REPO, Daemon, in_ns, ns_path, plugin, sh, unique, wait_for
+
+PROTO = 0x6E
+
+
+class Underlay:
+    """A hub namespace with one bridge per subnet; nodes hang off it by veth. Subnet i is
+    192.168.(200+i).0/24; with routed=True the hub also routes between the subnets (so nodes
+    on different subnets reach each other through a router: host-gw impossible)."""
+
+    def __init__(self, netns, subnets: int = 1, routed: bool = False):
+        self.netns = netns
+        self.hub = netns.add("hub")
+        self.count = {}
+        for i in range(subnets):
+            br = f"br{i}"
+            in_ns(self.hub, "ip", "link", "add", br, "type", "bridge")
+            in_ns(self.hub, "ip", "link", "set", br, "up")
+            if routed:
+                in_ns(self.hub, "ip", "addr", "add", f"192.168.{200 + i}.254/24", "dev", br)
+            self.count[i] = 0
+        if routed:
+            in_ns(self.hub, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.routed = routed
+
+    def add_node(self, subnet: int = 0) -> tuple[str, str]:
+        """A node netns with ul0 on the subnet; returns (netns, underlay ip)."""
+        node = self.netns.add("nd")
+        self.count[subnet] += 1
+        ip = f"192.168.{200 + subnet}.{self.count[subnet]}"
+        hub_end = unique("h")
+        sh("ip", "link", "add", hub_end, "netns", self.hub, "type", "veth", "peer", "name", "ul0",
+           "netns", node)
+        in_ns(self.hub, "ip", "link", "set", hub_end, "master", f"br{subnet}", "up")
+        in_ns(node, "ip", "addr", "add", f"{ip}/24", "dev", "ul0")
+        in_ns(node, "ip", "link", "set", "ul0", "up")
+        if self.routed:
+            in_ns(node, "ip", "route", "add", "default", "via", f"192.168.{200 + subnet}.254")
+        return node, ip
+
+
+class ClusterDaemon(Daemon):
+    """testlib.Daemon with cluster flags; pod_cidr None leaves the CIDR to the store."""
+
+    def __init__(self, netns, pod_cidr, *, node_ip, cluster_cidr="10.99.0.0/16", peers=(),
+                 extra=(), listen_port=7946, **kw):
+        super().__init__(netns, pod_cidr or "", **kw)
+        self.node_ip = node_ip
+        self.listen = f"{node_ip}:{listen_port}"
+        self.cluster_extra = ["--node-ip", node_ip, "--cluster-cidr", cluster_cidr,
+                              "--listen", self.listen, "--reconcile-interval", "1",
+                              *(["--peers", ",".join(peers)] if peers else []), *extra]
+
+    def argv(self):
+        argv = ["nsenter", f"--net=/run/netns/{self.netns}", PY, "-m", "podnetd.main",
+                "--node-name", self.node_name, "--socket", self.socket,
+                "--state-dir", self.state_dir, *self.cluster_extra, *self.extra]
+        if self.pod_cidr:
+            argv += ["--pod-cidr", self.pod_cidr]
+        return argv
+
+    def ctl(self, *args) -> dict | list:
+        proc = subprocess.run([PY, "-c", CTL, self.socket, *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=30)
+        if proc.returncode != 0:
+            raise AssertionError(f"Cluster RPC {args} failed: {proc.stderr}")
+        return json.loads(proc.stdout)
+
+    def nodes(self) -> dict:
+        return {n["name"]: n for n in self.ctl("nodes").get("nodes", [])}
+
+    def entries(self) -> list[dict]:
+        return self.ctl("routes").get("entries", [])
+
+
+# A tiny client of podnet.v1.Cluster (the lab engineer's podnetctl may not exist yet).
+CTL = r"""
+import json, sys, grpc
+from google.protobuf.json_format import MessageToDict
+from podnetd.api.podnet.v1 import cluster_pb2, cluster_pb2_grpc
+stub = cluster_pb2_grpc.ClusterStub(grpc.insecure_channel("unix://" + sys.argv[1]))
+if sys.argv[2] == "nodes":
+    r = stub.ListNodes(cluster_pb2.ListNodesRequest(), timeout=10)
+else:
+    r = stub.ListRoutes(cluster_pb2.ListRoutesRequest(), timeout=10)
+print(json.dumps(MessageToDict(r, preserving_proto_field_name=True)))
+"""
+
+
+def routes(node: str) -> dict:
+    """Routes of the node's main table with our protocol: {dst: route}."""
+    out = json.loads(in_ns(node, "ip", "-j", "route", "show", "proto", str(PROTO)).stdout)
+    return {r["dst"]: r for r in out}
+
+
+def all_routes(node: str) -> list[dict]:
+    return json.loads(in_ns(node, "ip", "-j", "route", "show").stdout)
+
+
+def neighbours(node: str, dev: str = "podnet.vxlan") -> dict:
+    out = json.loads(in_ns(node, "ip", "-j", "neigh", "show", "dev", dev).stdout)
+    return {n["dst"]: n for n in out}
+
+
+def fdb(node: str, dev: str = "podnet.vxlan") -> dict:
+    out = json.loads(in_ns(node, "bridge", "-j", "fdb", "show", "dev", dev).stdout)
+    return {f["mac"]: f for f in out if f.get("dst")}
+
+
+def add_pod(daemon, pod_ns: str, cid: str) -> str:
+    """Attach a pod through the real plugin; return its address (no prefix)."""
+    rc, result, err = plugin("ADD", config=daemon.config(), container_id=cid,
+                             netns=ns_path(pod_ns), ifname="eth0")
+    assert rc == 0, (result, err, daemon.log()[-3000:])
+    return result["ips"][0]["address"].split("/")[0]
+
+
+@pytest.fixture
+def cluster(netns):
+    """Factory: cluster(node_ip=..., pod_cidr=..., ...) starts a ClusterDaemon; all stopped
+    and their node state removed (podnetd --cleanup) at the end."""
+    started: list[ClusterDaemon] = []
+
+    def start(node, pod_cidr, **kw):
+        d = ClusterDaemon(node, pod_cidr, **kw)
+        started.append(d)
+        return d.start()
+
+    yield start
+    for d in reversed(started):
+        d.cleanup()
+
+
+__all__ = ["Underlay", "ClusterDaemon", "routes", "neighbours", "fdb", "add_pod", "cluster",
+           "wait_for", "in_ns", "unique", "sh", "signal", "os", "shutil", "tempfile"]
