@@ -1,5 +1,6 @@
 """podnetd + the podnet plugin on one node, driven as a CNI runtime drives it."""
 import json
+import signal
 
 from testlib import in_ns, links_in, ns_path, ping, plugin, wait_for
 
@@ -101,10 +102,26 @@ def test_version_does_not_touch_the_daemon():
 def test_daemon_down_fails_fast_with_try_again(netns):
     cfg = {"cniVersion": "1.1.0", "name": "x", "type": "podnet", "socket": "/nonexistent/p.sock"}
     rc, out, err = plugin("ADD", config=cfg, container_id="d1", netns="/proc/self/ns/net",
-                          ifname="eth0", timeout=2)
+                          ifname="eth0", timeout=10)
     assert rc != 0 and out["code"] == 11 and "Traceback" not in err
-    rc, out, _ = plugin("STATUS", config=cfg, timeout=2)
+    rc, out, _ = plugin("STATUS", config=cfg, timeout=10)
     assert rc != 0 and out["code"] == 50
+
+
+def test_wedged_daemon_does_not_hang_the_plugin(daemon, netns):
+    """A stopped daemon still accepts connections (the kernel's backlog) but never answers: the
+    plugin gives up after its connect timeout instead of hanging the runtime."""
+    pod = netns.add("w")
+    daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        rc, out, err = add(daemon, pod, "wedged")
+        assert rc != 0 and out["code"] == 11 and "did not answer" in out["details"], (out, err)
+        rc, out, _ = plugin("STATUS", config=daemon.config(), timeout=10)
+        assert rc != 0 and out["code"] == 50
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    rc, out, err = add(daemon, pod, "wedged")
+    assert rc == 0, (out, err)
 
 
 def test_gc_releases_everything_not_valid(daemon, netns):
