@@ -63,6 +63,18 @@ class ClusterDaemon(Daemon):
                               "--listen", self.listen, "--reconcile-interval", "1",
                               *(["--peers", ",".join(peers)] if peers else []), *extra]
 
+    def start(self, timeout: float = 15, ready: bool = True) -> "ClusterDaemon":
+        if ready:
+            return super().start(timeout)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=REPO)
+        log.close()
+        wait_for(lambda: os.path.exists(self.socket) or self.proc.poll() is not None, timeout,
+                 what=f"podnetd socket in {self.netns}")
+        assert self.proc.poll() is None, self.log()
+        return self
+
     def argv(self):
         argv = ["nsenter", f"--net=/run/netns/{self.netns}", PY, "-m", "podnetd.main",
                 "--node-name", self.node_name, "--socket", self.socket,
@@ -133,14 +145,36 @@ def cluster(netns):
     and their node state removed (podnetd --cleanup) at the end."""
     started: list[ClusterDaemon] = []
 
-    def start(node, pod_cidr, **kw):
+    def start(node, pod_cidr, ready=True, **kw):
         d = ClusterDaemon(node, pod_cidr, **kw)
         started.append(d)
-        return d.start()
+        return d.start(ready=ready)
 
     yield start
     for d in reversed(started):
         d.cleanup()
+        in_ns(d.netns, PY, "-m", "podnetd.main", "--cleanup", check=False, cwd=REPO)
+
+
+def make_pki(directory: str, names_ips: list[tuple[str, str]], ca_name: str = "ca") -> dict:
+    """A CA and one cert per node (SAN IP = its underlay address) with the openssl CLI."""
+    def ossl(*args):
+        sh("openssl", *args)
+    ca_key, ca_crt = f"{directory}/{ca_name}.key", f"{directory}/{ca_name}.crt"
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", ca_key, "-out", ca_crt, "-days", "2", "-subj", f"/CN=podnet test {ca_name}")
+    out = {"ca": ca_crt}
+    for name, ip in names_ips:
+        key, csr, crt = (f"{directory}/{ca_name}-{name}.{x}" for x in ("key", "csr", "crt"))
+        ext = f"{directory}/{ca_name}-{name}.ext"
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=IP:{ip},DNS:{name}\nextendedKeyUsage=serverAuth,clientAuth\n")
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
+        ossl("x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", crt, "-days", "2", "-extfile", ext)
+        out[name] = ["--tls-cert", crt, "--tls-key", key, "--tls-ca", ca_crt]
+    return out
 
 
 __all__ = ["Underlay", "ClusterDaemon", "routes", "neighbours", "fdb", "add_pod", "cluster",

@@ -126,10 +126,15 @@ def plan(ctx: Context, backend: Backend, peers: list[NodeRecord]) -> tuple[list[
     return sorted(entries, key=lambda e: KIND_ORDER[e.kind]), modes
 
 
+def same(a: Entry | None, b: Entry) -> bool:
+    """Whether the kernel entry a already is b (the kernel knows no node names)."""
+    return a is not None and (a.key, a.via, a.dev) == (b.key, b.via, b.dev)
+
+
 def diff(desired: list[Entry], actual: list[Entry]) -> tuple[list[Entry], list[Entry]]:
     """(to install in order, to remove in order) so that actual becomes desired."""
     want = {e.key: e for e in desired}
     have = {e.key: e for e in actual}
-    install = [e for e in desired if have.get(e.key) != e]
+    install = [e for e in desired if not same(have.get(e.key), e)]
     remove = [e for k, e in have.items() if k not in want]
     return install, sorted(remove, key=lambda e: -KIND_ORDER[e.kind])

@@ -9,7 +9,7 @@ import logging
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
-from .backends import ROUTE_PROTO, Entry
+from .backends import ROUTE_PROTO, Entry, diff, same
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ def owned_entries(vxlan_dev: str) -> list[Entry]:
         found.append(Entry("route", "", "vxlan" if on_vxlan else "host-gw", r["dst"],
                            r["gateway"] or "", vxlan_dev if on_vxlan else ""))
     return found
-
-
-def same(a: Entry, b: Entry) -> bool:
-    return (a.key, a.via, a.dev) == (b.key, b.via, b.dev)
 
 
 def install(e: Entry) -> None:
@@ -58,25 +54,21 @@ def remove(e: Entry) -> None:
 def sync(desired: list[Entry], vxlan_dev: str, allow_removal: bool) -> dict:
     """Make the kernel hold desired (in order), removing owned entries not desired when
     allow_removal. Keeps going past failures; returns counts and the errors."""
-    actual = owned_entries(vxlan_dev)
-    have = {e.key: e for e in actual}
-    want = {e.key for e in desired}
+    to_install, to_remove = diff(desired, owned_entries(vxlan_dev))
     errors: list[str] = []
     installed = removed = 0
     if allow_removal:
         # Routes first (reverse install order), so no route is left pointing at a removed neighbour.
-        for e in sorted((e for e in actual if e.key not in want), key=lambda e: -_order(e)):
+        for e in to_remove:
             try:
                 remove(e)
                 removed += 1
             except KernelError as err:
                 errors.append(f"remove {e.kind} {e.destination}: {err}")
     failed_nodes: set[str] = set()
-    for e in desired:
+    for e in to_install:
         if e.node in failed_nodes:
             continue  # never a route whose fdb/neigh could not be made
-        if e.key in have and same(have[e.key], e):
-            continue
         try:
             install(e)
             installed += 1
@@ -92,7 +84,7 @@ def _order(e: Entry) -> int:
 
 def present(desired: list[Entry], vxlan_dev: str) -> list[tuple[Entry, bool]]:
     have = {e.key: e for e in owned_entries(vxlan_dev)}
-    return [(e, e.key in have and same(have[e.key], e)) for e in desired]
+    return [(e, same(have.get(e.key), e)) for e in desired]
 
 
 def underlay(node_ip: str) -> dict:

@@ -1,0 +1,145 @@
+"""Pure logic of the cluster feature: record merging, CIDR conflicts, backend choice, entry
+ordering and flag validation (no kernel, no network)."""
+import ipaddress
+import subprocess
+
+import pytest
+
+from podnetd import config
+from podnetd.cluster import backends, flags  # noqa: F401 - flags registers itself
+from podnetd.cluster.backends import Context, Entry
+from podnetd.cluster.records import Membership, NodeRecord, conflicts, vtep_ip, vtep_mac
+from testlib import PY, REPO
+
+
+def rec(name, cidr, ip="192.168.1.1", hb=1, started=1, mac="02:00:00:00:00:01"):
+    return NodeRecord(name, ip, cidr, mac, hb, f"{ip}:7946", started)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_conflicts_refuse_the_later_claim_and_outsiders():
+    records = [rec("a", "10.1.0.0/24", started=5), rec("b", "10.1.0.0/23", started=9),
+               rec("c", "10.1.2.0/24", started=1), rec("d", "10.9.0.0/24", started=1)]
+    refused = conflicts(records, "10.1.0.0/16")
+    assert set(refused) == {"b", "d"}
+    assert "overlaps node a's 10.1.0.0/24" in refused["b"]
+    assert "outside the cluster CIDR" in refused["d"]
+    # Every node decides the same whatever order it learnt the records in.
+    assert conflicts(list(reversed(records)), "10.1.0.0/16") == refused
+
+
+def test_conflict_tie_broken_by_name():
+    refused = conflicts([rec("z", "10.1.0.0/24", started=3), rec("m", "10.1.0.0/24", started=3)], None)
+    assert list(refused) == ["z"]
+
+
+def test_membership_merges_newer_heartbeats_and_reports_routing_changes():
+    clock = Clock()
+    m = Membership("self", timeout_s=10, clock=clock)
+    m.set_self(rec("self", "10.1.0.0/24"))
+    assert m.merge(rec("a", "10.1.1.0/24", hb=5)) is True
+    assert m.merge(rec("a", "10.1.1.0/24", hb=4)) is False          # older: ignored
+    assert m.merge(rec("a", "10.1.1.0/24", hb=6)) is False          # heartbeat only: no change
+    assert m.records["a"].heartbeat_ms == 6
+    assert m.merge(rec("a", "10.1.1.0/24", ip="192.168.1.9", hb=7)) is True  # moved
+    assert m.merge(rec("self", "10.7.0.0/24", hb=99)) is False      # nobody speaks for us
+
+
+def test_membership_withdraws_silent_nodes_and_keeps_them_out():
+    clock = Clock()
+    m = Membership("self", timeout_s=10, clock=clock)
+    m.set_self(rec("self", "10.1.0.0/24"))
+    m.merge(rec("a", "10.1.1.0/24", hb=5))
+    m.merge(rec("b", "10.1.2.0/24", hb=5))
+    clock.t += 6
+    m.merge(rec("b", "10.1.2.0/24", hb=6))
+    clock.t += 6
+    assert m.expire() == ["a"]
+    assert set(m.records) == {"self", "b"}
+    assert m.merge(rec("a", "10.1.1.0/24", hb=5)) is False  # a stale copy from a slow peer
+    assert "a" not in m.records
+    assert m.merge(rec("a", "10.1.1.0/24", hb=50)) is True  # a real comeback
+    assert m.age("a") == 0 and m.age("self") == 0
+
+
+def ctx(subnets=("192.168.1.0/24",)):
+    return Context(rec("self", "10.1.0.0/24"), tuple(ipaddress.ip_network(s) for s in subnets), "vx")
+
+
+def test_backend_choice():
+    same, far = rec("a", "10.1.1.0/24", ip="192.168.1.7"), rec("b", "10.1.2.0/24", ip="192.168.9.7")
+    auto, hostgw, vx = backends.get("auto"), backends.get("host-gw"), backends.get("vxlan")
+    assert auto.mode_for(ctx(), same) == ("host-gw", "")
+    assert auto.mode_for(ctx(), far) == ("vxlan", "")
+    assert vx.mode_for(ctx(), same) == ("vxlan", "")
+    mode, problem = hostgw.mode_for(ctx(), far)
+    assert mode == "unreachable" and "not on this node's L2 subnet" in problem
+    nomac = rec("c", "10.1.3.0/24", ip="192.168.9.8", mac="")
+    assert auto.mode_for(ctx(), nomac)[0] == "unreachable"
+    assert sorted(backends.BACKENDS) == ["auto", "host-gw", "vxlan"]
+
+
+def test_vxlan_plan_orders_fdb_neigh_route_and_removal_reverses():
+    peers = [rec("a", "10.1.1.0/24", ip="192.168.9.1", mac="02:AA:00:00:00:01"),
+             rec("b", "10.1.2.0/24", ip="192.168.9.2", mac="02:aa:00:00:00:02")]
+    desired, modes = backends.plan(ctx(), backends.get("vxlan"), peers)
+    assert [e.kind for e in desired] == ["fdb", "fdb", "neigh", "neigh", "route", "route"]
+    route_a = next(e for e in desired if e.kind == "route" and e.node == "a")
+    assert (route_a.destination, route_a.via, route_a.dev) == ("10.1.1.0/24", "10.1.1.0", "vx")
+    assert next(e for e in desired if e.kind == "fdb" and e.node == "a").destination == "02:aa:00:00:00:01"
+    install, remove = backends.diff([desired[1], desired[3], desired[5]], desired)
+    assert [e.kind for e in remove] == ["route", "neigh", "fdb"]  # peer a's, route first
+    assert install == []
+
+
+def test_vtep_identity_is_stable_and_local():
+    assert vtep_mac("n1") == vtep_mac("n1") != vtep_mac("n2")
+    assert int(vtep_mac("n1").split(":")[0], 16) & 0b11 == 0b10  # local, unicast
+    assert vtep_ip("10.244.3.0/24") == "10.244.3.0"
+    assert backends.ROUTE_PROTO < 256
+
+
+def parse(*argv):
+    return config.parse(["--node-name", "n", *argv])
+
+
+def test_flags_defaults_and_cluster_mode():
+    ns = parse("--pod-cidr", "10.1.1.0/24")
+    assert ns.cluster is False and ns.store == "static"
+    ns = parse("--pod-cidr", "10.1.1.0/24", "--cluster-cidr", "10.1.0.0/16", "--peers", "192.168.1.1:7946, 192.168.1.2:7000")
+    assert ns.cluster and ns.peer_list == ["192.168.1.1:7946", "192.168.1.2:7000"]
+    assert (ns.backend, ns.vxlan_vni, ns.vxlan_port, ns.vxlan_dev, ns.node_timeout, ns.reconcile_interval,
+            ns.node_cidr_size) == ("auto", 1, 8472, "podnet.vxlan", 15.0, 5.0, 24)
+    ns = parse("--cluster-cidr", "10.1.0.0/16", "--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:2379")
+    assert ns.pod_cidr is None  # leased at start
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--pod-cidr", "10.2.0.0/24", "--cluster-cidr", "10.1.0.0/16"], "does not lie inside --cluster-cidr"),
+    (["--pod-cidr", "10.1.0.0/24", "--peers", "1.2.3.4:7946"], "--cluster-cidr is required"),
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--peers", "nohost"], "expected IP:PORT"),
+    (["--cluster-cidr", "10.1.0.0/16"], "--pod-cidr is required"),
+    (["--cluster-cidr", "10.1.0.0/16", "--store", "etcd"], "needs --etcd-endpoints"),
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--tls-cert", "/x"], "go together"),
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--vxlan-vni", "0"], "--vxlan-vni"),
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--node-ip", "fe80::1"], "not an IPv4"),
+])
+def test_bad_flags_are_one_clear_line(argv, message):
+    proc = subprocess.run([PY, "-m", "podnetd.main", "--node-name", "n", *argv], capture_output=True,
+                          text=True, cwd=REPO, timeout=30)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_entry_keys_ignore_the_value():
+    a = Entry("route", "a", "host-gw", "10.1.1.0/24", "192.168.1.1", "")
+    b = Entry("route", "b", "vxlan", "10.1.1.0/24", "10.1.1.0", "vx")
+    assert a.key == b.key

@@ -1,0 +1,161 @@
+"""Cluster membership with the static store and routing between real node namespaces joined by
+an underlay made here (a hub netns with a bridge, or two subnets and a router)."""
+import json
+import os
+import tempfile
+
+import pytest
+
+from test_cluster_lib import (Underlay, add_pod, cluster, fdb, make_pki, neighbours,  # noqa: F401
+                              routes)
+from testlib import PY, REPO, in_ns, ping, plugin, sh, wait_for
+
+TIMEOUT = ["--node-timeout", "2"]
+
+
+def test_join_spreads_transitively_and_leave_withdraws_everywhere(netns, cluster):
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2), (n3, ip3) = u.add_node(), u.add_node(), u.add_node()
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1, extra=TIMEOUT)
+    d2 = cluster(n2, "10.99.2.0/24", node_ip=ip2, peers=[d1.listen], extra=TIMEOUT)
+    # node 3 knows only node 2; node 1 must learn it through node 2
+    d3 = cluster(n3, "10.99.3.0/24", node_ip=ip3, peers=[d2.listen], extra=TIMEOUT)
+    wait_for(lambda: routes(n1).keys() == {"10.99.2.0/24", "10.99.3.0/24"}, 10, what="n1 routes")
+    wait_for(lambda: routes(n3).keys() == {"10.99.1.0/24", "10.99.2.0/24"}, 10, what="n3 routes")
+    assert routes(n1)["10.99.3.0/24"]["gateway"] == ip3  # same L2: host-gw
+    nodes = d1.nodes()
+    assert {n["mode"] for n in nodes.values()} == {"self", "host-gw"}
+    assert nodes[n3]["pod_cidr"] == "10.99.3.0/24" and nodes[n3]["underlay_ip"] == ip3
+    p1, p3 = netns.add("p"), netns.add("p")
+    a1, a3 = add_pod(d1, p1, "c1"), add_pod(d3, p3, "c3")
+    assert ping(p1, a3) and ping(p3, a1)
+
+    d3.kill9()
+    wait_for(lambda: "10.99.3.0/24" not in routes(n1) and "10.99.3.0/24" not in routes(n2), 10,
+             what="node 3's routes withdrawn")
+    assert n3 not in d1.nodes() and n3 not in d2.nodes()
+    assert "10.99.2.0/24" in routes(n1)  # the others stay
+
+
+def test_vxlan_drift_is_repaired_and_foreign_routes_left_alone(netns, cluster):
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
+    vx = ["--backend", "vxlan", "--vxlan-vni", "77"]
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1, extra=vx)
+    d2 = cluster(n2, "10.99.2.0/24", node_ip=ip2, peers=[d1.listen], extra=vx)
+    wait_for(lambda: "10.99.2.0/24" in routes(n1) and "10.99.1.0/24" in routes(n2), 10, what="routes")
+    link = json.loads(in_ns(n1, "ip", "-d", "-j", "link", "show", "podnet.vxlan").stdout)[0]
+    info = link["linkinfo"]["info_data"]
+    assert info["id"] == 77 and info["port"] == 8472 and not info.get("learning", False)
+    assert link["mtu"] == 1450 and "group" not in info
+    mac2 = d1.nodes()[n2]["vtep_mac"]
+    assert neighbours(n1)["10.99.2.0"]["lladdr"] == mac2
+    assert fdb(n1)[mac2]["dst"] == ip2
+    p1, p2 = netns.add("p"), netns.add("p")
+    a1, a2 = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
+    assert ping(p1, a2)
+    # pods got the VXLAN MTU
+    assert json.loads(in_ns(p1, "ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1450
+
+    # a foreign route inside the cluster range, and the same peer range in another table
+    in_ns(n1, "ip", "route", "add", "10.99.50.0/24", "via", ip2, "proto", "static")
+    in_ns(n1, "ip", "route", "del", "10.99.2.0/24")
+    in_ns(n1, "ip", "neigh", "del", "10.99.2.0", "dev", "podnet.vxlan")
+    in_ns(n1, "bridge", "fdb", "del", mac2, "dev", "podnet.vxlan", "dst", ip2)
+    assert not [e for e in d1.entries() if e["state"] == "present"]
+    wait_for(lambda: "10.99.2.0/24" in routes(n1) and "10.99.2.0" in neighbours(n1) and mac2 in fdb(n1),
+             10, what="drift repaired")
+    assert {e["state"] for e in d1.entries()} == {"present"}
+    assert ping(p1, a2)
+    foreign = json.loads(in_ns(n1, "ip", "-j", "route", "show", "10.99.50.0/24").stdout)
+    assert foreign and foreign[0]["protocol"] == "static"
+    # a changed neighbour comes back to the right MAC too
+    in_ns(n1, "ip", "neigh", "replace", "10.99.2.0", "lladdr", "02:00:00:00:00:99", "dev",
+          "podnet.vxlan", "nud", "permanent")
+    wait_for(lambda: neighbours(n1)["10.99.2.0"]["lladdr"] == mac2, 10, what="neighbour fixed")
+
+
+def test_routed_underlay_auto_picks_vxlan_and_host_gw_says_why_not(netns, cluster):
+    u = Underlay(netns, subnets=2, routed=True)
+    (n1, ip1), (n2, ip2), (n3, ip3) = u.add_node(0), u.add_node(1), u.add_node(0)
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1)
+    d2 = cluster(n2, "10.99.2.0/24", node_ip=ip2, peers=[d1.listen])
+    d3 = cluster(n3, "10.99.3.0/24", node_ip=ip3, peers=[d1.listen], extra=["--backend", "host-gw"])
+    wait_for(lambda: {"10.99.2.0/24", "10.99.3.0/24"} <= routes(n1).keys(), 10, what="n1 routes")
+    r = routes(n1)
+    assert r["10.99.2.0/24"]["dev"] == "podnet.vxlan" and "onlink" in r["10.99.2.0/24"]["flags"]
+    assert r["10.99.3.0/24"]["gateway"] == ip3  # same subnet: host-gw
+    modes = {name: n["mode"] for name, n in d1.nodes().items()}
+    assert modes == {n1: "self", n2: "vxlan", n3: "host-gw"}
+    p1, p2 = netns.add("p"), netns.add("p")
+    a1, a2 = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
+    assert ping(p1, a2) and ping(p2, a1)
+    # 1400-byte DF payload fits the VXLAN MTU; an oversized one gets an error, not silence
+    assert ping(p1, a2, size=1400, dont_fragment=True)
+    out = in_ns(p1, "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s", "1460", a2, check=False)
+    assert out.returncode != 0 and ("message too long" in (out.stdout + out.stderr).lower()
+                                    or "frag needed" in (out.stdout + out.stderr).lower()), out
+    # node 3 runs host-gw only: node 2 is behind a router, so it says so and installs nothing
+    wait_for(lambda: d3.nodes().get(n2, {}).get("mode") == "unreachable", 10, what="n3 sees n2")
+    assert "not on this node's L2 subnet" in d3.nodes()[n2]["problem"]
+    assert "10.99.2.0/24" not in routes(n3) and "10.99.1.0/24" in routes(n3)
+    assert "not on this node's L2 subnet" in d3.log()
+
+
+def test_overlapping_pod_cidr_is_refused_on_both_sides(netns, cluster):
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2), (n3, ip3) = u.add_node(), u.add_node(), u.add_node()
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1)
+    d3 = cluster(n3, "10.99.3.0/24", node_ip=ip3, peers=[d1.listen])
+    d2 = cluster(n2, "10.99.1.0/25", node_ip=ip2, peers=[d1.listen], ready=False)
+    wait_for(lambda: "refused" in d2.ctl("nodes").get("problem", ""), 10, what="n2 refused")
+    wait_for(lambda: "refused" in d1.log() and n2 in d1.log(), 10, what="n1 logs the refusal")
+    rc, out, _ = plugin("STATUS", config=d2.config())
+    assert rc != 0 and "overlaps" in out["details"], out
+    assert routes(n2) == {}  # the refused node routes nowhere
+    wait_for(lambda: d3.nodes().get(n2, {}).get("mode") == "unreachable", 10, what="n3 sees n2 refused")
+    for node in (n1, n3):
+        assert all(r.get("gateway") != ip2 for r in routes(node).values())
+    assert routes(n1)["10.99.3.0/24"]["gateway"] == ip3  # the healthy nodes are untouched
+    assert plugin("STATUS", config=d1.config())[0] == 0
+
+
+def test_mutual_tls_refuses_a_peer_from_a_foreign_ca(netns, cluster):
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2), (n3, ip3) = u.add_node(), u.add_node(), u.add_node()
+    with tempfile.TemporaryDirectory() as tmp:
+        good = make_pki(tmp, [(n1, ip1), (n2, ip2)], "good")
+        evil = make_pki(tmp, [(n3, ip3)], "evil")
+        d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1, extra=good[n1])
+        d2 = cluster(n2, "10.99.2.0/24", node_ip=ip2, peers=[d1.listen], extra=good[n2])
+        d3 = cluster(n3, "10.99.3.0/24", node_ip=ip3, peers=[d1.listen, d2.listen], extra=evil[n3])
+        wait_for(lambda: "10.99.2.0/24" in routes(n1) and "10.99.1.0/24" in routes(n2), 10, what="TLS peers")
+        wait_for(lambda: "no peer reachable" in d3.ctl("nodes").get("problem", ""), 10, what="n3 fails")
+        assert n3 not in d1.nodes() and n3 not in d2.nodes()
+        assert routes(n3) == {} and "10.99.3.0/24" not in routes(n1)
+        assert "WITHOUT TLS" not in d1.log()
+    # and a node without TLS flags warns at start
+    d4 = cluster(netns.add("nd"), "10.99.4.0/24", node_ip="127.0.0.1", listen_port=7999)
+    assert "WITHOUT TLS" in d4.log()
+
+
+def test_cleanup_removes_what_podnetd_made_and_nothing_else(netns, cluster):
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1, extra=["--backend", "vxlan"])
+    cluster(n2, "10.99.2.0/24", node_ip=ip2, peers=[d1.listen], extra=["--backend", "vxlan"])
+    wait_for(lambda: "10.99.2.0/24" in routes(n1), 10, what="routes")
+    in_ns(n1, "ip", "route", "add", "10.99.50.0/24", "via", ip2, "proto", "static")
+    tables = in_ns(n1, "nft", "list", "tables").stdout
+    assert "table inet podnet" in tables and "table bridge podnet" in tables
+    d1.stop()
+    assert "10.99.2.0/24" in routes(n1)  # stopping leaves the dataplane alone
+    proc = in_ns(n1, PY, "-m", "podnetd.main", "--cleanup", cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "podnet" not in in_ns(n1, "nft", "list", "tables").stdout
+    names = {link["ifname"] for link in json.loads(in_ns(n1, "ip", "-j", "link").stdout)}
+    assert "podnet.vxlan" not in names and "podnet0" not in names and "ul0" in names
+    assert routes(n1) == {}
+    assert json.loads(in_ns(n1, "ip", "-j", "route", "show", "10.99.50.0/24").stdout)
+    # idempotent
+    assert in_ns(n1, PY, "-m", "podnetd.main", "--cleanup", cwd=REPO, check=False).returncode == 0
