@@ -55,11 +55,6 @@ def veth_macs(container_id: str, ifname: str) -> tuple[str, str]:
     return host, pod
 
 
-def _configure_pod_side(ifname: str, address: str, gateway: str) -> str:
-    """Inside the pod netns: address, link up, lo up, default route. Returns the pod MAC."""
-    return ip_lib.pod_interface_setup(ifname, address, gateway)["mac"]
-
-
 def _inspect_pod_side(ifname: str) -> dict:
     link = ip_lib.link_get(ifname)
     if link is None:
@@ -147,14 +142,16 @@ class Endpoints:
                 self.reaper.wait((container_id, ifname))
                 if self.ipam.get(container_id, ifname) is not None:
                     reap(self.ipam, stale)
+            host_mac, pod_mac = veth_macs(container_id, ifname)
             record, created = self.ipam.allocate(container_id, ifname, netns=netns_path,
-                                                 network=network, host_ifname=host,
+                                                 network=network, host_ifname=host, mac=pod_mac,
                                                  mtu=self.node.mtu)
             if created:
                 undo.callback(self.ipam.release, container_id, ifname)
+            elif (record.netns, record.host_ifname, record.mac) != (netns_path, host, pod_mac):
+                self.ipam.update(container_id, ifname, netns=netns_path, host_ifname=host, mac=pod_mac)
             # A repeated ADD (a runtime retrying) keeps the address and rebuilds the link.
             ip_lib.link_delete(host)
-            host_mac, pod_mac = veth_macs(container_id, ifname)
             try:
                 self._create_veth(host, ifname, fd, host_mac, pod_mac)
             except Exists as e:
@@ -164,14 +161,13 @@ class Endpoints:
                 raise AttachError(f"{what}: {e}") from None
             undo.callback(self._delete_quietly, host)
             try:
-                mac = netns.run_in_netns(fd, _configure_pod_side, ifname, record.address,
-                                         self.node.gateway)
+                netns.run_in_netns(fd, ip_lib.pod_interface_setup, ifname, record.address,
+                                   self.node.gateway)
             except KernelError as e:
                 raise AttachError(f"{what}: configure {ifname} in {netns_path}: {e}") from None
-            self.ipam.update(container_id, ifname, mac=mac, host_ifname=host, netns=netns_path)
             undo.pop_all()
             os.close(fd)
-        return dataclasses.replace(record, mac=mac, host_ifname=host, netns=netns_path,
+        return dataclasses.replace(record, mac=pod_mac, host_ifname=host, netns=netns_path,
                                    host_mac=host_mac)
 
     def _create_veth(self, host: str, ifname: str, fd: int, host_mac: str, pod_mac: str) -> None:

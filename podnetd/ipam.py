@@ -111,7 +111,7 @@ class Ipam:
         return [self._row(r) for r in rows]
 
     def allocate(self, container_id: str, ifname: str, *, netns: str = "", network: str = "",
-                 host_ifname: str = "", mtu: int = 0) -> tuple[Record, bool]:
+                 host_ifname: str = "", mac: str = "", mtu: int = 0) -> tuple[Record, bool]:
         """Reserve an address for (container_id, ifname). Returns (record, created); an existing
         reservation for the same key is returned as it is."""
         with self._lock:
@@ -127,7 +127,7 @@ class Ipam:
                 created = time.time()
                 self._db.execute(
                     f"INSERT INTO endpoints ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (container_id, ifname, ip, netns, network, host_ifname, "", mtu, created,
+                    (container_id, ifname, ip, netns, network, host_ifname, mac, mtu, created,
                      "active"))
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('last_reserved', ?)", (str(ip),))
                 self._db.execute("COMMIT")
@@ -135,7 +135,7 @@ class Ipam:
                 self._db.execute("ROLLBACK")
                 raise
         return Record(container_id, ifname, f"{ipaddress.ip_address(ip)}/{self.network.prefixlen}",
-                      netns, network, host_ifname, "", mtu, created), True
+                      netns, network, host_ifname, mac, mtu, created), True
 
     def _next_free(self) -> int:
         used = {r[0] for r in self._db.execute("SELECT ip FROM endpoints")}
