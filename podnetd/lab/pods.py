@@ -60,6 +60,7 @@ def add_pod(lab: Lab, node: str, name: str | None = None) -> str:
             lab.st.save()
             raise LabError(f"add pod {key}: {e}") from None
         lab.st.pods[key]["address"] = result["ips"][0]["address"].split("/")[0]
+        lab.st.pods[key]["host_ifname"] = result["interfaces"][1]["name"]
         lab.st.save()
     return key
 

@@ -1,8 +1,12 @@
 """Traffic and route checks between lab namespaces: ping and TCP matrices, kernel routes."""
 import concurrent.futures
 import json
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 from ..kernel import ip_lib
 from ..kernel.netns import run_in_netns
@@ -110,3 +114,64 @@ def render_matrix(pods: dict[str, dict], results: dict) -> str:
                      for dst in names])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
+
+
+def until(cond, timeout: float, what: str, interval: float = 0.1):
+    """Poll cond() until it returns something truthy; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout}s")
+        time.sleep(interval)
+
+
+class ContinuousPing:
+    """`ping -i 0.01` from a namespace, counted by sequence number: a packet is lost when a later
+    one was answered and it was not, so the one in flight when we stop never counts as lost."""
+
+    def __init__(self, ns: str, address: str, interval: float = 0.01):
+        self.received: set[int] = set()
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen([*netops.nsenter(ns), "ping", "-n", "-i", str(interval),
+                                      address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            m = re.search(r"icmp_seq=(\d+) ttl=", line)
+            with self._lock:
+                if m:
+                    self.received.add(int(m.group(1)))
+                elif "icmp_seq=" in line:  # unreachable, redirect, ...: anything but a reply
+                    self.errors.append(line.strip())
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.received)
+
+    def wait_replies(self, n: int, timeout: float = 10) -> None:
+        """Until n more replies than now have come back."""
+        target = self.count() + n
+        until(lambda: self.count() >= target or self.proc.poll() is not None, timeout,
+              f"{n} ping replies", 0.01)
+
+    def stop(self) -> dict:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        with self._lock:
+            last = max(self.received, default=0)
+            lost = sorted(set(range(1, last + 1)) - self.received)
+            return {"answered": len(self.received), "last_seq": last, "lost": lost,
+                    "errors": list(self.errors)}
