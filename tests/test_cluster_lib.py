@@ -179,3 +179,80 @@ def make_pki(directory: str, names_ips: list[tuple[str, str]], ca_name: str = "c
 
 __all__ = ["Underlay", "ClusterDaemon", "routes", "neighbours", "fdb", "add_pod", "cluster",
            "wait_for", "in_ns", "unique", "sh", "signal", "os", "shutil", "tempfile"]
+
+
+SNIFF = r"""
+import json, sys
+from scapy.all import AsyncSniffer, bind_layers, raw
+from scapy.layers.inet import IP, UDP, ICMP
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+iface, port = sys.argv[1], int(sys.argv[2])
+bind_layers(UDP, VXLAN, dport=port)
+s = AsyncSniffer(iface=iface, store=True, started_callback=lambda: print("ready", flush=True))
+s.start()
+sys.stdin.readline()
+s.stop()
+out = []
+for p in s.results or []:
+    d = {"src_mac": p[Ether].src if Ether in p else None}
+    if IP in p:
+        d.update(src=p[IP].src, dst=p[IP].dst, proto=p[IP].proto)
+    if VXLAN in p:
+        inner = p[VXLAN].payload
+        d["vni"] = p[VXLAN].vni
+        d["dport"] = p[UDP].dport
+        if IP in inner:
+            d.update(inner_src=inner[IP].src, inner_dst=inner[IP].dst)
+    elif ICMP in p:
+        d["payload"] = raw(p[ICMP].payload).decode("latin-1")
+    if ARP in p:
+        d.update(arp_op=p[ARP].op, arp_psrc=p[ARP].psrc, arp_hwsrc=p[ARP].hwsrc)
+    out.append(d)
+print(json.dumps(out), flush=True)
+"""
+
+
+class Sniffer:
+    """scapy capturing on iface inside a netns, from start() until stop() (returns packets)."""
+
+    def __init__(self, ns: str, iface: str, vxlan_port: int = 8472):
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", PY, "-c", SNIFF, iface,
+                                      str(vxlan_port)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise AssertionError(f"sniffer did not start: {line} {self.proc.stderr.read()}")
+
+    def stop(self) -> list[dict]:
+        out, err = self.proc.communicate("\n", timeout=30)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+SEND = r"""
+import sys
+from scapy.all import sendp, conf
+from scapy.layers.inet import IP, ICMP
+from scapy.layers.l2 import ARP, Ether
+conf.verb = 0
+kind, src_mac, dst_mac, src_ip, dst_ip, payload = sys.argv[1:7]
+if kind == "icmp":
+    frame = Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / ICMP() / payload.encode()
+else:  # an unsolicited ARP reply claiming src_ip is at src_mac
+    frame = Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=2, hwsrc=src_mac, psrc=src_ip,
+                                                              hwdst="ff:ff:ff:ff:ff:ff", pdst=dst_ip)
+sendp(frame, iface="eth0", count=3)
+"""
+
+
+def send_frame(pod_ns: str, kind: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str,
+               payload: str = "") -> None:
+    """Craft and send a frame with scapy from inside the pod's netns."""
+    in_ns(pod_ns, PY, "-c", SEND, kind, src_mac, dst_mac, src_ip, dst_ip, payload, cwd=REPO)
