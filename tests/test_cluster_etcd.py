@@ -1,0 +1,164 @@
+"""The etcd store against a real etcd (Debian's etcd-server 3.4), started by this module inside
+the underlay's hub namespace and killed by PID at the end."""
+import base64
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+
+import pytest
+
+from test_cluster_lib import ClusterDaemon, Underlay, add_pod, routes
+from testlib import Netns, in_ns, ping, wait_for
+
+ETCD_IP = "192.168.200.254"
+CLUSTER = "10.98.0.0/16"
+
+
+class Etcd:
+    def __init__(self, ns: str):
+        self.ns = ns
+        self.dir = tempfile.mkdtemp(prefix="podnet-etcd-")
+        self.url = f"http://{ETCD_IP}:2379"
+        self.proc = None
+
+    def start(self):
+        log = open(os.path.join(self.dir, "etcd.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.ns}", "etcd", "--name", "podnet-test",
+             "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", self.url,
+             "--advertise-client-urls", self.url, "--listen-peer-urls", "http://127.0.0.1:2380",
+             "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+             "--initial-cluster", "podnet-test=http://127.0.0.1:2380"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        wait_for(lambda: self.ctl("endpoint", "health", check=False).returncode == 0, 20,
+                 what="etcd healthy")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def ctl(self, *args, check=True):
+        return in_ns(self.ns, "etcdctl", f"--endpoints={self.url}", *args, check=check,
+                     env={**os.environ, "ETCDCTL_API": "3"})
+
+    def blocks(self) -> dict:
+        """{node name: (pod cidr, lease id)} from the store itself."""
+        out = json.loads(self.ctl("get", "--prefix", "/podnet/nodes/", "-w", "json").stdout)
+        found = {}
+        for kv in out.get("kvs", []):
+            value = json.loads(base64.b64decode(kv["value"]))
+            found[value["name"]] = (value["pod_cidr"], kv.get("lease", 0))
+        return found
+
+    def lease_ttl(self, lease_id: int) -> int:
+        out = json.loads(self.ctl("lease", "timetolive", format(lease_id, "x"), "-w", "json").stdout)
+        return out["ttl"]
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    spaces = Netns()
+    etcd = None
+    try:
+        underlay = Underlay(spaces, routed=True)  # the hub's bridge gets .254: etcd listens there
+        etcd = Etcd(underlay.hub)
+        etcd.start()
+        yield underlay, etcd
+    finally:
+        if etcd:
+            etcd.cleanup()
+        spaces.cleanup()
+
+
+@pytest.fixture
+def nodes(lab):
+    underlay, etcd = lab
+    started = []
+
+    def start(node_ip_ns=None, ready=True, extra=()):
+        ns, ip = node_ip_ns or underlay.add_node()
+        d = ClusterDaemon(ns, None, node_ip=ip, cluster_cidr=CLUSTER,
+                          extra=["--store", "etcd", "--etcd-endpoints", etcd.url, "--node-timeout", "3",
+                                 *extra])
+        started.append(d)
+        return d.start(ready=ready)
+
+    yield start
+    for d in reversed(started):
+        d.cleanup()
+    # leave the store empty for the next test
+    etcd.ctl("del", "--prefix", "/podnet/", check=False)
+
+
+def test_nodes_lease_distinct_blocks_and_route_to_each_other(lab, nodes, netns):
+    _, etcd = lab
+    d1, d2 = nodes(), nodes()
+    blocks = etcd.blocks()
+    (c1, lease1), (c2, lease2) = blocks[d1.node_name], blocks[d2.node_name]
+    assert c1 != c2 and c1.endswith("/24") and c1.startswith("10.98.") and lease1 and lease2
+    wait_for(lambda: c2 in routes(d1.netns) and c1 in routes(d2.netns), 10, what="routes")
+    p1, p2 = netns.add("p"), netns.add("p")
+    a1, a2 = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
+    assert ipaddress.ip_address(a1) in ipaddress.ip_network(c1)
+    assert ping(p1, a2) and ping(p2, a1)
+    view = d1.ctl("nodes")
+    assert view["store"] == "etcd" and {n["pod_cidr"] for n in view["nodes"]} == {c1, c2}
+
+
+def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
+    _, etcd = lab
+    d1 = nodes()
+    cidr, lease = etcd.blocks()[d1.node_name]
+    # renewal: the remaining TTL goes back up (granted 3 s, renewed every second)
+    seen = [etcd.lease_ttl(lease)]
+    wait_for(lambda: seen.append(etcd.lease_ttl(lease)) or seen[-1] > min(seen), 10, what="renewal")
+    d1.kill9()
+    d1.start()  # the key still names it
+    assert etcd.blocks()[d1.node_name][0] == cidr
+    d1.stop()
+    etcd.ctl("del", "--prefix", "/podnet/nodes/")  # as if its lease had expired meanwhile
+    d1.start()  # the state dir remembers the block, and it is free
+    assert etcd.blocks()[d1.node_name][0] == cidr
+    assert f"leased {cidr}" in d1.log()
+
+
+def test_etcd_outage_keeps_routes_and_a_later_join_is_seen(lab, nodes, netns):
+    underlay, etcd = lab
+    d1, d2 = nodes(), nodes()
+    c1, c2 = etcd.blocks()[d1.node_name][0], etcd.blocks()[d2.node_name][0]
+    wait_for(lambda: c2 in routes(d1.netns) and c1 in routes(d2.netns), 10, what="routes")
+    p1, p2 = netns.add("p"), netns.add("p")
+    a1, a2 = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
+    etcd.stop()
+    try:
+        wait_for(lambda: "unreachable" in d1.ctl("nodes").get("problem", ""), 10, what="outage noticed")
+        # past --node-timeout (3 s) without the store: nothing withdrawn, pods keep talking
+        wait_for(lambda: d1.nodes()[d2.node_name].get("heartbeat_age_seconds", 0) > 4, 15,
+                 what="an outage longer than the node timeout")
+        assert c2 in routes(d1.netns) and c1 in routes(d2.netns)
+        assert ping(p1, a2) and ping(p2, a1)
+        assert d2.node_name in d1.nodes()
+    finally:
+        etcd.start()
+    d3 = nodes()
+    c3 = etcd.blocks()[d3.node_name][0]
+    wait_for(lambda: c3 in routes(d1.netns) and c3 in routes(d2.netns), 15, what="late joiner routed")
+    wait_for(lambda: "problem" not in d1.ctl("nodes"), 10, what="d1 recovered")
+    assert {d1.node_name, d2.node_name} <= etcd.blocks().keys()
+    p3 = netns.add("p")
+    a3 = add_pod(d3, p3, "c3")
+    assert ping(p1, a3)
