@@ -17,7 +17,8 @@ def _say(msg: str, t0: float) -> None:
 def run(topology: str, store: str, nodes: int) -> int:
     t0 = time.monotonic()
     name = f"pndemo{os.getpid() % 100000}"
-    _say(f"lab {name}: {nodes} nodes, {topology} underlay, {store} store, mutual TLS between peers", t0)
+    trust = "peers talk mutual TLS" if store == "static" else "etcd on a lab address"
+    _say(f"lab {name}: {nodes} nodes, {topology} underlay, {store} store ({trust})", t0)
     lab = Lab.up(nodes, topology, store, name=name, wait=20)
     try:
         missing = lab.missing_routes()

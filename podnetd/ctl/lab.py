@@ -73,10 +73,8 @@ def _print_status(data: dict, fmt: str) -> None:
                                          ("DAEMON", "daemon"), ("MODE PER PEER", "peers"),
                                          ("PROBLEM", "problem")]))
     print()
-    sys.stdout.write(output.table(data["routes"], [("ON", "node"), ("KIND", "kind"),
-                                                   ("FOR", "node_to" if data["routes"] and
-                                                    "node_to" in data["routes"][0] else "node"),
-                                                   ("MODE", "mode"), ("DESTINATION", "destination"),
+    sys.stdout.write(output.table(data["routes"], [("ON", "on"), ("KIND", "kind"),
+                                                   ("FOR", "node"), ("MODE", "mode"), ("DESTINATION", "destination"),
                                                    ("VIA", "via"), ("DEV", "dev"), ("STATE", "state")])
                      if data["routes"] else "no routes programmed\n")
     if data["pods"]:

@@ -33,7 +33,7 @@ def collect(lab: Lab) -> dict:
                       "peers": peers, "problem": problem})
         if programmed is not None:
             for e in programmed.entries:
-                routes.append({"node": name, **_msg(e)})
+                routes.append({"on": name, **_msg(e)})
             continue
         # No Cluster service: show the kernel's routes into other nodes' pod CIDRs.
         try:
@@ -44,7 +44,7 @@ def collect(lab: Lab) -> dict:
         for r in kernel:
             if r["dst"] != "default" and r["dst"] != own and \
                     ipaddress.ip_network(r["dst"]).subnet_of(cluster):
-                routes.append({"node": name, "kind": "route", "node_to": "", "mode": "kernel",
+                routes.append({"on": name, "kind": "route", "node": "", "mode": "kernel",
                                "destination": r["dst"], "via": r["gateway"] or "",
                                "dev": r["dev"] or "", "state": "present"})
     pods = [{"pod": k, "netns": p["netns"], "address": p["address"]} for k, p in lab.st.pods.items()]
