@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 CNI_BIN_DIR ?= /opt/cni/bin
-APT_PACKAGES := iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
+APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
 	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump vagrant
 PYTEST_ARGS ?=
 

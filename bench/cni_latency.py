@@ -1,4 +1,5 @@
-"""CNI latency: podnet vs the reference bridge + host-local, side by side in one run.
+"""CNI latency: podnet (native and portable builds) vs the reference bridge + host-local,
+side by side in one run.
 
 Each plugin gets its own node netns (podnet: a podnetd inside it; reference: the bridge plugin's
 bridge inside it, entered with nsenter). For each: ADD and DEL over N fresh pod netns
@@ -27,10 +28,10 @@ from testlib import Daemon, Netns, sh  # noqa: E402
 REFERENCE_DIR = "/usr/lib/cni"
 
 
-def install_podnet(bin_dir: str) -> str:
-    """The plugin exactly as `make install` lays it out."""
-    from podnetd.install import install_plugin
-    return install_plugin(bin_dir)
+def install_podnet(bin_dir: str, native: bool) -> str:
+    """The plugin exactly as `make install` lays it out (native), or its portable build."""
+    from podnetd.install import install
+    return install(os.path.join(bin_dir, "native" if native else "python"), native=native)
 
 
 def invoke(binary: str, node_ns: str | None, command: str, config: dict, cid: str = "",
@@ -48,6 +49,22 @@ def invoke(binary: str, node_ns: str | None, command: str, config: dict, cid: st
     return elapsed
 
 
+def wait_gone(pod_ns: str, ifname: str = "eth0", timeout: float = 5) -> None:
+    from podnetd.kernel import netns, rtnl
+    from podnetd.kernel.errors import NotFound
+
+    def poll():
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            try:
+                rtnl.get_link(ifname)
+            except NotFound:
+                return
+            time.sleep(0.0005)
+        raise TimeoutError(f"{ifname} still in {pod_ns} after {timeout}s")
+    netns.run_in_netns(f"/run/netns/{pod_ns}", poll)
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] * 1000
@@ -58,8 +75,14 @@ def measure(name, binary, node_ns, config, spaces: Netns, pods: int, concurrent:
     adds, dels, versions = [], [], []
     for i, ns in enumerate(pod_ns):
         adds.append(invoke(binary, node_ns, "ADD", config, f"{name}-{i}", f"/run/netns/{ns}"))
+    settled = []
     for i, ns in enumerate(pod_ns):
+        start = time.perf_counter()
         dels.append(invoke(binary, node_ns, "DEL", config, f"{name}-{i}", f"/run/netns/{ns}"))
+        # podnetd answers DEL before the kernel finishes deleting the veth (it reaps in the
+        # background); "settled" is until the pod's interface is really gone.
+        wait_gone(ns)
+        settled.append(time.perf_counter() - start)
     for _ in range(pods):
         versions.append(invoke(binary, node_ns, "VERSION", {"cniVersion": config["cniVersion"]}))
     conc_ns = pod_ns[:concurrent]
@@ -73,7 +96,8 @@ def measure(name, binary, node_ns, config, spaces: Netns, pods: int, concurrent:
     for ns in pod_ns:
         spaces.remove(ns)
     return {"add_p50": pct(adds, .5), "add_p95": pct(adds, .95), "del_p50": pct(dels, .5),
-            "del_p95": pct(dels, .95), "version_p50": pct(versions, .5),
+            "del_p95": pct(dels, .95), "del_settled_p50": pct(settled, .5),
+            "version_p50": pct(versions, .5),
             "version_p95": pct(versions, .95), "concurrent_wall": wall * 1000,
             "concurrent_p50": pct(conc, .5)}
 
@@ -94,7 +118,6 @@ def main() -> int:
     bin_dir = tempfile.mkdtemp(prefix="pnbench-")
     daemon = None
     try:
-        podnet_bin = install_podnet(bin_dir)
         ref_node, pn_node = spaces.add("r"), spaces.add("p")
         daemon = Daemon(pn_node, "10.123.0.0/16").start()
         ref_cfg = {"cniVersion": "1.0.0", "name": "benchref", "type": "bridge", "bridge": "cni-bench",
@@ -104,18 +127,23 @@ def main() -> int:
         results = {
             "reference": measure("ref", os.path.join(REFERENCE_DIR, "bridge"), ref_node, ref_cfg,
                                  spaces, args.pods, args.concurrent),
-            "podnet": measure("pn", podnet_bin, pn_node, pn_cfg, spaces, args.pods, args.concurrent),
+            "podnet": measure("pn", install_podnet(bin_dir, True), pn_node, pn_cfg, spaces,
+                              args.pods, args.concurrent),
+            "podnet-python": measure("pp", install_podnet(bin_dir, False), pn_node, pn_cfg, spaces,
+                                     args.pods, args.concurrent),
         }
     finally:
         if daemon:
             daemon.cleanup()
         spaces.cleanup()
         shutil.rmtree(bin_dir, ignore_errors=True)
-    ref, pn = results["reference"], results["podnet"]
-    print(f"{'metric (ms)':<18}{'reference':>12}{'podnet':>10}{'ratio':>8}")
+    ref, pn, pp = results["reference"], results["podnet"], results["podnet-python"]
+    print(f"{'metric (ms)':<18}{'reference':>10}{'podnet':>9}{'ratio':>7}{'podnet-py':>11}{'ratio':>7}")
     for key in ref:
-        print(f"{key:<18}{ref[key]:>12.1f}{pn[key]:>10.1f}{pn[key] / ref[key]:>8.2f}")
+        print(f"{key:<18}{ref[key]:>10.1f}{pn[key]:>9.1f}{pn[key] / ref[key]:>7.2f}"
+              f"{pp[key]:>11.1f}{pp[key] / ref[key]:>7.2f}")
     results["ratios"] = {k: pn[k] / ref[k] for k in ref}
+    results["ratios_python"] = {k: pp[k] / ref[k] for k in ref}
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

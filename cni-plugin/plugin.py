@@ -90,7 +90,9 @@ def decode_response(buf: bytes) -> tuple[int, bytes]:
 # --- HTTP/2 + HPACK, one unary call on a fresh connection ----------------------------------
 
 
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0, 1, 3, 4, 6, 7
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
+MAX_FRAME = 16384
+OUR_WINDOW = 1 << 20
 END_STREAM, END_HEADERS, PADDED, PRIORITY, ACK = 0x1, 0x4, 0x8, 0x20, 0x1
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -195,11 +197,13 @@ def invoke(socket_path: str, request: bytes, timeout: float = CALL_TIMEOUT) -> b
             sock.connect(socket_path)
         except OSError as e:
             raise CallError("cannot reach podnetd at %s: %s" % (socket_path, e.strerror or e), False)
-        message = b"\x00" + len(request).to_bytes(4, "big") + request
-        sock.sendall(PREFACE + _frame(SETTINGS, 0, 0, b"")
-                     + _frame(HEADERS, END_HEADERS, 1, request_headers(max(1, int(timeout))))
-                     + _frame(DATA, END_STREAM, 1, message))
-        return _read_response(sock, timeout)
+        call = _Call(sock, b"\x00" + len(request).to_bytes(4, "big") + request, timeout)
+        # our SETTINGS raise the stream window and a WINDOW_UPDATE the connection's, so the
+        # reply never waits on us
+        call.out += (PREFACE + _frame(SETTINGS, 0, 0, (4).to_bytes(2, "big") + OUR_WINDOW.to_bytes(4, "big"))
+                     + _frame(WINDOW_UPDATE, 0, 0, (OUR_WINDOW - 65535).to_bytes(4, "big"))
+                     + _frame(HEADERS, END_HEADERS, 1, request_headers(max(1, int(timeout)))))
+        return call.run()
     except _socket.timeout:
         raise CallError("podnetd at %s did not answer in time" % socket_path, False)
     except OSError as e:
@@ -208,53 +212,86 @@ def invoke(socket_path: str, request: bytes, timeout: float = CALL_TIMEOUT) -> b
         sock.close()
 
 
-def _read_response(sock, timeout: float) -> bytes:
-    buf, body, trailers, table = bytearray(), bytearray(), {}, []
-    header_block, header_flags = bytearray(), 0
-    greeted = False
-    while True:
-        head = _recv_exact(sock, 9, buf)
-        size = (head[0] << 16) | (head[1] << 8) | head[2]
-        kind, flags = head[3], head[4]
-        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-        payload = _recv_exact(sock, size, buf)
-        if not greeted:
-            greeted = True            # the daemon is alive: allow the call its full time
-            sock.settimeout(timeout)
+class _Call:
+    """The request body goes out as flow control allows (frames of at most 16 KiB within the
+    peer's windows); the reply is read frame by frame until the stream ends."""
+
+    def __init__(self, sock, message: bytes, timeout: float):
+        self.sock, self.message, self.timeout = sock, message, timeout
+        self.out = bytearray()
+        self.sent = 0
+        self.conn_window = self.stream_window = 65535
+        self.buf, self.body, self.trailers, self.table = bytearray(), bytearray(), {}, []
+        self.block = bytearray()
+
+    def _queue_data(self) -> None:
+        while self.sent < len(self.message) and self.conn_window > 0 and self.stream_window > 0:
+            n = min(len(self.message) - self.sent, MAX_FRAME, self.conn_window, self.stream_window)
+            last = self.sent + n == len(self.message)
+            self.out += _frame(DATA, END_STREAM if last else 0, 1, self.message[self.sent:self.sent + n])
+            self.sent += n
+            self.conn_window -= n
+            self.stream_window -= n
+
+    def run(self) -> bytes:
+        greeted = ended = False
+        while True:
+            self._queue_data()
+            if self.out:
+                self.sock.sendall(bytes(self.out))
+                self.out.clear()
+            if ended:
+                break
+            head = _recv_exact(self.sock, 9, self.buf)
+            size = (head[0] << 16) | (head[1] << 8) | head[2]
+            kind, flags = head[3], head[4]
+            stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+            payload = _recv_exact(self.sock, size, self.buf)
+            if not greeted:
+                greeted = True            # the daemon is alive: allow the call its full time
+                self.sock.settimeout(self.timeout)
+            self._handle(kind, flags, stream, payload)
+            ended = stream == 1 and kind in (DATA, HEADERS) and bool(flags & END_STREAM)
+        status = self.trailers.get(b"grpc-status", b"0")
+        if status != b"0" or len(self.body) < 5:
+            message = self.trailers.get(b"grpc-message", b"").decode("utf-8", "replace")
+            raise CallError("podnetd refused the call: grpc-status %s %s"
+                            % (status.decode("ascii", "replace"), message), True)
+        length = int.from_bytes(self.body[1:5], "big")
+        return bytes(self.body[5:5 + length])
+
+    def _handle(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
         if kind == SETTINGS and not flags & ACK:
-            sock.sendall(_frame(SETTINGS, ACK, 0, b""))
+            for i in range(0, len(payload) - 5, 6):
+                if int.from_bytes(payload[i:i + 2], "big") == 4:   # INITIAL_WINDOW_SIZE
+                    self.stream_window += int.from_bytes(payload[i + 2:i + 6], "big") - 65535
+            self.out += _frame(SETTINGS, ACK, 0, b"")
         elif kind == PING and not flags & ACK:
-            sock.sendall(_frame(PING, ACK, 0, payload))
-        elif kind == GOAWAY and stream == 0 and not body:
+            self.out += _frame(PING, ACK, 0, payload)
+        elif kind == WINDOW_UPDATE and len(payload) == 4:
+            increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+            if stream == 0:
+                self.conn_window += increment
+            elif stream == 1:
+                self.stream_window += increment
+        elif kind == GOAWAY and stream == 0 and not self.body:
             code = int.from_bytes(payload[4:8], "big")
             raise CallError("podnetd closed the connection (GOAWAY %d)" % code, True)
         elif stream != 1:
-            continue
+            return
         elif kind == RST_STREAM:
             raise CallError("podnetd reset the call (code %d)" % int.from_bytes(payload, "big"), True)
         elif kind == DATA:
-            body += _strip_padding(payload, flags)
-        elif kind in (HEADERS, 9):     # 9: CONTINUATION
+            self.body += _strip_padding(payload, flags)
+        elif kind in (HEADERS, CONTINUATION):
             if kind == HEADERS:
                 payload = _strip_padding(payload, flags)
                 if flags & PRIORITY:
                     payload = payload[5:]
-                header_flags = flags
-            header_block += payload
+            self.block += payload
             if flags & END_HEADERS:
-                trailers.update(decode_headers(bytes(header_block), table))
-                header_block = bytearray()
-        if flags & END_STREAM and stream == 1 and kind in (DATA, HEADERS):
-            break
-        if header_flags & END_STREAM and not header_block and stream == 1 and kind == 9:
-            break
-    status = trailers.get(b"grpc-status", b"0")
-    if status != b"0" or len(body) < 5:
-        message = trailers.get(b"grpc-message", b"").decode("utf-8", "replace")
-        raise CallError("podnetd refused the call: grpc-status %s %s"
-                        % (status.decode("ascii", "replace"), message), True)
-    length = int.from_bytes(body[1:5], "big")
-    return bytes(body[5:5 + length])
+                self.trailers.update(decode_headers(bytes(self.block), self.table))
+                self.block.clear()
 
 
 def _strip_padding(payload: bytes, flags: int) -> bytes:

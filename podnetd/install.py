@@ -1,9 +1,10 @@
 """Lay out the podnet CNI plugin in a CNI bin dir.
 
-<bin_dir>/podnet is a three-line launcher for `python3 -IS` (no site, no environment) that
+<bin_dir>/podnet is the native build of the relay (cni-plugin/podnet.c, ~1 ms to start) when a C
+compiler is present, which `make deps` ensures. Without one it is a three-line launcher for `python3 -IS` (no site, no environment) that
 imports the plugin from <bin_dir>/.podnet/, where it is byte-compiled at install time: a script
 run directly is re-compiled on every exec, which would cost more than the rest of a DEL.
-Usage: python -m podnetd.install [--cni-bin-dir /opt/cni/bin] [--python /usr/bin/python3]
+Usage: python -m podnetd.install [--cni-bin-dir /opt/cni/bin] [--portable [--python PATH]]
 """
 import argparse
 import os
@@ -13,6 +14,8 @@ import subprocess
 import sys
 
 SOURCE = pathlib.Path(__file__).resolve().parent.parent / "cni-plugin" / "plugin.py"
+NATIVE_SOURCE = SOURCE.with_name("podnet.c")
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 LIB_DIR = ".podnet"
 MODULE = "podnet_plugin"
 
@@ -24,7 +27,29 @@ def default_python() -> str:
     return system if os.access(system, os.X_OK) else sys.executable
 
 
+def build_native(out_path: str, cc: str | None = None) -> str:
+    """Compile cni-plugin/podnet.c to out_path (atomically); returns out_path."""
+    cc = cc or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise FileNotFoundError("no C compiler (cc/gcc) found")
+    subprocess.run([cc, *CFLAGS, "-o", out_path + ".tmp", str(NATIVE_SOURCE)], check=True)
+    os.replace(out_path + ".tmp", out_path)
+    return out_path
+
+
+def install(bin_dir: str, *, native: bool | None = None, python: str | None = None) -> str:
+    """Install the plugin as <bin_dir>/podnet: the native build unless native is False or (when
+    None) no compiler is present."""
+    os.makedirs(bin_dir, exist_ok=True)
+    if native is None:
+        native = bool(shutil.which("cc") or shutil.which("gcc"))
+    if native:
+        return build_native(os.path.join(bin_dir, "podnet"))
+    return install_plugin(bin_dir, python)
+
+
 def install_plugin(bin_dir: str, python: str | None = None, source: pathlib.Path = SOURCE) -> str:
+    """The portable build: a `python3 -IS` launcher and the byte-compiled cni-plugin/plugin.py."""
     python = python or default_python()
     lib = os.path.join(bin_dir, LIB_DIR)
     os.makedirs(lib, exist_ok=True)
@@ -47,9 +72,10 @@ def install_plugin(bin_dir: str, python: str | None = None, source: pathlib.Path
 def main() -> int:
     ap = argparse.ArgumentParser(prog="podnetd.install")
     ap.add_argument("--cni-bin-dir", default="/opt/cni/bin")
-    ap.add_argument("--python", default=None)
+    ap.add_argument("--python", default=None, help="interpreter for the portable build")
+    ap.add_argument("--portable", action="store_true", help="install the Python build, not the native one")
     args = ap.parse_args()
-    print(install_plugin(args.cni_bin_dir, args.python))
+    print(install(args.cni_bin_dir, native=False if args.portable else None, python=args.python))
     return 0
 
 

@@ -1,8 +1,13 @@
-"""podnetd + the podnet plugin on one node, driven as a CNI runtime drives it."""
+"""podnetd + the podnet plugin on one node, driven as a CNI runtime drives it. Every test runs
+with both builds of the plugin (native and portable Python)."""
 import json
 import signal
 
+import pytest
+
 from testlib import in_ns, links_in, ns_path, ping, plugin, wait_for
+
+pytestmark = pytest.mark.usefixtures("plugin_build")
 
 
 def add(daemon, pod_ns, cid, ifname="eth0", **cfg):
@@ -134,3 +139,17 @@ def test_gc_releases_everything_not_valid(daemon, netns):
     wait_for(lambda: not gone & {link["ifname"] for link in links_in(daemon.netns)},
              what="GC'd veths to be deleted")
     assert results[1]["interfaces"][1]["name"] in {link["ifname"] for link in links_in(daemon.netns)}
+
+
+def test_large_config_crosses_flow_control(daemon, netns):
+    """A GC list far beyond one HTTP/2 frame and the initial 64 KiB window."""
+    pod = netns.add("p")
+    assert add(daemon, pod, "keepme")[0] == 0
+    valid = [{"containerID": f"ghost{i:05d}", "ifname": "eth0"} for i in range(3000)]
+    valid.append({"containerID": "keepme", "ifname": "eth0"})
+    config = daemon.config(**{"cni.dev/valid-attachments": valid})
+    assert len(json.dumps(config)) > 130_000
+    rc, out, err = plugin("GC", config=config)
+    assert rc == 0, (out, err)
+    assert plugin("CHECK", config=daemon.config(), container_id="keepme", netns=ns_path(pod),
+                  ifname="eth0")[0] == 0

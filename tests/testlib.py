@@ -129,6 +129,12 @@ class Daemon:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+# Which build of the plugin plugin() runs: conftest points it at the native build (what
+# `make install` lays out); tests that cover both builds switch it per parameter.
+PLUGIN_ARGV = {"python": [PY, "-I", "-S", str(PLUGIN)]}
+PLUGIN_BUILD = {"current": "python"}
+
+
 def plugin(command: str, *, config: dict | bytes | None = None, container_id: str = "",
            netns: str = "", ifname: str = "", args: str = "", path: str = REFERENCE_CNI_DIR,
            timeout: float = 30, argv: list[str] | None = None) -> tuple[int, dict | str, str]:
@@ -140,7 +146,7 @@ def plugin(command: str, *, config: dict | bytes | None = None, container_id: st
         if value:
             env[key] = value
     data = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
-    proc = subprocess.run(argv or [PY, "-I", "-S", str(PLUGIN)], input=data, env=env,
+    proc = subprocess.run(argv or PLUGIN_ARGV[PLUGIN_BUILD["current"]], input=data, env=env,
                           capture_output=True, timeout=timeout)
     out = proc.stdout.decode()
     try:
