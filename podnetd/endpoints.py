@@ -125,6 +125,11 @@ class Endpoints:
         self.ipam = ipam
         self.reaper = VethReaper(ipam)
         self._bridge_index: int | None = None
+        # Features that keep per-pod state beside the veth (anti-spoofing) register here.
+        # on_attach(record) runs inside attach's rollback scope: if it raises, the ADD fails and
+        # everything is undone; on_detach(record) runs when a pod is detached, errors logged.
+        self.attach_hooks: list = []
+        self.detach_hooks: list = []
 
     # -- attach ---------------------------------------------------------------------------
 
@@ -165,10 +170,16 @@ class Endpoints:
                                    self.node.gateway)
             except KernelError as e:
                 raise AttachError(f"{what}: configure {ifname} in {netns_path}: {e}") from None
+            attached = dataclasses.replace(record, mac=pod_mac, host_ifname=host, netns=netns_path,
+                                           host_mac=host_mac)
+            for hook in self.attach_hooks:
+                try:
+                    hook(attached)
+                except KernelError as e:
+                    raise AttachError(f"{what}: {e}") from None
             undo.pop_all()
             os.close(fd)
-        return dataclasses.replace(record, mac=pod_mac, host_ifname=host, netns=netns_path,
-                                   host_mac=host_mac)
+        return attached
 
     def _create_veth(self, host: str, ifname: str, fd: int, host_mac: str, pod_mac: str) -> None:
         """Create the pair on the bridge, whose index is cached: it only changes when the
@@ -211,6 +222,11 @@ class Endpoints:
             self.ipam.update(container_id, ifname, state="releasing")
         if not record.host_ifname:
             record = dataclasses.replace(record, host_ifname=host_veth_name(container_id, ifname))
+        for hook in self.detach_hooks:
+            try:
+                hook(record)
+            except KernelError as e:
+                log.warning("detach %s/%s: %s", container_id[:12], ifname, e)
         self.reaper.submit(record)
         return record
 
