@@ -159,3 +159,31 @@ def test_cleanup_removes_what_podnetd_made_and_nothing_else(netns, cluster):
     assert json.loads(in_ns(n1, "ip", "-j", "route", "show", "10.99.50.0/24").stdout)
     # idempotent
     assert in_ns(n1, PY, "-m", "podnetd.main", "--cleanup", cwd=REPO, check=False).returncode == 0
+
+
+def test_daemon_restarts_lose_no_packet(netns, cluster):
+    import re
+    import signal
+    import subprocess
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
+    vx = ["--backend", "vxlan"]
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1, extra=vx)  # no seeds: learns from n2's calls
+    d2 = cluster(n2, "10.99.2.0/24", node_ip=ip2, peers=[d1.listen], extra=vx)
+    wait_for(lambda: "10.99.2.0/24" in routes(n1) and "10.99.1.0/24" in routes(n2), 10, what="routes")
+    p1, p2 = netns.add("p"), netns.add("p")
+    a1, _ = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
+    pinger = subprocess.Popen(["nsenter", f"--net=/run/netns/{p2}", "ping", "-n", "-i", "0.01", a1],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for target, how in ((d1, signal.SIGTERM), (d1, signal.SIGKILL), (d2, signal.SIGKILL)):
+            target.stop(how)
+            target.start()
+            wait_for(lambda: len(d1.nodes()) == 2 and len(d2.nodes()) == 2, 10, what="rejoined")
+    finally:
+        pinger.send_signal(signal.SIGINT)
+        out, _ = pinger.communicate(timeout=10)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    sent, received = int(m.group(1)), int(m.group(2))
+    assert sent > 100 and received == sent, out[-500:]

@@ -61,6 +61,7 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
 
     async def Exchange(self, request, context):
         refusal = self.store.receive([from_pb(m) for m in request.records], request.sender)
+        self.store._contacted = self.store._contacted or (not refusal and len(request.records) > 0)
         if refusal:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         return cluster_pb2.ExchangeResponse(records=[to_pb(r) for r in self.store.records()])
@@ -127,9 +128,11 @@ class StaticStore(Store):
         return self.members.age(name)
 
     def synced(self) -> bool:
-        # After a restart the view is complete once one peer answered, or after a timeout
-        # (a lone node: whatever it still has in the kernel belongs to departed nodes).
-        if self._contacted or not (self.seeds or len(self.members.records) > 1):
+        # After a restart the view is complete once a peer answered or called (both sides
+        # send everything they know), or after a timeout (a lone node: whatever it still has
+        # in the kernel belongs to departed nodes). Until then nothing is removed, so pods keep
+        # talking across a restart.
+        if self._contacted:
             return True
         return asyncio.get_running_loop().time() - self._start_time > self.cfg.node_timeout
 
