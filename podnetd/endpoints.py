@@ -172,6 +172,8 @@ class Endpoints:
                 raise AttachError(f"{what}: configure {ifname} in {netns_path}: {e}") from None
             attached = dataclasses.replace(record, mac=pod_mac, host_ifname=host, netns=netns_path,
                                            host_mac=host_mac)
+            if self.attach_hooks:  # detach hooks are idempotent: they undo a partial run too
+                undo.callback(self._run_detach_hooks, attached)
             for hook in self.attach_hooks:
                 try:
                     hook(attached)
@@ -222,13 +224,16 @@ class Endpoints:
             self.ipam.update(container_id, ifname, state="releasing")
         if not record.host_ifname:
             record = dataclasses.replace(record, host_ifname=host_veth_name(container_id, ifname))
+        self._run_detach_hooks(record)
+        self.reaper.submit(record)
+        return record
+
+    def _run_detach_hooks(self, record: Record) -> None:
         for hook in self.detach_hooks:
             try:
                 hook(record)
             except KernelError as e:
-                log.warning("detach %s/%s: %s", container_id[:12], ifname, e)
-        self.reaper.submit(record)
-        return record
+                log.warning("detach %s/%s: %s", record.container_id[:12], record.ifname, e)
 
     # -- check ----------------------------------------------------------------------------
 
