@@ -135,3 +135,29 @@ class Chain:
             conf = self.plugin_config(plugin, prev, caps)
             self.exec("DEL", plugin, conf, container_id, netns, ifname, cni_args)
         self.cache.pop((container_id, ifname), None)
+
+
+# -- helpers for runtime-level tests ---------------------------------------------------------
+
+def podnet_endpoints(daemon) -> list[dict]:
+    """podnetd's attachments as `podnetctl endpoints -o json` shows them."""
+    out = subprocess.run([sys.executable, "-m", "podnetd.ctl.main", "endpoints", "--socket",
+                          daemon.socket, "-o", "json"], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    return json.loads(out.stdout)
+
+
+def fetch(ns: str, url: str) -> str | None:
+    """GET url from inside netns `ns`; the body, or None when it cannot connect."""
+    code = ("import sys,urllib.request\n"
+            "try: print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode(), end='')\n"
+            "except OSError as e: print('ERR', e, file=sys.stderr); sys.exit(1)\n")
+    proc = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", code, url],
+                          capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def nat_rules(ns: str) -> str:
+    """The nat table of netns `ns` (portmap's rules) as iptables-save prints it."""
+    return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "iptables-save", "-t", "nat"],
+                          capture_output=True, text=True, check=True).stdout

@@ -10,8 +10,9 @@ import tempfile
 
 import pytest
 
-from cni_chain import Chain, ChainError, make_bin_dir
-from testlib import PY, REPO, in_ns, links_in, ns_path, unique, wait_for
+from cni_chain import Chain, ChainError, fetch, make_bin_dir, nat_rules
+from cni_chain import podnet_endpoints as endpoints
+from testlib import PY, in_ns, links_in, ns_path, unique, wait_for
 
 HOST_PORT, POD_PORT = 18080, 8080
 TUNED_MAC = "0a:58:0a:4d:00:aa"
@@ -83,15 +84,6 @@ class HttpServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def fetch(ns: str, url: str) -> str | None:
-    """GET url from inside netns `ns`; the body, or None when it cannot connect."""
-    code = ("import sys,urllib.request\n"
-            "try: print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode(), end='')\n"
-            "except OSError as e: print('ERR', e, file=sys.stderr); sys.exit(1)\n")
-    proc = in_ns(ns, PY, "-c", code, url, check=False)
-    return proc.stdout if proc.returncode == 0 else None
-
-
 def external_client(netns, node_ns: str) -> tuple[str, str]:
     """A client netns wired to the node by a veth, as a machine on the node's LAN:
     returns (client netns, the node's address on that link)."""
@@ -109,16 +101,6 @@ def external_client(netns, node_ns: str) -> tuple[str, str]:
 
 def qdiscs(ns: str, dev: str) -> list[dict]:
     return json.loads(in_ns(ns, "tc", "-j", "qdisc", "show", "dev", dev).stdout or "[]")
-
-
-def nat_rules(ns: str) -> str:
-    return in_ns(ns, "iptables-save", "-t", "nat").stdout
-
-
-def endpoints(daemon) -> list[dict]:
-    out = subprocess.run([PY, "-m", "podnetd.ctl.main", "endpoints", "--socket", daemon.socket,
-                          "-o", "json"], capture_output=True, text=True, check=True, cwd=REPO)
-    return json.loads(out.stdout)
 
 
 def pod_link(pod: str, ifname: str = "eth0") -> dict:

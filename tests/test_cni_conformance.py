@@ -2,18 +2,12 @@
 pool, repeated ADD, bad container ids and interface names (refused without leaking), GC scoped to
 its own network name. The plugin is driven as a runtime drives it (env + stdin)."""
 import json
-import subprocess
 
 import pytest
 
 from podnetd.endpoints import host_veth_name
-from testlib import PY, REPO, links_in, ns_path, ping, plugin, unique, wait_for
-
-
-def endpoints(daemon) -> list[dict]:
-    out = subprocess.run([PY, "-m", "podnetd.ctl.main", "endpoints", "--socket", daemon.socket,
-                          "-o", "json"], capture_output=True, text=True, check=True, cwd=REPO)
-    return json.loads(out.stdout)
+from cni_chain import podnet_endpoints as endpoints
+from testlib import links_in, ns_path, ping, plugin, unique, wait_for
 
 
 def held_by(daemon, cid: str) -> list[dict]:

@@ -15,11 +15,13 @@ import tempfile
 
 import pytest
 
-from cni_chain import make_bin_dir
-from testlib import PY, REPO, unique, wait_for
+from cni_chain import fetch, make_bin_dir, nat_rules
+from cni_chain import podnet_endpoints as endpoints
+from testlib import unique, wait_for
 
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "sleep", "ping", "ip", "cat", "ls", "true", "hostname")
+APPLETS = ("sh", "sleep", "ping", "ip", "cat", "ls", "true", "hostname", "httpd")
+HOST_PORT, CTR_PORT = 18081, 8080
 
 
 def busybox_rootfs(path: str) -> str:
@@ -27,6 +29,9 @@ def busybox_rootfs(path: str) -> str:
     for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "run"):
         os.makedirs(os.path.join(path, d), exist_ok=True)
     shutil.copy2(BUSYBOX, os.path.join(path, "bin", "busybox"))
+    os.makedirs(os.path.join(path, "www"))
+    with open(os.path.join(path, "www", "token"), "w") as f:
+        f.write(os.path.basename(path))
     for applet in APPLETS:
         os.symlink("busybox", os.path.join(path, "bin", applet))
     return path
@@ -106,16 +111,17 @@ class Podman:
 @pytest.fixture
 def podman_env(daemon):
     workdir = tempfile.mkdtemp(prefix=f"{unique('pm')}-")
-    bin_dir = make_bin_dir(os.path.join(workdir, "bin"), reference=())
+    bin_dir = make_bin_dir(os.path.join(workdir, "bin"), reference=("portmap",))
     net_dir = os.path.join(workdir, "net.d")
     os.makedirs(net_dir)
     network = unique("net")
     with open(os.path.join(net_dir, f"{network}.conflist"), "w") as f:
         json.dump({"cniVersion": "1.0.0", "name": network,
-                   "plugins": [{"type": "podnet", "socket": daemon.socket}]}, f)
+                   "plugins": [{"type": "podnet", "socket": daemon.socket},
+                               {"type": "portmap", "capabilities": {"portMappings": True}}]}, f)
     podman = Podman(workdir, daemon.netns, containers_conf(workdir, bin_dir, net_dir))
     try:
-        yield podman, network, busybox_rootfs(os.path.join(workdir, "rootfs"))
+        yield podman, network, busybox_rootfs(os.path.join(workdir, unique("rootfs")))
     finally:
         podman.cleanup()
         # libcni caches each attachment's result; the DEL removes it, a failure may not
@@ -123,19 +129,17 @@ def podman_env(daemon):
             os.unlink(cached)
 
 
-def endpoints(daemon) -> list[dict]:
-    out = subprocess.run([PY, "-m", "podnetd.ctl.main", "endpoints", "--socket", daemon.socket,
-                          "-o", "json"], capture_output=True, text=True, check=True, cwd=REPO)
-    return json.loads(out.stdout)
-
-
 def test_podman_containers_get_addresses_ping_and_release(daemon, podman_env):
     podman, network, rootfs = podman_env
     names = [unique("ctr"), unique("ctr")]
     ids, addresses = [], []
-    for name in names:
-        podman("run", "-d", "--name", name, "--network", network, "--rootfs", rootfs,
-               "/bin/sleep", "600")
+    # the first container publishes a port (podman -> portmap on podnet's result) and serves
+    # a file with busybox httpd; the second just sleeps
+    commands = [("-p", f"{HOST_PORT}:{CTR_PORT}", "--rootfs", rootfs,
+                 "/bin/httpd", "-f", "-p", str(CTR_PORT), "-h", "/www"),
+                ("--rootfs", rootfs, "/bin/sleep", "600")]
+    for name, command in zip(names, commands):
+        podman("run", "-d", "--name", name, "--network", network, *command)
         info = podman.inspect(name)
         net = info["NetworkSettings"]["Networks"][network]
         ids.append(info["Id"])
@@ -155,6 +159,13 @@ def test_podman_containers_get_addresses_ping_and_release(daemon, podman_env):
         res = podman("exec", name, "ping", "-c", "2", "-W", "2", peer, check=False)
         assert res.returncode == 0, res.stdout + res.stderr
 
+    # the published port reaches the first container: from the node (DNAT by portmap) and
+    # directly by its pod address
+    token = os.path.basename(rootfs)
+    assert fetch(daemon.netns, f"http://10.77.0.1:{HOST_PORT}/token") == token
+    assert fetch(daemon.netns, f"http://{addresses[0]}:{CTR_PORT}/token") == token
+    assert f"{addresses[0]}:{CTR_PORT}" in nat_rules(daemon.netns)
+
     # podman stop tears the network down (DEL with libcni's cached result); start attaches anew
     podman("stop", "-t", "0", names[1])
     wait_for(lambda: ids[1] not in json.dumps(endpoints(daemon)),
@@ -172,6 +183,8 @@ def test_podman_containers_get_addresses_ping_and_release(daemon, podman_env):
     assert ids[1] in json.dumps(endpoints(daemon))
     podman("rm", "-f", "-t", "0", names[1])
     wait_for(lambda: endpoints(daemon) == [], what="rm to release the last address")
+    rules = nat_rules(daemon.netns)
+    assert "CNI-DN-" not in rules and str(HOST_PORT) not in rules, rules
     for key in podman.sandboxes:
         assert not os.path.exists(key), f"podman left its netns {key}"
     assert not [m for m in open("/proc/mounts") if podman.workdir in m]
