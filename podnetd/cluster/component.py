@@ -99,6 +99,8 @@ class ClusterComponent:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.store:
             await self.store.stop()
+        if self.firewall:
+            await asyncio.get_running_loop().run_in_executor(None, self.firewall.close)
 
     def _claim_time(self) -> int:
         """When this node first claimed its pod CIDR (kept in the state dir), so a restart does

@@ -1,5 +1,14 @@
-"""nftables through `nft -f -`: the daemon generates whole tables and hands them over in one
-atomic transaction, so a ruleset is always either the old one or the new one."""
+"""nftables: the daemon generates whole tables and hands each over as one atomic transaction,
+so a ruleset is always either the old one or the new one.
+
+Commands go through libnftables in-process (ctypes; the library ships with the nft command):
+~0.2 ms per command instead of ~8 ms for an `nft -f -` exec, which matters on the attach path.
+A fresh context per call keeps it thread-safe and bound to the calling thread's netns. Without
+the library, `nft -f -` is used.
+"""
+import ctypes
+import ctypes.util
+import errno
 import subprocess
 
 from .errors import KernelError, NotFound
@@ -7,17 +16,64 @@ from .errors import KernelError, NotFound
 NFT = "nft"
 
 
-def apply(ruleset: str, what: str = "apply ruleset") -> None:
+def _load():
+    for name in ("libnftables.so.1", ctypes.util.find_library("nftables")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        return lib
+    return None
+
+
+_lib = _load()
+
+
+def _run(commands: str) -> tuple[int, str, str]:
+    """(rc, stdout, stderr) of running commands like `nft -f -` would."""
+    if _lib is not None:
+        ctx = _lib.nft_ctx_new(0)
+        if not ctx:
+            raise KernelError("nftables: cannot create a context")
+        try:
+            _lib.nft_ctx_buffer_output(ctx)
+            _lib.nft_ctx_buffer_error(ctx)
+            rc = _lib.nft_run_cmd_from_buffer(ctx, commands.encode())
+            out = (_lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+            err = (_lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+        finally:
+            _lib.nft_ctx_free(ctx)
+        return (0 if rc == 0 else 1), out, err
     try:
-        proc = subprocess.run([NFT, "-f", "-"], input=ruleset, capture_output=True, text=True,
+        proc = subprocess.run([NFT, "-f", "-"], input=commands, capture_output=True, text=True,
                               timeout=30)
     except FileNotFoundError:
-        raise KernelError(f"{what}: the nft command is not installed") from None
+        raise KernelError("nftables: neither libnftables nor the nft command is installed") from None
     except subprocess.TimeoutExpired:
-        raise KernelError(f"{what}: nft timed out") from None
-    if proc.returncode != 0:
-        detail = " ".join(proc.stderr.split())[:400]
-        raise KernelError(f"{what}: nft: {detail}")
+        raise KernelError("nftables: nft timed out") from None
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def apply(ruleset: str, what: str = "apply ruleset") -> str:
+    rc, out, err = _run(ruleset)
+    if rc != 0:
+        first = next((line for line in err.splitlines() if line.startswith("Error")), err.strip())
+        if "No such file or directory" in first:
+            raise NotFound(f"{what}: nft: {first[:300]}", errno.ENOENT)
+        raise KernelError(f"{what}: nft: {first[:300]}")
+    return out
 
 
 def replace_table(family: str, name: str, body: str) -> None:
@@ -27,29 +83,25 @@ def replace_table(family: str, name: str, body: str) -> None:
           f"replace nft table {family} {name}")
 
 
-def delete_table(family: str, name: str) -> bool:
-    """Delete the table; False when it did not exist."""
-    if not table_exists(family, name):
-        return False
-    try:
-        apply(f"delete table {family} {name}\n", f"delete nft table {family} {name}")
-    except KernelError as e:
-        if not table_exists(family, name):
-            return False
-        raise e
-    return True
-
-
 def table_exists(family: str, name: str) -> bool:
-    proc = subprocess.run([NFT, "list", "table", family, name], capture_output=True, text=True)
-    return proc.returncode == 0
+    try:
+        list_table(family, name)
+        return True
+    except NotFound:
+        return False
 
 
 def list_table(family: str, name: str) -> str:
-    proc = subprocess.run([NFT, "list", "table", family, name], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise NotFound(f"list nft table {family} {name}: {proc.stderr.strip()}")
-    return proc.stdout
+    return apply(f"list table {family} {name}\n", f"list nft table {family} {name}")
+
+
+def delete_table(family: str, name: str) -> bool:
+    """Delete the table; False when it did not exist."""
+    try:
+        apply(f"delete table {family} {name}\n", f"delete nft table {family} {name}")
+        return True
+    except NotFound:
+        return False
 
 
 def add_elements(family: str, table: str, set_name: str, elements: list[str]) -> None:
@@ -59,15 +111,14 @@ def add_elements(family: str, table: str, set_name: str, elements: list[str]) ->
 
 
 def delete_elements(family: str, table: str, set_name: str, elements: list[str]) -> None:
-    """Delete elements one statement each, in one batch; elements already gone are fine only if
-    the whole batch fails because of them, so retry one by one then."""
+    """Delete elements; ones already gone are fine (then the rest go one by one)."""
     if not elements:
         return
     try:
-        apply("".join(f"delete element {family} {table} {set_name} {{ {e} }}\n" for e in elements))
-    except KernelError:
+        apply(f"delete element {family} {table} {set_name} {{ {', '.join(elements)} }}\n")
+    except NotFound:
         for e in elements:
             try:
                 apply(f"delete element {family} {table} {set_name} {{ {e} }}\n")
-            except KernelError:
-                pass  # already gone
+            except NotFound:
+                pass
