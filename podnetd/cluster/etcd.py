@@ -19,6 +19,7 @@ import urllib.parse
 
 import etcd3gw
 from etcd3gw import exceptions as etcd_errors
+from etcd3gw.utils import _encode  # the client's transaction() takes base64 fields
 
 from . import records as rec
 from .records import NodeRecord
@@ -126,11 +127,11 @@ class EtcdStore(Store):
                 owner = None
             if owner != self.cfg.node_name:
                 return False
-            k = etcd3gw.utils._encode(key)
+            k = _encode(key)
             result = client.transaction({
                 "compare": [{"key": k, "result": "EQUAL", "target": "MOD",
                              "mod_revision": meta["mod_revision"]}],
-                "success": [{"request_put": {"key": k, "value": etcd3gw.utils._encode(value),
+                "success": [{"request_put": {"key": k, "value": _encode(value),
                                              "lease": lease.id}}],
                 "failure": []})
             return bool(result.get("succeeded"))
@@ -213,18 +214,24 @@ class EtcdStore(Store):
                 pass
 
     def _start_watch(self, loop):
+        """A watch on the prefix wakes the loop at once on any change (the 1 s listing covers
+        for a watch that died with the connection)."""
         if self._watch_cancel is not None:
             return
-
-        def on_event(_event):
-            loop.call_soon_threadsafe(self._wake.set)
         try:
-            client = self._clients[self._current]
-            watcher = etcd3gw.watch.Watcher(client, PREFIX, on_event,
-                                            range_end=etcd3gw.client._increment_last_byte(PREFIX))
-            self._watch_cancel = watcher.stop
+            events, cancel = self._clients[self._current].watch_prefix(PREFIX)
         except Exception as e:  # noqa: BLE001 - polling covers for a missing watch
             log.debug("etcd watch: %s", e)
+            return
+
+        def pump():
+            try:
+                for _event in events:
+                    loop.call_soon_threadsafe(self._wake.set)
+            except Exception as e:  # noqa: BLE001 - the stream broke: polling goes on
+                log.debug("etcd watch ended: %s", e)
+        threading.Thread(target=pump, name="etcd-watch", daemon=True).start()
+        self._watch_cancel = cancel
 
     def _keepalive(self) -> None:
         """Renew the lease; re-grant it and re-make our key when it expired (etcd was away)."""
