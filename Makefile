@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 CNI_BIN_DIR ?= /opt/cni/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
-	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump vagrant
+	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump vagrant openssl
 PYTEST_ARGS ?=
 
 .PHONY: deps apt venv test demo install proto bench clean-stamps

@@ -117,6 +117,10 @@ def test_nodes_lease_distinct_blocks_and_route_to_each_other(lab, nodes, netns):
     assert ping(p1, a2) and ping(p2, a1)
     view = d1.ctl("nodes")
     assert view["store"] == "etcd" and {n["pod_cidr"] for n in view["nodes"]} == {c1, c2}
+    # a node that dies loses its lease after --node-timeout; the others drop its routes
+    d2.kill9()
+    wait_for(lambda: c2 not in routes(d1.netns), 15, what="dead node's routes removed")
+    assert d2.node_name not in etcd.blocks() and d2.node_name not in d1.nodes()
 
 
 def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):

@@ -59,8 +59,9 @@ class ClusterDaemon(Daemon):
         super().__init__(netns, pod_cidr or "", **kw)
         self.node_ip = node_ip
         self.listen = f"{node_ip}:{listen_port}"
-        self.cluster_extra = ["--node-ip", node_ip, "--cluster-cidr", cluster_cidr,
-                              "--listen", self.listen, "--reconcile-interval", "1",
+        # node_ip=None: podnetd finds it (default-route interface) and listens on it:7946
+        self.cluster_extra = [*(["--node-ip", node_ip, "--listen", self.listen] if node_ip else []),
+                              "--cluster-cidr", cluster_cidr, "--reconcile-interval", "1",
                               *(["--peers", ",".join(peers)] if peers else []), *extra]
 
     def start(self, timeout: float = 15, ready: bool = True) -> "ClusterDaemon":

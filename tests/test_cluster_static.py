@@ -192,3 +192,14 @@ def test_daemon_restarts_lose_no_packet(netns, cluster):
     assert m, out
     sent, received = int(m.group(1)), int(m.group(2))
     assert sent > 100 and received == sent, out[-500:]
+
+
+def test_node_ip_defaults_to_the_default_route_interface(netns, cluster):
+    u = Underlay(netns, routed=True)  # nodes get a default route via the hub
+    (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=None)
+    d2 = cluster(n2, "10.99.2.0/24", node_ip=None, peers=[f"{ip1}:7946"])
+    wait_for(lambda: "10.99.1.0/24" in routes(n2) and "10.99.2.0/24" in routes(n1), 10, what="routes")
+    nodes = d1.nodes()
+    assert nodes[n1]["underlay_ip"] == ip1 and nodes[n2]["underlay_ip"] == ip2
+    assert nodes[n2]["peer_address"] == f"{ip2}:7946"
