@@ -203,3 +203,18 @@ def test_node_ip_defaults_to_the_default_route_interface(netns, cluster):
     nodes = d1.nodes()
     assert nodes[n1]["underlay_ip"] == ip1 and nodes[n2]["underlay_ip"] == ip2
     assert nodes[n2]["peer_address"] == f"{ip2}:7946"
+
+
+def test_unusable_underlay_flags_fail_with_one_clear_line(netns, tmp_path):
+    node = netns.add("nd")
+    base = [PY, "-m", "podnetd.main", "--node-name", "x", "--pod-cidr", "10.5.1.0/24",
+            "--cluster-cidr", "10.5.0.0/16", "--socket", str(tmp_path / "s"),
+            "--state-dir", str(tmp_path / "st")]
+    cases = [(["--node-ip", "10.1.1.1"], "no interface holds 10.1.1.1"),
+             (["--node-ip", "127.0.0.1", "--listen", "10.9.9.9:7946"], "cannot listen on 10.9.9.9:7946"),
+             ([], "no --node-ip given and no default route")]
+    for flags, message in cases:
+        proc = in_ns(node, *base, *flags, cwd=REPO, check=False, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert f"podnetd: error: " in proc.stderr and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -78,6 +78,14 @@ class ClusterComponent:
     # -- start / stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        from ..daemon import StartupError
+        try:
+            await self._start()
+        except (KernelError, OSError, RuntimeError) as e:
+            await self.stop()
+            raise StartupError(f"cluster: {e}") from None
+
+    async def _start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         uses_vxlan = self.backend.uses_vxlan()

@@ -97,12 +97,15 @@ class StaticStore(Store):
         self.members.set_self(self._own)
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         cluster_pb2_grpc.add_PeerServicer_to_server(PeerService(self), self._server)
-        if self.tls.enabled:
-            bound = self._server.add_secure_port(self.listen, self.tls.server())
-        else:
-            log.warning("peer service on %s WITHOUT TLS: any host that reaches it can join the "
-                        "cluster (give --tls-cert/--tls-key/--tls-ca)", self.listen)
-            bound = self._server.add_insecure_port(self.listen)
+        try:
+            if self.tls.enabled:
+                bound = self._server.add_secure_port(self.listen, self.tls.server())
+            else:
+                log.warning("peer service on %s WITHOUT TLS: any host that reaches it can join "
+                            "the cluster (give --tls-cert/--tls-key/--tls-ca)", self.listen)
+                bound = self._server.add_insecure_port(self.listen)
+        except (RuntimeError, OSError, ValueError) as e:
+            raise OSError(f"peer service: cannot listen on {self.listen}: {e}") from None
         if not bound:
             raise OSError(f"peer service: cannot listen on {self.listen}")
         await self._server.start()
