@@ -137,32 +137,10 @@ class ClusterComponent:
         ip_lib.addr_add(cfg.vxlan_dev, f"{rec.vtep_ip(cfg.pod_cidr)}/32")
 
     def _observe_endpoints(self) -> None:
-        """Keep the anti-spoofing set in step with attach/detach (the endpoints object is the
-        one the CNI handler calls, so wrapping its methods covers every path)."""
-        endpoints, firewall, ipam = self.daemon.endpoints, self.firewall, self.daemon.ipam
-        attach, detach = endpoints.attach, endpoints.detach
-
-        def attach_and_allow(container_id, ifname, netns_path, network=""):
-            record = attach(container_id, ifname, netns_path, network)
-            try:
-                firewall.allow(record)
-            except KernelError as e:
-                log.error("attach %s/%s: anti-spoofing entry: %s (the reconcile loop retries)",
-                          container_id[:12], ifname, e)
-            return record
-
-        def detach_and_forbid(container_id, ifname, netns_path=""):
-            before = ipam.get(container_id, ifname)
-            released = detach(container_id, ifname, netns_path)
-            if before is not None:
-                try:
-                    firewall.forbid(before)
-                except KernelError as e:
-                    log.warning("detach %s/%s: anti-spoofing entry: %s", container_id[:12], ifname, e)
-            return released
-
-        endpoints.attach = attach_and_allow
-        endpoints.detach = detach_and_forbid
+        """Keep the anti-spoofing set in step with attach/detach. The attach hook runs inside
+        attach's rollback scope: no pod comes up without its entry (an ADD fails instead)."""
+        self.daemon.endpoints.attach_hooks.append(self.firewall.allow)
+        self.daemon.endpoints.detach_hooks.append(self.firewall.forbid)
 
     # -- reconcile -------------------------------------------------------------------------
 
