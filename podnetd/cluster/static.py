@@ -167,10 +167,15 @@ class StaticStore(Store):
     # -- gossip ----------------------------------------------------------------------------
 
     def _targets(self) -> list[str]:
-        known = [r.peer_address for r in self.members.all()
-                 if r.name != self.cfg.node_name and r.peer_address
-                 and r.peer_address not in self.seeds and r.peer_address != self.advertise]
-        return self.seeds + random.sample(known, min(FANOUT, len(known)))
+        """Every seed until one answered (a joining or restarted node tells everyone it can at
+        once); then FANOUT random nodes among seeds and known nodes per round, which spreads a
+        record to n nodes in about log(n) rounds at a bounded cost per node."""
+        known = {r.peer_address for r in self.members.all()
+                 if r.name != self.cfg.node_name and r.peer_address}
+        if not self._contacted:
+            return list(dict.fromkeys([*self.seeds, *known]))
+        pool = sorted((set(self.seeds) | known) - {self.advertise, self.listen})
+        return random.sample(pool, min(FANOUT, len(pool)))
 
     def _stub(self, target: str):
         if target not in self._channels:
