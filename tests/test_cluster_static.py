@@ -133,7 +133,10 @@ def test_mutual_tls_refuses_a_peer_from_a_foreign_ca(netns, cluster):
         evil = make_pki(tmp, [(n3, ip3)], "evil")
         d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1, extra=good[n1])
         d2 = cluster(n2, "10.99.2.0/24", node_ip=ip2, peers=[d1.listen], extra=good[n2])
-        d3 = cluster(n3, "10.99.3.0/24", node_ip=ip3, peers=[d1.listen, d2.listen], extra=evil[n3])
+        # node 3 trusts the cluster's CA (so it accepts the servers) but its own certificate is
+        # from another CA: the servers must refuse it as a client, and it serves that cert too
+        evil_flags = evil[n3][:4] + ["--tls-ca", good["ca"]]
+        d3 = cluster(n3, "10.99.3.0/24", node_ip=ip3, peers=[d1.listen, d2.listen], extra=evil_flags)
         wait_for(lambda: "10.99.2.0/24" in routes(n1) and "10.99.1.0/24" in routes(n2), 10, what="TLS peers")
         wait_for(lambda: "no peer reachable" in d3.ctl("nodes").get("problem", ""), 10, what="n3 fails")
         assert n3 not in d1.nodes() and n3 not in d2.nodes()
