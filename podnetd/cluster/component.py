@@ -66,7 +66,7 @@ class ClusterComponent:
             cfg.mtu = self.underlay["mtu"] - (VXLAN_OVERHEAD if self.backend.uses_vxlan() else 0)
         self.store = make_store(cfg, self._changed)
         try:
-            leased = await self.store.lease_cidr(cfg.node_name)
+            leased = await self.store.lease_cidr(cfg.node_name, self._vtep_mac())
         except Exception as e:  # noqa: BLE001 - one clear line at start
             raise StartupError(f"{self.store.name} store: {e}") from None
         if leased:
@@ -92,7 +92,7 @@ class ClusterComponent:
         if uses_vxlan:
             await loop.run_in_executor(None, self._ensure_vxlan)
         self.own = NodeRecord(name=cfg.node_name, underlay_ip=cfg.node_ip, pod_cidr=cfg.pod_cidr,
-                              vtep_mac=rec.vtep_mac(cfg.node_name) if uses_vxlan else "",
+                              vtep_mac=self._vtep_mac(),
                               heartbeat_ms=rec.now_ms(), started_ms=self._claim_time())
         self.firewall = Firewall(cfg.pod_cidr, cfg.cluster_cidr, self.daemon.ipam.records)
         await loop.run_in_executor(None, self.firewall.sync)
@@ -109,6 +109,9 @@ class ClusterComponent:
             await self.store.stop()
         if self.firewall:
             await asyncio.get_running_loop().run_in_executor(None, self.firewall.close)
+
+    def _vtep_mac(self) -> str:
+        return rec.vtep_mac(self.cfg.node_name) if self.backend.uses_vxlan() else ""
 
     def _claim_time(self) -> int:
         """When this node first claimed its pod CIDR (kept in the state dir), so a restart does

@@ -161,13 +161,14 @@ class EtcdStore(Store):
                 return cidr
         raise StoreUnavailable(f"no free /{self.cfg.node_cidr_size} block left in {self.cfg.cluster_cidr}")
 
-    async def lease_cidr(self, node_name: str) -> str | None:
+    async def lease_cidr(self, node_name: str, vtep_mac: str) -> str | None:
         started = rec.now_ms()
-        self._pending_started = started
 
+        # The whole record from the first write: a peer seeing a restarted node without its
+        # VTEP MAC would drop its VXLAN routes to it for a moment.
         def value(cidr):
-            return json.dumps(NodeRecord(node_name, self.cfg.node_ip, cidr, "", rec.now_ms(), "",
-                                         started).to_dict())
+            return json.dumps(NodeRecord(node_name, self.cfg.node_ip, cidr, vtep_mac, rec.now_ms(),
+                                         "", started).to_dict())
         deadline = asyncio.get_running_loop().time() + max(10.0, self.cfg.node_timeout)
         while True:
             try:

@@ -11,9 +11,9 @@ class Store:
         self.cfg = cfg
         self.on_change = on_change
 
-    async def lease_cidr(self, node_name: str) -> str | None:
+    async def lease_cidr(self, node_name: str, vtep_mac: str) -> str | None:
         """Before node setup: the pod CIDR this store hands the node, or None when the node
-        brings its own (--pod-cidr)."""
+        brings its own (--pod-cidr). vtep_mac goes into the record published with it."""
         return None
 
     async def start(self, own: NodeRecord) -> None:
