@@ -1,7 +1,5 @@
 """What crosses the wire, seen with scapy: VXLAN encapsulation on the underlay, pod sources
 never rewritten between pods, egress masquerade, and spoofed frames from a pod dropped."""
-import json
-
 from test_cluster_lib import Sniffer, Underlay, add_pod, cluster, routes, send_frame  # noqa: F401
 from testlib import in_ns, ns_path, ping, plugin, wait_for
 

@@ -1,14 +1,11 @@
 """Cluster membership with the static store and routing between real node namespaces joined by
 an underlay made here (a hub netns with a bridge, or two subnets and a router)."""
 import json
-import os
 import tempfile
-
-import pytest
 
 from test_cluster_lib import (Underlay, add_pod, cluster, fdb, make_pki, neighbours,  # noqa: F401
                               routes)
-from testlib import PY, REPO, in_ns, ping, plugin, sh, wait_for
+from testlib import PY, REPO, in_ns, ping, plugin, wait_for
 
 TIMEOUT = ["--node-timeout", "2"]
 
@@ -53,7 +50,7 @@ def test_vxlan_drift_is_repaired_and_foreign_routes_left_alone(netns, cluster):
     assert neighbours(n2)["10.99.1.0"]["lladdr"] == mac1
     assert fdb(n2)[mac1]["dst"] == ip1
     p1, p2 = netns.add("p"), netns.add("p")
-    a1, a2 = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
+    a1, _ = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
     assert ping(p2, a1)
     # pods got the VXLAN MTU
     assert json.loads(in_ns(p2, "ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1450
@@ -201,7 +198,7 @@ def test_node_ip_defaults_to_the_default_route_interface(netns, cluster):
     u = Underlay(netns, routed=True)  # nodes get a default route via the hub
     (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
     d1 = cluster(n1, "10.99.1.0/24", node_ip=None)
-    d2 = cluster(n2, "10.99.2.0/24", node_ip=None, peers=[f"{ip1}:7946"])
+    cluster(n2, "10.99.2.0/24", node_ip=None, peers=[f"{ip1}:7946"])
     wait_for(lambda: "10.99.1.0/24" in routes(n2) and "10.99.2.0/24" in routes(n1), 10, what="routes")
     nodes = d1.nodes()
     assert nodes[n1]["underlay_ip"] == ip1 and nodes[n2]["underlay_ip"] == ip2
@@ -219,5 +216,5 @@ def test_unusable_underlay_flags_fail_with_one_clear_line(netns, tmp_path):
     for flags, message in cases:
         proc = in_ns(node, *base, *flags, cwd=REPO, check=False, timeout=60)
         assert proc.returncode == 1, proc.stderr
-        assert f"podnetd: error: " in proc.stderr and message in proc.stderr, proc.stderr
+        assert "podnetd: error: " in proc.stderr and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
