@@ -218,3 +218,16 @@ def test_unusable_underlay_flags_fail_with_one_clear_line(netns, tmp_path):
         assert proc.returncode == 1, proc.stderr
         assert "podnetd: error: " in proc.stderr and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_peer_with_another_cluster_cidr_is_refused_on_both_sides(netns, cluster):
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
+    d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1)
+    d2 = cluster(n2, "10.98.2.0/24", node_ip=ip2, peers=[d1.listen], cluster_cidr="10.98.0.0/16",
+                 ready=False)
+    wait_for(lambda: plugin("STATUS", config=d2.config())[0] != 0, 10, what="n2 not ready")
+    rc, out, _ = plugin("STATUS", config=d2.config())
+    assert "cluster CIDR 10.98.0.0/16 differs from ours (10.99.0.0/16)" in out["details"], out
+    assert "refused" in d1.log() and n2 not in d1.nodes()
+    assert routes(n1) == {} and routes(n2) == {}

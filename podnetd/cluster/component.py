@@ -64,6 +64,10 @@ class ClusterComponent:
             raise StartupError(f"--node-ip {cfg.node_ip}: {e}") from None
         if cfg.mtu is None:
             cfg.mtu = self.underlay["mtu"] - (VXLAN_OVERHEAD if self.backend.uses_vxlan() else 0)
+        elif self.backend.uses_vxlan() and cfg.mtu > self.underlay["mtu"] - VXLAN_OVERHEAD:
+            log.warning("--mtu %d exceeds the VXLAN MTU %d (underlay %d - %d): large packets to "
+                        "VXLAN peers will be dropped", cfg.mtu, self.underlay["mtu"] - VXLAN_OVERHEAD,
+                        self.underlay["mtu"], VXLAN_OVERHEAD)
         self.store = make_store(cfg, self._changed)
         try:
             leased = await self.store.lease_cidr(cfg.node_name, self._vtep_mac())
@@ -169,7 +173,7 @@ class ClusterComponent:
             loop = asyncio.get_running_loop()
             records = self.store.records()
             self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
-            if self.cfg.node_name in self.refused:
+            if self.cfg.node_name in self.refused or self.store.refusal():
                 peers = []  # a refused node routes nowhere: never half-applied
             else:
                 peers = [r for r in records if r.name != self.cfg.node_name and r.name not in self.refused]
@@ -219,6 +223,8 @@ class ClusterComponent:
         away is not: pods on this node and the routes already made keep working."""
         if self.cfg.node_name in self.refused:
             return f"this node is refused by the cluster: {self.refused[self.cfg.node_name]}"
+        if self.store.refusal():
+            return f"this node is refused by the cluster: {self.store.refusal()}"
         return self.kernel_problem
 
     def cluster_problem(self) -> str | None:

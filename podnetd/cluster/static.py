@@ -60,6 +60,12 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
         self.store = store
 
     async def Exchange(self, request, context):
+        ours = self.store.cfg.cluster_cidr or ""
+        if request.cluster_cidr and ours and request.cluster_cidr != ours:
+            message = (f"node {self.store.cfg.node_name} refuses {request.sender}: cluster CIDR "
+                       f"{request.cluster_cidr} differs from ours ({ours})")
+            self.store.report(request.sender, message)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
         refusal = self.store.receive([from_pb(m) for m in request.records], request.sender)
         self.store._contacted = self.store._contacted or (not refusal and len(request.records) > 0)
         if refusal:
@@ -147,6 +153,15 @@ class StaticStore(Store):
             return f"no peer reachable yet ({target}: {err})"
         return None
 
+    def refusal(self) -> str | None:
+        return self._refused_by
+
+    def report(self, name: str, why: str) -> None:
+        """Log a refusal once (a refused peer retries every round)."""
+        if f"{name}:{why}" not in self._reported:
+            self._reported.add(f"{name}:{why}")
+            log.error("node %s refused: %s", name, why)
+
     def receive(self, incoming: list[NodeRecord], sender: str = "") -> str | None:
         """Merge records; the refusal message when the sender's own record is refused."""
         changed = False
@@ -154,9 +169,7 @@ class StaticStore(Store):
             changed |= self.members.merge(r)
         refused = rec.conflicts(self.members.all(), self.cfg.cluster_cidr)
         for name, why in refused.items():
-            if f"{name}:{why}" not in self._reported:
-                self._reported.add(f"{name}:{why}")
-                log.error("node %s refused: %s", name, why)
+            self.report(name, why)
         if changed:
             self._wake.set()
             self.on_change()

@@ -37,3 +37,7 @@ class Store:
 
     def problem(self) -> str | None:
         return None
+
+    def refusal(self) -> str | None:
+        """Why the cluster refuses this node (said by a peer), or None."""
+        return None
