@@ -23,6 +23,9 @@ def test_join_spreads_transitively_and_leave_withdraws_everywhere(netns, cluster
     nodes = d1.nodes()
     assert {n["mode"] for n in nodes.values()} == {"self", "host-gw"}
     assert nodes[n3]["pod_cidr"] == "10.99.3.0/24" and nodes[n3]["underlay_ip"] == ip3
+    entries = d1.entries()
+    assert {(e["kind"], e["mode"], e["dev"], e["state"]) for e in entries} == {("route", "host-gw", "ul0", "present")}
+    assert {e["destination"]: e["via"] for e in entries} == {"10.99.2.0/24": ip2, "10.99.3.0/24": ip3}
     p1, p3 = netns.add("p"), netns.add("p")
     a1, a3 = add_pod(d1, p1, "c1"), add_pod(d3, p3, "c3")
     assert ping(p1, a3) and ping(p3, a1)

@@ -19,6 +19,7 @@ import urllib.parse
 
 import etcd3gw
 from etcd3gw import exceptions as etcd_errors
+from etcd3gw.lease import Lease
 from etcd3gw.utils import _encode  # the client's transaction() takes base64 fields
 
 from . import records as rec
@@ -237,7 +238,8 @@ class EtcdStore(Store):
     def _keepalive(self) -> None:
         """Renew the lease; re-grant it and re-make our key when it expired (etcd was away)."""
         value = json.dumps(self._own.to_dict())
-        ttl = self._call(lambda c: self._lease.refresh()) if self._lease else -1
+        # through whichever endpoint answers, not the one that granted the lease
+        ttl = self._call(lambda c: Lease(self._lease.id, c).refresh()) if self._lease else -1
         got = self._call(lambda c: c.get(block_key(self._own.pod_cidr))) if ttl > 0 else []
         key_ok = bool(got) and got[0] == value.encode()
         if not key_ok:

@@ -30,9 +30,10 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         if self.c is None:
             return cluster_pb2.ListRoutesResponse(route_protocol=ROUTE_PROTO)
         seen = await asyncio.get_running_loop().run_in_executor(None, self.c.routes)
+        underlay = self.c.underlay.get("dev", "")  # host-gw routes leave by the underlay device
         return cluster_pb2.ListRoutesResponse(route_protocol=ROUTE_PROTO, entries=[
             cluster_pb2.ProgrammedEntry(kind=e.kind, node=e.node, mode=e.mode,
-                                        destination=e.destination, via=e.via, dev=e.dev,
+                                        destination=e.destination, via=e.via, dev=e.dev or underlay,
                                         state="present" if ok else "missing")
             for e, ok in seen])
 
