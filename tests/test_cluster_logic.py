@@ -143,3 +143,35 @@ def test_entry_keys_ignore_the_value():
     a = Entry("route", "a", "host-gw", "10.1.1.0/24", "192.168.1.1", "")
     b = Entry("route", "b", "vxlan", "10.1.1.0/24", "10.1.1.0", "vx")
     assert a.key == b.key
+
+
+def static_store(name="self"):
+    from types import SimpleNamespace
+
+    from podnetd.cluster.static import StaticStore
+    cfg = SimpleNamespace(node_name=name, node_timeout=10.0, listen="192.168.1.1:7946",
+                          node_ip="192.168.1.1", peer_list=["192.168.1.2:7946"], tls_cert=None,
+                          tls_key=None, tls_ca=None, cluster_cidr="10.1.0.0/16")
+    changes = []
+    store = StaticStore(cfg, lambda: changes.append(1))
+    store._own = rec(name, "10.1.0.0/24", hb=100, started=1)
+    store.members.set_self(store._own)
+    return store, changes
+
+
+def test_static_store_refuses_an_overlapping_sender_and_reports_changes():
+    store, changes = static_store()
+    assert store.receive([rec("a", "10.1.1.0/24", hb=5, started=2)], "a") is None
+    assert changes == [1]
+    refusal = store.receive([rec("b", "10.1.0.0/25", hb=5, started=3)], "b")
+    assert refusal and "refuses b" in refusal and "overlaps node self's 10.1.0.0/24" in refusal
+    assert store.receive([rec("a", "10.1.1.0/24", hb=6, started=2)], "a") is None
+    assert len(changes) == 2  # b's record was news; a's heartbeat alone is not
+
+
+def test_static_store_continues_above_a_newer_heartbeat_of_its_own():
+    store, _ = static_store()
+    store.receive([rec("self", "10.1.0.0/24", hb=5000, started=1)], "a")
+    assert store._own.heartbeat_ms == 5001 and store.records()[0].heartbeat_ms == 5001
+    store.receive([rec("self", "10.1.0.0/24", hb=10, started=1)], "a")
+    assert store._own.heartbeat_ms == 5001

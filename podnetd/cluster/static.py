@@ -166,6 +166,11 @@ class StaticStore(Store):
         """Merge records; the refusal message when the sender's own record is refused."""
         changed = False
         for r in incoming:
+            if r.name == self.cfg.node_name and self._own and r.heartbeat_ms >= self._own.heartbeat_ms:
+                # Peers hold a newer heartbeat of ours than our clock gives (we restarted with a
+                # clock behind): continue above it, or they would ignore us until withdrawal.
+                self._own = NodeRecord(**{**self._own.to_dict(), "heartbeat_ms": r.heartbeat_ms + 1})
+                self.members.set_self(self._own)
             changed |= self.members.merge(r)
         refused = rec.conflicts(self.members.all(), self.cfg.cluster_cidr)
         for name, why in refused.items():
@@ -224,7 +229,8 @@ class StaticStore(Store):
     async def _gossip_loop(self) -> None:
         while True:
             self._wake.clear()
-            self._own = NodeRecord(**{**self._own.to_dict(), "heartbeat_ms": rec.now_ms()})
+            beat = max(rec.now_ms(), self._own.heartbeat_ms + 1)
+            self._own = NodeRecord(**{**self._own.to_dict(), "heartbeat_ms": beat})
             self.members.set_self(self._own)
             targets = self._targets()
             if targets:
