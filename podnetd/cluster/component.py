@@ -211,7 +211,10 @@ class ClusterComponent:
         result["errors"] = errors + result["errors"]
         if firewall:
             try:
-                self.firewall.sync()
+                done = self.firewall.sync()
+                if done["rewritten"] or done["added"] or done["removed"]:
+                    log.info("nftables: rewrote %s, set elements +%d -%d",
+                             ",".join(done["rewritten"]) or "nothing", done["added"], done["removed"])
             except KernelError as e:
                 result["errors"].append(str(e))
         return result

@@ -9,6 +9,7 @@
 """
 import concurrent.futures
 import logging
+import re
 import threading
 
 from ..endpoints import HOST_VETH_PREFIX
@@ -58,42 +59,69 @@ def record_element(record) -> str | None:
     return element(record.host_ifname, record.mac, record.address.split("/")[0])
 
 
+_ELEMENTS = re.compile(r"\s*elements = \{[^}]*\}", re.S)
+_ELEMENT = re.compile(r'"([^"]+)" \. ([0-9a-f:]{17}) \. ([0-9.]+)')
+
+
+def listed_elements(listing: str) -> set[str]:
+    """The (port, MAC, IP) elements in `nft list table bridge podnet` output."""
+    return {element(port, mac, ip) for port, mac, ip in _ELEMENT.findall(listing)}
+
+
+def structure(listing: str) -> str:
+    """The listing without the set's elements: chains, rules, set type."""
+    return _ELEMENTS.sub("", listing)
+
+
 class Firewall:
     """Owns both tables. Attach and detach changes go through one worker thread in order
     (a detach's delete never overtakes a later attach's add for the same port); attach waits
-    for its add (~0.5 ms with libnftables), detach does not wait (a delete costs ~15 ms, the
-    kernel synchronises the set)."""
+    for its add (~0.3 ms with libnftables), detach does not wait (a delete costs ~15 ms, the
+    kernel synchronises the set). The periodic sync rewrites a table only when its structure
+    drifted; the set's elements are fixed one by one from the IPAM records."""
 
     def __init__(self, pod_cidr: str, cluster_cidr: str, records):
         self.pod_cidr = pod_cidr
         self.cluster_cidr = cluster_cidr
         self.records = records  # () -> IPAM records
         self._lock = threading.Lock()
-        self._listed: dict[str, str | None] = {}
+        self._written: dict[str, str] = {}  # family -> structure as listed after our write
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podnet-nft")
 
-    def _ensure(self, family: str, body) -> bool:
-        """Rewrite the table when it is not exactly what we last wrote (drift, or our own
-        element changes since); True when rewritten."""
+    def _current(self, family: str) -> str | None:
         try:
-            current = nft.list_table(family, TABLE)
+            return nft.list_table(family, TABLE)
         except NotFound:
-            current = None
-        if current is not None and current == self._listed.get(family):
-            return False
-        nft.replace_table(family, TABLE, body())
-        self._listed[family] = nft.list_table(family, TABLE)
-        return True
+            return None
 
-    def sync(self) -> None:
+    def _expected_elements(self) -> set[str]:
+        return {e for r in self.records() if getattr(r, "state", "") != "releasing"
+                for e in [record_element(r)] if e}
+
+    def sync(self) -> dict:
+        """Repair both tables; returns what was done (for logs and tests)."""
+        done = {"rewritten": [], "added": 0, "removed": 0}
         with self._lock:
-            self._ensure("inet", lambda: egress_body(self.pod_cidr, self.cluster_cidr))
-            self._ensure("bridge", lambda: guard_body(
-                [e for e in map(record_element, self.records()) if e]))
+            current = self._current("inet")
+            if current is None or structure(current) != self._written.get("inet"):
+                nft.replace_table("inet", TABLE, egress_body(self.pod_cidr, self.cluster_cidr))
+                self._written["inet"] = structure(nft.list_table("inet", TABLE))
+                done["rewritten"].append("inet")
+            expected = self._expected_elements()
+            current = self._current("bridge")
+            if current is None or structure(current) != self._written.get("bridge"):
+                nft.replace_table("bridge", TABLE, guard_body(sorted(expected)))
+                self._written["bridge"] = structure(nft.list_table("bridge", TABLE))
+                done["rewritten"].append("bridge")
+                return done
+            have = listed_elements(current)
+            nft.add_elements("bridge", TABLE, "pods", sorted(expected - have))
+            nft.delete_elements("bridge", TABLE, "pods", sorted(have - expected))
+            done["added"], done["removed"] = len(expected - have), len(have - expected)
+        return done
 
     def _change(self, fn, elements) -> None:
         with self._lock:
-            self._listed["bridge"] = None  # the next sync re-reads what it should hold
             fn("bridge", TABLE, "pods", elements)
 
     def allow(self, record) -> None:
