@@ -7,6 +7,7 @@ from . import config
 from .daemon import Daemon, StartupError
 from .ipam import IpamError
 from .cluster import wire as _cluster  # noqa: F401 - registers cluster flags, hooks, services
+from . import runtime as _runtime  # noqa: F401 - registers the pod runtime (issue 4)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@ from .client import CtlError
 MODULES = [network]
 from . import cluster, lab  # noqa: E402 - issue 3: nodes/routes views and the netns lab
 MODULES += [cluster, lab]
+from . import pods  # noqa: E402 - issue 4: pod and image commands
+MODULES += [pods]
 
 
 def build_parser() -> argparse.ArgumentParser:

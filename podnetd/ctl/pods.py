@@ -1,0 +1,256 @@
+"""podnetctl pod run|ls|get|describe|logs|exec|stop|rm and image import|list|rm."""
+import argparse
+import json
+import os
+import sys
+import time
+
+import grpc
+
+from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
+from . import output
+from .client import CtlError, call, channel
+
+
+def _stub(args):
+    return pods_pb2_grpc.PodsStub(channel(args.socket))
+
+
+def _age(ts: float) -> str:
+    s = max(0, int(time.time() - ts))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def _ref(args) -> pods_pb2.PodRef:
+    return pods_pb2.PodRef(name=args.name, namespace=args.namespace)
+
+
+def _print_pod(doc: dict, fmt: str) -> None:
+    if fmt == "json":
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        import yaml
+        yaml.safe_dump(doc, sys.stdout, sort_keys=False, default_flow_style=False)
+
+
+def cmd_run(args) -> int:
+    try:
+        if args.filename == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.filename) as f:
+                text = f.read()
+    except OSError as e:
+        raise CtlError(f"{args.filename}: {e.strerror}") from None
+    resp = call(_stub(args).RunPod, pods_pb2.RunPodRequest(manifest=text), timeout=180)
+    doc = json.loads(resp.pod_json)
+    if args.output in ("json", "yaml"):
+        _print_pod(doc, args.output)
+    else:
+        st = doc["status"]
+        print(f"pod/{doc['metadata']['name']} created: {st['phase']}"
+              + (f", IP {st['podIP']}" if st.get("podIP") else ""))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    resp = call(_stub(args).ListPods, pods_pb2.ListPodsRequest())
+    rows = [{"namespace": p.namespace, "name": p.name, "phase": p.phase, "status": p.status,
+             "ready": p.ready, "restarts": p.restarts, "ip": p.ip, "node": p.node,
+             "age": _age(p.created_unix)} for p in resp.pods]
+    output.emit(rows, [("NAME", "name"), ("READY", "ready"), ("STATUS", "status"),
+                       ("RESTARTS", "restarts"), ("IP", "ip"), ("NODE", "node"),
+                       ("AGE", "age")], args.output)
+    return 0
+
+
+def cmd_get(args) -> int:
+    resp = call(_stub(args).GetPod, _ref(args))
+    doc = json.loads(resp.pod_json)
+    if args.output == "table":
+        st = doc["status"]
+        cs = st.get("containerStatuses") or []
+        row = {"name": doc["metadata"]["name"], "phase": st["phase"],
+               "ready": f"{sum(1 for c in cs if c['ready'])}/{len(cs)}",
+               "restarts": sum(c["restartCount"] for c in cs), "ip": st.get("podIP", "")}
+        output.emit([row], [("NAME", "name"), ("READY", "ready"), ("PHASE", "phase"),
+                            ("RESTARTS", "restarts"), ("IP", "ip")])
+    else:
+        _print_pod(doc, args.output)
+    return 0
+
+
+def _state_line(state: dict) -> str:
+    for kind, body in (state or {}).items():
+        detail = ", ".join(f"{k}={v}" for k, v in body.items() if k != "containerID")
+        return f"{kind.capitalize()}" + (f" ({detail})" if detail else "")
+    return "-"
+
+
+def cmd_describe(args) -> int:
+    resp = call(_stub(args).DescribePod, _ref(args))
+    doc, events = json.loads(resp.pod_json), json.loads(resp.events_json)
+    meta, spec, st = doc["metadata"], doc["spec"], doc["status"]
+    out = [f"Name:         {meta['name']}", f"Namespace:    {meta['namespace']}",
+           f"UID:          {meta['uid']}", f"Node:         {spec.get('nodeName', '')}",
+           f"Start Time:   {st.get('startTime') or '-'}",
+           f"Labels:       {', '.join(f'{k}={v}' for k, v in (meta.get('labels') or {}).items()) or '<none>'}",
+           f"Status:       {st['phase']}" + (f" ({st['reason']})" if st.get("reason") else ""),
+           f"IP:           {st.get('podIP') or '-'}"]
+    for title, key in (("Init Containers", "initContainerStatuses"),
+                       ("Containers", "containerStatuses")):
+        statuses = st.get(key) or []
+        if not statuses:
+            continue
+        out.append(f"{title}:")
+        for c in statuses:
+            out += [f"  {c['name']}:", f"    Container ID:  {c['containerID']}",
+                    f"    Image:         {c['image']}",
+                    f"    State:         {_state_line(c['state'])}",
+                    f"    Last State:    {_state_line(c['lastState'])}",
+                    f"    Ready:         {c['ready']}",
+                    f"    Restart Count: {c['restartCount']}"]
+    out.append("Conditions:")
+    out += [f"  {c['type']:<28}{c['status']}" for c in st.get("conditions") or []]
+    out.append("Events:")
+    if not events:
+        out.append("  <none>")
+    else:
+        out.append(f"  {'TYPE':<8} {'REASON':<24} {'AGE':<6} {'FROM':<12} MESSAGE")
+        for e in events:
+            src = f"c/{e['container']}" if e.get("container") else "podnetd"
+            out.append(f"  {e['type']:<8} {e['reason']:<24} {_age(e['time']):<6} {src:<12} "
+                       f"{e['message']}")
+    print("\n".join(out))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    req = pods_pb2.PodLogsRequest(name=args.name, namespace=args.namespace,
+                                  container=args.container or "", follow=args.follow,
+                                  previous=args.previous, timestamps=args.timestamps)
+    try:
+        for chunk in _stub(args).PodLogs(req, timeout=None if args.follow else 30):
+            sys.stdout.buffer.write(chunk.data)
+            sys.stdout.buffer.flush()
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            raise CtlError(f"cannot reach podnetd: {e.details()}") from None
+        raise CtlError(f"{e.code().name.lower()}: {e.details()}") from None
+    return 0
+
+
+def cmd_exec(args) -> int:
+    command = list(args.cmd)
+    # options given after NAME land in the remainder: take them up to "--"
+    while command and command[0] != "--":
+        opt = command.pop(0)
+        if opt in ("-c", "--container") and command:
+            args.container = command.pop(0)
+        elif opt in ("-i", "--stdin"):
+            args.stdin = True
+        elif opt == "--timeout" and command:
+            args.timeout = float(command.pop(0))
+        elif opt in ("-n", "--namespace") and command:
+            args.namespace = command.pop(0)
+        else:
+            command.insert(0, opt)
+            break
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CtlError("pod exec: a command is required after --")
+    stdin = b"" if sys.stdin.isatty() or not args.stdin else sys.stdin.buffer.read()
+    resp = call(_stub(args).ExecInPod, pods_pb2.ExecInPodRequest(
+        name=args.name, namespace=args.namespace, container=args.container or "",
+        command=command, stdin=stdin, timeout_seconds=args.timeout), timeout=None)
+    sys.stdout.buffer.write(resp.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(resp.stderr)
+    sys.stderr.buffer.flush()
+    return resp.exit_code
+
+
+def cmd_stop(args) -> int:
+    resp = call(_stub(args).StopPod, _ref(args), timeout=None)
+    print(f"pod/{args.name} stopped: {json.loads(resp.pod_json)['status']['phase']}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    call(_stub(args).RemovePod, _ref(args), timeout=None)
+    print(f"pod/{args.name} removed")
+    return 0
+
+
+def cmd_image_import(args) -> int:
+    archive = os.path.abspath(args.archive)
+    resp = call(_stub(args).ImportImage, pods_pb2.ImportImageRequest(
+        name=args.name, archive=archive), timeout=600)
+    print(f"{resp.image.name} {resp.image.id[:12]} ({resp.image.layers} layers)")
+    return 0
+
+
+def cmd_image_list(args) -> int:
+    resp = call(_stub(args).ListImages, pods_pb2.ListImagesRequest())
+    rows = [{"name": i.name, "id": i.id[:12], "size": f"{i.size / 2**20:.1f}MiB",
+             "layers": i.layers, "age": _age(i.created_unix)} for i in resp.images]
+    output.emit(rows, [("IMAGE", "name"), ("ID", "id"), ("SIZE", "size"),
+                       ("LAYERS", "layers"), ("AGE", "age")], args.output)
+    return 0
+
+
+def cmd_image_rm(args) -> int:
+    call(_stub(args).RemoveImage, pods_pb2.RemoveImageRequest(name=args.name))
+    print(f"image {args.name} removed")
+    return 0
+
+
+def register(sub, common) -> None:
+    ns = argparse.ArgumentParser(add_help=False)
+    ns.add_argument("-n", "--namespace", default="default")
+    pod = sub.add_parser("pod", help="run and manage pods (Kubernetes Pod manifests)")
+    psub = pod.add_subparsers(dest="pod_command", required=True, metavar="COMMAND")
+
+    p = psub.add_parser("run", parents=[common], help="run a pod from a manifest")
+    p.add_argument("-f", "--filename", required=True, help="YAML or JSON manifest ('-': stdin)")
+    p.set_defaults(func=cmd_run)
+    p = psub.add_parser("ls", aliases=["list"], parents=[common], help="the pods of this node")
+    p.set_defaults(func=cmd_ls)
+    for name, fn, helptext in (("get", cmd_get, "a pod as Kubernetes shows it (-o yaml|json)"),
+                               ("describe", cmd_describe, "states, conditions and events"),
+                               ("stop", cmd_stop, "preStop, SIGTERM, grace, SIGKILL, teardown"),
+                               ("rm", cmd_rm, "stop the pod if needed and forget it")):
+        p = psub.add_parser(name, parents=[common, ns], help=helptext)
+        p.add_argument("name")
+        p.set_defaults(func=fn)
+    p = psub.add_parser("logs", parents=[common, ns], help="a container's log")
+    p.add_argument("name")
+    p.add_argument("-c", "--container")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-p", "--previous", action="store_true")
+    p.add_argument("--timestamps", action="store_true")
+    p.set_defaults(func=cmd_logs)
+    p = psub.add_parser("exec", parents=[common, ns], help="run a command in a container")
+    p.add_argument("name")
+    p.add_argument("-c", "--container")
+    p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
+    p.add_argument("--timeout", type=float, default=0, help="seconds (0: none)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.set_defaults(func=cmd_exec)
+
+    image = sub.add_parser("image", help="the offline image store")
+    isub = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    p = isub.add_parser("import", parents=[common], help="import an OCI or docker archive")
+    p.add_argument("name")
+    p.add_argument("archive")
+    p.set_defaults(func=cmd_image_import)
+    p = isub.add_parser("list", aliases=["ls"], parents=[common], help="imported images")
+    p.set_defaults(func=cmd_image_list)
+    p = isub.add_parser("rm", parents=[common], help="remove an image")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_image_rm)

@@ -1,0 +1,82 @@
+"""The pod runtime: Kubernetes Pod manifests run by runc/crun with the network through CNI.
+
+Importing this package wires it into podnetd: flags (config.EXTENSIONS/VALIDATORS), the
+component (daemon.COMPONENTS) and the podnet.v1.Pods service (server.SERVICE_REGISTRARS).
+The runtime is created lazily on daemon start, so podnetd with only the network flags works
+as before (the runtime needs nothing until a pod is run)."""
+import os
+import shutil
+
+from .. import config, daemon, server
+
+DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
+DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
+
+
+def add_flags(p) -> None:
+    g = p.add_argument_group("pod runtime")
+    g.add_argument("--cni-conf-dir", default=DEFAULT_CNI_CONF_DIR,
+                   help="where the pod runtime reads its CNI network configuration list")
+    g.add_argument("--cni-bin-dir", default=DEFAULT_CNI_BIN_DIR,
+                   help="CNI plugin directories (colon-separated), passed as CNI_PATH")
+    g.add_argument("--oci-runtime", default="runc", choices=["runc", "crun"],
+                   help="the OCI runtime that runs containers")
+    g.add_argument("--runtime-dir", help="bundles, container roots, logs and images "
+                                         "(default: STATE_DIR/runtime)")
+    g.add_argument("--restart-backoff", type=float, default=10.0,
+                   help="first container restart back-off in seconds (doubles each time)")
+    g.add_argument("--restart-backoff-max", type=float, default=300.0,
+                   help="the longest container restart back-off in seconds")
+    g.add_argument("--no-pod-runtime", action="store_true",
+                   help="do not run the pod runtime in this podnetd")
+
+
+def check_flags(ns) -> None:
+    if getattr(ns, "no_pod_runtime", False):
+        return
+    if ns.runtime_dir and not os.path.isabs(ns.runtime_dir):
+        raise config.ConfigError(f"--runtime-dir {ns.runtime_dir}: must be an absolute path")
+    if not 0 < ns.restart_backoff <= ns.restart_backoff_max:
+        raise config.ConfigError("--restart-backoff must be > 0 and <= --restart-backoff-max")
+
+
+def make_component(d):
+    from .runtime import Runtime
+    if d.cfg.no_pod_runtime:
+        return _Off()
+    if shutil.which(d.cfg.oci_runtime) is None:
+        return _Off(f"pod runtime: {d.cfg.oci_runtime} is not installed")
+    rt = Runtime(d)
+    d.pod_runtime = rt
+    return rt
+
+
+class _Off:
+    def __init__(self, problem: str | None = None):
+        self._p = problem
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    def problem(self):
+        return None
+
+
+def register_service(srv, d) -> list[str]:
+    rt = getattr(d, "pod_runtime", None)
+    if rt is None:
+        return []
+    from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
+    from .service import PodsService
+    pods_pb2_grpc.add_PodsServicer_to_server(PodsService(rt), srv)
+    return [pods_pb2.DESCRIPTOR.services_by_name["Pods"].full_name]
+
+
+if add_flags not in config.EXTENSIONS:
+    config.EXTENSIONS.append(add_flags)
+    config.VALIDATORS.append(check_flags)
+    daemon.COMPONENTS.append(make_component)
+    server.SERVICE_REGISTRARS.append(register_service)

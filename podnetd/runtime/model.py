@@ -1,0 +1,248 @@
+"""Pod and container state as the runtime keeps it (persisted as JSON) and as Kubernetes shows
+it (status.phase, conditions, containerStatuses with state/lastState/ready/restartCount).
+Pure logic: no kernel, no processes."""
+import asyncio
+import time
+
+from . import manifest
+
+MAX_EVENTS = 200
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if not ts:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class Ctr:
+    """One container of a pod: its spec, current/last state and the attempt in flight."""
+
+    def __init__(self, pod: "Pod", spec: dict, kind: str, index: int):
+        self.pod = pod
+        self.spec = spec
+        self.name = spec["name"]
+        self.kind = kind            # "init" | "sidecar" | "app"
+        self.index = index
+        self.restart_count = 0
+        self.backoff_step = 0       # restarts since the last clean 10-minute run
+        self.state: dict = {"waiting": {"reason": "ContainerCreating"}}
+        self.last_state: dict = {}
+        self.ready = False
+        self.started = False        # startup probe passed (or none)
+        self.attempt: dict | None = None   # {"shim_pid", "started_at", "log", "exit"}
+        self.image_id = ""
+        # runtime-only
+        self.exited: asyncio.Event | None = None
+        self.started_event = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.kill_reason: str | None = None
+
+    @property
+    def cid(self) -> str:
+        return f"pn-{self.pod.uid[:12]}-{self.name}"
+
+    @property
+    def cgroups_path(self) -> str:
+        return f"/podnet-{self.pod.uid[:12]}-{self.name}"
+
+    def running(self) -> bool:
+        return "running" in self.state
+
+    def exit_code(self) -> int | None:
+        term = self.state.get("terminated")
+        return term["exitCode"] if term else None
+
+    def to_json(self) -> dict:
+        return {"restartCount": self.restart_count, "backoffStep": self.backoff_step,
+                "state": self.state, "lastState": self.last_state, "ready": self.ready,
+                "started": self.started, "attempt": self.attempt, "imageID": self.image_id}
+
+    def load(self, data: dict) -> None:
+        self.restart_count = data.get("restartCount", 0)
+        self.backoff_step = data.get("backoffStep", 0)
+        self.state = data.get("state") or self.state
+        self.last_state = data.get("lastState") or {}
+        self.ready = data.get("ready", False)
+        self.started = data.get("started", False)
+        self.attempt = data.get("attempt")
+        self.image_id = data.get("imageID", "")
+        if self.started:
+            self.started_event.set()
+
+    def status(self) -> dict:
+        return {"name": self.name, "image": self.spec["image"],
+                "imageID": self.image_id, "containerID": f"runc://{self.cid}",
+                "state": self.state, "lastState": self.last_state, "ready": self.ready,
+                "restartCount": self.restart_count, "started": self.started}
+
+
+class Pod:
+    def __init__(self, doc: dict, uid: str, created: float):
+        self.doc = doc
+        self.uid = uid
+        self.created = created
+        meta = doc["metadata"]
+        self.name = meta["name"]
+        self.namespace = meta.get("namespace") or "default"
+        self.spec = doc["spec"]
+        self.containers: dict[str, Ctr] = {}
+        for i, c in enumerate(self.spec.get("initContainers") or []):
+            self.containers[c["name"]] = Ctr(self, c, "sidecar" if manifest.is_sidecar(c)
+                                             else "init", i)
+        for i, c in enumerate(self.spec["containers"]):
+            self.containers[c["name"]] = Ctr(self, c, "app", i)
+        self.netns = ""             # named netns ("" with hostNetwork)
+        self.ip = ""
+        self.cni: dict = {}         # {"conflist", "result"} kept for DEL
+        self.sandbox = False        # pause running and network attached
+        self.initialized = False
+        self.finished = False       # every app container is done (or the pod was stopped)
+        self.stopped = False        # pod stop ran to the end
+        self.stopping = False
+        self.start_time: float | None = None
+        self.events: list[dict] = []
+        self.reason = ""
+        # runtime-only
+        self.task: asyncio.Task | None = None
+        self.stop_event = asyncio.Event()
+        self.lock = asyncio.Lock()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def pause_id(self) -> str:
+        return f"pn-{self.uid[:12]}"
+
+    @property
+    def host_network(self) -> bool:
+        return bool(self.spec.get("hostNetwork"))
+
+    def of_kind(self, *kinds) -> list[Ctr]:
+        return [c for c in self.containers.values() if c.kind in kinds]
+
+    def init_order(self) -> list[Ctr]:
+        return [c for c in self.containers.values() if c.kind in ("init", "sidecar")]
+
+    def apps(self) -> list[Ctr]:
+        return self.of_kind("app")
+
+    def event(self, kind: str, reason: str, message: str, container: str = "") -> None:
+        self.events.append({"time": time.time(), "type": kind, "reason": reason,
+                            "message": message, "container": container})
+        del self.events[:-MAX_EVENTS]
+
+    # -- persistence --------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return {"doc": self.doc, "uid": self.uid, "created": self.created, "netns": self.netns,
+                "ip": self.ip, "cni": self.cni, "sandbox": self.sandbox,
+                "initialized": self.initialized, "finished": self.finished,
+                "stopped": self.stopped, "stopping": self.stopping,
+                "startTime": self.start_time, "events": self.events, "reason": self.reason,
+                "containers": {n: c.to_json() for n, c in self.containers.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Pod":
+        pod = cls(data["doc"], data["uid"], data["created"])
+        for key in ("netns", "ip", "cni", "sandbox", "initialized", "finished", "stopped",
+                    "stopping", "events", "reason"):
+            if key in data:
+                setattr(pod, key, data[key])
+        pod.start_time = data.get("startTime")
+        for name, c in (data.get("containers") or {}).items():
+            if name in pod.containers:
+                pod.containers[name].load(c)
+        return pod
+
+    # -- Kubernetes view ----------------------------------------------------------------
+
+    def phase(self) -> str:
+        if self.finished or self.stopped:
+            codes = [c.exit_code() for c in self.apps()]
+            if codes and all(code == 0 for code in codes):
+                return "Succeeded"
+            return "Failed"
+        if not self.sandbox or not self.initialized:
+            inits = [c for c in self.of_kind("init")]
+            if any(c.exit_code() not in (None, 0) for c in inits) \
+                    and manifest.restart_policy(self.spec) == "Never":
+                return "Failed"
+            return "Pending"
+        return "Running"
+
+    def display_status(self) -> str:
+        """What kubectl prints in STATUS."""
+        if self.stopping and not self.stopped:
+            return "Terminating"
+        if self.stopped and self.reason:
+            return self.reason
+        inits = self.init_order()
+        if not self.initialized and self.sandbox:
+            for i, c in enumerate(inits):
+                if c.kind == "init" and c.exit_code() == 0:
+                    continue
+                if c.kind == "sidecar" and c.started:
+                    continue
+                waiting = c.state.get("waiting", {}).get("reason")
+                term = c.state.get("terminated", {}).get("reason")
+                if waiting and waiting not in ("ContainerCreating", "PodInitializing"):
+                    return f"Init:{waiting}"
+                if term and term != "Completed":
+                    return f"Init:{term}"
+                return f"Init:{i}/{len(inits)}"
+        reason = ""
+        for c in self.apps():
+            waiting = c.state.get("waiting", {}).get("reason")
+            term = c.state.get("terminated", {}).get("reason")
+            if waiting:
+                reason = waiting
+            elif term and not reason:
+                reason = term
+        if not self.sandbox and not self.finished:
+            return self.reason or "ContainerCreating"
+        if self.phase() == "Running" and not reason:
+            return "Running"
+        return reason or self.phase()
+
+    def ready_count(self) -> tuple[int, int]:
+        apps = self.apps()
+        return sum(1 for c in apps if c.ready), len(apps)
+
+    def restarts(self) -> int:
+        return sum(c.restart_count for c in self.containers.values())
+
+    def conditions(self) -> list[dict]:
+        ready_n, total = self.ready_count()
+        sidecars_ready = all(c.ready for c in self.of_kind("sidecar"))
+        cready = ready_n == total and self.phase() == "Running"
+        return [
+            {"type": "PodReadyToStartContainers", "status": str(self.sandbox)},
+            {"type": "Initialized", "status": str(self.initialized)},
+            {"type": "ContainersReady", "status": str(cready)},
+            {"type": "Ready", "status": str(cready and sidecars_ready)},
+            {"type": "PodScheduled", "status": "True"},
+        ]
+
+    def k8s(self, node_name: str, host_ip: str = "") -> dict:
+        meta = dict(self.doc["metadata"])
+        meta.update({"namespace": self.namespace, "uid": self.uid,
+                     "creationTimestamp": rfc3339(self.created)})
+        spec = dict(self.spec)
+        spec.setdefault("restartPolicy", manifest.restart_policy(self.spec))
+        spec.setdefault("terminationGracePeriodSeconds", manifest.grace_period(self.spec))
+        spec["nodeName"] = node_name
+        status = {"phase": self.phase(), "conditions": self.conditions(),
+                  "hostIP": host_ip, "podIP": self.ip,
+                  "podIPs": [{"ip": self.ip}] if self.ip else [],
+                  "startTime": rfc3339(self.start_time),
+                  "initContainerStatuses": [c.status() for c in self.init_order()],
+                  "containerStatuses": [c.status() for c in self.apps()]}
+        if self.reason:
+            status["reason"] = self.reason
+        if not status["initContainerStatuses"]:
+            del status["initContainerStatuses"]
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
+                "status": status}

@@ -1,0 +1,119 @@
+"""OCI runtime spec (config.json) for the pause container and for pod containers. Pure logic:
+the inputs are plain values, the output is a dict that runc/crun accept."""
+
+DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+                "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+                "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+ALL_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+            "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+            "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+            "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+            "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+            "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+            "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+            "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+            "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"]
+MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+          "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+          "/proc/scsi"]
+READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+CPU_PERIOD = 100000
+
+
+def cap_name(cap: str) -> str:
+    cap = cap.upper()
+    return cap if cap.startswith("CAP_") else "CAP_" + cap
+
+
+def capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]:
+    if privileged:
+        return list(ALL_CAPS)
+    drops = {cap_name(c) for c in drop}
+    caps = [] if "CAP_ALL" in drops else [c for c in DEFAULT_CAPS if c not in drops]
+    adds = {cap_name(c) for c in add}
+    caps += ALL_CAPS if "CAP_ALL" in adds else [c for c in sorted(adds) if c not in caps]
+    return list(dict.fromkeys(caps))
+
+
+def base_mounts(privileged: bool) -> list[dict]:
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev"] + ([] if privileged else ["ro"])},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    ]
+
+
+def bind(source: str, destination: str, readonly: bool = False) -> dict:
+    return {"destination": destination, "type": "bind", "source": source,
+            "options": ["rbind", "rprivate"] + (["ro"] if readonly else ["rw"])}
+
+
+def resources(cpu_limit_millis: int | None, cpu_request_millis: int | None,
+              memory_limit: int | None, privileged: bool) -> dict:
+    res: dict = {"devices": [{"allow": privileged, "access": "rwm"}]}
+    cpu: dict = {}
+    if cpu_request_millis:
+        cpu["shares"] = max(2, cpu_request_millis * 1024 // 1000)
+    if cpu_limit_millis:
+        cpu["quota"] = max(1000, cpu_limit_millis * CPU_PERIOD // 1000)
+        cpu["period"] = CPU_PERIOD
+    if cpu:
+        res["cpu"] = cpu
+    if memory_limit:
+        # swap equal to the limit: no swap beyond it, so a hog meets the OOM killer
+        res["memory"] = {"limit": memory_limit, "swap": memory_limit}
+    return res
+
+
+def container_spec(*, rootfs: str, args: list[str], env: list[str], cwd: str, uid: int, gid: int,
+                   groups: list[int] | None = None, caps: list[str], readonly_root: bool,
+                   no_new_privs: bool, privileged: bool, hostname: str | None,
+                   namespaces: list[dict], mounts: list[dict], cgroups_path: str,
+                   res: dict, annotations: dict | None = None) -> dict:
+    linux: dict = {
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path,
+        "resources": res,
+    }
+    if not privileged:
+        linux["maskedPaths"] = MASKED
+        linux["readonlyPaths"] = READONLY
+    spec = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid, **({"additionalGids": groups} if groups else {})},
+            "args": args,
+            "env": env,
+            "cwd": cwd or "/",
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": no_new_privs,
+        },
+        "root": {"path": rootfs, "readonly": readonly_root},
+        "mounts": [*base_mounts(privileged), *mounts],
+        "linux": linux,
+        "annotations": annotations or {},
+    }
+    if hostname is not None:
+        spec["hostname"] = hostname
+    return spec
+
+
+def namespaces(*, net: str | None, ipc: str | None, uts: str | None,
+               pid: str | None) -> list[dict]:
+    """Namespace entries; a path joins an existing one, "" asks for a new one, None omits it
+    (stays in podnetd's: only the network with hostNetwork)."""
+    out = [{"type": "mount"}]
+    for kind, value in (("network", net), ("ipc", ipc), ("uts", uts), ("pid", pid)):
+        if value is None:
+            continue
+        out.append({"type": kind, **({"path": value} if value else {})})
+    return out
