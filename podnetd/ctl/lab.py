@@ -34,6 +34,7 @@ def _guard(fn):
 @_guard
 def cmd_up(args) -> int:
     lab, _, _, _, status = _lab_api()
+    lab.Lab.check(args.nodes, args.topology, args.store, args.name)
     print(f"lab {args.name}: {args.nodes} nodes, {args.topology} underlay, {args.store} store ...",
           file=sys.stderr)
     lb = lab.Lab.up(args.nodes, args.topology, args.store, name=args.name, tls=not args.no_tls,

@@ -49,16 +49,9 @@ class Lab:
         except StateError as e:
             raise LabError(str(e)) from None
 
-    @classmethod
-    def up(cls, nodes: int, topology: str = "l2", store: str = "static", *,
-           name: str = DEFAULT_NAME, root: str = state.ROOT, tls: bool = True,
-           node_timeout: float | None = None, backend: str | None = None,
-           reconcile_interval: float | None = None, vxlan_vni: int | None = None,
-           vxlan_port: int | None = None, extra_args: list[str] | None = None,
-           wait: float = 30.0) -> "Lab":
-        """Create a lab of `nodes` nodes and wait (up to `wait` s) until every daemon serves and,
-        when the daemons do cluster routing, every node routes to every other. Anything made
-        before a failure is torn down again."""
+    @staticmethod
+    def check(nodes: int, topology: str, store: str, name: str) -> None:
+        """LabError for arguments `up` would refuse, before anything is made."""
         try:
             plan.validate_name(name)
             if topology not in plan.TOPOLOGIES:
@@ -69,6 +62,18 @@ class Lab:
                 raise PlanError(f"--nodes {nodes}: must be between 1 and {plan.MAX_NODES}")
         except PlanError as e:
             raise LabError(str(e)) from None
+
+    @classmethod
+    def up(cls, nodes: int, topology: str = "l2", store: str = "static", *,
+           name: str = DEFAULT_NAME, root: str = state.ROOT, tls: bool = True,
+           node_timeout: float | None = None, backend: str | None = None,
+           reconcile_interval: float | None = None, vxlan_vni: int | None = None,
+           vxlan_port: int | None = None, extra_args: list[str] | None = None,
+           wait: float = 30.0) -> "Lab":
+        """Create a lab of `nodes` nodes and wait (up to `wait` s) until every daemon serves and,
+        when the daemons do cluster routing, every node routes to every other. Anything made
+        before a failure is torn down again."""
+        cls.check(nodes, topology, store, name)
         options = {"tls": tls, "node_timeout": node_timeout, "backend": backend,
                    "reconcile_interval": reconcile_interval, "vxlan_vni": vxlan_vni,
                    "vxlan_port": vxlan_port, "extra_args": extra_args or []}
