@@ -272,8 +272,9 @@ class Lab:
                 if time.monotonic() > deadline:
                     raise LabError(f"podnetd on {node} not serving after {timeout}s:\n"
                                    f"{self._tail(record['log'])}")
-                time.sleep(0.05)
+                time.sleep(0.02)
             n["pod_cidr"] = info.pod_cidr
+            n["ready_at"] = time.time()
         with state.locked(self.st.name, self.st.root):
             self.st.save()
 

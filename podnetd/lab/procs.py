@@ -32,6 +32,7 @@ def alive(record: dict) -> bool:
 def spawn(argv: list[str], log_path: str, env: dict | None = None) -> dict:
     """Start argv detached (own session, so the caller's terminal signals don't reach it) with
     output appended to log_path; return its record."""
+    spawned = time.time()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, close_fds=True, env=env)
@@ -43,7 +44,7 @@ def spawn(argv: list[str], log_path: str, env: dict | None = None) -> dict:
         if start is not None:
             break
         time.sleep(0.001)
-    return {"pid": proc.pid, "start": start, "argv": argv, "log": log_path}
+    return {"pid": proc.pid, "start": start, "argv": argv, "log": log_path, "spawned": spawned}
 
 
 _children: dict[int, subprocess.Popen] = {}
