@@ -50,3 +50,13 @@ clean-stamps:
 ## lab-vagrant: the multi-VM Vagrant lab (opt-in, not in `make test`; KEEP=1 leaves the VMs up)
 lab-vagrant: deps
 	KEEP=$(KEEP) vagrant/lab
+
+## bench-convergence / bench-dataplane / bench-memory: the lab benchmarks of issue 3 (opt-in)
+.PHONY: bench-convergence bench-dataplane bench-memory bench-lab
+bench-convergence: deps
+	$(PY) bench/convergence.py
+bench-dataplane: deps
+	$(PY) bench/dataplane.py
+bench-memory: deps
+	$(PY) bench/daemon_memory.py
+bench-lab: bench-convergence bench-dataplane bench-memory
