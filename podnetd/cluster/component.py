@@ -6,7 +6,9 @@ it after; server.SERVICE_REGISTRARS serves podnet.v1.Cluster.
 """
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 
 from ..kernel import ip_lib, vxlan
@@ -120,8 +122,6 @@ class ClusterComponent:
     def _claim_time(self) -> int:
         """When this node first claimed its pod CIDR (kept in the state dir), so a restart does
         not make its claim look newer than a conflicting newcomer's."""
-        import json
-        import os
         path = os.path.join(self.cfg.state_dir, "cluster-claim.json")
         try:
             with open(path) as f:
