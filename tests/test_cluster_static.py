@@ -7,7 +7,7 @@ from test_cluster_lib import (Underlay, add_pod, cluster, fdb, make_pki, neighbo
                               routes)
 from testlib import PY, REPO, in_ns, ping, plugin, wait_for
 
-TIMEOUT = ["--node-timeout", "2"]
+TIMEOUT = ["--node-timeout", "3"]
 
 
 def test_join_spreads_transitively_and_leave_withdraws_everywhere(netns, cluster):
