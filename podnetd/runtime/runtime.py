@@ -160,6 +160,7 @@ class Runtime:
         return pod
 
     async def run_pod(self, text: str) -> Pod:
+        t0 = time.monotonic()
         try:
             doc = manifest.parse(text)
         except manifest.ManifestError as e:
@@ -185,7 +186,7 @@ class Runtime:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pod.finished or pod.stopped or (pod.sandbox and pod.initialized and all(
-                    c.attempt or "terminated" in c.state for c in pod.apps())) \
+                    "running" in c.state or "terminated" in c.state for c in pod.apps())) \
                     or (pod.reason and not pod.sandbox):
                 return
             await asyncio.sleep(0.005)
@@ -343,13 +344,16 @@ class Runtime:
                              "io.kubernetes.pod.namespace": pod.namespace})
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(config, f)
+            t0 = time.monotonic()
             await oci.run_detached(self.oci, pod.pause_id, bundle, os.path.join(bundle, "run.log"))
+            log.debug("pod %s: pause up in %.3fs", pod.key, time.monotonic() - t0)
             undo.push_async_callback(oci.delete, self.oci, pod.pause_id)
             if not pod.host_network:
                 conflist, result = await self.cni.add(
                     pod.pause_id, netns_path, "eth0", self._cni_args(pod),
                     self._runtime_config(pod))
                 pod.cni = {"conflist": conflist, "result": result}
+                log.debug("pod %s: CNI ADD done at %.3fs", pod.key, time.monotonic() - t0)
                 pod.ip = cni_client.pod_ip(result)
             else:
                 pod.ip = self._host_ip()
@@ -643,10 +647,12 @@ class Runtime:
                      "exit": exit_file, "n": attempt}
         c.exited = asyncio.Event()
         c.kill_reason = None
+        t0 = time.monotonic()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not os.path.exists(pid_file) and not os.path.exists(exit_file) \
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.003)
+        log.debug("pod %s: container %s started in %.3fs", pod.key, c.name, time.monotonic() - t0)
         c.state = {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")}}
         c.ready = False
         c.started = False

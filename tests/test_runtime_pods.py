@@ -1,0 +1,296 @@
+"""The pod runtime end to end: real runc, real CNI (podnet + portmap), one podnetd per module."""
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+import yaml
+
+from testlib import PY, REPO, Netns, ping, sh, unique
+from runtime_lib import RuntimeNode, busybox_archive, container, leftovers, pod, runc_ids
+
+
+@pytest.fixture(scope="module")
+def node():
+    spaces = Netns()
+    n = None
+    try:
+        n = RuntimeNode(spaces.add("rn"), "10.78.1.0/24").start()
+        n.ctl("image", "import", "busybox", busybox_archive())
+        yield n
+    finally:
+        if n:
+            n.cleanup()
+            assert not leftovers(n.workdir), "mounts left behind"
+        spaces.cleanup()
+
+
+@pytest.fixture
+def shared_dir():
+    d = tempfile.mkdtemp(prefix=f"{unique('hp')}-")
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def running(p) -> bool:
+    return all("running" in c["state"] for c in p["status"]["containerStatuses"])
+
+
+def state_of(p, name):
+    for c in p["status"].get("initContainerStatuses", []) + p["status"]["containerStatuses"]:
+        if c["name"] == name:
+            return c
+    raise KeyError(name)
+
+
+def test_pod_basics_localhost_emptydir_shm(node):
+    """Two containers: over localhost, an emptyDir and /dev/shm; the pod IP from CNI answers
+    on the node; pod get is Kubernetes-shaped; exec passes the exit code through."""
+    doc = pod("basics", [
+        container("server", "echo data > /shared/file; echo shm-data > /dev/shm/seg; "
+                            "exec nc -ll -p 8080 -e echo from-server",
+                  volumeMounts=[{"name": "shared", "mountPath": "/shared"}],
+                  ports=[{"containerPort": 8080}]),
+        container("client", "until [ -f /shared/file ]; do sleep 0.1; done; "
+                            "nc 127.0.0.1 8080 </dev/null; cat /shared/file /dev/shm/seg; "
+                            "echo done; exec sleep 3600",
+                  volumeMounts=[{"name": "shared", "mountPath": "/shared"}])],
+        volumes=[{"name": "shared", "emptyDir": {}}])
+    try:
+        p = node.run(doc)
+        assert p["kind"] == "Pod" and p["apiVersion"] == "v1"
+        ip = p["status"]["podIP"]
+        assert ip.startswith("10.78.1."), p["status"]
+        assert ip in node.ctl("endpoints").stdout  # podnet gave the address
+        p = node.wait("basics", lambda p: p["status"]["phase"] == "Running" and running(p))
+        node.wait("basics", lambda p: "done" in node.logs("basics", "-c", "client"),
+                  what="client output")
+        out = node.logs("basics", "-c", "client")
+        assert "from-server" in out and "data" in out and "shm-data" in out, out
+        assert ping(node.netns, ip)
+        # exit codes pass through, stdout too
+        r = node.exec("basics", "sh", "-c", "echo hi; exit 7", container="client", check=False)
+        assert r.returncode == 7 and r.stdout == "hi\n"
+        assert node.exec("basics", "hostname", container="server").stdout.strip() == "basics"
+        # the same namespaces: both see the same eth0 address
+        addr = node.exec("basics", "ip", "-4", "-o", "addr", "show", "eth0",
+                         container="client").stdout
+        assert ip in addr
+        ls = node.ctl("pod", "ls").stdout
+        assert "basics" in ls and "2/2" in ls and ip in ls
+        y = yaml.safe_load(node.ctl("pod", "get", "basics", "-o", "yaml").stdout)
+        assert y["spec"]["containers"][0]["name"] == "server"
+        assert {c["type"] for c in y["status"]["conditions"]} >= {"Ready", "Initialized"}
+        assert "Events:" in node.ctl("pod", "describe", "basics").stdout
+        ts = node.logs("basics", "-c", "client", "--timestamps").splitlines()[0]
+        assert ts.split()[0].endswith("Z")
+    finally:
+        node.rm("basics")
+    assert not [i for i in runc_ids() if i.startswith("pn-" + p["metadata"]["uid"][:12])]
+    assert not os.path.exists(f"/run/netns/podnet-{p['metadata']['uid'][:12]}")
+
+
+def test_init_and_sidecar_order(node, shared_dir):
+    """Init containers in order, a native sidecar started before what follows it and stopped
+    after the app; seen from the containers' own output."""
+    mount = [{"name": "out", "mountPath": "/out"}]
+    term = "trap 'echo {0}-stop >> /out/order; exit 0' TERM; echo {0}-start >> /out/order; " \
+           "sleep 3600 & wait"
+    doc = pod("order", [container("app", term.format("app"), volumeMounts=mount)],
+              initContainers=[
+                  container("init1", "echo init1 >> /out/order", volumeMounts=mount),
+                  container("side", term.format("side"), volumeMounts=mount,
+                            restartPolicy="Always"),
+                  container("init2", "echo init2 >> /out/order", volumeMounts=mount)],
+              volumes=[{"name": "out", "hostPath": {"path": shared_dir}}],
+              terminationGracePeriodSeconds=5)
+    try:
+        node.run(doc)
+        node.wait("order", lambda p: running(p) and p["status"]["phase"] == "Running")
+        order = os.path.join(shared_dir, "order")
+        node.wait("order", lambda p: "app-start" in open(order).read(), what="app start")
+        node.ctl("pod", "stop", "order")
+        lines = open(order).read().split()
+        assert lines == ["init1", "side-start", "init2", "app-start", "app-stop", "side-stop"], lines
+        p = node.get("order")
+        assert state_of(p, "init1")["state"]["terminated"]["reason"] == "Completed"
+        assert state_of(p, "app")["state"]["terminated"]["exitCode"] == 0
+    finally:
+        node.rm("order")
+
+
+def test_crash_loop_backoff_and_previous_logs(node):
+    doc = pod("crash", [container("c", "echo attempt; exit 3")])
+    try:
+        node.run(doc)
+        p = node.wait("crash", lambda p: state_of(p, "c")["state"].get("waiting", {}).get(
+            "reason") == "CrashLoopBackOff" and state_of(p, "c")["restartCount"] >= 2,
+            what="CrashLoopBackOff")
+        c = state_of(p, "c")
+        assert c["lastState"]["terminated"]["exitCode"] == 3
+        assert c["lastState"]["terminated"]["reason"] == "Error"
+        assert "CrashLoopBackOff" in node.ctl("pod", "ls").stdout
+        assert node.logs("crash", "--previous").strip() == "attempt"
+        assert "BackOff" in node.ctl("pod", "describe", "crash").stdout
+    finally:
+        node.rm("crash")
+
+
+def test_liveness_failure_restarts_and_readiness_flips(node):
+    live = {"exec": {"command": ["test", "-f", "/tmp/healthy"]}, "periodSeconds": 1,
+            "failureThreshold": 1}
+    ready = {"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1}
+    doc = pod("probes", [container("c", "touch /tmp/healthy; exec sleep 3600",
+                                   livenessProbe=live, readinessProbe=ready)])
+    try:
+        node.run(doc)
+        p = node.wait("probes", lambda p: running(p))
+        assert not state_of(p, "c")["ready"]
+        node.exec("probes", "touch", "/tmp/ready")
+        node.wait("probes", lambda p: state_of(p, "c")["ready"], what="ready")
+        node.exec("probes", "rm", "/tmp/healthy")
+        p = node.wait("probes", lambda p: state_of(p, "c")["restartCount"] >= 1,
+                      what="liveness restart")
+        assert "failed liveness probe" in node.ctl("pod", "describe", "probes").stdout
+        # a fresh container: its writable layer is new, so it is not ready any more
+        p = node.wait("probes", lambda p: running(p))
+        assert not state_of(p, "c")["ready"]
+    finally:
+        node.rm("probes")
+
+
+def test_memory_hog_is_oom_killed(node):
+    doc = pod("hog", [{"name": "hog", "image": "busybox", "command": [
+        "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        "resources": {"limits": {"memory": "16Mi"}}}],
+              restartPolicy="Never")
+    try:
+        node.run(doc)
+        p = node.wait("hog", lambda p: "terminated" in state_of(p, "hog")["state"])
+        term = state_of(p, "hog")["state"]["terminated"]
+        assert term["reason"] == "OOMKilled" and term["exitCode"] == 137, term
+        assert p["status"]["phase"] == "Failed"
+        assert "OOMKilled" in node.ctl("pod", "ls").stdout
+    finally:
+        node.rm("hog")
+
+
+def test_sigterm_ignored_until_grace_then_sigkill_and_prestop(node, shared_dir):
+    mount = [{"name": "out", "mountPath": "/out"}]
+    doc = pod("stubborn", [
+        container("ignores", "trap '' TERM; while true; do sleep 1; done",
+                  lifecycle={"preStop": {"exec": {"command": [
+                      "sh", "-c", "echo prestop-ran > /out/prestop"]}}}, volumeMounts=mount),
+        container("polite", "trap 'exit 0' TERM; sleep 3600 & wait")],
+        volumes=[{"name": "out", "hostPath": {"path": shared_dir}}],
+        terminationGracePeriodSeconds=2)
+    try:
+        node.run(doc)
+        node.wait("stubborn", running)
+        node.ctl("pod", "stop", "stubborn")
+        p = node.get("stubborn")
+        assert state_of(p, "ignores")["state"]["terminated"]["exitCode"] == 137
+        assert state_of(p, "polite")["state"]["terminated"]["exitCode"] == 0
+        assert open(os.path.join(shared_dir, "prestop")).read() == "prestop-ran\n"
+        assert "SIGKILL" in node.ctl("pod", "describe", "stubborn").stdout
+        assert not p["status"]["podIP"] or p["status"]["podIP"] not in node.ctl("endpoints").stdout
+    finally:
+        node.rm("stubborn")
+
+
+def test_readonly_root_capabilities_and_user(node):
+    doc = pod("locked", [
+        container("ro", "exec sleep 3600", securityContext={
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["CHOWN", "NET_RAW"]},
+            "allowPrivilegeEscalation": False}),
+        container("user", "exec sleep 3600", securityContext={"runAsUser": 1000,
+                                                             "runAsGroup": 1000})],
+        volumes=[])
+    try:
+        node.run(doc)
+        node.wait("locked", running)
+        r = node.exec("locked", "touch", "/newfile", container="ro", check=False)
+        assert r.returncode != 0 and "Read-only file system" in r.stderr
+        assert node.exec("locked", "touch", "/tmp/x", container="user").returncode == 0
+        r = node.exec("locked", "chown", "1:1", "/dev/shm", container="ro", check=False)
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr
+        r = node.exec("locked", "ping", "-c", "1", "-W", "1", "127.0.0.1", container="ro",
+                      check=False)
+        assert r.returncode != 0
+        status = node.exec("locked", "cat", "/proc/self/status", container="ro").stdout
+        assert "NoNewPrivs:\t1" in status
+        assert node.exec("locked", "id", "-u", container="user").stdout.strip() == "1000"
+    finally:
+        node.rm("locked")
+
+
+def test_bad_manifest_refused_before_anything_is_created(node):
+    before = set(runc_ids())
+    doc = pod("bad", [container("c", "true", stdin=True)])
+    path = os.path.join(node.workdir, "bad.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    r = node.ctl("pod", "run", "-f", path, check=False)
+    assert r.returncode == 1
+    assert "spec.containers[0].stdin: field is not supported" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert set(runc_ids()) == before
+    assert "bad" not in node.ctl("pod", "ls").stdout
+    doc = pod("noimg", [{"name": "c", "image": "nosuch:1"}])
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    r = node.ctl("pod", "run", "-f", path, check=False)
+    assert r.returncode == 1 and "not in the image store" in r.stderr
+
+
+def test_images_oci_archive_list_rm(node):
+    oci = os.path.join(node.workdir, "bb-oci.tar")
+    sh(PY, "-m", "podnetd.runtime.busybox_image", oci, "--format", "oci", cwd=REPO)
+    node.ctl("image", "import", "bb-oci:v1", oci)
+    listing = node.ctl("image", "list").stdout
+    assert "bb-oci:v1" in listing and "busybox:latest" in listing
+    doc = pod("ocipod", [{"name": "c", "image": "bb-oci:v1",
+                          "command": ["sh", "-c", "ls /etc /opt; exec sleep 3600"]}])
+    try:
+        node.run(doc)
+        node.wait("ocipod", running)
+        node.wait("ocipod", lambda p: "new" in node.logs("ocipod"))
+        out = node.logs("ocipod")
+        # layer 2's whiteout removed a file, its opaque dir hid layer 1's /opt content
+        assert "removed-by-layer2" not in out and "old" not in out and "image-release" in out
+    finally:
+        node.rm("ocipod")
+    node.ctl("image", "rm", "bb-oci:v1")
+    assert "bb-oci" not in node.ctl("image", "list").stdout
+    r = node.ctl("image", "rm", "bb-oci:v1", check=False)
+    assert r.returncode == 1 and "not found" in r.stderr
+
+
+def test_podnetd_restart_keeps_and_adopts_pods(node):
+    doc = pod("survivor", [container("c", "i=0; while [ ! -f /tmp/stop ]; do i=$((i+1)); "
+                                          "echo tick $i; sleep 0.2; done; exit 5")])
+    try:
+        p = node.run(doc)
+        node.wait("survivor", running)
+        uid = p["metadata"]["uid"]
+        cid = f"pn-{uid[:12]}-c"
+        pid = json.loads(sh("runc", "state", cid).stdout)["pid"]
+        node.daemon.restart()
+        assert json.loads(sh("runc", "state", cid).stdout)["pid"] == pid
+        p = node.get("survivor")
+        assert p["status"]["phase"] == "Running" and p["metadata"]["uid"] == uid
+        assert ping(node.netns, p["status"]["podIP"])
+        # logs kept flowing to the file while podnetd was away, and still do
+        n1 = len(node.logs("survivor").splitlines())
+        node.wait("survivor", lambda _: len(node.logs("survivor").splitlines()) > n1 + 2,
+                  what="more log lines")
+        # the adopted container is watched: its exit is seen and it is restarted
+        node.exec("survivor", "touch", "/tmp/stop")
+        p = node.wait("survivor", lambda p: state_of(p, "c")["restartCount"] >= 1 and running(p),
+                  what="restart after adoption")
+        assert state_of(p, "c")["lastState"]["terminated"]["exitCode"] == 5
+        assert "Adopted" in node.ctl("pod", "describe", "survivor").stdout
+    finally:
+        node.rm("survivor")
