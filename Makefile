@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 CNI_BIN_DIR ?= /opt/cni/bin
+BIN_DIR ?= /usr/local/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
 	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump vagrant openssl
 PYTEST_ARGS ?=
@@ -31,10 +32,11 @@ test: deps
 demo: deps
 	$(PY) -m podnetd.demo
 
-## install: the plugin to $(CNI_BIN_DIR)/podnet and the commands to /usr/local/bin
+## install: the plugin to $(CNI_BIN_DIR)/podnet and the commands to $(BIN_DIR)
 install: deps
 	$(PY) -m podnetd.install --cni-bin-dir $(CNI_BIN_DIR)
-	for cmd in podnetd podnetctl; do ln -sf $(abspath $(VENV))/bin/$$cmd /usr/local/bin/$$cmd; done
+	install -d $(BIN_DIR)
+	for cmd in podnetd podnetctl; do ln -sf $(abspath $(VENV))/bin/$$cmd $(BIN_DIR)/$$cmd; done
 
 ## proto: regenerate the committed stubs in podnetd/api from proto/
 proto: venv

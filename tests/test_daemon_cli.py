@@ -132,3 +132,18 @@ def test_installed_plugin_layout_runs_with_system_python(tmp_path):
     proc = subprocess.run([launcher], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True)
     assert proc.returncode == 0 and '"supportedVersions"' in proc.stdout
     assert list((tmp_path / ".podnet" / "__pycache__").glob("podnet_plugin.*.pyc"))
+
+
+def test_make_install_lays_out_plugin_and_commands(tmp_path):
+    cni_dir, bin_dir = tmp_path / "cni", tmp_path / "bin"
+    proc = subprocess.run(["make", "-s", "install", f"CNI_BIN_DIR={cni_dir}", f"BIN_DIR={bin_dir}",
+                           f"VENV={pathlib.Path(PY).parent.parent}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    version = subprocess.run([cni_dir / "podnet"], env={"CNI_COMMAND": "VERSION"},
+                             capture_output=True, text=True)
+    assert version.returncode == 0 and "1.1.0" in version.stdout
+    assert (cni_dir / "podnet").read_bytes()[:4] == b"\x7fELF"   # the native build
+    for cmd in ("podnetd", "podnetctl"):
+        helped = subprocess.run([bin_dir / cmd, "--help"], capture_output=True, text=True)
+        assert helped.returncode == 0 and "usage" in helped.stdout.lower()
