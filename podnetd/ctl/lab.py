@@ -38,7 +38,9 @@ def cmd_up(args) -> int:
     print(f"lab {args.name}: {args.nodes} nodes, {args.topology} underlay, {args.store} store ...",
           file=sys.stderr)
     lb = lab.Lab.up(args.nodes, args.topology, args.store, name=args.name, tls=not args.no_tls,
-                    node_timeout=args.node_timeout, backend=args.backend, wait=args.wait)
+                    node_timeout=args.node_timeout, backend=args.backend, wait=args.wait,
+                    reconcile_interval=args.reconcile_interval, vxlan_vni=args.vxlan_vni,
+                    vxlan_port=args.vxlan_port)
     missing = lb.missing_routes()
     _print_status(status.collect(lb), args.output)
     if missing:
@@ -167,6 +169,9 @@ def register(sub, common) -> None:
     p.add_argument("--store", default="static", choices=["static", "etcd"])
     p.add_argument("--backend", choices=["auto", "host-gw", "vxlan"])
     p.add_argument("--node-timeout", type=float)
+    p.add_argument("--reconcile-interval", type=float)
+    p.add_argument("--vxlan-vni", type=int)
+    p.add_argument("--vxlan-port", type=int)
     p.add_argument("--no-tls", action="store_true", help="run the peers without mutual TLS")
     p.add_argument("--wait", type=float, default=30, help="seconds to wait for convergence")
     add("down", cmd_down, "remove every trace of the lab")
