@@ -77,3 +77,30 @@ def test_matrix_table_marks_failures():
     lines = text.splitlines()
     assert lines[0].split() == ["from", "\\", "to", "n1/p1", "n2/p1"]
     assert lines[1].split()[-2:] == ["-", "ok"] and lines[2].split()[-2:] == ["FAIL", "-"]
+
+
+def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
+    from podnetd.lab.lab import Lab
+    from podnetd.lab.state import LabState
+
+    def argv(store):
+        st = LabState(name="x", topology="routed", store=store, root=str(tmp_path),
+                      options={"tls": True, "node_timeout": 3, "backend": None})
+        for i, seg in ((1, "a"), (2, "b")):
+            p = plan.plan_node("x", "routed", store, i, seg)
+            st.nodes[p.name] = {"index": i, "netns": p.netns, "segment": seg, "ip": p.ip,
+                                "pod_cidr": p.pod_cidr, "dir": f"/d/{p.name}",
+                                "socket": f"/d/{p.name}/podnetd.sock"}
+        args = Lab(st).daemon_argv("n1", ["n2"])
+        return args[:2], dict(zip(args[5::2], args[6::2])) if args[5] == "--node-name" else args
+
+    enter, flags = argv("static")
+    assert enter == ["nsenter", "--net=/run/netns/x-n1"]
+    assert flags["--pod-cidr"] == "10.244.1.0/24" and flags["--node-ip"] == "10.250.1.11"
+    assert flags["--listen"] == "10.250.1.11:7470" and flags["--peers"] == "10.250.2.12:7470"
+    assert flags["--tls-ca"] == str(tmp_path / "x" / "ca" / "ca.crt")
+    assert flags["--tls-cert"] == "/d/n1/tls/node.crt" and flags["--node-timeout"] == "3"
+    assert "--backend" not in flags
+    _, flags = argv("etcd")
+    assert "--pod-cidr" not in flags and "--peers" not in flags and "--tls-cert" not in flags
+    assert flags["--etcd-endpoints"] == "http://10.250.1.2:2379"
