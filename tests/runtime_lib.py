@@ -134,7 +134,7 @@ class RuntimeNode:
 def _with_socket(args, socket):
     args = [str(a) for a in args]
     # the socket flag belongs to the leaf parser: insert it after the sub-command words
-    head = 2
+    head = 2 if args[0] in ("pod", "image") else 1
     return args[:head] + ["--socket", socket] + args[head:]
 
 

@@ -119,15 +119,18 @@ class Runtime:
     async def _gc_when_serving(self) -> None:
         """CNI GC once the daemon serves (the podnet plugin calls back into it)."""
         for _ in range(200):
-            if self.daemon._server is not None:
+            if self.daemon._server is not None and os.path.exists(self.cfg.socket):
                 break
             await asyncio.sleep(0.05)
         valid = [(p.pause_id, "eth0") for p in self.pods.values() if p.cni]
-        try:
-            if await self.cni.gc(valid):
-                log.info("CNI GC done: %d valid attachments", len(valid))
-        except cni_client.CniClientError as e:
-            log.warning("CNI GC: %s", e)
+        for attempt in range(3):
+            try:
+                if await self.cni.gc(valid):
+                    log.info("CNI GC done: %d valid attachments", len(valid))
+                return
+            except cni_client.CniClientError as e:
+                log.warning("CNI GC (attempt %d): %s", attempt + 1, e)
+                await asyncio.sleep(0.5)
 
     # -- paths and persistence ----------------------------------------------------------
 

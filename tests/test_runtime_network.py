@@ -1,0 +1,120 @@
+"""The runtime as a CNI client: the reference bridge conflist instead of podnet, two nodes
+whose pods reach each other by pod IP, hostNetwork, CNI GC on start."""
+import json
+import os
+
+import pytest
+
+from testlib import Netns, in_ns, ping, sh, unique
+from runtime_lib import RuntimeNode, busybox_archive, container, leftovers, pod, runc_ids
+
+
+@pytest.fixture
+def nodes():
+    spaces = Netns()
+    started = []
+
+    def start(cidr, **kw):
+        n = RuntimeNode(spaces.add("rn"), cidr, **kw).start()
+        started.append(n)
+        n.ctl("image", "import", "busybox", busybox_archive())
+        return n
+    start.spaces = spaces
+    try:
+        yield start
+    finally:
+        for n in reversed(started):
+            n.cleanup()
+            assert not leftovers(n.workdir)
+        spaces.cleanup()
+
+
+def sleeper(name, **spec):
+    return pod(name, [container("c", "exec sleep 3600")], **spec)
+
+
+def test_reference_bridge_conflist(nodes):
+    node = nodes("10.78.4.0/24", kind="bridge")
+    try:
+        p = node.run(sleeper("refpod"))
+        ip = p["status"]["podIP"]
+        assert ip.startswith("10.88.77."), p["status"]
+        assert ip not in node.ctl("endpoints").stdout  # not podnet's doing
+        assert ping(node.netns, ip)
+        assert ip in node.exec("refpod", "ip", "-4", "-o", "addr", "show", "eth0").stdout
+        ipam = os.path.join(node.workdir, "ipam", "refbridge")
+        assert ip in os.listdir(ipam)
+    finally:
+        node.rm("refpod")
+    assert ip not in os.listdir(ipam)  # DEL ran through host-local
+
+
+def test_pods_on_two_nodes_reach_each_other(nodes):
+    a = nodes("10.78.5.0/24")
+    b = nodes("10.78.6.0/24")
+    va, vb = unique("va"), unique("vb")
+    sh("ip", "link", "add", va, "netns", a.netns, "type", "veth", "peer", vb, "netns", b.netns)
+    in_ns(a.netns, "ip", "addr", "add", "192.168.251.1/30", "dev", va)
+    in_ns(b.netns, "ip", "addr", "add", "192.168.251.2/30", "dev", vb)
+    in_ns(a.netns, "ip", "link", "set", va, "up")
+    in_ns(b.netns, "ip", "link", "set", vb, "up")
+    in_ns(a.netns, "ip", "route", "add", "10.78.6.0/24", "via", "192.168.251.2")
+    in_ns(b.netns, "ip", "route", "add", "10.78.5.0/24", "via", "192.168.251.1")
+    try:
+        pa = a.run(sleeper("pa"))
+        pb = b.run(pod("pb", [container("c", "exec nc -ll -p 7000 -e echo pong-from-b")]))
+        ip_b = pb["status"]["podIP"]
+        r = a.exec("pa", "ping", "-c", "1", "-W", "2", ip_b, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = a.exec("pa", "nc", "-w", "2", ip_b, "7000").stdout
+        assert "pong-from-b" in out
+        r = b.exec("pb", "ping", "-c", "1", "-W", "2", pa["status"]["podIP"], check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        a.rm("pa")
+        b.rm("pb")
+
+
+def test_host_network_skips_cni(nodes):
+    node = nodes("10.78.7.0/24")
+    try:
+        p = node.run(sleeper("hostnet", hostNetwork=True))
+        assert not [l for l in node.ctl("endpoints").stdout.splitlines()[1:] if l.strip()]
+        links = node.exec("hostnet", "ip", "-o", "link").stdout
+        assert "podnet0" in links  # it sees the node's own interfaces
+        uid = p["metadata"]["uid"][:12]
+        assert not os.path.exists(f"/run/netns/podnet-{uid}")
+    finally:
+        node.rm("hostnet")
+
+
+def test_gc_on_start_releases_stale_attachments(nodes):
+    """With a CNI 1.1 conflist, the runtime runs GC at start with its pods as the valid
+    attachments: an attachment nobody owns is released."""
+    node = nodes("10.78.8.0/24")
+    node.run(sleeper("keeper"))
+    try:
+        conf = os.path.join(node.conf_dir, "10-test.conflist")
+        with open(conf) as f:
+            doc = json.load(f)
+        doc["cniVersion"] = "1.1.0"
+        doc["plugins"] = doc["plugins"][:1]  # portmap of this Debian does not know 1.1
+        with open(conf, "w") as f:
+            json.dump(doc, f)
+        stale_ns = node_ns = unique("st")
+        sh("ip", "netns", "add", stale_ns)
+        try:
+            from testlib import plugin
+            rc, out, err = plugin("ADD", config=node.daemon.config(name=doc["name"]),
+                                  container_id="stale-one", netns=f"/run/netns/{stale_ns}",
+                                  ifname="eth0")
+            assert rc == 0, (out, err)
+            assert "stale-one" in node.ctl("endpoints", "-o", "json").stdout
+            node.daemon.restart()
+            node.wait("keeper", lambda p: "stale-one" not in node.ctl(
+                "endpoints", "-o", "json").stdout, what="GC of the stale attachment")
+            assert node.get("keeper")["status"]["podIP"] in node.ctl("endpoints").stdout
+        finally:
+            sh("ip", "netns", "del", node_ns, check=False)
+    finally:
+        node.rm("keeper")
