@@ -29,7 +29,7 @@ class RouteMonitor:
     def __init__(self, ns: str):
         self.events: list[tuple[float, str]] = []
         self.proc = subprocess.Popen([*netops.nsenter(ns), "ip", "-ts", "monitor", "route"],
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 

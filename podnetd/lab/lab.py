@@ -288,8 +288,9 @@ class Lab:
 
     # -- join and leave ----------------------------------------------------------------------
 
-    def add_node(self, segment: str | None = None, *, wait: float = 20) -> str:
-        """A node joins: underlay port, certificate, podnetd seeded with the live nodes."""
+    def add_node(self, segment: str | None = None, *, wait: float = 20, before_start=None) -> str:
+        """A node joins: underlay port, certificate, podnetd seeded with the live nodes.
+        before_start(node) runs once its namespace exists, before its daemon starts."""
         with state.locked(self.st.name, self.st.root):
             index = max((n["index"] for n in self.st.nodes.values()), default=0) + 1
             segment = segment or plan.join_segment([n["segment"] for n in self.st.nodes.values()],
@@ -297,6 +298,8 @@ class Lab:
             p = plan.plan_node(self.st.name, self.st.topology, self.st.store, index, segment)
             peers = list(self.st.nodes)
             self._make_node(p)
+            if before_start:
+                before_start(p.name)
             self._start_daemon(p.name, peers)
         self.wait_ready([p.name], wait)
         return p.name
