@@ -62,3 +62,8 @@ bench-dataplane: deps
 bench-memory: deps
 	$(PY) bench/daemon_memory.py
 bench-lab: bench-convergence bench-dataplane bench-memory
+
+## bench-pods: pod start/stop latency of the pod runtime vs podman (issue 4; opt-in, root)
+.PHONY: bench-pods
+bench-pods: deps
+	$(PY) bench/pod_start.py
