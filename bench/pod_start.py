@@ -78,9 +78,10 @@ def bench_podman(n: int, rootfs: str) -> tuple[list[float], list[float]]:
     work = tempfile.mkdtemp(prefix=f"{unique('pm')}-")
     netdir = os.path.join(work, "net.d")
     os.makedirs(netdir)
+    bridge = unique("pb")
     with open(os.path.join(netdir, "90-bench.conflist"), "w") as f:
         json.dump({"cniVersion": "1.0.0", "name": "podman", "plugins": [
-            {"type": "bridge", "bridge": unique("pb"), "isGateway": True, "ipMasq": False,
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.99.0/24"}]],
                       "dataDir": os.path.join(work, "ipam")}},
             {"type": "portmap", "capabilities": {"portMappings": True}}]}, f)
@@ -110,6 +111,7 @@ def bench_podman(n: int, rootfs: str) -> tuple[list[float], list[float]]:
         subprocess.run([*base, "pod", "rm", "-a", "-f", "-t", "0"], capture_output=True, env=env)
         subprocess.run([*base, "system", "reset", "-f"], capture_output=True, env=env)
         subprocess.run(["umount", "-R", os.path.join(work, "root")], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return starts, stops
 
