@@ -118,3 +118,17 @@ def test_gc_on_start_releases_stale_attachments(nodes):
             sh("ip", "netns", "del", node_ns, check=False)
     finally:
         node.rm("keeper")
+
+
+def test_crun_selectable(nodes):
+    node = nodes("10.78.10.0/24", oci="crun")
+    try:
+        p = node.run(pod("crunpod", [container("c", "echo under-crun; exec sleep 3600")]))
+        uid = p["metadata"]["uid"][:12]
+        node.wait("crunpod", lambda p: "under-crun" in node.logs("crunpod"))
+        assert node.exec("crunpod", "sh", "-c", "exit 4", check=False).returncode == 4
+        assert f"pn-{uid}-c" in sh("crun", "list").stdout
+        assert f"pn-{uid}" not in sh("runc", "list").stdout
+    finally:
+        node.rm("crunpod")
+    assert f"pn-{uid}" not in sh("crun", "list").stdout

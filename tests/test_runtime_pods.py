@@ -202,14 +202,15 @@ def test_sigterm_ignored_until_grace_then_sigkill_and_prestop(node, shared_dir):
 
 def test_readonly_root_capabilities_and_user(node):
     doc = pod("locked", [
-        container("ro", "exec sleep 3600", securityContext={
+        container("ro", "exec sleep 3600", resources={"limits": {"cpu": "500m", "memory": "32Mi"}},
+                  securityContext={
             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["CHOWN", "NET_RAW"]},
             "allowPrivilegeEscalation": False}),
         container("user", "exec sleep 3600", securityContext={"runAsUser": 1000,
                                                              "runAsGroup": 1000})],
         volumes=[])
     try:
-        node.run(doc)
+        p = node.run(doc)
         node.wait("locked", running)
         r = node.exec("locked", "touch", "/newfile", container="ro", check=False)
         assert r.returncode != 0 and "Read-only file system" in r.stderr
@@ -222,6 +223,13 @@ def test_readonly_root_capabilities_and_user(node):
         status = node.exec("locked", "cat", "/proc/self/status", container="ro").stdout
         assert "NoNewPrivs:\t1" in status
         assert node.exec("locked", "id", "-u", container="user").stdout.strip() == "1000"
+        cg = f"podnet-{p['metadata']['uid'][:12]}-ro"
+        if os.path.exists("/sys/fs/cgroup/cpu"):  # cgroup v1 (this host)
+            assert open(f"/sys/fs/cgroup/cpu/{cg}/cpu.cfs_quota_us").read().strip() == "50000"
+            assert open(f"/sys/fs/cgroup/memory/{cg}/memory.limit_in_bytes").read().strip() \
+                == str(32 * 2**20)
+        else:
+            assert open(f"/sys/fs/cgroup/{cg}/cpu.max").read().split()[0] == "50000"
     finally:
         node.rm("locked")
 
@@ -294,3 +302,20 @@ def test_podnetd_restart_keeps_and_adopts_pods(node):
         assert "Adopted" in node.ctl("pod", "describe", "survivor").stdout
     finally:
         node.rm("survivor")
+
+
+def test_logs_follow_ends_with_the_container_and_shared_pid_namespace(node):
+    doc = pod("follow", [container("talker", "echo one; sleep 1; echo two"),
+                         container("watcher", "exec sleep 3600")],
+              restartPolicy="Never", shareProcessNamespace=True)
+    try:
+        node.run(doc)
+        # shareProcessNamespace: the watcher sees the talker's processes
+        procs = node.exec("follow", "ps", container="watcher", check=False).stdout
+        out = node.ctl("pod", "logs", "follow", "-c", "talker", "-f").stdout
+        assert out == "one\ntwo\n", out
+        assert "sleep 3600" in procs and ("echo one" in procs or "sleep 1" in procs), procs
+        p = node.wait("follow", lambda p: "terminated" in state_of(p, "talker")["state"])
+        assert state_of(p, "talker")["state"]["terminated"]["reason"] == "Completed"
+    finally:
+        node.rm("follow")

@@ -72,10 +72,11 @@ def _tail(path: str) -> str:
 def spawn_shim(runtime: str, cid: str, bundle: str, log_path: str, exit_path: str,
                pid_path: str, shim_log: str) -> int:
     """Start the shim (new session, stdio to files) that runs `runc run --keep` in the
-    foreground; returns the shim's pid."""
+    foreground; returns the shim's pid. (crun has no --keep: it removes the cgroup on exit, so
+    an OOM kill under crun shows as exit 137 "Error", not "OOMKilled".)"""
     argv = [sys.executable, "-I", "-S", SHIM, "--log", log_path, "--exit", exit_path, "--",
-            *runtime_argv(runtime), "run", "--keep", "--bundle", bundle, "--pid-file", pid_path,
-            cid]
+            *runtime_argv(runtime), "run", *(["--keep"] if runtime == "runc" else []),
+            "--bundle", bundle, "--pid-file", pid_path, cid]
     with open(shim_log, "ab") as slog:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slog, stderr=slog,
                                 start_new_session=True, close_fds=True)
