@@ -2,11 +2,12 @@
 """In-VM helper of the Vagrant lab (runs as root inside a lab VM, system python3, stdlib only).
 
   labpod.py mode                       -> "runtime" when `podnetctl pod` exists, else "cni"
-  labpod.py up NAME [--mode M]         -> start a pod with a TCP echo server on PORT; prints
-                                          {"name", "ip"} as JSON
-  labpod.py check NAME IP... [--wait S] -> from inside pod NAME: ping and TCP to each IP, each
+  labpod.py up NAME... [--mode M]      -> start pods, each with a TCP echo server on PORT; prints
+                                          [{"name", "ip"}] as JSON
+  labpod.py check --from NAME,... IP... [--wait S]
+                                       -> from inside each pod: ping and TCP to each IP, each
                                           retried until it works or S seconds pass; JSON
-  labpod.py down NAME [--mode M]
+  labpod.py down NAME... [--mode M]
   labpod.py serve                      -> the echo server (run inside the pod)
 
 "cni" mode is the stand-in until the pod runtime lands: a netns per pod attached by running the
@@ -181,6 +182,31 @@ def check(name: str, ips: list[str], wait: float, mode: str) -> dict:
     return results
 
 
+def check_from(names: list[str], ips: list[str], wait: float, mode: str) -> dict:
+    """Each source pod in a forked child (setns is per process), all at once."""
+    children = {}
+    for name in names:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                out = json.dumps(check(name, [ip for ip in ips], wait, mode)).encode()
+            except BaseException as e:  # noqa: BLE001 - reported to the parent as an error
+                out = json.dumps({"error": f"{name}: {e}"}).encode()
+            with os.fdopen(w, "wb") as f:
+                f.write(out)
+            os._exit(0)
+        os.close(w)
+        children[name] = (pid, r)
+    results = {}
+    for name, (pid, r) in children.items():
+        with os.fdopen(r, "rb") as f:
+            results[name] = json.loads(f.read() or b'{"error": "no answer"}')
+        os.waitpid(pid, 0)
+    return results
+
+
 class Echo(socketserver.StreamRequestHandler):
     def handle(self):
         for line in self.rfile:
@@ -211,27 +237,33 @@ def down(name: str, mode: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="labpod.py")
     ap.add_argument("command", choices=["mode", "up", "check", "down", "serve"])
-    ap.add_argument("name", nargs="?")
-    ap.add_argument("ips", nargs="*")
+    ap.add_argument("args", nargs="*", help="up/down: pod names; check: target IPs")
+    ap.add_argument("--from", dest="sources", default="", help="check: source pods, comma-separated")
     ap.add_argument("--mode", default=os.environ.get("PODNET_LAB_PODS") or None,
                     choices=["cni", "runtime"])
     ap.add_argument("--wait", type=float, default=30)
     args = ap.parse_args()
+    if args.command == "serve":
+        with Server(("0.0.0.0", PORT), Echo) as srv:
+            srv.serve_forever()
+        return 0
     mode = args.mode or detect_mode()
     if args.command == "mode":
         print(mode)
-    elif args.command == "serve":
-        with Server(("0.0.0.0", PORT), Echo) as srv:
-            srv.serve_forever()
-    elif not args.name:
-        ap.error(f"{args.command} needs a pod name")
     elif args.command == "up":
-        ip = up_cni(args.name) if mode == "cni" else up_runtime(args.name)
-        print(json.dumps({"name": args.name, "ip": ip, "mode": mode}))
+        pods = []
+        for name in args.args:
+            ip = up_cni(name) if mode == "cni" else up_runtime(name)
+            pods.append({"name": name, "ip": ip, "mode": mode})
+        print(json.dumps(pods))
     elif args.command == "check":
-        print(json.dumps(check(args.name, args.ips, args.wait, mode)))
+        sources = [n for n in args.sources.split(",") if n]
+        if not sources:
+            ap.error("check needs --from POD[,POD]")
+        print(json.dumps(check_from(sources, args.args, args.wait, mode)))
     elif args.command == "down":
-        down(args.name, mode)
+        for name in args.args:
+            down(name, mode)
     return 0
 
 

@@ -6,13 +6,17 @@ set -euo pipefail
 CLUSTER_CIDR="${PODNET_CLUSTER_CIDR:-10.244.0.0/16}"
 NODE="node${PODNET_NODE_INDEX}"
 ETCD_URL="http://${PODNET_ETCD_IP}:2379"
-log() { echo "provision $NODE: $*"; }
+START=$(date +%s)
+log() { echo "provision $NODE (+$(( $(date +%s) - START ))s): $*"; }
 
 # The VMs have no internet: pip takes everything from the wheelhouse the lab synced in. The apt
 # half of `make deps` finds every package already in the box and installs nothing.
 if compgen -G "/opt/podnet-wheels/*.whl" >/dev/null; then
   export PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/podnet-wheels
 fi
+# Byte-compiling every installed module (scapy, grpcio-tools...) takes minutes on a TCG guest;
+# Python compiles what podnet imports on first use instead.
+export PIP_NO_COMPILE=1
 cd /vagrant
 log "make deps"
 make deps
@@ -101,9 +105,8 @@ UNIT
 systemctl daemon-reload
 systemctl enable podnetd.service
 systemctl restart podnetd.service
-for _ in $(seq 180); do
-  [ -S /run/podnet/podnetd.sock ] && podnetctl status >/dev/null 2>&1 && break
-  sleep 1
-done
+# Wait for the socket with a cheap test; podnetctl (a Python start) only once it exists.
+for _ in $(seq 300); do [ -S /run/podnet/podnetd.sock ] && break; sleep 1; done
+for _ in $(seq 30); do podnetctl status >/dev/null 2>&1 && break; sleep 2; done
 podnetctl status
 log "ready"
