@@ -132,3 +132,41 @@ def test_crun_selectable(nodes):
     finally:
         node.rm("crunpod")
     assert f"pn-{uid}" not in sh("crun", "list").stdout
+
+
+def test_failed_cni_add_is_rolled_back(nodes):
+    """A chain whose second plugin fails: the first plugin's ADD is undone by DEL, the pause
+    container, netns and mounts are gone, and the pod says why."""
+    node = nodes("10.78.11.0/24")
+    conf = os.path.join(node.conf_dir, "10-test.conflist")
+    with open(conf) as f:
+        doc = json.load(f)
+    doc["plugins"].insert(1, {"type": "no-such-plugin"})
+    with open(conf, "w") as f:
+        json.dump(doc, f)
+    try:
+        p = node.run(sleeper("doomed"))
+        uid = p["metadata"]["uid"][:12]
+        assert p["status"]["reason"] == "SandboxCreationFailed", p["status"]
+        assert p["status"]["phase"] == "Failed"
+        assert "no-such-plugin" in node.ctl("pod", "describe", "doomed").stdout
+        assert not [l for l in node.ctl("endpoints").stdout.splitlines()[1:] if l.strip()]
+        assert not [i for i in runc_ids() if i.startswith(f"pn-{uid}")]
+        assert not os.path.exists(f"/run/netns/podnet-{uid}")
+        assert not leftovers(node.workdir)
+    finally:
+        node.rm("doomed")
+
+
+def test_host_port_through_portmap(nodes):
+    node = nodes("10.78.12.0/24")
+    try:
+        node.run(pod("hp", [container("c", "exec nc -ll -p 8080 -e echo via-hostport",
+                                      ports=[{"containerPort": 8080, "hostPort": 18080}])]))
+        node.wait("hp", lambda p: all("running" in c["state"]
+                                      for c in p["status"]["containerStatuses"]))
+        out = in_ns(node.netns, "busybox", "nc", "-w", "2", "10.78.12.1", "18080",
+                    check=False, input="").stdout
+        assert "via-hostport" in out
+    finally:
+        node.rm("hp")
