@@ -1,0 +1,104 @@
+"""Pure parts of the pod runtime: the CNI client's config handling, pod status rendering,
+log line parsing, image name normalisation, $(VAR) expansion."""
+import json
+
+import pytest
+
+from podnetd.runtime import cni_client, images
+from podnetd.runtime.model import Pod
+from podnetd.runtime.runtime import _expand
+from podnetd.runtime.service import _parse_line
+
+
+def write(tmp_path, name, doc):
+    (tmp_path / name).write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+
+
+def test_conflist_first_valid_in_lexical_order(tmp_path):
+    write(tmp_path, "05-broken.conflist", "{nope")
+    write(tmp_path, "10-b.conflist", {"cniVersion": "1.0.0", "name": "b",
+                                       "plugins": [{"type": "bridge"}]})
+    write(tmp_path, "20-a.conflist", {"cniVersion": "1.0.0", "name": "a",
+                                       "plugins": [{"type": "podnet"}]})
+    assert cni_client.load_conflist(str(tmp_path))["name"] == "b"
+
+
+def test_single_conf_is_wrapped(tmp_path):
+    write(tmp_path, "10.conf", {"cniVersion": "0.4.0", "name": "one", "type": "bridge"})
+    conf = cni_client.load_conflist(str(tmp_path))
+    assert conf["plugins"][0]["type"] == "bridge" and conf["name"] == "one"
+
+
+def test_no_config_is_one_clear_error(tmp_path):
+    with pytest.raises(cni_client.CniClientError, match="no CNI network configuration"):
+        cni_client.load_conflist(str(tmp_path))
+    with pytest.raises(cni_client.CniClientError, match="CNI config dir"):
+        cni_client.load_conflist(str(tmp_path / "missing"))
+
+
+def test_plugin_config_prev_result_and_capabilities():
+    conflist = {"cniVersion": "1.0.0", "name": "net"}
+    plugin = {"type": "portmap", "capabilities": {"portMappings": True}}
+    rc = {"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp"}],
+          "bandwidth": {}}
+    conf = cni_client.plugin_config(conflist, plugin, {"ips": []}, rc)
+    assert conf["name"] == "net" and conf["cniVersion"] == "1.0.0"
+    assert conf["prevResult"] == {"ips": []}
+    assert conf["runtimeConfig"] == {"portMappings": rc["portMappings"]}  # only declared caps
+    conf = cni_client.plugin_config(conflist, {"type": "podnet"}, None, rc)
+    assert "runtimeConfig" not in conf and "prevResult" not in conf
+
+
+def test_pod_ip_from_result():
+    assert cni_client.pod_ip({"ips": [{"address": "fd00::2/64"},
+                                      {"address": "10.1.2.3/24"}]}) == "10.1.2.3"
+    assert cni_client.pod_ip({}) == ""
+
+
+def _pod(**spec):
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": "a", "image": "busybox"}], **spec}}
+    return Pod(doc, "0123456789abcdef", 0.0)
+
+
+def test_status_reasons():
+    p = _pod(initContainers=[{"name": "i", "image": "busybox"}])
+    assert p.phase() == "Pending" and p.display_status() == "ContainerCreating"
+    p.sandbox = True
+    assert p.display_status() == "Init:0/1"
+    p.containers["i"].state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    p.initialized = True
+    a = p.containers["a"]
+    a.state = {"waiting": {"reason": "CrashLoopBackOff"}}
+    assert p.phase() == "Running" and p.display_status() == "CrashLoopBackOff"
+    a.state = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    p.finished = True
+    assert p.phase() == "Failed" and p.display_status() == "OOMKilled"
+    a.state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    assert p.phase() == "Succeeded"
+
+
+def test_persisted_state_round_trips():
+    p = _pod()
+    p.ip, p.sandbox = "10.0.0.5", True
+    p.containers["a"].restart_count = 4
+    q = Pod.from_json(json.loads(json.dumps(p.to_json())))
+    assert q.ip == "10.0.0.5" and q.sandbox and q.containers["a"].restart_count == 4
+    k8s = q.k8s("node1")
+    assert k8s["status"]["containerStatuses"][0]["restartCount"] == 4
+    assert k8s["spec"]["nodeName"] == "node1" and k8s["spec"]["restartPolicy"] == "Always"
+
+
+def test_cri_log_lines():
+    line = b"2026-01-01T00:00:00.000000001Z stdout F hello world\n"
+    assert _parse_line(line, False) == b"hello world\n"
+    assert _parse_line(line, True) == b"2026-01-01T00:00:00.000000001Z hello world\n"
+    assert _parse_line(b"2026-01-01T00:00:00Z stderr P part", False) == b"part"
+
+
+def test_image_names_and_expansion():
+    assert images.normalize("busybox") == "busybox:latest"
+    assert images.normalize("docker.io/library/busybox:1.36") == "busybox:1.36"
+    assert images.normalize("localhost:5000/x") == "localhost:5000/x:latest"
+    env = {"A": "1"}
+    assert _expand("$(A)-$(B)-$$(A)", env) == "1-$(B)-$(A)"
