@@ -77,7 +77,11 @@ def netns_create(name: str) -> str:
     path = netns_path(name)
     if not os.path.exists(path):
         _run(["ip", "netns", "add", name], f"create netns {name}")
-    _run(["ip", "-n", name, "link", "set", "lo", "up"], f"set lo up in netns {name}")
+    from ..kernel import netns
+    try:  # setns in a short-lived thread: cheaper than forking `ip -n NAME link set lo up`
+        netns.run_in_netns(path, lambda: netns.ipr().link("set", index=1, state="up"))
+    except Exception as e:  # noqa: BLE001 - pyroute2/kernel errors become one line
+        raise KernelError(f"set lo up in netns {name}: {e}") from None
     return path
 
 

@@ -163,7 +163,6 @@ class Runtime:
         return pod
 
     async def run_pod(self, text: str) -> Pod:
-        t0 = time.monotonic()
         try:
             doc = manifest.parse(text)
         except manifest.ManifestError as e:
@@ -347,16 +346,23 @@ class Runtime:
                              "io.kubernetes.pod.namespace": pod.namespace})
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(config, f)
+            # the pause container and the CNI chain only share the netns: run them together
             t0 = time.monotonic()
-            await oci.run_detached(self.oci, pod.pause_id, bundle, os.path.join(bundle, "run.log"))
-            log.debug("pod %s: pause up in %.3fs", pod.key, time.monotonic() - t0)
             undo.push_async_callback(oci.delete, self.oci, pod.pause_id)
-            if not pod.host_network:
-                conflist, result = await self.cni.add(
-                    pod.pause_id, netns_path, "eth0", self._cni_args(pod),
-                    self._runtime_config(pod))
+            pause, net = await asyncio.gather(
+                oci.run_detached(self.oci, pod.pause_id, bundle, os.path.join(bundle, "run.log")),
+                self._network_add(pod, netns_path), return_exceptions=True)
+            if net and not isinstance(net, BaseException):
+                conflist, result = net
+                undo.push_async_callback(self.cni.delete, conflist, result, pod.pause_id,
+                                         netns_path, "eth0", self._cni_args(pod),
+                                         self._runtime_config(pod))
+            for outcome in (pause, net):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            log.debug("pod %s: pause and network up in %.3fs", pod.key, time.monotonic() - t0)
+            if net:
                 pod.cni = {"conflist": conflist, "result": result}
-                log.debug("pod %s: CNI ADD done at %.3fs", pod.key, time.monotonic() - t0)
                 pod.ip = cni_client.pod_ip(result)
             else:
                 pod.ip = self._host_ip()
@@ -367,6 +373,12 @@ class Runtime:
                       f"pause {pod.pause_id} up" + (f", IP {pod.ip}" if pod.ip else ""))
             self._persist(pod)
             undo.pop_all()
+
+    async def _network_add(self, pod: Pod, netns_path: str | None) -> tuple | None:
+        if pod.host_network:
+            return None
+        return await self.cni.add(pod.pause_id, netns_path, "eth0", self._cni_args(pod),
+                                  self._runtime_config(pod))
 
     def _host_ip(self) -> str:
         return ""
@@ -643,7 +655,8 @@ class Runtime:
         for p in (exit_file, pid_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
-        await oci.delete(self.oci, c.cid)  # a leftover of a crash between exit and delete
+        if os.path.exists(f"/run/{self.oci}/{c.cid}"):  # left by a crash between exit and delete
+            await oci.delete(self.oci, c.cid)
         shim = oci.spawn_shim(self.oci, c.cid, self.ctr_dir(c), log_file, exit_file, pid_file,
                               self.ctr_dir(c, "shim.log"))
         c.attempt = {"shim_pid": shim, "started_at": time.time(), "log": log_file,
