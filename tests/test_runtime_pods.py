@@ -319,3 +319,26 @@ def test_logs_follow_ends_with_the_container_and_shared_pid_namespace(node):
         assert state_of(p, "talker")["state"]["terminated"]["reason"] == "Completed"
     finally:
         node.rm("follow")
+
+
+def test_startup_probe_gates_liveness(node):
+    startup = {"exec": {"command": ["test", "-f", "/tmp/go"]}, "periodSeconds": 1,
+               "failureThreshold": 60}
+    live = {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1}
+    doc = pod("gated", [container("c", "exec sleep 3600", startupProbe=startup,
+                                  livenessProbe=live)])
+    try:
+        node.run(doc)
+        describe = lambda: node.ctl("pod", "describe", "gated").stdout  # noqa: E731
+        node.wait("gated", lambda p: describe().count("Startup probe failed") >= 2,
+                  what="two failed startup probes")
+        p = node.get("gated")
+        c = state_of(p, "c")
+        assert c["restartCount"] == 0 and not c["started"] and not c["ready"]
+        assert "Liveness probe failed" not in describe()
+        node.exec("gated", "touch", "/tmp/go")
+        node.wait("gated", lambda p: state_of(p, "c")["restartCount"] >= 1,
+                  what="liveness restart once started")
+        assert "Liveness probe failed" in describe()
+    finally:
+        node.rm("gated")

@@ -4,6 +4,7 @@ Importing this package wires it into podnetd: flags (config.EXTENSIONS/VALIDATOR
 component (daemon.COMPONENTS) and the podnet.v1.Pods service (server.SERVICE_REGISTRARS).
 The runtime is created lazily on daemon start, so podnetd with only the network flags works
 as before (the runtime needs nothing until a pod is run)."""
+import logging
 import os
 import shutil
 
@@ -45,24 +46,21 @@ def make_component(d):
     if d.cfg.no_pod_runtime:
         return _Off()
     if shutil.which(d.cfg.oci_runtime) is None:
-        return _Off(f"pod runtime: {d.cfg.oci_runtime} is not installed")
+        # the network keeps working on a host without an OCI runtime; pods are not offered
+        logging.getLogger(__name__).warning("pod runtime off: %s is not installed",
+                                            d.cfg.oci_runtime)
+        return _Off()
     rt = Runtime(d)
     d.pod_runtime = rt
     return rt
 
 
 class _Off:
-    def __init__(self, problem: str | None = None):
-        self._p = problem
-
     async def start(self):
         pass
 
     async def stop(self):
         pass
-
-    def problem(self):
-        return None
 
 
 def register_service(srv, d) -> list[str]:

@@ -328,8 +328,7 @@ def validate(doc) -> None:
                    "spec": None, "status": None}, ("apiVersion", "kind", "metadata", "spec"))
     _obj(doc["metadata"], "metadata", {
         "name": _label, "namespace": _label, "labels": _string_map,
-        "annotations": lambda v, p: _string_map(v, p) if isinstance(v, dict) and all(
-            isinstance(x, str) for x in v.values()) else _string_map(v, p)}, ("name",))
+        "annotations": _string_map}, ("name",))
     spec = doc["spec"]
     _obj(spec, "spec", SPEC_FIELDS, ("containers",))
     names = {}

@@ -840,7 +840,7 @@ class Runtime:
                 await asyncio.wait_for(asyncio.shield(c.exited.wait()), left)
         if not c.exited.is_set():
             if grace > 0:
-                c.pod.event("Normal", "Killing", f"grace period of {grace:g}s over: SIGKILL",
+                c.pod.event("Normal", "Killing", f"grace period over ({grace:.1f}s left at SIGTERM): SIGKILL",
                             c.name)
             await oci.kill(self.oci, c.cid, signal.SIGKILL, all_=True)
         if not restart:
