@@ -145,7 +145,12 @@ def test_failed_cni_add_is_rolled_back(nodes):
     with open(conf, "w") as f:
         json.dump(doc, f)
     try:
-        p = node.run(sleeper("doomed"))
+        path = os.path.join(node.workdir, "doomed.json")
+        with open(path, "w") as f:
+            json.dump(sleeper("doomed"), f)
+        r = node.ctl("pod", "run", "-f", path, check=False)
+        assert r.returncode == 1 and "SandboxCreationFailed" in r.stdout, r.stdout + r.stderr
+        p = node.get("doomed")
         uid = p["metadata"]["uid"][:12]
         assert p["status"]["reason"] == "SandboxCreationFailed", p["status"]
         assert p["status"]["phase"] == "Failed"
