@@ -69,18 +69,50 @@ def _tail(path: str) -> str:
         return ""
 
 
-def spawn_shim(runtime: str, cid: str, bundle: str, log_path: str, exit_path: str,
-               pid_path: str, shim_log: str) -> int:
-    """Start the shim (new session, stdio to files) that runs `runc run --keep` in the
-    foreground; returns the shim's pid. (crun has no --keep: it removes the cgroup on exit, so
-    an OOM kill under crun shows as exit 137 "Error", not "OOMKilled".)"""
-    argv = [sys.executable, "-I", "-S", SHIM, "--log", log_path, "--exit", exit_path, "--",
+def shim_argv(runtime: str, cid: str, bundle: str, log_path: str, exit_path: str,
+              pid_path: str) -> list[str]:
+    """The shim's job: runc run --keep (foreground) with logs and the exit file.
+    (crun has no --keep: it removes the cgroup on exit, so an OOM kill under crun shows as exit
+    137 "Error", not "OOMKilled".)"""
+    return ["--log", log_path, "--exit", exit_path, "--",
             *runtime_argv(runtime), "run", *(["--keep"] if runtime == "runc" else []),
             "--bundle", bundle, "--pid-file", pid_path, cid]
+
+
+class IdleShim:
+    """A shim started ahead of need (new session, stdio to a file), waiting for its job on a
+    pipe; handing it a job costs a write instead of an interpreter start-up."""
+
+    def __init__(self, shim_log: str):
+        r, self._w = os.pipe()
+        with open(shim_log, "ab") as slog:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", SHIM, "--job-on-stdin"],
+                                    stdin=r, stdout=slog, stderr=slog, start_new_session=True,
+                                    close_fds=True)
+        os.close(r)
+        os.set_inheritable(self._w, False)
+        proc.returncode = 0  # reaped by host.reap, not by subprocess
+        self.pid = proc.pid
+
+    def run(self, argv: list[str]) -> int:
+        import json
+        try:
+            os.write(self._w, (json.dumps(argv) + "\n").encode())
+        finally:
+            os.close(self._w)
+        return self.pid
+
+    def discard(self) -> None:
+        os.close(self._w)  # EOF: the idle shim exits
+
+
+def spawn_shim(argv: list[str], shim_log: str) -> int:
+    """Start a shim for this job now (no idle one at hand); returns its pid."""
     with open(shim_log, "ab") as slog:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slog, stderr=slog,
+        proc = subprocess.Popen([sys.executable, "-I", "-S", SHIM, *argv],
+                                stdin=subprocess.DEVNULL, stdout=slog, stderr=slog,
                                 start_new_session=True, close_fds=True)
-    proc.returncode = 0  # we reap it ourselves (host.reap); keep subprocess from touching it
+    proc.returncode = 0
     return proc.pid
 
 

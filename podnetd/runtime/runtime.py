@@ -53,6 +53,7 @@ class Runtime:
         self.backoff_max = cfg.restart_backoff_max
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
+        self._idle: oci.IdleShim | None = None
         self._problem: str | None = None
 
     # -- component ----------------------------------------------------------------------
@@ -75,6 +76,7 @@ class Runtime:
             if not pod.stopped:
                 await self._adopt(pod)
         self._spawn(self._gc_when_serving())
+        self._refill_shim()
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
                  self.cfg.cni_bin_dir)
@@ -92,6 +94,10 @@ class Runtime:
                 await t
         for pod in self.pods.values():
             self._persist(pod)
+        if self._idle is not None:
+            self._idle.discard()
+            host.reap(self._idle.pid)
+            self._idle = None
 
     def problem(self) -> str | None:
         return self._problem
@@ -657,8 +663,8 @@ class Runtime:
                 os.unlink(p)
         if os.path.exists(f"/run/{self.oci}/{c.cid}"):  # left by a crash between exit and delete
             await oci.delete(self.oci, c.cid)
-        shim = oci.spawn_shim(self.oci, c.cid, self.ctr_dir(c), log_file, exit_file, pid_file,
-                              self.ctr_dir(c, "shim.log"))
+        shim = self._shim(oci.shim_argv(self.oci, c.cid, self.ctr_dir(c), log_file, exit_file,
+                                        pid_file))
         c.attempt = {"shim_pid": shim, "started_at": time.time(), "log": log_file,
                      "exit": exit_file, "n": attempt}
         c.exited = asyncio.Event()
@@ -676,9 +682,28 @@ class Runtime:
         pod.event("Normal", "Started", f"Started container {c.name}", c.name)
         self._persist(pod)
 
+    def _shim(self, argv: list[str]) -> int:
+        """Hand the job to the idle shim and pre-start the next one."""
+        idle, self._idle = self._idle, None
+        if idle is not None and host.pid_alive(idle.pid, "shim.py"):
+            pid = idle.run(argv)
+        else:
+            if idle is not None:
+                idle.discard()
+            pid = oci.spawn_shim(argv, os.path.join(self.dir, "shim.log"))
+        self._refill_shim()
+        return pid
+
+    def _refill_shim(self) -> None:
+        try:
+            self._idle = oci.IdleShim(os.path.join(self.dir, "shim.log"))
+        except OSError as e:
+            log.warning("cannot pre-start a shim: %s", e)
+            self._idle = None
+
     async def _wait_exit(self, c: Ctr) -> None:
         pid = c.attempt["shim_pid"]
-        if os.path.exists(c.attempt["exit"]) or not host.pid_alive(pid, c.attempt["exit"]):
+        if os.path.exists(c.attempt["exit"]) or not host.pid_alive(pid, "shim.py"):
             host.reap(pid)
             return
         fd = host.pidfd_open(pid)
