@@ -1,5 +1,6 @@
 """Helpers for the pod runtime tests: CNI dirs, a podnetd with the runtime in a node netns,
 the busybox image, podnetctl, manifests, waiting for conditions, and leftover checks."""
+import atexit
 import json
 import os
 import pathlib
@@ -50,6 +51,7 @@ def busybox_archive() -> str:
     if _IMAGE is None or not os.path.exists(_IMAGE):
         out = os.path.join(tempfile.gettempdir(), f"{unique('img')}-busybox.tar")
         sh(PY, "-m", "podnetd.runtime.busybox_image", out, cwd=REPO)
+        atexit.register(lambda: os.path.exists(out) and os.unlink(out))
         _IMAGE = out
     return _IMAGE
 
