@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from test_cluster_lib import ClusterDaemon, Underlay, add_pod, routes
-from testlib import Netns, in_ns, ping, wait_for
+from testlib import ContinuousPing, Netns, in_ns, ping, wait_for
 
 ETCD_IP = "192.168.200.254"
 CLUSTER = "10.98.0.0/16"
@@ -169,7 +169,6 @@ def test_etcd_outage_keeps_routes_and_a_later_join_is_seen(lab, nodes, netns):
 
 
 def test_restarts_under_ping_lose_no_packet(lab, nodes, netns):
-    import re
     _, etcd = lab
     # a restart must finish within --node-timeout (else the node is withdrawn, as it should
     # be); 3 s is too tight for a kill -9 + start on a loaded 2-core machine
@@ -179,17 +178,10 @@ def test_restarts_under_ping_lose_no_packet(lab, nodes, netns):
     wait_for(lambda: c2 in routes(d1.netns) and c1 in routes(d2.netns), 10, what="routes")
     p1, p2 = netns.add("p"), netns.add("p")
     a1, _ = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
-    pinger = subprocess.Popen(["nsenter", f"--net=/run/netns/{p2}", "ping", "-n", "-i", "0.01", a1],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with ContinuousPing(p2, a1) as pinging:
         for target, how in ((d1, signal.SIGKILL), (d2, signal.SIGTERM), (d2, signal.SIGKILL)):
             target.stop(how)
             target.start()
             wait_for(lambda: len(d1.nodes()) == 2 and len(d2.nodes()) == 2, 10, what="rejoined")
-    finally:
-        pinger.send_signal(signal.SIGINT)
-        out, _ = pinger.communicate(timeout=10)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    assert int(m.group(1)) > 100 and m.group(1) == m.group(2), out[-500:]
+    assert pinging.sent > 100 and pinging.received == pinging.sent, pinging.output[-500:]
     assert etcd.blocks()[d1.node_name][0] == c1 and etcd.blocks()[d2.node_name][0] == c2

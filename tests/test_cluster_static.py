@@ -1,11 +1,12 @@
 """Cluster membership with the static store and routing between real node namespaces joined by
 an underlay made here (a hub netns with a bridge, or two subnets and a router)."""
 import json
+import signal
 import tempfile
 
 from test_cluster_lib import (Underlay, add_pod, cluster, fdb, make_pki, neighbours,  # noqa: F401
                               routes)
-from testlib import PY, REPO, in_ns, ping, plugin, wait_for
+from testlib import ContinuousPing, PY, REPO, in_ns, ping, plugin, wait_for
 
 TIMEOUT = ["--node-timeout", "3"]
 
@@ -170,9 +171,6 @@ def test_cleanup_removes_what_podnetd_made_and_nothing_else(netns, cluster):
 
 
 def test_daemon_restarts_lose_no_packet(netns, cluster):
-    import re
-    import signal
-    import subprocess
     u = Underlay(netns)
     (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
     vx = ["--backend", "vxlan"]
@@ -181,20 +179,12 @@ def test_daemon_restarts_lose_no_packet(netns, cluster):
     wait_for(lambda: "10.99.2.0/24" in routes(n1) and "10.99.1.0/24" in routes(n2), 10, what="routes")
     p1, p2 = netns.add("p"), netns.add("p")
     a1, _ = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
-    pinger = subprocess.Popen(["nsenter", f"--net=/run/netns/{p2}", "ping", "-n", "-i", "0.01", a1],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with ContinuousPing(p2, a1) as pinging:
         for target, how in ((d1, signal.SIGTERM), (d1, signal.SIGKILL), (d2, signal.SIGKILL)):
             target.stop(how)
             target.start()
             wait_for(lambda: len(d1.nodes()) == 2 and len(d2.nodes()) == 2, 10, what="rejoined")
-    finally:
-        pinger.send_signal(signal.SIGINT)
-        out, _ = pinger.communicate(timeout=10)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    sent, received = int(m.group(1)), int(m.group(2))
-    assert sent > 100 and received == sent, out[-500:]
+    assert pinging.sent > 100 and pinging.received == pinging.sent, pinging.output[-500:]
 
 
 def test_node_ip_defaults_to_the_default_route_interface(netns, cluster):

@@ -197,3 +197,26 @@ def endpoints(daemon: "Daemon") -> list[dict]:
     if proc.returncode != 0:
         raise AssertionError(f"podnetctl endpoints failed: {proc.stderr}")
     return json.loads(proc.stdout)
+
+
+class ContinuousPing:
+    """`ping -i 0.01` from a pod for the duration of a with-block; .sent/.received afterwards."""
+
+    def __init__(self, ns: str, address: str):
+        self.ns, self.address = ns, address
+        self.sent = self.received = 0
+        self.output = ""
+
+    def __enter__(self) -> "ContinuousPing":
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.ns}", "ping", "-n", "-i",
+                                      "0.01", self.address], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.output = self.proc.communicate(timeout=10)[0]
+        import re
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", self.output)
+        if m:
+            self.sent, self.received = int(m.group(1)), int(m.group(2))
