@@ -54,14 +54,14 @@ class Runtime:
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
         self._idle: oci.IdleShim | None = None
-        self._problem: str | None = None
 
     # -- component ----------------------------------------------------------------------
 
     async def start(self) -> None:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.makedirs(os.path.join(self.dir, "pods"), mode=0o700, exist_ok=True)
-        self._pause_rootfs()
+        with contextlib.suppress(PodError):  # reported per pod when it is missing
+            self._pause_rootfs()
         for name in sorted(os.listdir(self.state_dir)):
             if not name.endswith(".json"):
                 continue
@@ -99,9 +99,6 @@ class Runtime:
             host.reap(self._idle.pid)
             self._idle = None
 
-    def problem(self) -> str | None:
-        return self._problem
-
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._bg.add(task)
@@ -119,7 +116,11 @@ class Runtime:
                 shutil.copy2(binary, target + ".tmp")
                 os.rename(target + ".tmp", target)
             except OSError as e:
-                self._problem = f"pod runtime: no catatonit for pause containers: {e}"
+                # not a node problem (the network is fine): pods fail with this reason instead
+                log.warning("pod runtime: no catatonit for pause containers: %s", e)
+        if not os.path.exists(target):
+            raise PodError("catatonit is not installed: no pause container "
+                           "(apt-get install catatonit)", "precondition")
         return root
 
     async def _gc_when_serving(self) -> None:
