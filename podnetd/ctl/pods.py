@@ -63,9 +63,9 @@ def cmd_ls(args) -> int:
     rows = [{"namespace": p.namespace, "name": p.name, "phase": p.phase, "status": p.status,
              "ready": p.ready, "restarts": p.restarts, "ip": p.ip, "node": p.node,
              "age": _age(p.created_unix)} for p in resp.pods]
-    output.emit(rows, [("NAME", "name"), ("READY", "ready"), ("STATUS", "status"),
-                       ("RESTARTS", "restarts"), ("IP", "ip"), ("NODE", "node"),
-                       ("AGE", "age")], args.output)
+    output.emit(rows, [("NAME", "name"), ("PHASE", "phase"), ("READY", "ready"),
+                       ("STATUS", "status"), ("RESTARTS", "restarts"), ("IP", "ip"),
+                       ("NODE", "node"), ("AGE", "age")], args.output)
     return 0
 
 
