@@ -149,24 +149,24 @@ def pod(name: str, containers: list[dict], **spec) -> dict:
             "spec": {"terminationGracePeriodSeconds": 1, **spec, "containers": containers}}
 
 
-def runc_ids(prefix: str = "pn-") -> list[str]:
-    out = sh("runc", "list", "-q", check=False).stdout.split()
+def runc_ids(prefix: str = "pn-", runtime: str = "runc") -> list[str]:
+    out = sh(runtime, "list", "-q", check=False).stdout.split()
     return [i for i in out if i.startswith(prefix)]
 
 
 def force_cleanup(workdir: str) -> None:
     """Last resort (after a failed test): containers whose bundles live under workdir, their
     overlay and tmpfs mounts, their netns."""
-    for cid in runc_ids():
-        state = sh("runc", "state", cid, check=False).stdout
-        try:
-            bundle = json.loads(state).get("bundle", "")
-        except ValueError:
-            bundle = ""
-        if bundle.startswith(workdir):
-            sh("runc", "delete", "-f", cid, check=False)
-            ns = f"podnet-{cid[3:15]}"
-            sh("ip", "netns", "del", ns, check=False)
+    for runtime in ("runc", "crun"):
+        for cid in runc_ids(runtime=runtime):
+            state = sh(runtime, "state", cid, check=False).stdout
+            try:
+                bundle = json.loads(state).get("bundle", "")
+            except ValueError:
+                bundle = ""
+            if bundle.startswith(workdir):
+                sh(runtime, "delete", "-f", cid, check=False)
+                sh("ip", "netns", "del", f"podnet-{cid[3:15]}", check=False)
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f]
     for m in sorted((m for m in mounts if m.startswith(workdir)), key=len, reverse=True):
