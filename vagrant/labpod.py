@@ -86,26 +86,44 @@ spec:
   containers:
   - name: echo
     image: {image}
-    command: ["nc", "-lk", "-p", "{port}", "-e", "cat"]
+    command: ["nc", "-ll", "-p", "{port}", "-e", "cat"]
 """
+VENV_PY = "/vagrant/.venv/bin/python"
+
+
+def ensure_image() -> None:
+    """The busybox image the README builds (podnetd.runtime.busybox_image), imported once."""
+    listed = sh("podnetctl", "image", "list", check=False).stdout
+    if any(line.split()[:1] == [IMAGE] for line in listed.splitlines()):
+        return
+    STATE.mkdir(parents=True, exist_ok=True)
+    archive = STATE / "busybox.tar"
+    proc = sh(VENV_PY, "-m", "podnetd.runtime.busybox_image", str(archive), check=False, cwd="/vagrant")
+    if proc.returncode != 0:
+        raise SystemExit(f"labpod: build the busybox image: {proc.stderr.strip()}")
+    proc = sh("podnetctl", "image", "import", IMAGE, str(archive), check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"labpod: image import {IMAGE}: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
 def up_runtime(name: str) -> str:
+    ensure_image()
     path = STATE / f"{name}.yaml"
-    STATE.mkdir(parents=True, exist_ok=True)
     path.write_text(MANIFEST.format(name=name, image=IMAGE, port=PORT))
     sh("podnetctl", "pod", "rm", name, check=False)
     proc = sh("podnetctl", "pod", "run", "-f", str(path), check=False)
     if proc.returncode != 0:
         raise SystemExit(f"labpod: pod run {name}: {proc.stderr.strip() or proc.stdout.strip()}")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
+    status = {}
     while time.monotonic() < deadline:
-        pod = json.loads(sh("podnetctl", "pod", "get", name, "-o", "json").stdout)
-        status = pod.get("status", {})
-        if status.get("phase") == "Running" and status.get("podIP"):
-            return status["podIP"]
-        time.sleep(0.5)
-    raise SystemExit(f"labpod: pod {name} not Running with an IP after 120 s")
+        got = sh("podnetctl", "pod", "get", name, "-o", "json", check=False)
+        if got.returncode == 0:
+            status = json.loads(got.stdout).get("status", {})
+            if status.get("phase") == "Running" and status.get("podIP"):
+                return status["podIP"]
+        time.sleep(1)
+    raise SystemExit(f"labpod: pod {name} not Running with an IP after 180 s: {json.dumps(status)[:300]}")
 
 
 def pod_netns(name: str, mode: str) -> str:
