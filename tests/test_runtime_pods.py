@@ -307,9 +307,13 @@ def test_podnetd_restart_keeps_and_adopts_pods(node):
 def test_logs_follow_ends_with_the_container_and_shared_pid_namespace(node):
     doc = pod("follow", [container("talker", "echo one; sleep 1; echo two"),
                          container("watcher", "exec sleep 3600")],
-              restartPolicy="Never", shareProcessNamespace=True)
+              restartPolicy="Never", shareProcessNamespace=True, hostname="custom",
+              subdomain="sub")
     try:
         node.run(doc)
+        assert node.exec("follow", "hostname", container="watcher").stdout.strip() == "custom"
+        hosts = node.exec("follow", "cat", "/etc/hosts", container="watcher").stdout
+        assert "custom.sub.default.svc.cluster.local custom" in hosts, hosts
         # shareProcessNamespace: the watcher sees the talker's processes
         procs = node.exec("follow", "ps", container="watcher", check=False).stdout
         out = node.ctl("pod", "logs", "follow", "-c", "talker", "-f").stdout
