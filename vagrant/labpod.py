@@ -260,7 +260,7 @@ def main() -> int:
     ap.add_argument("--mode", default=os.environ.get("PODNET_LAB_PODS") or None,
                     choices=["cni", "runtime"])
     ap.add_argument("--wait", type=float, default=30)
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     if args.command == "serve":
         with Server(("0.0.0.0", PORT), Echo) as srv:
             srv.serve_forever()
