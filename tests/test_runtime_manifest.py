@@ -124,6 +124,7 @@ def test_capabilities_and_resources_spec():
     assert "CAP_NET_ADMIN" in caps and "CAP_NET_RAW" not in caps and "CAP_CHOWN" not in caps
     assert spec.capabilities([], ["ALL"], False) == []
     assert "CAP_SYS_ADMIN" in spec.capabilities([], [], True)
+    assert spec.capabilities([], [], True, bounding=0b101) == ["CAP_CHOWN", "CAP_DAC_READ_SEARCH"]
     res = spec.resources(500, 250, 64 * 2**20, False)
     assert res["cpu"] == {"shares": 256, "quota": 50000, "period": 100000}
     assert res["memory"]["limit"] == 64 * 2**20

@@ -347,3 +347,23 @@ def test_startup_probe_gates_liveness(node):
         assert "Liveness probe failed" in describe()
     finally:
         node.rm("gated")
+
+
+def test_run_as_non_root_privileged_working_dir_env(node):
+    doc = pod("misc", [
+        container("nonroot", "exec sleep 3600", securityContext={"runAsNonRoot": True}),
+        container("priv", "exec sleep 3600", workingDir="/tmp",
+                  env=[{"name": "GREETING", "value": "hi"},
+                       {"name": "DERIVED", "value": "$(GREETING)-there"}],
+                  securityContext={"privileged": True})])
+    try:
+        node.run(doc)
+        p = node.wait("misc", lambda p: state_of(p, "nonroot")["state"].get("waiting", {}).get(
+            "reason") == "CreateContainerConfigError" and "running" in state_of(p, "priv")["state"])
+        assert "runAsNonRoot" in state_of(p, "nonroot")["state"]["waiting"]["message"]
+        assert node.exec("misc", "pwd", container="priv").stdout.strip() == "/tmp"
+        assert node.exec("misc", "sh", "-c", "echo $DERIVED", container="priv").stdout == "hi-there\n"
+        caps = node.exec("misc", "grep", "CapEff", "/proc/self/status", container="priv").stdout
+        assert int(caps.split()[1], 16) & (1 << 21)  # CAP_SYS_ADMIN: privileged
+    finally:
+        node.rm("misc")

@@ -120,6 +120,18 @@ def oom_killed(cgroups_path: str) -> bool:
     return False
 
 
+def bounding_set() -> int:
+    """This process's capability bounding set (CapBnd) as a bit mask."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return (1 << 64) - 1
+
+
 # -- processes ---------------------------------------------------------------------------
 
 def pid_alive(pid: int, marker: str | None = None) -> bool:

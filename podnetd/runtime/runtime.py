@@ -195,7 +195,8 @@ class Runtime:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pod.finished or pod.stopped or (pod.sandbox and pod.initialized and all(
-                    "running" in c.state or "terminated" in c.state for c in pod.apps())) \
+                    c.state.get("waiting", {}).get("reason") != "ContainerCreating"
+                    for c in pod.apps())) \
                     or (pod.reason and not pod.sandbox):
                 return
             await asyncio.sleep(0.005)
@@ -469,6 +470,7 @@ class Runtime:
     async def _supervisor(self, c: Ctr) -> None:
         pod = c.pod
         while True:
+            start_failed = False
             if c.attempt is None:
                 if pod.stopping:
                     return
@@ -480,8 +482,7 @@ class Runtime:
                     c.state = {"waiting": {"reason": reason, "message": str(e)}}
                     pod.event("Warning", "Failed", f"Error: {e}", c.name)
                     self._persist(pod)
-                    code = 128
-                    ran = 0.0
+                    code, ran, start_failed = 128, 0.0, True
                 else:
                     code, ran = await self._watch(c)
             else:
@@ -491,9 +492,10 @@ class Runtime:
             c.backoff_step = 1 if ran >= RESET_AFTER else c.backoff_step + 1
             delay = self._backoff(c)
             if delay > 0:
-                c.state = {"waiting": {"reason": "CrashLoopBackOff", "message":
-                                       f"back-off {delay:g}s restarting failed container="
-                                       f"{c.name} pod={pod.name}"}}
+                if not start_failed:  # a config/create error keeps its own reason (kubelet)
+                    c.state = {"waiting": {"reason": "CrashLoopBackOff", "message":
+                                           f"back-off {delay:g}s restarting failed container="
+                                           f"{c.name} pod={pod.name}"}}
                 pod.event("Warning", "BackOff", f"Back-off restarting failed container "
                                                 f"{c.name} ({delay:g}s)", c.name)
                 self._persist(pod)
@@ -501,7 +503,8 @@ class Runtime:
                     await asyncio.wait_for(pod.stop_event.wait(), delay)
                 if pod.stopping:
                     return
-            c.restart_count += 1
+            if not start_failed:  # a container that never ran was not restarted
+                c.restart_count += 1
 
     def _argv_env(self, c: Ctr, image: dict) -> tuple[list[str], list[str]]:
         cfg = image.get("config") or {}
@@ -610,7 +613,8 @@ class Runtime:
             rootfs=rootfs, args=argv, env=env,
             cwd=c.spec.get("workingDir") or (image.get("config") or {}).get("WorkingDir") or "/",
             uid=uid, gid=gid, groups=sec.get("supplementalGroups"),
-            caps=ocispec.capabilities(caps.get("add") or [], caps.get("drop") or [], privileged),
+            caps=ocispec.capabilities(caps.get("add") or [], caps.get("drop") or [], privileged,
+                                      host.bounding_set()),
             readonly_root=bool(sec.get("readOnlyRootFilesystem")),
             no_new_privs=sec.get("allowPrivilegeEscalation") is False,
             privileged=privileged, hostname=None,

@@ -25,9 +25,12 @@ def cap_name(cap: str) -> str:
     return cap if cap.startswith("CAP_") else "CAP_" + cap
 
 
-def capabilities(add: list[str], drop: list[str], privileged: bool) -> list[str]:
+def capabilities(add: list[str], drop: list[str], privileged: bool,
+                 bounding: int = (1 << 64) - 1) -> list[str]:
+    """The container's capability set. ALL_CAPS is in kernel numbering order; privileged means
+    every capability podnetd itself holds (its bounding set: a host may be a container)."""
     if privileged:
-        return list(ALL_CAPS)
+        return [c for i, c in enumerate(ALL_CAPS) if bounding >> i & 1]
     drops = {cap_name(c) for c in drop}
     caps = [] if "CAP_ALL" in drops else [c for c in DEFAULT_CAPS if c not in drops]
     adds = {cap_name(c) for c in add}
