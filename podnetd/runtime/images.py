@@ -85,7 +85,12 @@ def apply_layer(layer: tarfile.TarFile, root: str) -> None:
                                             and not os.path.islink(target)):
             _remove(target)
         m.name = rel
-        layer.extract(m, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+        layer.extract(m, root, set_attrs=True, numeric_owner=True, **_NO_FILTER)
+
+
+# The path checks above are ours, so tarfile's own filter is off ("fully_trusted", the historic
+# behaviour). Debian 12's python3 (3.11.2) predates extraction filters and rejects the keyword.
+_NO_FILTER = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
 
 
 def _open_layer(outer: tarfile.TarFile, path: str) -> tarfile.TarFile:
