@@ -20,6 +20,7 @@ from .images import ImageError, ImageStore
 from .model import Ctr, Pod
 
 log = logging.getLogger(__name__)
+SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive its container
 RESET_AFTER = 600.0        # a container that ran this long cleanly restarts without back-off
 SHM_SIZE = 64 * 2**20
 STARTUP_TIMEOUT = 30.0
@@ -717,12 +718,33 @@ class Runtime:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        stopped_checks = 0
         try:
-            await fut
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), SHIM_CHECK_INTERVAL)
+                    break
+                except asyncio.TimeoutError:
+                    stopped_checks = await self._shim_outlived_container(c, pid, stopped_checks)
         finally:
             loop.remove_reader(fd)
             os.close(fd)
         host.reap(pid)
+
+    async def _shim_outlived_container(self, c: Ctr, shim_pid: int, stopped_checks: int) -> int:
+        """Watchdog for a shim whose `runc run` did not return although the container's init is
+        dead (seen rarely, right after a kill during a probe's `runc exec`): after two checks in
+        a row that find init gone, end the shim's process group so the exit is noticed and the
+        restart policy runs. Cheap while init lives (one /proc read). Returns the new count."""
+        if _init_alive(self.ctr_dir(c, "pid")):
+            return 0
+        if stopped_checks + 1 < 2:
+            return stopped_checks + 1
+        log.warning("pod %s: container %s has exited but its shim %d did not finish; ending it",
+                    c.pod.key, c.name, shim_pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(shim_pid, signal.SIGKILL)
+        return 0
 
     async def _watch(self, c: Ctr) -> tuple[int, float]:
         """Probe the running container until it exits; record how it ended.
@@ -743,7 +765,10 @@ class Runtime:
                 parts = f.read().split()
                 code, finished = int(parts[0]), float(parts[1])
         except (OSError, ValueError, IndexError):
-            pod.event("Warning", "ExitUnknown", "the container's exit status was lost", c.name)
+            if c.kill_reason:  # we killed it (the watchdog may have ended its shim too)
+                code = 128 + signal.SIGKILL
+            else:
+                pod.event("Warning", "ExitUnknown", "the container's exit status was lost", c.name)
         oom = host.oom_killed(c.cgroups_path)
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         started = c.attempt["started_at"]
@@ -919,3 +944,14 @@ class Runtime:
 
 def _ts(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _init_alive(pid_file: str) -> bool:
+    """Whether the container's init (pid from runc's --pid-file) still runs; True when unknown."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return not os.path.exists(pid_file)  # no pid file yet: still starting
