@@ -3,15 +3,12 @@ import argparse
 import sys
 
 from ..config import DEFAULT_SOCKET
-from . import network
+from . import cluster, lab, network, pods
 from .client import CtlError
 
-# Feature modules (cluster views, lab, pods) append a register(subparsers, common) here.
-MODULES = [network]
-from . import cluster, lab  # noqa: E402 - issue 3: nodes/routes views and the netns lab
-MODULES += [cluster, lab]
-from . import pods  # noqa: E402 - issue 4: pod and image commands
-MODULES += [pods]
+# Each module adds its subcommands with register(subparsers, common): endpoints/node/status,
+# nodes/routes, the netns lab, pods and images.
+MODULES = [network, cluster, lab, pods]
 
 
 def build_parser() -> argparse.ArgumentParser:
