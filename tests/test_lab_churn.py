@@ -5,8 +5,8 @@ import signal
 
 import pytest
 
-from podnetd.lab import Lab, pods, probe
-from testlib import unique
+from podnetd.lab import pods, probe
+from testlib import routed_lab_with_pods
 
 # Short enough for the leave test, long enough that a daemon restart on a loaded 2-core machine
 # (stop + Python start-up, ~3 s at worst seen) never looks like a departure to its peers.
@@ -15,14 +15,8 @@ NODE_TIMEOUT = 10
 
 @pytest.fixture(scope="module")
 def lab():
-    lb = Lab.up(3, "routed", "static", name=unique("C"), node_timeout=NODE_TIMEOUT, wait=30)
-    try:
-        assert lb.wait_routes(30) == {}, "nodes did not converge"
-        for node in lb.node_names():
-            pods.add_pod(lb, node)
+    with routed_lab_with_pods("static", "C", NODE_TIMEOUT) as lb:
         yield lb
-    finally:
-        lb.down()
 
 
 def routed_by(lab, cidr: str) -> list[str]:

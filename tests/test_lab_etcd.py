@@ -5,22 +5,16 @@ import signal
 
 import pytest
 
-from podnetd.lab import Lab, pods, probe
-from testlib import unique
+from podnetd.lab import pods, probe
+from testlib import routed_lab_with_pods
 
 NODE_TIMEOUT = 3
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lb = Lab.up(3, "routed", "etcd", name=unique("E"), node_timeout=NODE_TIMEOUT, wait=30)
-    try:
-        assert lb.wait_routes(30) == {}, "nodes did not converge"
-        for node in lb.node_names():
-            pods.add_pod(lb, node)
+    with routed_lab_with_pods("etcd", "E", NODE_TIMEOUT) as lb:
         yield lb
-    finally:
-        lb.down()
 
 
 def routed_by(lab, cidr: str) -> list[str]:

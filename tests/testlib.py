@@ -2,6 +2,7 @@
 
 Everything created here carries a per-run unique prefix and is removed even when a test fails.
 """
+import contextlib
 import itertools
 import json
 import os
@@ -220,3 +221,17 @@ class ContinuousPing:
         m = re.search(r"(\d+) packets transmitted, (\d+) received", self.output)
         if m:
             self.sent, self.received = int(m.group(1)), int(m.group(2))
+
+
+@contextlib.contextmanager
+def routed_lab_with_pods(store: str, tag: str, node_timeout: int):
+    """A 3-node routed lab on the given store, converged, one pod per node; torn down after."""
+    from podnetd.lab import Lab, pods
+    lab = Lab.up(3, "routed", store, name=unique(tag), node_timeout=node_timeout, wait=30)
+    try:
+        assert lab.wait_routes(30) == {}, "nodes did not converge"
+        for node in lab.node_names():
+            pods.add_pod(lab, node)
+        yield lab
+    finally:
+        lab.down()

@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 from pyroute2 import IPRoute
 
-from .errors import KernelError, NamespaceGone
+from .errors import NamespaceGone
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -80,19 +80,3 @@ def run_in_netns(path_or_fd: str | int, fn: Callable[..., T], *args, **kwargs) -
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-def is_netns(path: str) -> bool:
-    """True when path names a live network namespace."""
-    try:
-        fd = open_netns(path)
-    except KernelError:
-        return False
-    try:
-        # NS_GET_NSTYPE would be exact; a setns probe in a thread is portable and cheap.
-        run_in_netns(fd, lambda: None)
-        return True
-    except KernelError:
-        return False
-    finally:
-        os.close(fd)
