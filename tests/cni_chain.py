@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-PLUGIN_SOURCE = REPO / "cni-plugin" / "plugin.py"
 REFERENCE_DIR = "/usr/lib/cni"
 
 
@@ -36,14 +35,11 @@ class ChainError(Exception):
 
 
 def make_bin_dir(dest: str | os.PathLike, reference=("portmap", "tuning", "bandwidth")) -> str:
-    """Fill `dest` with an executable `podnet` (shebang + plugin source, as `make install` does;
-    one shebang argument because Linux passes everything after the path as a single word) and
-    symlinks to the named reference plugins."""
+    """Fill `dest` with the podnet plugin, installed as `make install` does, and symlinks to
+    the named reference plugins."""
+    from podnetd.install import install
     dest = pathlib.Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / "podnet"
-    target.write_text(f"#!{sys.executable} -IS\n" + PLUGIN_SOURCE.read_text())
-    target.chmod(0o755)
+    install(str(dest))
     for name in reference:
         link = dest / name
         if not link.exists():

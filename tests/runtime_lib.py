@@ -11,21 +11,18 @@ import time
 
 import yaml
 
+from podnetd.install import install
 from testlib import PY, REFERENCE_CNI_DIR, REPO, Daemon, sh, unique
 
-PLUGIN_SOURCE = REPO / "cni-plugin" / "plugin.py"
 
 
 def cni_dirs(root: str, socket: str, kind: str = "podnet", version: str = "1.0.0") -> tuple[str, str]:
     """A conf dir with one conflist and a bin dir holding the podnet plugin (installed as
-    `make install` does: a copy with a `python -I -S` shebang) and the reference plugins."""
+    `make install` does) and the reference plugins."""
     conf_dir, bin_dir = os.path.join(root, "net.d"), os.path.join(root, "bin")
     os.makedirs(conf_dir, exist_ok=True)
     os.makedirs(bin_dir, exist_ok=True)
-    plugin = os.path.join(bin_dir, "podnet")
-    with open(plugin, "w") as f:
-        f.write(f"#!{PY} -IS\n" + PLUGIN_SOURCE.read_text())
-    os.chmod(plugin, 0o755)
+    install(bin_dir)
     for name in os.listdir(REFERENCE_CNI_DIR):
         os.symlink(os.path.join(REFERENCE_CNI_DIR, name), os.path.join(bin_dir, name))
     if kind == "podnet":
