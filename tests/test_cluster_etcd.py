@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -60,9 +61,10 @@ class Etcd:
             found[value["name"]] = (value["pod_cidr"], kv.get("lease", 0))
         return found
 
-    def lease_ttl(self, lease_id: int) -> int:
+    def lease_ttl(self, lease_id: int) -> tuple[int, int]:
+        """(seconds left, seconds granted); seconds left is -1 once the lease has expired."""
         out = json.loads(self.ctl("lease", "timetolive", format(lease_id, "x"), "-w", "json").stdout)
-        return out["ttl"]
+        return out["ttl"], out.get("granted-ttl", 0)
 
     def cleanup(self):
         self.stop()
@@ -127,9 +129,13 @@ def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
     _, etcd = lab
     d1 = nodes()
     cidr, lease = etcd.blocks()[d1.node_name]
-    # renewal: the remaining TTL goes back up (granted 3 s, renewed every second)
-    seen = [etcd.lease_ttl(lease)]
-    wait_for(lambda: seen.append(etcd.lease_ttl(lease)) or seen[-1] > min(seen), 10, what="renewal")
+    # renewal: the lease outlives twice its granted TTL. (etcd reports whole seconds, floored, so
+    # a lease renewed on time reads the same value every time: watching it "go back up" is luck.)
+    left, granted = etcd.lease_ttl(lease)
+    assert 0 < left <= granted == 3
+    time.sleep(2 * granted + 0.5)
+    assert etcd.lease_ttl(lease)[0] > 0, "the node's lease expired: it is not renewed"
+    assert etcd.blocks()[d1.node_name] == (cidr, lease)
     d1.kill9()
     d1.start()  # the key still names it
     assert etcd.blocks()[d1.node_name][0] == cidr
