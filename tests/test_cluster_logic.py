@@ -175,3 +175,16 @@ def test_static_store_continues_above_a_newer_heartbeat_of_its_own():
     assert store._own.heartbeat_ms == 5001 and store.records()[0].heartbeat_ms == 5001
     store.receive([rec("self", "10.1.0.0/24", hb=10, started=1)], "a")
     assert store._own.heartbeat_ms == 5001
+
+
+def test_static_store_tells_every_known_node_about_itself_once_then_gossips():
+    store, _ = static_store()
+    assert store._targets() == ["192.168.1.2:7946"]  # seeds only, until one answers
+    store._contacted = True
+    known = [rec(n, f"10.1.{i}.0/24", ip=f"192.168.1.{10 + i}", hb=5, started=2)
+             for i, n in enumerate("abcdefgh", start=1)]
+    store.receive(known, "a")
+    first = store._targets()
+    assert set(first) >= {r.peer_address for r in known}  # the join: all of them, in one round
+    later = store._targets()
+    assert 0 < len(later) <= 3 and set(later) <= {*first, "192.168.1.2:7946"}  # then FANOUT random

@@ -95,6 +95,7 @@ class StaticStore(Store):
         self._contacted = False
         self._start_time = 0.0
         self._peer_errors: dict[str, str] = {}
+        self._announced_to: set[str] = set()  # peers this process has told about itself directly
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -185,15 +186,20 @@ class StaticStore(Store):
     # -- gossip ----------------------------------------------------------------------------
 
     def _targets(self) -> list[str]:
-        """Every seed until one answered (a joining or restarted node tells everyone it can at
-        once); then FANOUT random nodes among seeds and known nodes per round, which spreads a
-        record to n nodes in about log(n) rounds at a bounded cost per node."""
+        """Every seed until one answered; then every known node this process has not yet
+        told about itself (a joining or restarted node tells the whole cluster itself, in one
+        round, instead of waiting for gossip to carry it), plus FANOUT random nodes among
+        seeds and known nodes, which spreads any record to n nodes in about log(n) rounds at
+        a bounded cost per node."""
         known = {r.peer_address for r in self.members.all()
                  if r.name != self.cfg.node_name and r.peer_address}
         if not self._contacted:
             return list(dict.fromkeys([*self.seeds, *known]))
         pool = sorted((set(self.seeds) | known) - {self.advertise, self.listen})
-        return random.sample(pool, min(FANOUT, len(pool)))
+        unannounced = sorted(known - self._announced_to - {self.advertise, self.listen})
+        self._announced_to.update(unannounced)  # tried once; a peer that is down hears by gossip
+        chosen = random.sample(pool, min(FANOUT, len(pool)))
+        return list(dict.fromkeys([*unannounced, *chosen]))
 
     def _stub(self, target: str):
         if target not in self._channels:
@@ -222,6 +228,8 @@ class StaticStore(Store):
                 self._peer_errors[target] = msg
             return
         self._peer_errors.pop(target, None)
+        if not self._contacted:
+            log.info("static store: joined the cluster: %s has our record", target)
         self._contacted = True
         self._refused_by = None
         self.receive([from_pb(m) for m in response.records])
