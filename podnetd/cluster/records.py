@@ -1,5 +1,6 @@
 """Node records and the pure rules on them: merging, CIDR conflicts, liveness."""
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import time
@@ -40,38 +41,47 @@ def vtep_ip(pod_cidr: str) -> str:
     return str(ipaddress.ip_network(pod_cidr).network_address)
 
 
+@functools.lru_cache(maxsize=4096)
+def _network(cidr: str):
+    return ipaddress.ip_network(cidr)
+
+
 def overlaps(a: str, b: str) -> bool:
-    return ipaddress.ip_network(a).overlaps(ipaddress.ip_network(b))
+    return _network(a).overlaps(_network(b))
 
 
 def inside(cidr: str, cluster_cidr: str) -> bool:
-    return ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network(cluster_cidr))
-
-
-def _claim_key(r: NodeRecord) -> tuple:
-    return (r.started_ms, r.name)
+    return _network(cidr).subnet_of(_network(cluster_cidr))
 
 
 def conflicts(records: list[NodeRecord], cluster_cidr: str | None) -> dict[str, str]:
     """The records refused and why, decided the same way on every node that holds the same
-    records: outside the cluster CIDR, or overlapping an older claim (started_ms, then name)."""
+    records: outside the cluster CIDR, or overlapping an older claim (started_ms, then name).
+    Called on every gossip message; heartbeats do not change the claims, so the answer for a
+    set of claims is remembered (the pairwise check is O(n^2))."""
+    claims = tuple(sorted((r.started_ms, r.name, r.pod_cidr) for r in records))
+    return dict(_conflicts(claims, cluster_cidr))
+
+
+@functools.lru_cache(maxsize=16)
+def _conflicts(claims: tuple, cluster_cidr: str | None) -> dict[str, str]:
     refused: dict[str, str] = {}
-    accepted: list[NodeRecord] = []
-    for r in sorted(records, key=_claim_key):
+    accepted: list[tuple[str, str]] = []  # (name, pod CIDR), oldest claim first
+    for _, name, pod_cidr in claims:
         try:
-            ipaddress.ip_network(r.pod_cidr)
+            _network(pod_cidr)
         except ValueError:
-            refused[r.name] = f"pod CIDR {r.pod_cidr!r} is not a network"
+            refused[name] = f"pod CIDR {pod_cidr!r} is not a network"
             continue
-        if cluster_cidr and not inside(r.pod_cidr, cluster_cidr):
-            refused[r.name] = f"pod CIDR {r.pod_cidr} is outside the cluster CIDR {cluster_cidr}"
+        if cluster_cidr and not inside(pod_cidr, cluster_cidr):
+            refused[name] = f"pod CIDR {pod_cidr} is outside the cluster CIDR {cluster_cidr}"
             continue
-        holder = next((a for a in accepted if overlaps(a.pod_cidr, r.pod_cidr)), None)
+        holder = next((a for a in accepted if overlaps(a[1], pod_cidr)), None)
         if holder is not None:
-            refused[r.name] = (f"pod CIDR {r.pod_cidr} overlaps node {holder.name}'s "
-                               f"{holder.pod_cidr} (claimed earlier); refused")
+            refused[name] = (f"pod CIDR {pod_cidr} overlaps node {holder[0]}'s "
+                             f"{holder[1]} (claimed earlier); refused")
             continue
-        accepted.append(r)
+        accepted.append((name, pod_cidr))
     return refused
 
 
