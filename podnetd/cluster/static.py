@@ -67,7 +67,8 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
             self.store.report(request.sender, message)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
         refusal = self.store.receive([from_pb(m) for m in request.records], request.sender)
-        self.store._contacted = self.store._contacted or (not refusal and len(request.records) > 0)
+        if not refusal and request.records:
+            self.store.contacted(request.sender)  # our answer carries our record to it
         if refusal:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         return cluster_pb2.ExchangeResponse(records=[to_pb(r) for r in self.store.records()])
@@ -154,6 +155,12 @@ class StaticStore(Store):
             return f"no peer reachable yet ({target}: {err})"
         return None
 
+    def contacted(self, peer: str) -> None:
+        """A peer and we exchanged records: it has ours, and we have its view."""
+        if not self._contacted:
+            log.info("static store: joined the cluster: %s has our record", peer)
+        self._contacted = True
+
     def refusal(self) -> str | None:
         return self._refused_by
 
@@ -228,9 +235,7 @@ class StaticStore(Store):
                 self._peer_errors[target] = msg
             return
         self._peer_errors.pop(target, None)
-        if not self._contacted:
-            log.info("static store: joined the cluster: %s has our record", target)
-        self._contacted = True
+        self.contacted(target)
         self._refused_by = None
         self.receive([from_pb(m) for m in response.records])
 
