@@ -8,6 +8,8 @@ BIN_DIR ?= /usr/local/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
 	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump vagrant openssl
 PYTEST_ARGS ?=
+# e.g. --system-site-packages where the system Python already has the dependencies (the Vagrant box)
+VENV_FLAGS ?=
 
 .PHONY: deps apt venv test demo install proto bench clean-stamps
 
@@ -20,7 +22,7 @@ apt: .stamp-apt
 
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
-	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 

@@ -19,7 +19,14 @@ fi
 export PIP_NO_COMPILE=1
 cd /vagrant
 log "make deps"
-make deps
+# The box's system Python already holds every dependency (build-box installs the wheelhouse),
+# so the venv sees them and pip installs only podnet itself, without a build environment.
+if python3 -c 'import grpc, pyroute2, setuptools' 2>/dev/null; then
+  export PIP_NO_BUILD_ISOLATION=0
+  make deps VENV_FLAGS=--system-site-packages
+else
+  make deps
+fi
 log "make install"
 make install
 
