@@ -95,7 +95,8 @@ VENV_PY = "/vagrant/.venv/bin/python"
 def ensure_image() -> None:
     """The busybox image the README builds (podnetd.runtime.busybox_image), imported once."""
     listed = sh("podnetctl", "image", "list", check=False).stdout
-    if any(line.split()[:1] == [IMAGE] for line in listed.splitlines()):
+    wanted = {IMAGE, IMAGE if ":" in IMAGE else f"{IMAGE}:latest"}  # the list shows the tag
+    if any(line.split()[:1] and line.split()[0] in wanted for line in listed.splitlines()):
         return
     STATE.mkdir(parents=True, exist_ok=True)
     archive = STATE / "busybox.tar"
@@ -108,7 +109,7 @@ def ensure_image() -> None:
 
 
 def up_runtime(name: str) -> str:
-    ensure_image()
+    """Needs the image: ensure_image() first."""
     path = STATE / f"{name}.yaml"
     path.write_text(MANIFEST.format(name=name, image=IMAGE, port=PORT))
     sh("podnetctl", "pod", "rm", name, check=False)
