@@ -109,15 +109,22 @@ def ensure_image() -> None:
 
 
 def up_runtime(name: str) -> str:
-    """Needs the image: ensure_image() first."""
+    """Needs the image: ensure_image() first. Every podnetctl call is a Python start, which
+    costs seconds on a TCG guest: `pod run -o json` already answers once the pod has started."""
+    STATE.mkdir(parents=True, exist_ok=True)  # /run: empty again after a reboot
     path = STATE / f"{name}.yaml"
     path.write_text(MANIFEST.format(name=name, image=IMAGE, port=PORT))
     sh("podnetctl", "pod", "rm", name, check=False)
-    proc = sh("podnetctl", "pod", "run", "-f", str(path), check=False)
+    proc = sh("podnetctl", "pod", "run", "-f", str(path), "-o", "json", check=False)
     if proc.returncode != 0:
         raise SystemExit(f"labpod: pod run {name}: {proc.stderr.strip() or proc.stdout.strip()}")
+    try:
+        status = json.loads(proc.stdout).get("status", {})
+    except ValueError:
+        status = {}
+    if status.get("phase") == "Running" and status.get("podIP"):
+        return status["podIP"]
     deadline = time.monotonic() + 180
-    status = {}
     while time.monotonic() < deadline:
         got = sh("podnetctl", "pod", "get", name, "-o", "json", check=False)
         if got.returncode == 0:
