@@ -1,6 +1,7 @@
 """Helpers for the pod runtime tests: CNI dirs, a podnetd with the runtime in a node netns,
 the busybox image, podnetctl, manifests, waiting for conditions, and leftover checks."""
 import atexit
+import contextlib
 import json
 import os
 import pathlib
@@ -12,7 +13,7 @@ import time
 import yaml
 
 from podnetd.install import install
-from testlib import PY, REFERENCE_CNI_DIR, REPO, Daemon, sh, unique
+from testlib import PY, REFERENCE_CNI_DIR, REPO, Daemon, Netns, sh, unique
 
 
 
@@ -86,11 +87,19 @@ class RuntimeNode:
         return proc
 
     def run(self, doc: dict) -> dict:
+        """`pod run`; the pod as `pod get -o json` shows it once started (run answers with it)."""
         path = os.path.join(self.workdir, f"{doc['metadata']['name']}.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(doc, f)
-        self.ctl("pod", "run", "-f", path)
-        return self.get(doc["metadata"]["name"])
+        return json.loads(self.ctl("pod", "run", "-f", path, "-o", "json").stdout)
+
+    @contextlib.contextmanager
+    def running(self, doc: dict):
+        """The pod for the with-block (as run() returns it), removed afterwards even on failure."""
+        try:
+            yield self.run(doc)
+        finally:
+            self.rm(doc["metadata"]["name"])
 
     def get(self, name: str) -> dict:
         return json.loads(self.ctl("pod", "get", name, "-o", "json").stdout)
@@ -128,6 +137,23 @@ class RuntimeNode:
             self.daemon.stop()
             force_cleanup(self.workdir)
             self.daemon.cleanup()
+
+
+@contextlib.contextmanager
+def runtime_node(tag: str, pod_cidr: str):
+    """One RuntimeNode in a fresh netns with the busybox image imported; afterwards its pods,
+    daemon and netns are removed and no mount may be left."""
+    spaces = Netns()
+    node = None
+    try:
+        node = RuntimeNode(spaces.add(tag), pod_cidr).start()
+        node.ctl("image", "import", "busybox", busybox_archive())
+        yield node
+    finally:
+        if node:
+            node.cleanup()
+            assert not leftovers(node.workdir), "mounts left behind"
+        spaces.cleanup()
 
 
 def _with_socket(args, socket):

@@ -4,8 +4,7 @@ import pathlib
 import pytest
 import yaml
 
-from testlib import Netns
-from runtime_lib import RuntimeNode, busybox_archive, container, leftovers, pod
+from runtime_lib import container, pod, runtime_node
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 GET = "printf 'GET /{path} HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 {port}"
@@ -13,17 +12,8 @@ GET = "printf 'GET /{path} HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 {port}"
 
 @pytest.fixture(scope="module")
 def node():
-    spaces = Netns()
-    n = None
-    try:
-        n = RuntimeNode(spaces.add("ex"), "10.78.9.0/24").start()
-        n.ctl("image", "import", "busybox", busybox_archive())
+    with runtime_node("ex", "10.78.9.0/24") as n:
         yield n
-    finally:
-        if n:
-            n.cleanup()
-            assert not leftovers(n.workdir)
-        spaces.cleanup()
 
 
 def example(name: str) -> dict:
@@ -41,56 +31,42 @@ def test_all_examples_are_covered():
 def test_init_example(node):
     doc = example("init")
     name = doc["metadata"]["name"]
-    try:
-        node.run(doc)
+    with node.running(doc):
         p = node.wait(name, ready, what="web ready (httpGet readiness)")
         assert p["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
         assert node.logs(name, "-c", "render").strip() == "rendered"
         page = node.exec(name, "sh", "-c", GET.format(path="index.html", port=8080)).stdout
         assert "rendered by the init container" in page
-    finally:
-        node.rm(name)
 
 
 def test_sidecar_example(node):
     doc = example("sidecar")
     name = doc["metadata"]["name"]
-    try:
-        node.run(doc)
+    with node.running(doc):
         node.wait(name, lambda p: "request 2 served" in node.logs(name, "-c", "shipper"),
                   what="shipped log lines")
         p = node.get(name)
         assert p["status"]["initContainerStatuses"][0]["state"].get("running")
-    finally:
-        node.rm(name)
 
 
 def test_adapter_example(node):
     doc = example("adapter")
     name = doc["metadata"]["name"]
-    try:
-        node.run(doc)
+    with node.running(doc):
         node.wait(name, ready, what="adapter ready")
         fetch = GET.format(path="metrics", port=9100)
         node.wait(name, lambda p: "app_requests" in node.exec(
             name, "sh", "-c", fetch, container="app", check=False).stdout, what="metrics")
         metrics = node.exec(name, "sh", "-c", fetch, container="app").stdout
         assert "app_errors 0" in metrics
-    finally:
-        node.rm(name)
 
 
 def test_ambassador_example(node):
     remote = pod("remote", [container("svc", "exec nc -ll -p 7000 -e echo remote-says-hi")])
     doc = example("ambassador")
     name = doc["metadata"]["name"]
-    try:
-        ip = node.run(remote)["status"]["podIP"]
-        env = doc["spec"]["containers"][1]["env"]
-        env[0]["value"] = ip
-        node.run(doc)
-        node.wait(name, lambda p: "app got: remote-says-hi" in node.logs(name, "-c", "app"),
-                  what="the app reaching the remote service through localhost")
-    finally:
-        node.rm(name)
-        node.rm("remote")
+    with node.running(remote) as r:
+        doc["spec"]["containers"][1]["env"][0]["value"] = r["status"]["podIP"]
+        with node.running(doc):
+            node.wait(name, lambda p: "app got: remote-says-hi" in node.logs(name, "-c", "app"),
+                      what="the app reaching the remote service through localhost")

@@ -7,23 +7,14 @@ import tempfile
 import pytest
 import yaml
 
-from testlib import PY, REPO, Netns, ping, sh, unique
-from runtime_lib import RuntimeNode, busybox_archive, container, leftovers, pod, runc_ids
+from testlib import PY, REPO, ping, sh, unique
+from runtime_lib import container, pod, runc_ids, runtime_node
 
 
 @pytest.fixture(scope="module")
 def node():
-    spaces = Netns()
-    n = None
-    try:
-        n = RuntimeNode(spaces.add("rn"), "10.78.1.0/24").start()
-        n.ctl("image", "import", "busybox", busybox_archive())
+    with runtime_node("rn", "10.78.1.0/24") as n:
         yield n
-    finally:
-        if n:
-            n.cleanup()
-            assert not leftovers(n.workdir), "mounts left behind"
-        spaces.cleanup()
 
 
 @pytest.fixture
