@@ -1,6 +1,7 @@
 """Pure logic of the lab: the address plan, the state record, process identity, the matrix."""
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -92,7 +93,8 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
                                 "pod_cidr": p.pod_cidr, "dir": f"/d/{p.name}",
                                 "socket": f"/d/{p.name}/podnetd.sock"}
         args = Lab(st).daemon_argv("n1", ["n2"])
-        return args[:2], dict(zip(args[5::2], args[6::2])) if args[5] == "--node-name" else args
+        assert args[2:5] == [sys.executable, "-m", "podnetd.main"], args
+        return args[:2], dict(zip(args[5::2], args[6::2]))
 
     enter, flags = argv("static")
     assert enter == ["nsenter", "--net=/run/netns/x-n1"]

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -217,7 +218,6 @@ class ContinuousPing:
     def __exit__(self, *exc) -> None:
         self.proc.send_signal(signal.SIGINT)
         self.output = self.proc.communicate(timeout=10)[0]
-        import re
         m = re.search(r"(\d+) packets transmitted, (\d+) received", self.output)
         if m:
             self.sent, self.received = int(m.group(1)), int(m.group(2))
