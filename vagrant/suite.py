@@ -145,8 +145,10 @@ def main() -> int:
         if lab.mode != "runtime":
             raise
         # Say so loudly, then still prove the network with the CNI plugin directly.
-        fallback = str(e).splitlines()[0][:300]
-        print(f"suite: WARNING: podnetctl pod run failed: {fallback}\n"
+        # the whole error (a traceback from the VM ends with its cause), a short form for the verdict
+        lines = str(e).strip().splitlines()
+        fallback = f"{lines[0][:200]} ... {lines[-1][:200]}" if len(lines) > 1 else lines[0][:300]
+        print(f"suite: WARNING: podnetctl pod run failed:\n{e}\n"
               "suite: WARNING: falling back to the CNI plugin on a netns per pod")
         for node in nodes:
             lab.ssh(node, f"sudo podnetctl pod rm {' '.join(f'{node}-p{k}' for k in range(1, args.pods_per_node + 1))}",
