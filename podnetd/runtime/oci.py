@@ -95,7 +95,6 @@ class IdleShim:
         self.pid = proc.pid
 
     def run(self, argv: list[str]) -> int:
-        import json
         try:
             os.write(self._w, (json.dumps(argv) + "\n").encode())
         finally:
