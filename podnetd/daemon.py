@@ -28,7 +28,8 @@ class StartupError(Exception):
 # function(daemon) -> object with async start() and async stop(); they start after the node is set up.
 COMPONENTS: list = []
 # ...and async function(daemon) hooks that run before node setup and may decide cfg.pod_cidr
-# (leased from a store) and cfg.mtu (e.g. underlay MTU - VXLAN overhead).
+# (leased from a store), cfg.mtu (e.g. underlay MTU - VXLAN overhead) and cfg.pod_gso_limit
+# (the underlay's IPv4 GSO limit, or 64 KiB when pods may be routed into VXLAN).
 PRE_SETUP: list = []
 
 
@@ -79,14 +80,17 @@ class Daemon:
             node.setup(cfg.bridge, cfg.pod_cidr, mtu, cfg.node_name)
         except KernelError as e:
             raise StartupError(f"set up bridge {cfg.bridge} for {cfg.pod_cidr}: {e}") from None
+        gso = getattr(cfg, "pod_gso_limit", None) or node.uplink_gso_limit()
         net = NodeNet(bridge=cfg.bridge, gateway=node.gateway_of(cfg.pod_cidr),
-                      prefixlen=int(cfg.pod_cidr.split("/")[1]), mtu=mtu)
+                      prefixlen=int(cfg.pod_cidr.split("/")[1]), mtu=mtu,
+                      gso_limit=node.pod_gso_limit(gso))
         self.ipam = Ipam(os.path.join(cfg.state_dir, "ipam.db"), cfg.pod_cidr, net.gateway)
         self.endpoints = Endpoints(net, self.ipam)
         self.cni = CniHandler(self.endpoints, self.bridge_facts, self.status)
         counts = self.endpoints.reconcile()
-        log.info("node %s: bridge %s gateway %s/%d mtu %d; reconciled endpoints: %s",
-                 cfg.node_name, cfg.bridge, net.gateway, net.prefixlen, mtu, counts)
+        log.info("node %s: bridge %s gateway %s/%d mtu %d%s; reconciled endpoints: %s",
+                 cfg.node_name, cfg.bridge, net.gateway, net.prefixlen, mtu,
+                 f", pod gso {net.gso_limit} (BIG TCP)" if net.gso_limit else "", counts)
 
     async def start(self) -> None:
         self._lock_state_dir()

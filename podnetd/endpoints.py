@@ -38,6 +38,9 @@ class NodeNet:
     gateway: str
     prefixlen: int
     mtu: int
+    # The pods' IPv4 GSO/GRO limit when it is above the kernel's 64 KiB default (BIG TCP on the
+    # uplink), else None and the pods keep the default.
+    gso_limit: int | None = None
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
@@ -167,7 +170,7 @@ class Endpoints:
             undo.callback(self._delete_quietly, host)
             try:
                 netns.run_in_netns(fd, ip_lib.pod_interface_setup, ifname, record.address,
-                                   self.node.gateway)
+                                   self.node.gateway, self.node.gso_limit)
             except KernelError as e:
                 raise AttachError(f"{what}: configure {ifname} in {netns_path}: {e}") from None
             attached = dataclasses.replace(record, mac=pod_mac, host_ifname=host, netns=netns_path,
@@ -193,7 +196,8 @@ class Endpoints:
                     raise AttachError(f"bridge {self.node.bridge} is missing")
             try:
                 ip_lib.veth_create(host, ifname, fd, mtu=self.node.mtu, master=self._bridge_index,
-                                   host_mac=host_mac, peer_mac=pod_mac)
+                                   host_mac=host_mac, peer_mac=pod_mac,
+                                   gso_limit=self.node.gso_limit)
                 return
             except (NotFound, KernelError) as e:
                 if attempt == 2 or isinstance(e, Exists):

@@ -3,6 +3,7 @@ import hashlib
 import ipaddress
 
 from .kernel import ip_lib, sysctl
+from .kernel.errors import KernelError
 
 DEFAULT_MTU = 1500
 
@@ -23,6 +24,23 @@ def uplink_mtu() -> int:
     dev = ip_lib.default_route_dev()
     link = ip_lib.link_get(dev) if dev else None
     return link["mtu"] if link and link["mtu"] else DEFAULT_MTU
+
+
+def uplink_gso_limit() -> int:
+    """The IPv4 GSO limit of the interface that carries the default route (64 KiB without one)."""
+    dev = ip_lib.default_route_dev()
+    try:
+        return ip_lib.link_gso_limit(dev) if dev else ip_lib.LEGACY_GSO_MAX_SIZE
+    except KernelError:
+        return ip_lib.LEGACY_GSO_MAX_SIZE
+
+
+def pod_gso_limit(path_limit: int) -> int | None:
+    """The pods' GSO/GRO limit: the smallest limit on their way out when the uplink has BIG TCP
+    (a pod's TCP stack sizes packets for its own interface, and a bigger packet than a device on
+    the way takes is segmented in software there); None when that is the 64 KiB default, which
+    pods have anyway."""
+    return path_limit if path_limit > ip_lib.LEGACY_GSO_MAX_SIZE else None
 
 
 def setup(bridge: str, pod_cidr: str, mtu: int, node_name: str) -> int:

@@ -70,6 +70,15 @@ class ClusterComponent:
             log.warning("--mtu %d exceeds the VXLAN MTU %d (underlay %d - %d): large packets to "
                         "VXLAN peers will be dropped", cfg.mtu, self.underlay["mtu"] - VXLAN_OVERHEAD,
                         self.underlay["mtu"], VXLAN_OVERHEAD)
+        cfg.pod_gso_limit = self.underlay["gso_limit"]
+        if self.backend.uses_vxlan() and cfg.pod_gso_limit > ip_lib.LEGACY_GSO_MAX_SIZE:
+            # A pod's TCP sizes its GSO packets for the pod's own interface, not for the path,
+            # and the VXLAN device takes none above 64 KiB: anything bigger routed into it is
+            # segmented in software (5x slower here). So BIG TCP reaches pods only under host-gw.
+            log.info("BIG TCP on %s (gso_ipv4_max_size %d) stays off for pods: backend %s "
+                     "may route them into VXLAN", self.underlay["dev"], cfg.pod_gso_limit,
+                     self.backend.name)
+            cfg.pod_gso_limit = ip_lib.LEGACY_GSO_MAX_SIZE
         self.store = make_store(cfg, self._changed)
         try:
             leased = await self.store.lease_cidr(cfg.node_name, self._vtep_mac())

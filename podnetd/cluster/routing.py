@@ -88,7 +88,7 @@ def present(desired: list[Entry], vxlan_dev: str) -> list[tuple[Entry, bool]]:
 
 
 def underlay(node_ip: str) -> dict:
-    """The underlay device holding node_ip: {dev, mtu, subnets}."""
+    """The underlay device holding node_ip: {dev, mtu, subnets, gso_limit}."""
     addrs = vxlan.ipv4_addresses()
     mine = [a for a in addrs if a["ip"] == node_ip]
     if not mine:
@@ -97,7 +97,8 @@ def underlay(node_ip: str) -> dict:
     link = ip_lib.link_get(dev)
     subnets = tuple(ipaddress.ip_interface(f"{a['ip']}/{a['prefixlen']}").network
                     for a in addrs if a["dev"] == dev and a["prefixlen"] < 32)
-    return {"dev": dev, "mtu": (link or {}).get("mtu") or 1500, "subnets": subnets}
+    return {"dev": dev, "mtu": (link or {}).get("mtu") or 1500, "subnets": subnets,
+            "gso_limit": ip_lib.link_gso_limit(dev)}
 
 
 def remove_all(vxlan_dev: str) -> list[str]:

@@ -40,7 +40,7 @@ def cmd_up(args) -> int:
     lb = lab.Lab.up(args.nodes, args.topology, args.store, name=args.name, tls=not args.no_tls,
                     node_timeout=args.node_timeout, backend=args.backend, wait=args.wait,
                     reconcile_interval=args.reconcile_interval, vxlan_vni=args.vxlan_vni,
-                    vxlan_port=args.vxlan_port)
+                    vxlan_port=args.vxlan_port, big_tcp=args.big_tcp)
     missing = lb.missing_routes()
     _print_status(status.collect(lb), args.output)
     if missing:
@@ -173,6 +173,8 @@ def register(sub, common) -> None:
     p.add_argument("--vxlan-vni", type=int)
     p.add_argument("--vxlan-port", type=int)
     p.add_argument("--no-tls", action="store_true", help="run the peers without mutual TLS")
+    p.add_argument("--big-tcp", action="store_true",
+                   help="give the underlay links BIG TCP (192 KiB IPv4 GSO/GRO), as a NIC may have")
     p.add_argument("--wait", type=float, default=30, help="seconds to wait for convergence")
     add("down", cmd_down, "remove every trace of the lab")
     add("status", cmd_status, "nodes, CIDRs, mode per peer, routes")

@@ -13,6 +13,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from . import rtnl
+from .rtnl import LEGACY_GSO_MAX_SIZE  # noqa: F401 - part of this layer's interface
 from .errors import Exists, NotFound, from_errno
 from .netns import ipr
 
@@ -118,17 +119,32 @@ def bridge_ensure(name: str, *, mtu: int, mac: str) -> int:
 
 
 def veth_create(host_name: str, peer_name: str, peer_netns_fd: int, *, mtu: int,
-                master: int, host_mac: str, peer_mac: str) -> None:
+                master: int, host_mac: str, peer_mac: str, gso_limit: int | None = None) -> None:
     """Create a veth pair with the host end up on master and the peer created directly inside
-    the namespace behind peer_netns_fd (no move, no rename)."""
-    rtnl.create_veth(host_name, peer_name, peer_netns_fd, mtu, master, host_mac, peer_mac)
+    the namespace behind peer_netns_fd (no move, no rename). gso_limit, when given, is the
+    host end's IPv4 GSO/GRO limit (the peer's is set by pod_interface_setup)."""
+    rtnl.create_veth(host_name, peer_name, peer_netns_fd, mtu, master, host_mac, peer_mac,
+                     gso_limit)
 
 
-def pod_interface_setup(ifname: str, address: str, gateway: str) -> dict:
-    """In the pod's netns: lo and ifname up, the address, a default route via gateway.
-    Returns ifname's facts (index, mac, ...)."""
+def pod_interface_setup(ifname: str, address: str, gateway: str,
+                        gso_limit: int | None = None) -> dict:
+    """In the pod's netns: lo and ifname up, the address, a default route via gateway, and
+    the IPv4 GSO/GRO limit when one is given. Returns ifname's facts (index, mac, ...)."""
     iface = ipaddress.ip_interface(address)
-    return rtnl.configure_interface(ifname, str(iface.ip), iface.network.prefixlen, gateway)
+    return rtnl.configure_interface(ifname, str(iface.ip), iface.network.prefixlen, gateway,
+                                    gso_limit)
+
+
+def link_gso_limit(name: str) -> int:
+    """The largest IPv4 GSO packet the link takes (its gso_ipv4_max_size; 64 KiB on kernels
+    before 6.3, which have no BIG TCP for IPv4)."""
+    return rtnl.get_link(name)["gso_ipv4_max_size"]
+
+
+def link_set_gso_limit(name: str, size: int) -> None:
+    """Set the link's IPv4 GSO and GRO limits (gso/gro_ipv4_max_size)."""
+    rtnl.set_gso_limit(name, size)
 
 
 def addr_add(name: str, cidr: str) -> None:

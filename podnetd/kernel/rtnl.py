@@ -89,7 +89,12 @@ def transact(requests: list[tuple]) -> list[list[bytes]]:
 
 _IFINFO = struct.Struct("=BxHiII")   # family, type, index, flags, change
 _NLA = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+# Linux 6.3+: the largest IPv4 GSO packet a device builds or GRO merges ("BIG TCP" above 64 KiB).
+# pyroute2 0.9 has no names for them, so requests carrying them are encoded here by hand.
+IFLA_GSO_IPV4_MAX_SIZE, IFLA_GRO_IPV4_MAX_SIZE = 63, 64
+LEGACY_GSO_MAX_SIZE = 65536  # every IPv4 path before BIG TCP, and what a kernel without it reports
 
 
 def _link_facts(raw: bytes) -> dict:
@@ -97,7 +102,7 @@ def _link_facts(raw: bytes) -> dict:
     pyroute2 decode of a link message costs ~0.5 ms)."""
     _, _, index, flags, _ = _IFINFO.unpack_from(raw, _HEADER.size)
     facts = {"index": index, "name": None, "mac": None, "mtu": None, "master": 0,
-             "up": bool(flags & IFF_UP)}
+             "up": bool(flags & IFF_UP), "gso_ipv4_max_size": LEGACY_GSO_MAX_SIZE}
     offset = _HEADER.size + _IFINFO.size
     while offset + _NLA.size <= len(raw):
         length, kind = _NLA.unpack_from(raw, offset)
@@ -113,8 +118,49 @@ def _link_facts(raw: bytes) -> dict:
             facts["mtu"] = struct.unpack("=I", value)[0]
         elif kind == IFLA_MASTER:
             facts["master"] = struct.unpack("=I", value)[0]
+        elif kind == IFLA_GSO_IPV4_MAX_SIZE:
+            facts["gso_ipv4_max_size"] = _U32.unpack(value)[0]
         offset += (length + 3) & ~3
     return facts
+
+
+class _GsoLimitRequest:
+    """RTM_SETLINK of a link (by name or index) setting its IPv4 GSO and GRO limits. Shaped
+    like a pyroute2 message (a "header" dict, encode(), data) so transact() can batch it."""
+
+    def __init__(self, link: str | int, size: int):
+        self._link, self._size = link, size
+        self._header: dict = {}
+        self.data = b""
+
+    def __getitem__(self, key: str) -> dict:
+        if key != "header":
+            raise KeyError(key)
+        return self._header
+
+    def encode(self) -> None:
+        index, attrs = 0, b""
+        if isinstance(self._link, int):
+            index = self._link
+        else:
+            name = self._link.encode() + b"\0"
+            attrs = _NLA.pack(_NLA.size + len(name), IFLA_IFNAME) + name + bytes(-len(name) % 4)
+        for kind in (IFLA_GSO_IPV4_MAX_SIZE, IFLA_GRO_IPV4_MAX_SIZE):
+            attrs += _NLA.pack(_NLA.size + _U32.size, kind) + _U32.pack(self._size)
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs
+        h = self._header
+        self.data = _HEADER.pack(_HEADER.size + len(body), h["type"], h["flags"],
+                                 h["sequence_number"], 0) + body
+
+
+def gso_limit_request(link: str | int, size: int) -> tuple:
+    """A transact() request setting the IPv4 GSO/GRO limits of link (a name or an index)."""
+    return (_GsoLimitRequest(link, size), RTM_SETLINK, REQUEST,
+            f"set {'link #' if isinstance(link, int) else ''}{link} gso_ipv4_max_size {size}")
+
+
+def set_gso_limit(name: str, size: int) -> None:
+    transact([gso_limit_request(name, size)])
 
 
 def get_link(name: str) -> dict:
@@ -131,9 +177,11 @@ def delete_link(name: str) -> None:
 
 
 def create_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, master: int,
-                host_mac: str, peer_mac: str) -> None:
-    """One request: the host end up on master, the peer created inside the pod netns, both with
-    the given MACs (so nothing has to be read back)."""
+                host_mac: str, peer_mac: str, gso_limit: int | None = None) -> None:
+    """One batch: the host end up on master, the peer created inside the pod netns, both with
+    the given MACs (so nothing has to be read back); then the GSO/GRO limit of the host end and
+    of master (a bridge takes a limit above 64 KiB only once it has a port that does, and
+    traffic routed into it is segmented in software beyond its own limit)."""
     msg = ifinfmsg()
     msg["flags"] = msg["change"] = IFF_UP
     msg["attrs"] = [
@@ -145,12 +193,16 @@ def create_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, master: int,
                 ("IFLA_ADDRESS", peer_mac)]})]}),
         ]}),
     ]
-    transact([(msg, RTM_NEWLINK, CREATE, f"create veth {host} (peer {peer})")])
+    requests = [(msg, RTM_NEWLINK, CREATE, f"create veth {host} (peer {peer})")]
+    if gso_limit is not None:
+        requests += [gso_limit_request(host, gso_limit), gso_limit_request(master, gso_limit)]
+    transact(requests)
 
 
-def configure_interface(ifname: str, address: str, prefixlen: int, gateway: str) -> dict:
+def configure_interface(ifname: str, address: str, prefixlen: int, gateway: str,
+                        gso_limit: int | None = None) -> dict:
     """Inside the pod netns, in one batch: lo up, ifname up, its address, the default route via
-    gateway. Returns the interface's facts (index, mac, ...)."""
+    gateway, and its IPv4 GSO/GRO limit when one is given. Returns the interface's facts."""
     link = get_link(ifname)
     lo_up, if_up = ifinfmsg(), ifinfmsg()
     for msg, name in ((lo_up, "lo"), (if_up, ifname)):
@@ -163,9 +215,14 @@ def configure_interface(ifname: str, address: str, prefixlen: int, gateway: str)
     route["family"], route["table"], route["proto"], route["type"] = socket.AF_INET, 254, 3, 1
     route["scope"] = 0
     route["attrs"] = [("RTA_TABLE", 254), ("RTA_GATEWAY", gateway), ("RTA_OIF", link["index"])]
-    transact([(lo_up, RTM_SETLINK, REQUEST, "set lo up"),
-              (if_up, RTM_SETLINK, REQUEST, f"set {ifname} up"),
-              (addr, RTM_NEWADDR, REPLACE, f"add address {address}/{prefixlen} to {ifname}"),
-              (route, RTM_NEWROUTE, REPLACE, f"add default route via {gateway} dev {ifname}")])
+    requests = [(lo_up, RTM_SETLINK, REQUEST, "set lo up"),
+                (if_up, RTM_SETLINK, REQUEST, f"set {ifname} up"),
+                (addr, RTM_NEWADDR, REPLACE, f"add address {address}/{prefixlen} to {ifname}"),
+                (route, RTM_NEWROUTE, REPLACE, f"add default route via {gateway} dev {ifname}")]
+    if gso_limit is not None:
+        requests.append(gso_limit_request(ifname, gso_limit))
+    transact(requests)
     link["up"] = True
+    if gso_limit is not None:
+        link["gso_ipv4_max_size"] = gso_limit
     return link

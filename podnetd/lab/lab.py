@@ -18,6 +18,7 @@ DEFAULT_NAME = "lab"
 UNDERLAY_BRIDGE = "br0"
 NODE_IF = "eth0"
 ETCD_NAME = "etcd"
+BIG_TCP_GSO_SIZE = 196608  # 192 KiB, the size BIG TCP deployments commonly use
 
 
 class LabError(Exception):
@@ -69,14 +70,15 @@ class Lab:
            node_timeout: float | None = None, backend: str | None = None,
            reconcile_interval: float | None = None, vxlan_vni: int | None = None,
            vxlan_port: int | None = None, extra_args: list[str] | None = None,
-           wait: float = 30.0) -> "Lab":
+           big_tcp: bool = False, wait: float = 30.0) -> "Lab":
         """Create a lab of `nodes` nodes and wait (up to `wait` s) until every daemon serves and,
         when the daemons do cluster routing, every node routes to every other. Anything made
-        before a failure is torn down again."""
+        before a failure is torn down again. big_tcp gives every underlay link a 192 KiB IPv4
+        GSO/GRO limit, as a NIC with BIG TCP enabled has."""
         cls.check(nodes, topology, store, name)
         options = {"tls": tls, "node_timeout": node_timeout, "backend": backend,
                    "reconcile_interval": reconcile_interval, "vxlan_vni": vxlan_vni,
-                   "vxlan_port": vxlan_port, "extra_args": extra_args or []}
+                   "vxlan_port": vxlan_port, "extra_args": extra_args or [], "big_tcp": big_tcp}
         st = LabState(name=name, topology=topology, store=store, options=options, root=root)
         with state.locked(name, root):
             try:
@@ -133,6 +135,7 @@ class Lab:
                 netops.bridge(seg.netns, UNDERLAY_BRIDGE)
                 ifname = f"eth{seg.name}"
                 netops.veth(seg.netns, "rt", router, ifname, master=UNDERLAY_BRIDGE)
+                self._big_tcp((seg.netns, "rt"), (router, ifname))
                 netops.configure(router, ifname, f"{seg.gateway}/{seg.prefixlen}", None)
         except netops.NetopsError as e:
             raise LabError(f"build underlay: {e}") from None
@@ -141,9 +144,16 @@ class Lab:
         seg = {s.name: s for s in plan.segments(self.st.name, self.st.topology)}[segment]
         try:
             netops.veth(seg.netns, port, ns, NODE_IF, master=UNDERLAY_BRIDGE)
+            self._big_tcp((seg.netns, port), (ns, NODE_IF))
             netops.configure(ns, NODE_IF, f"{address}/{seg.prefixlen}", seg.gateway)
         except netops.NetopsError as e:
             raise LabError(f"attach {ns} to segment {segment}: {e}") from None
+
+    def _big_tcp(self, *links: tuple[str, str]) -> None:
+        """BIG TCP on underlay links (netns, dev) when the lab was asked for it."""
+        if self.st.options.get("big_tcp"):
+            for ns, dev in links:
+                netops.gso_limit(ns, dev, BIG_TCP_GSO_SIZE)
 
     def _make_node(self, p: plan.NodePlan) -> None:
         self._add_netns(p.netns)

@@ -51,6 +51,17 @@ def ip_batch(ns: str, commands: list[str], what: str) -> None:
     _run([*nsenter(ns), "ip", "-batch", "-"], what, stdin="\n".join(commands) + "\n")
 
 
+def gso_limit(ns: str, dev: str, size: int) -> None:
+    """Set dev's IPv4 GSO/GRO limit (BIG TCP above 64 KiB). Through the daemon's kernel layer:
+    Debian 12's `ip` (iproute2 6.1) cannot set gso_ipv4_max_size."""
+    from ..kernel import ip_lib, netns
+    from ..kernel.errors import KernelError
+    try:
+        netns.run_in_netns(ns_path(ns), ip_lib.link_set_gso_limit, dev, size)
+    except KernelError as e:
+        raise NetopsError(f"{ns}/{dev}: {e}") from None
+
+
 def sysctl(ns: str, key: str, value: str, what: str) -> None:
     _run([*nsenter(ns), "sysctl", "-q", "-w", f"{key}={value}"], what)
 
