@@ -6,7 +6,10 @@ PYTHON ?= python3
 CNI_BIN_DIR ?= /opt/cni/bin
 BIN_DIR ?= /usr/local/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
-	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump vagrant openssl
+	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl
+# Only the host's test suite needs these (it validates the Vagrantfile, whose provider is
+# libvirt); a node, and so the lab's VM box, does not.
+TEST_APT_PACKAGES := vagrant vagrant-libvirt
 PYTEST_ARGS ?=
 # e.g. --system-site-packages where the system Python already has the dependencies (the Vagrant box)
 VENV_FLAGS ?=
@@ -20,6 +23,10 @@ apt: .stamp-apt
 	bash .ci/apt-deps $(APT_PACKAGES)
 	@touch $@
 
+.stamp-apt-test: Makefile .ci/apt-deps
+	bash .ci/apt-deps $(TEST_APT_PACKAGES)
+	@touch $@
+
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -27,7 +34,7 @@ $(VENV)/.stamp: pyproject.toml
 	@touch $@
 
 ## test: the whole suite (real namespaces, real peers); needs root
-test: deps
+test: deps .stamp-apt-test
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 ## demo: a local lab with pods pinging across nodes, then teardown
@@ -49,7 +56,7 @@ bench: deps
 	$(PY) bench/cni_latency.py
 
 clean-stamps:
-	rm -f .stamp-apt $(VENV)/.stamp
+	rm -f .stamp-apt .stamp-apt-test $(VENV)/.stamp
 
 ## lab-vagrant: the multi-VM Vagrant lab (opt-in, not in `make test`; KEEP=1 leaves the VMs up)
 lab-vagrant: deps
