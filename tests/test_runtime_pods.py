@@ -358,3 +358,34 @@ def test_run_as_non_root_privileged_working_dir_env(node):
         assert int(caps.split()[1], 16) & (1 << 21)  # CAP_SYS_ADMIN: privileged
     finally:
         node.rm("misc")
+
+
+def test_stop_all_caps_the_grace_period_as_before_a_node_shutdown():
+    """`pod stop --all --grace-period 1`, what a node's shutdown unit runs: every running pod
+    stops at once; a container that ignores SIGTERM is killed when the capped grace period is
+    over, not after its own 300 s; pods already stopped are left alone; the network goes."""
+    with runtime_node("sa", "10.78.13.0/24") as n:
+        stubborn = container("c", "trap '' TERM; while true; do sleep 1; done")
+        for name in ("all1", "all2"):
+            n.run(pod(name, [stubborn], terminationGracePeriodSeconds=300))
+        n.run(pod("before", [container("c", "trap 'exit 0' TERM; sleep 3600 & wait")]))
+        for name in ("all1", "all2", "before"):
+            n.wait(name, running)
+        n.ctl("pod", "stop", "before")
+        # the timeout only guards against a hang: uncapped, this call would take 300 s
+        out = n.ctl("pod", "stop", "--all", "--grace-period", "1", timeout=90).stdout
+        assert out.splitlines() == ["pod/default/all1 stopped", "pod/default/all2 stopped"]
+        for name in ("all1", "all2"):
+            p = n.get(name)
+            assert state_of(p, "c")["state"]["terminated"]["exitCode"] == 137
+            assert p["status"]["reason"] == "Terminated"
+            assert "grace period 1s" in n.ctl("pod", "describe", name).stdout
+        assert "10.78.13." not in n.ctl("endpoints").stdout
+        assert n.ctl("pod", "stop", "--all").stdout == ""  # nothing left to stop
+        for args, message in ((["--all", "--grace-period", "-1"], "give seconds, 0 or more"),
+                              (["all1", "--grace-period", "1"], "--grace-period goes with --all"),
+                              ([], "give a pod name, or --all"),
+                              (["all1", "--all"], "not both")):
+            proc = n.ctl("pod", "stop", *args, check=False)
+            assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+            assert "Traceback" not in proc.stderr

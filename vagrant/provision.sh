@@ -111,9 +111,29 @@ KillMode=process
 [Install]
 WantedBy=multi-user.target
 UNIT
+# Graceful node shutdown (the README's unit): at shutdown, stopped before podnetd, it stops every
+# pod with a capped grace period. Without it the containers are left to systemd-shutdown, which
+# waits 90 s for a container PID 1 that ignores SIGTERM before it kills it: a slow reboot.
+cat > /etc/systemd/system/podnet-pods-shutdown.service <<'UNIT'
+[Unit]
+Description=Stop podnet pods before the node shuts down
+After=podnetd.service
+Wants=podnetd.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+ExecStop=/usr/local/bin/podnetctl pod stop --all --grace-period 10
+TimeoutStopSec=90
+
+[Install]
+WantedBy=multi-user.target
+UNIT
 systemctl daemon-reload
-systemctl enable podnetd.service
+systemctl enable podnetd.service podnet-pods-shutdown.service
 systemctl restart podnetd.service
+systemctl start podnet-pods-shutdown.service
 # Wait for the socket with a cheap test; podnetctl (a Python start) only once it exists.
 for _ in $(seq 300); do [ -S /run/podnet/podnetd.sock ] && break; sleep 1; done
 ready="" status=""

@@ -177,9 +177,32 @@ def cmd_exec(args) -> int:
 
 
 def cmd_stop(args) -> int:
+    if args.all:
+        if args.name:
+            raise CtlError("pod stop: give a pod name or --all, not both")
+        resp = call(_stub(args).StopAllPods, pods_pb2.StopAllPodsRequest(
+            max_grace_period_seconds=args.grace_period or 0), timeout=None)
+        for key in resp.stopped:
+            print(f"pod/{key} stopped")
+        return 0
+    if not args.name:
+        raise CtlError("pod stop: give a pod name, or --all")
+    if args.grace_period is not None:
+        raise CtlError("pod stop: --grace-period goes with --all (a single pod stops with its "
+                       "own terminationGracePeriodSeconds)")
     resp = call(_stub(args).StopPod, _ref(args), timeout=None)
     print(f"pod/{args.name} stopped: {json.loads(resp.pod_json)['status']['phase']}")
     return 0
+
+
+def grace_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds, 0 or more")
+    return value
 
 
 def cmd_rm(args) -> int:
@@ -224,11 +247,18 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_ls)
     for name, fn, helptext in (("get", cmd_get, "a pod as Kubernetes shows it (-o yaml|json)"),
                                ("describe", cmd_describe, "states, conditions and events"),
-                               ("stop", cmd_stop, "preStop, SIGTERM, grace, SIGKILL, teardown"),
                                ("rm", cmd_rm, "stop the pod if needed and forget it")):
         p = psub.add_parser(name, parents=[common, ns], help=helptext)
         p.add_argument("name")
         p.set_defaults(func=fn)
+    p = psub.add_parser("stop", parents=[common, ns],
+                        help="preStop, SIGTERM, grace, SIGKILL, teardown (--all: every pod, "
+                             "as before a node shutdown)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--all", action="store_true", help="stop every running pod of the node at once")
+    p.add_argument("--grace-period", type=grace_seconds, metavar="SECONDS",
+                   help="with --all: cap each pod's grace period (default: its own)")
+    p.set_defaults(func=cmd_stop)
     p = psub.add_parser("logs", parents=[common, ns], help="a container's log")
     p.add_argument("name")
     p.add_argument("-c", "--container")

@@ -155,6 +155,14 @@ class PodsService(pods_pb2_grpc.PodsServicer):
             return pods_pb2.PodResponse(pod_json=self._pod_json(pod))
         return await _guard(context, stop())
 
+    async def StopAllPods(self, request, context):
+        async def stop_all():
+            if request.max_grace_period_seconds < 0:
+                raise PodError("max_grace_period_seconds: must not be negative")
+            stopped = await self.rt.stop_all(request.max_grace_period_seconds)
+            return pods_pb2.StopAllPodsResponse(stopped=stopped)
+        return await _guard(context, stop_all())
+
     async def RemovePod(self, request, context):
         async def rm():
             pod = self.rt.get(request.name, request.namespace)

@@ -30,6 +30,18 @@ class ListPodsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class StopAllPodsRequest(_message.Message):
+    __slots__ = ("max_grace_period_seconds",)
+    MAX_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    max_grace_period_seconds: float
+    def __init__(self, max_grace_period_seconds: _Optional[float] = ...) -> None: ...
+
+class StopAllPodsResponse(_message.Message):
+    __slots__ = ("stopped",)
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    stopped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, stopped: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class PodSummary(_message.Message):
     __slots__ = ("name", "namespace", "phase", "ready", "restarts", "ip", "node", "created_unix", "status")
     NAME_FIELD_NUMBER: _ClassVar[int]

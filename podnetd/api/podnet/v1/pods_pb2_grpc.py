@@ -69,6 +69,11 @@ class PodsStub:
                 request_serializer=podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
                 _registered_method=True)
+        self.StopAllPods = channel.unary_unary(
+                '/podnet.v1.Pods/StopAllPods',
+                request_serializer=podnet_dot_v1_dot_pods__pb2.StopAllPodsRequest.SerializeToString,
+                response_deserializer=podnet_dot_v1_dot_pods__pb2.StopAllPodsResponse.FromString,
+                _registered_method=True)
         self.RemovePod = channel.unary_unary(
                 '/podnet.v1.Pods/RemovePod',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
@@ -140,6 +145,14 @@ class PodsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StopAllPods(self, request, context):
+        """StopAllPods stops every running pod of the node at once, as before a node shutdown: each
+        pod's grace period, capped at max_grace_period_seconds when that is above zero.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RemovePod(self, request, context):
         """RemovePod stops the pod if needed and forgets it.
         """
@@ -202,6 +215,11 @@ def add_PodsServicer_to_server(servicer, server):
                     servicer.StopPod,
                     request_deserializer=podnet_dot_v1_dot_pods__pb2.PodRef.FromString,
                     response_serializer=podnet_dot_v1_dot_pods__pb2.PodResponse.SerializeToString,
+            ),
+            'StopAllPods': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopAllPods,
+                    request_deserializer=podnet_dot_v1_dot_pods__pb2.StopAllPodsRequest.FromString,
+                    response_serializer=podnet_dot_v1_dot_pods__pb2.StopAllPodsResponse.SerializeToString,
             ),
             'RemovePod': grpc.unary_unary_rpc_method_handler(
                     servicer.RemovePod,
@@ -413,6 +431,33 @@ class Pods:
             '/podnet.v1.Pods/StopPod',
             podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopAllPods(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podnet.v1.Pods/StopAllPods',
+            podnet_dot_v1_dot_pods__pb2.StopAllPodsRequest.SerializeToString,
+            podnet_dot_v1_dot_pods__pb2.StopAllPodsResponse.FromString,
             options,
             channel_credentials,
             insecure,
