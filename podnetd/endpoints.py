@@ -128,6 +128,7 @@ class Endpoints:
         self.ipam = ipam
         self.reaper = VethReaper(ipam)
         self._bridge_index: int | None = None
+        self._bridge_gso_index: int | None = None  # the bridge whose GSO limit was raised
         # Features that keep per-pod state beside the veth (anti-spoofing) register here.
         # on_attach(record) runs inside attach's rollback scope: if it raises, the ADD fails and
         # everything is undone; on_detach(record) runs when a pod is detached, errors logged.
@@ -198,11 +199,24 @@ class Endpoints:
                 ip_lib.veth_create(host, ifname, fd, mtu=self.node.mtu, master=self._bridge_index,
                                    host_mac=host_mac, peer_mac=pod_mac,
                                    gso_limit=self.node.gso_limit)
-                return
+                break
             except (NotFound, KernelError) as e:
                 if attempt == 2 or isinstance(e, Exists):
                     raise
                 self._bridge_index = None
+        if self.node.gso_limit and self._bridge_gso_index != self._bridge_index:
+            self._raise_bridge_gso_limit()
+
+    def _raise_bridge_gso_limit(self) -> None:
+        """BIG TCP on the bridge too (pods' traffic from the uplink is routed into it), once per
+        bridge: it takes the limit only now that it has a port. Best effort: a bridge that
+        refuses (a port of its own cannot carry it) costs speed, not the pod."""
+        try:
+            ip_lib.link_set_gso_limit(self.node.bridge, self.node.gso_limit)
+        except KernelError as e:
+            log.warning("bridge %s keeps its GSO limit: %s: pods' inbound traffic is segmented "
+                        "in software", self.node.bridge, e)
+        self._bridge_gso_index = self._bridge_index
 
     @staticmethod
     def _delete_quietly(name: str) -> None:

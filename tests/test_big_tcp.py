@@ -118,3 +118,19 @@ def test_lab_pods_across_nodes_with_big_tcp_underlay(backend):
         assert bulk_tcp(ps[b]["netns"], ps[a]["netns"], ps[b]["address"], 64) == 64 * 2**20
     finally:
         lab.down()
+
+
+def test_a_bridge_that_refuses_the_limit_costs_speed_not_the_pod(daemons, netns):
+    """A bridge port that cannot carry BIG TCP (a VXLAN device without a lower device takes no
+    GSO packet above 64 KiB) caps the bridge; the ADD still succeeds and says why in the log."""
+    daemon = daemons(netns=node_with_uplink(netns, big=True))
+    in_ns(daemon.netns, "ip", "link", "add", "capped0", "type", "vxlan", "id", "77", "dstport",
+          "4799", "local", "192.0.2.2")
+    in_ns(daemon.netns, "ip", "link", "set", "capped0", "master", DEFAULT_BRIDGE)
+    pod = netns.add("p")
+    rc, result, err = plugin("ADD", config=daemon.config(), container_id="bt2",
+                             netns=ns_path(pod), ifname="eth0")
+    assert rc == 0, (result, err)
+    assert gso(pod, "eth0") == BIG_TCP_GSO_SIZE
+    assert gso(daemon.netns, DEFAULT_BRIDGE) == DEFAULT
+    assert f"bridge {DEFAULT_BRIDGE} keeps its GSO limit" in daemon.log()

@@ -179,9 +179,7 @@ def delete_link(name: str) -> None:
 def create_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, master: int,
                 host_mac: str, peer_mac: str, gso_limit: int | None = None) -> None:
     """One batch: the host end up on master, the peer created inside the pod netns, both with
-    the given MACs (so nothing has to be read back); then the GSO/GRO limit of the host end and
-    of master (a bridge takes a limit above 64 KiB only once it has a port that does, and
-    traffic routed into it is segmented in software beyond its own limit)."""
+    the given MACs (so nothing has to be read back); then the host end's GSO/GRO limit."""
     msg = ifinfmsg()
     msg["flags"] = msg["change"] = IFF_UP
     msg["attrs"] = [
@@ -195,7 +193,7 @@ def create_veth(host: str, peer: str, peer_netns_fd: int, mtu: int, master: int,
     ]
     requests = [(msg, RTM_NEWLINK, CREATE, f"create veth {host} (peer {peer})")]
     if gso_limit is not None:
-        requests += [gso_limit_request(host, gso_limit), gso_limit_request(master, gso_limit)]
+        requests.append(gso_limit_request(host, gso_limit))
     transact(requests)
 
 
