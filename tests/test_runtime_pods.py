@@ -382,7 +382,13 @@ def test_stop_all_caps_the_grace_period_as_before_a_node_shutdown():
             assert "grace period 1s" in n.ctl("pod", "describe", name).stdout
         assert "10.78.13." not in n.ctl("endpoints").stdout
         assert n.ctl("pod", "stop", "--all").stdout == ""  # nothing left to stop
+        n.run(pod("now", [stubborn], terminationGracePeriodSeconds=300))
+        n.wait("now", running)
+        out = n.ctl("pod", "stop", "--all", "--grace-period", "0", timeout=90).stdout
+        assert out == "pod/default/now stopped\n"
+        assert state_of(n.get("now"), "c")["state"]["terminated"]["exitCode"] == 137
         for args, message in ((["--all", "--grace-period", "-1"], "give seconds, 0 or more"),
+                              (["--all", "--grace-period", "nan"], "give seconds, 0 or more"),
                               (["all1", "--grace-period", "1"], "--grace-period goes with --all"),
                               ([], "give a pod name, or --all"),
                               (["all1", "--all"], "not both")):

@@ -180,8 +180,10 @@ def cmd_stop(args) -> int:
     if args.all:
         if args.name:
             raise CtlError("pod stop: give a pod name or --all, not both")
-        resp = call(_stub(args).StopAllPods, pods_pb2.StopAllPodsRequest(
-            max_grace_period_seconds=args.grace_period or 0), timeout=None)
+        request = pods_pb2.StopAllPodsRequest()
+        if args.grace_period is not None:
+            request.max_grace_period_seconds = args.grace_period
+        resp = call(_stub(args).StopAllPods, request, timeout=None)
         for key in resp.stopped:
             print(f"pod/{key} stopped")
         return 0
@@ -200,7 +202,7 @@ def grace_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value < float("inf"):  # also NaN
         raise argparse.ArgumentTypeError(f"{text!r}: give seconds, 0 or more")
     return value
 
@@ -257,7 +259,7 @@ def register(sub, common) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("--all", action="store_true", help="stop every running pod of the node at once")
     p.add_argument("--grace-period", type=grace_seconds, metavar="SECONDS",
-                   help="with --all: cap each pod's grace period (default: its own)")
+                   help="with --all: cap each pod's grace period (0: none; default: its own)")
     p.set_defaults(func=cmd_stop)
     p = psub.add_parser("logs", parents=[common, ns], help="a container's log")
     p.add_argument("name")

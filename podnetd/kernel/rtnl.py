@@ -125,11 +125,11 @@ def _link_facts(raw: bytes) -> dict:
 
 
 class _GsoLimitRequest:
-    """RTM_SETLINK of a link (by name or index) setting its IPv4 GSO and GRO limits. Shaped
-    like a pyroute2 message (a "header" dict, encode(), data) so transact() can batch it."""
+    """RTM_SETLINK of a link (by name) setting its IPv4 GSO and GRO limits. Shaped like a
+    pyroute2 message (a "header" dict, encode(), data) so transact() can batch it."""
 
-    def __init__(self, link: str | int, size: int):
-        self._link, self._size = link, size
+    def __init__(self, name: str, size: int):
+        self._name, self._size = name, size
         self._header: dict = {}
         self.data = b""
 
@@ -139,24 +139,20 @@ class _GsoLimitRequest:
         return self._header
 
     def encode(self) -> None:
-        index, attrs = 0, b""
-        if isinstance(self._link, int):
-            index = self._link
-        else:
-            name = self._link.encode() + b"\0"
-            attrs = _NLA.pack(_NLA.size + len(name), IFLA_IFNAME) + name + bytes(-len(name) % 4)
+        name = self._name.encode() + b"\0"
+        attrs = _NLA.pack(_NLA.size + len(name), IFLA_IFNAME) + name + bytes(-len(name) % 4)
         for kind in (IFLA_GSO_IPV4_MAX_SIZE, IFLA_GRO_IPV4_MAX_SIZE):
             attrs += _NLA.pack(_NLA.size + _U32.size, kind) + _U32.pack(self._size)
-        body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attrs
         h = self._header
         self.data = _HEADER.pack(_HEADER.size + len(body), h["type"], h["flags"],
                                  h["sequence_number"], 0) + body
 
 
-def gso_limit_request(link: str | int, size: int) -> tuple:
-    """A transact() request setting the IPv4 GSO/GRO limits of link (a name or an index)."""
-    return (_GsoLimitRequest(link, size), RTM_SETLINK, REQUEST,
-            f"set {'link #' if isinstance(link, int) else ''}{link} gso_ipv4_max_size {size}")
+def gso_limit_request(name: str, size: int) -> tuple:
+    """A transact() request setting name's IPv4 GSO/GRO limits to size."""
+    return (_GsoLimitRequest(name, size), RTM_SETLINK, REQUEST,
+            f"set {name} gso_ipv4_max_size {size}")
 
 
 def set_gso_limit(name: str, size: int) -> None:

@@ -208,9 +208,9 @@ class Runtime:
                 return
             await self._stop(pod, manifest.grace_period(pod.spec), "Stopped")
 
-    async def stop_all(self, max_grace: float = 0) -> list[str]:
+    async def stop_all(self, max_grace: float | None = None) -> list[str]:
         """Stop every pod not yet stopped, all at once, as kubelet's graceful node shutdown
-        does: each with its own grace period, capped at max_grace when that is above zero.
+        does: each with its own grace period, capped at max_grace when that is given.
         Without it a shutdown leaves the containers to systemd-shutdown, which waits 90 s for
         any PID 1 that ignores SIGTERM. Returns the keys of the pods this call stopped."""
         async def stop(pod: Pod) -> str | None:
@@ -218,7 +218,7 @@ class Runtime:
                 if pod.stopped:
                     return None
                 grace = manifest.grace_period(pod.spec)
-                await self._stop(pod, min(grace, max_grace) if max_grace > 0 else grace,
+                await self._stop(pod, grace if max_grace is None else min(grace, max_grace),
                                  "Terminated")
                 return pod.key
         stopped = await asyncio.gather(*(stop(p) for p in list(self.pods.values())))

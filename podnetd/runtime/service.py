@@ -157,9 +157,12 @@ class PodsService(pods_pb2_grpc.PodsServicer):
 
     async def StopAllPods(self, request, context):
         async def stop_all():
-            if request.max_grace_period_seconds < 0:
-                raise PodError("max_grace_period_seconds: must not be negative")
-            stopped = await self.rt.stop_all(request.max_grace_period_seconds)
+            cap = None
+            if request.HasField("max_grace_period_seconds"):
+                cap = request.max_grace_period_seconds
+                if not cap >= 0:  # also NaN
+                    raise PodError("max_grace_period_seconds: must be 0 or more")
+            stopped = await self.rt.stop_all(cap)
             return pods_pb2.StopAllPodsResponse(stopped=stopped)
         return await _guard(context, stop_all())
 

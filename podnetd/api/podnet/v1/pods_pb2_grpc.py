@@ -147,7 +147,7 @@ class PodsServicer:
 
     def StopAllPods(self, request, context):
         """StopAllPods stops every running pod of the node at once, as before a node shutdown: each
-        pod's grace period, capped at max_grace_period_seconds when that is above zero.
+        pod's grace period, capped at max_grace_period_seconds when that is given (0: no grace).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
