@@ -73,7 +73,8 @@ def run_config(label: str, topology: str, backend: str | None, src: str, dst: st
     shaped = [u for u in underlays if u != "bigtcp"]
     for big_tcp, names in ((False, shaped), (True, ["bigtcp"] if "bigtcp" in underlays else [])):
         if names:
-            results += measure_lab(label, topology, backend, src, dst, seconds, pairs, names, big_tcp)
+            results += measure_lab(label, topology, backend, src, dst, seconds, pairs, names,
+                                   big_tcp)
     return results
 
 
@@ -94,7 +95,8 @@ def measure_lab(label, topology, backend, src, dst, seconds, pairs, underlays, b
             shape_uplink(lab.netns(src), underlay if underlay not in ("veth", "bigtcp") else None)
             under, pod = [], []
             for _ in range(pairs):
-                under.append(iperf(lab.netns(dst), lab.netns(src), lab.st.nodes[dst]["ip"], seconds))
+                under.append(iperf(lab.netns(dst), lab.netns(src), lab.st.nodes[dst]["ip"],
+                                   seconds))
                 pod.append(iperf(ps[b]["netns"], ps[a]["netns"], ps[b]["address"], seconds))
             ratios = [p / u for u, p in zip(under, pod)]
             results.append({"config": label, "underlay": underlay, "mode": mode, "pod_mtu": mtu,

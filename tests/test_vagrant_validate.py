@@ -1,6 +1,7 @@
 """The Vagrant lab's Vagrantfile is valid for vagrant (no box, no VM needed: `vagrant validate`),
 and the lab's scripts parse. vagrant and vagrant-libvirt come from the Makefile's
-TEST_APT_PACKAGES (`make test` installs them), so it is never skipped. The lab itself (VMs under TCG, ~10 min) is `make lab-vagrant`, opt-in."""
+TEST_APT_PACKAGES (`make test` installs them), so it is never skipped. The lab itself (VMs
+under TCG, ~12 min) is `make lab-vagrant`, opt-in."""
 import os
 import py_compile
 import subprocess
