@@ -137,7 +137,8 @@ class Daemon:
         return node_pb2.NodeInfo(
             node_name=self.cfg.node_name, pod_cidr=self.cfg.pod_cidr, gateway=net.gateway,
             bridge=net.bridge, mtu=net.mtu, allocated=len(self.ipam.records()),
-            capacity=self.ipam.capacity, version=__version__)
+            capacity=self.ipam.capacity, version=__version__,
+            pod_gso_max_size=net.gso_limit or ip_lib.LEGACY_GSO_MAX_SIZE)
 
     # -- run and stop ------------------------------------------------------------------------
 

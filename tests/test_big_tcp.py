@@ -1,6 +1,7 @@
 """BIG TCP: when the uplink takes IPv4 GSO packets above 64 KiB, pods get the same limit on
 every device of their path (pod eth0, host veth, bridge); under a backend that may route them
 into VXLAN, which takes none above 64 KiB, they keep the default."""
+import json
 import os
 import subprocess
 
@@ -11,7 +12,7 @@ from podnetd.kernel import errors, ip_lib, netns as kernel_netns
 from podnetd.lab import Lab, pods
 from podnetd.lab.lab import BIG_TCP_GSO_SIZE
 from podnetd.lab.netops import nsenter
-from testlib import in_ns, ns_path, plugin, unique
+from testlib import PY, REPO, in_ns, ns_path, plugin, unique
 
 DEFAULT = ip_lib.LEGACY_GSO_MAX_SIZE
 
@@ -65,6 +66,9 @@ def test_a_pod_gets_the_uplinks_gso_limit_on_its_whole_path(daemons, netns, big)
     assert gso(daemon.netns, host_veth) == want
     assert gso(daemon.netns, DEFAULT_BRIDGE) == want
     assert ("pod gso 196608 (BIG TCP)" in daemon.log()) == big
+    node = subprocess.run([PY, "-m", "podnetd.ctl.main", "node", "--socket", daemon.socket,
+                           "-o", "json"], capture_output=True, text=True, cwd=REPO, check=True)
+    assert json.loads(node.stdout)["pod_gso_max_size"] == want
 
 
 SERVER = """

@@ -26,8 +26,8 @@ def cmd_node(args) -> int:
     row = json_format.MessageToDict(info, preserving_proto_field_name=True,
                                     always_print_fields_with_no_presence=True)
     output.emit([row], [("NODE", "node_name"), ("POD-CIDR", "pod_cidr"), ("GATEWAY", "gateway"),
-                        ("BRIDGE", "bridge"), ("MTU", "mtu"), ("ALLOCATED", "allocated"),
-                        ("CAPACITY", "capacity")], args.output, raw=row)
+                        ("BRIDGE", "bridge"), ("MTU", "mtu"), ("POD-GSO", "pod_gso_max_size"),
+                        ("ALLOCATED", "allocated"), ("CAPACITY", "capacity")], args.output, raw=row)
     return 0
 
 

@@ -133,7 +133,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_name", "pod_cidr", "gateway", "bridge", "mtu", "allocated", "capacity", "version")
+    __slots__ = ("node_name", "pod_cidr", "gateway", "bridge", "mtu", "allocated", "capacity", "version", "pod_gso_max_size")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     POD_CIDR_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class NodeInfo(_message.Message):
     ALLOCATED_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    POD_GSO_MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     pod_cidr: str
     gateway: str
@@ -150,7 +151,8 @@ class NodeInfo(_message.Message):
     allocated: int
     capacity: int
     version: str
-    def __init__(self, node_name: _Optional[str] = ..., pod_cidr: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge: _Optional[str] = ..., mtu: _Optional[int] = ..., allocated: _Optional[int] = ..., capacity: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    pod_gso_max_size: int
+    def __init__(self, node_name: _Optional[str] = ..., pod_cidr: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge: _Optional[str] = ..., mtu: _Optional[int] = ..., allocated: _Optional[int] = ..., capacity: _Optional[int] = ..., version: _Optional[str] = ..., pod_gso_max_size: _Optional[int] = ...) -> None: ...
 
 class CniRequest(_message.Message):
     __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "config")
