@@ -71,10 +71,11 @@ def run_config(label: str, topology: str, backend: str | None, src: str, dst: st
     bigtcp needs its own (podnetd sizes pods' GSO from the uplink when it starts)."""
     results = []
     shaped = [u for u in underlays if u != "bigtcp"]
-    for big_tcp, names in ((False, shaped), (True, ["bigtcp"] if "bigtcp" in underlays else [])):
-        if names:
-            results += measure_lab(label, topology, backend, src, dst, seconds, pairs, names,
-                                   big_tcp)
+    if shaped:
+        results += measure_lab(label, topology, backend, src, dst, seconds, pairs, shaped, False)
+    if "bigtcp" in underlays:
+        results += measure_lab(label, topology, backend, src, dst, seconds, pairs, ["bigtcp"],
+                               True)
     return results
 
 

@@ -217,6 +217,4 @@ def configure_interface(ifname: str, address: str, prefixlen: int, gateway: str,
         requests.append(gso_limit_request(ifname, gso_limit))
     transact(requests)
     link["up"] = True
-    if gso_limit is not None:
-        link["gso_ipv4_max_size"] = gso_limit
     return link

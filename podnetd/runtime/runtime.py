@@ -202,27 +202,24 @@ class Runtime:
                 return
             await asyncio.sleep(0.005)
 
-    async def stop_pod(self, pod: Pod) -> None:
+    async def stop_pod(self, pod: Pod, max_grace: float | None = None,
+                       reason: str = "Stopped") -> bool:
+        """Stop the pod with its grace period, capped at max_grace when that is given; False
+        when it was already stopped."""
         async with pod.lock:
             if pod.stopped:
-                return
-            await self._stop(pod, manifest.grace_period(pod.spec), "Stopped")
+                return False
+            grace = manifest.grace_period(pod.spec)
+            await self._stop(pod, grace if max_grace is None else min(grace, max_grace), reason)
+            return True
 
     async def stop_all(self, max_grace: float | None = None) -> list[str]:
         """Stop every pod not yet stopped, all at once, as kubelet's graceful node shutdown
-        does: each with its own grace period, capped at max_grace when that is given.
-        Without it a shutdown leaves the containers to systemd-shutdown, which waits 90 s for
-        any PID 1 that ignores SIGTERM. Returns the keys of the pods this call stopped."""
-        async def stop(pod: Pod) -> str | None:
-            async with pod.lock:
-                if pod.stopped:
-                    return None
-                grace = manifest.grace_period(pod.spec)
-                await self._stop(pod, grace if max_grace is None else min(grace, max_grace),
-                                 "Terminated")
-                return pod.key
-        stopped = await asyncio.gather(*(stop(p) for p in list(self.pods.values())))
-        return sorted(key for key in stopped if key)
+        does. Without it a shutdown leaves the containers to systemd-shutdown, which waits 90 s
+        for any PID 1 that ignores SIGTERM. Returns the keys of the pods this call stopped."""
+        pods = list(self.pods.values())
+        stopped = await asyncio.gather(*(self.stop_pod(p, max_grace, "Terminated") for p in pods))
+        return sorted(p.key for p, done in zip(pods, stopped) if done)
 
     async def remove_pod(self, pod: Pod) -> None:
         await self.stop_pod(pod)
