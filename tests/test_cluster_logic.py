@@ -48,8 +48,12 @@ def test_membership_merges_newer_heartbeats_and_reports_routing_changes():
     assert m.merge(rec("a", "10.1.1.0/24", hb=4)) is False          # older: ignored
     assert m.merge(rec("a", "10.1.1.0/24", hb=6)) is False          # heartbeat only: no change
     assert m.records["a"].heartbeat_ms == 6
-    assert m.merge(rec("a", "10.1.1.0/24", ip="192.168.1.9", hb=7)) is True  # moved
+    # a move is taken from the node itself only
+    assert m.merge(rec("a", "10.1.1.0/24", ip="192.168.1.9", hb=7)) is False
+    assert m.merge(rec("a", "10.1.1.0/24", ip="192.168.1.9", hb=7), firsthand=True) is True
+    assert m.records["a"].underlay_ip == "192.168.1.9"
     assert m.merge(rec("self", "10.7.0.0/24", hb=99)) is False      # nobody speaks for us
+    assert m.merge(rec("self", "10.7.0.0/24", hb=99), firsthand=True) is False
 
 
 def test_membership_withdraws_silent_nodes_and_keeps_them_out():
@@ -113,8 +117,9 @@ def parse(*argv):
 def test_flags_defaults_and_cluster_mode():
     ns = parse("--pod-cidr", "10.1.1.0/24")
     assert ns.cluster is False and ns.store == "static"
-    ns = parse("--pod-cidr", "10.1.1.0/24", "--cluster-cidr", "10.1.0.0/16", "--peers", "192.168.1.1:7946, 192.168.1.2:7000")
-    assert ns.cluster and ns.peer_list == ["192.168.1.1:7946", "192.168.1.2:7000"]
+    ns = parse("--pod-cidr", "10.1.1.0/24", "--cluster-cidr", "10.1.0.0/16", "--peers",
+               "192.168.1.1:7946, 192.168.1.2:7000", "--insecure-peers")
+    assert ns.cluster and ns.peer_list == ["192.168.1.1:7946", "192.168.1.2:7000"] and ns.insecure_peers
     assert (ns.backend, ns.vxlan_vni, ns.vxlan_port, ns.vxlan_dev, ns.node_timeout, ns.reconcile_interval,
             ns.node_cidr_size) == ("auto", 1, 8472, "podnet.vxlan", 15.0, 5.0, 24)
     ns = parse("--cluster-cidr", "10.1.0.0/16", "--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:2379")
@@ -130,6 +135,14 @@ def test_flags_defaults_and_cluster_mode():
     (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--tls-cert", "/x"], "go together"),
     (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--vxlan-vni", "0"], "--vxlan-vni"),
     (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--node-ip", "fe80::1"], "not an IPv4"),
+    # the static store: mutual TLS or an explicit --insecure-peers
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--peers", "192.168.1.1:7946"],
+     "the static store needs mutual TLS between peers"),
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16"], "needs mutual TLS"),
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--insecure-peers", "--tls-cert",
+      "/etc/hostname", "--tls-key", "/etc/hostname", "--tls-ca", "/etc/hostname"], "exclude each other"),
+    (["--pod-cidr", "10.1.0.0/24", "--cluster-cidr", "10.1.0.0/16", "--insecure-peers",
+      "--node-name", "bad_name!"], "--node-name bad_name!: not a DNS subdomain"),
 ])
 def test_bad_flags_are_one_clear_line(argv, message):
     proc = subprocess.run([PY, "-m", "podnetd.main", "--node-name", "n", *argv], capture_output=True,

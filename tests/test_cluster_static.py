@@ -202,7 +202,7 @@ def test_unusable_underlay_flags_fail_with_one_clear_line(netns, tmp_path):
     node = netns.add("nd")
     base = [PY, "-m", "podnetd.main", "--node-name", "x", "--pod-cidr", "10.5.1.0/24",
             "--cluster-cidr", "10.5.0.0/16", "--socket", str(tmp_path / "s"),
-            "--state-dir", str(tmp_path / "st")]
+            "--state-dir", str(tmp_path / "st"), "--insecure-peers"]
     cases = [(["--node-ip", "10.1.1.1"], "no interface holds 10.1.1.1"),
              (["--node-ip", "127.0.0.1", "--listen", "10.9.9.9:7946"], "cannot listen on 10.9.9.9:7946"),
              ([], "no --node-ip given and no default route")]

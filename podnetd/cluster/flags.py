@@ -8,6 +8,7 @@ import ipaddress
 import os
 
 from .. import config
+from . import records
 from .backends import BACKENDS
 
 STORES = ("static", "etcd")
@@ -44,6 +45,9 @@ def add_flags(p) -> None:
     g.add_argument("--tls-cert", help="peer service: this node's certificate (PEM)")
     g.add_argument("--tls-key", help="peer service: this node's private key (PEM)")
     g.add_argument("--tls-ca", help="peer service: the CA that signs every node's certificate (PEM)")
+    g.add_argument("--insecure-peers", action="store_true",
+                   help="static store: peers without TLS (anyone who reaches the peer port can "
+                        "announce routes; for labs and tests only)")
     g.add_argument("--reconcile-interval", type=_positive_float, default=5.0,
                    help="seconds between kernel drift repairs (default 5)")
     g.add_argument("--cleanup", action="store_true",
@@ -92,6 +96,10 @@ def validate(ns) -> None:
     if cluster.version != 4:
         raise config.ConfigError(f"--cluster-cidr {ns.cluster_cidr}: need an IPv4 network")
     ns.cluster_cidr = str(cluster)
+    try:
+        records.validate_name(ns.node_name)
+    except records.RecordError as e:
+        raise config.ConfigError(f"--node-name {e.record}: {e.why}") from None
     if ns.pod_cidr and not ipaddress.ip_network(ns.pod_cidr).subnet_of(cluster):
         raise config.ConfigError(f"--pod-cidr {ns.pod_cidr} does not lie inside --cluster-cidr {ns.cluster_cidr}")
     if ns.node_ip:
@@ -124,6 +132,14 @@ def validate(ns) -> None:
     for path in filter(None, tls):
         if not os.path.isfile(path):
             raise config.ConfigError(f"TLS file {path}: no such file")
+    if ns.store == "static":
+        if ns.insecure_peers and any(tls):
+            raise config.ConfigError("--insecure-peers and --tls-cert/--tls-key/--tls-ca exclude "
+                                     "each other")
+        if not ns.insecure_peers and not all(tls):
+            raise config.ConfigError("the static store needs mutual TLS between peers: give "
+                                     "--tls-cert, --tls-key and --tls-ca (or --insecure-peers, "
+                                     "for labs only)")
 
 
 config.EXTENSIONS.append(add_flags)

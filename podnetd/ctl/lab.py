@@ -172,7 +172,8 @@ def register(sub, common) -> None:
     p.add_argument("--reconcile-interval", type=float)
     p.add_argument("--vxlan-vni", type=int)
     p.add_argument("--vxlan-port", type=int)
-    p.add_argument("--no-tls", action="store_true", help="run the peers without mutual TLS")
+    p.add_argument("--no-tls", "--insecure-peers", dest="no_tls", action="store_true",
+                   help="run static-store peers without mutual TLS (podnetd --insecure-peers)")
     p.add_argument("--big-tcp", action="store_true",
                    help="give the underlay links BIG TCP (192 KiB IPv4 GSO/GRO), as a NIC may have")
     p.add_argument("--wait", type=float, default=30, help="seconds to wait for convergence")

@@ -73,7 +73,9 @@ class Lab:
            big_tcp: bool = False, wait: float = 30.0) -> "Lab":
         """Create a lab of `nodes` nodes and wait (up to `wait` s) until every daemon serves and,
         when the daemons do cluster routing, every node routes to every other. Anything made
-        before a failure is torn down again. big_tcp gives every underlay link a 192 KiB IPv4
+        before a failure is torn down again. Static-store peers talk mutual TLS with
+        certificates from a lab CA (each names its node: CN and DNS SAN); tls=False runs them
+        with --insecure-peers instead. big_tcp gives every underlay link a 192 KiB IPv4
         GSO/GRO limit, as a NIC with BIG TCP enabled has."""
         cls.check(nodes, topology, store, name)
         options = {"tls": tls, "node_timeout": node_timeout, "backend": backend,
@@ -243,6 +245,8 @@ class Lab:
         for flag, value in wanted:
             if value is not None and flag in flags:
                 argv += [flag, str(value)]
+        if not o.get("tls") and self.st.store == "static" and "--insecure-peers" in flags:
+            argv.append("--insecure-peers")  # said so explicitly: podnetd requires mTLS otherwise
         return argv + list(o.get("extra_args") or [])
 
     def _start_daemon(self, node: str, peers: list[str]) -> None:
