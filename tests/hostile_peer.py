@@ -1,0 +1,49 @@
+"""A hostile peer: speaks podnet.v1.Peer/Exchange (grpcio, the generated stubs) with whatever a
+test asks for. Reads a JSON list of attempts on stdin, prints a JSON list of outcomes.
+
+An attempt: {"target": "IP:PORT", "transport": "plain" | "tls", "ca": path, "cert": path|null,
+"key": path|null, "sender": str, "cluster_cidr": str, "records": [record dicts],
+"copies": n (the records repeated n times), "pad": n (a name of n bytes in one extra record)}.
+An outcome: {"code": "OK" | grpc status name, "details": str, "records": [names answered]}.
+"""
+import json
+import sys
+
+import grpc
+
+from podnetd.api.podnet.v1 import cluster_pb2, cluster_pb2_grpc
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel(a: dict) -> grpc.Channel:
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    if a["transport"] == "plain":
+        return grpc.insecure_channel(a["target"], options=options)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read(a["ca"]),
+        private_key=read(a["key"]) if a.get("key") else None,
+        certificate_chain=read(a["cert"]) if a.get("cert") else None)
+    return grpc.secure_channel(a["target"], creds, options=options)
+
+
+def attempt(a: dict) -> dict:
+    records = [cluster_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
+    if a.get("pad"):
+        records.append(cluster_pb2.NodeRecord(name="p" * a["pad"], underlay_ip="10.250.0.200",
+                                              pod_cidr="10.244.77.0/24", heartbeat_ms=1))
+    request = cluster_pb2.ExchangeRequest(sender=a.get("sender", ""), records=records,
+                                          cluster_cidr=a.get("cluster_cidr", ""))
+    with channel(a) as ch:
+        try:
+            response = cluster_pb2_grpc.PeerStub(ch).Exchange(request, timeout=10)
+        except grpc.RpcError as e:
+            return {"code": e.code().name, "details": e.details() or "", "records": []}
+    return {"code": "OK", "details": "", "records": [r.name for r in response.records]}
+
+
+if __name__ == "__main__":
+    print(json.dumps([attempt(a) for a in json.load(sys.stdin)]))
