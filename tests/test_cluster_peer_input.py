@@ -319,3 +319,49 @@ def test_peer_state_is_pruned_to_known_nodes_and_capped():
         assert store._announced_to == set()
         await asyncio.gather(*store._closing)
     asyncio.run(run())
+
+
+def test_claim_dates_survive_a_restart(tmp_path):
+    from podnetd.cluster import static
+    path = str(tmp_path / static.CLAIMS_FILE)
+    m = joined_membership()
+    m.merge(rec("n2", "10.1.2.0/24", started=NOW - 50_000), firsthand=True)
+    static.save_claims(path, m.claims())
+    # restarted: the first record it hears is a claim on n2's CIDR backdated to 1970
+    again = Membership("self", timeout_s=10, clock=Clock(), wall=lambda: NOW + 99_000,
+                       claims=static.load_claims(path))
+    again.set_self(rec("self", "10.1.0.0/24"))
+    again.merge(rec("evil", "10.1.2.0/24", started=1), firsthand=True)
+    again.merge(rec("n2", "10.1.2.0/24", started=5), firsthand=True)
+    assert again.records["n2"].started_ms == NOW and again.records["evil"].started_ms == NOW + 99_000
+    assert set(conflicts(again.all(), CLUSTER)) == {"evil"}
+    # an unreadable file is no history (dated anew, as a newcomer would)
+    (tmp_path / "bad.json").write_text('{"n2": 5, "x": [1]}')
+    assert static.load_claims(str(tmp_path / "bad.json")) == {}
+    assert static.load_claims(str(tmp_path / "missing.json")) == {}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.builds(
+    NodeRecord,
+    name=st.one_of(st.sampled_from(["self", "n2", "n3", "evil"]), st.text(max_size=20)),
+    underlay_ip=st.one_of(st.sampled_from(["192.168.1.2", "192.168.1.66", "::1", "1.2.3"]), st.text(max_size=10)),
+    pod_cidr=st.one_of(st.sampled_from(["10.1.2.0/24", "10.1.0.0/25", "fd00::/64", "10.9.0.0/24",
+                                        "10.1.2.0/31"]), st.text(max_size=10)),
+    vtep_mac=st.one_of(st.just(""), st.sampled_from(["02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"]),
+                       st.text(max_size=20)),
+    heartbeat_ms=st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1),
+    peer_address=st.one_of(st.just(""), st.sampled_from(["192.168.1.2:7946", "[::1]:1", ":"]),
+                           st.text(max_size=12)),
+    started_ms=st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1)), max_size=12),
+    st.sampled_from(["", "n2", "evil"]))
+def test_fuzz_the_store_takes_any_batch_without_raising(batch, sender):
+    store, _ = static_store()
+    store.contacted("n2")
+    store.receive(batch, sender)
+    from podnetd.cluster.static import to_pb
+    for r in store.records():  # whatever it holds can be sent on (an int64 on the wire)
+        to_pb(r)
+        assert validate_record(r, cluster_cidr=CLUSTER) == r or r.name == "self"
+    assert conflicts(store.records(), CLUSTER) is not None
+    assert store.refusal() is None

@@ -84,9 +84,9 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
     from podnetd.lab.lab import Lab
     from podnetd.lab.state import LabState
 
-    def argv(store):
+    def argv(store, tls=True):
         st = LabState(name="x", topology="routed", store=store, root=str(tmp_path),
-                      options={"tls": True, "node_timeout": 3, "backend": None})
+                      options={"tls": tls, "node_timeout": 3, "backend": None})
         for i, seg in ((1, "a"), (2, "b")):
             p = plan.plan_node("x", "routed", store, i, seg)
             st.nodes[p.name] = {"index": i, "netns": p.netns, "segment": seg, "ip": p.ip,
@@ -94,6 +94,10 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
                                 "socket": f"/d/{p.name}/podnetd.sock"}
         args = Lab(st).daemon_argv("n1", ["n2"])
         assert args[2:5] == [sys.executable, "-m", "podnetd.main"], args
+        if not tls and store == "static":  # a flag without a value, said explicitly
+            assert args[-1] == "--insecure-peers", args
+            args = args[:-1]
+        assert "--insecure-peers" not in args
         return args[:2], dict(zip(args[5::2], args[6::2]))
 
     enter, flags = argv("static")
@@ -103,6 +107,8 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
     assert flags["--tls-ca"] == str(tmp_path / "x" / "ca" / "ca.crt")
     assert flags["--tls-cert"] == "/d/n1/tls/node.crt" and flags["--node-timeout"] == "3"
     assert "--backend" not in flags
+    _, flags = argv("static", tls=False)
+    assert "--tls-cert" not in flags and flags["--peers"] == "10.250.2.12:7470"
     _, flags = argv("etcd")
     assert "--pod-cidr" not in flags and "--peers" not in flags and "--tls-cert" not in flags
     assert flags["--etcd-endpoints"] == "http://10.250.1.2:2379"

@@ -268,7 +268,8 @@ class Membership:
     only for the view it joins with), so a peer cannot backdate a claim to win an overlap."""
 
     def __init__(self, self_name: str, timeout_s: float, clock=time.monotonic, wall=now_ms,
-                 max_nodes: int = MAX_NODES, max_tombstones: int = MAX_TOMBSTONES):
+                 max_nodes: int = MAX_NODES, max_tombstones: int = MAX_TOMBSTONES,
+                 claims: dict[str, tuple[str, int]] | None = None):
         self.self_name = self_name
         self.timeout_s = timeout_s
         self.clock = clock
@@ -280,7 +281,11 @@ class Membership:
         self.firsthand: set[str] = set()  # names whose record we hold came from themselves
         # name -> (last heartbeat_ms withdrawn, when): oldest first, bounded in size and age
         self.tombstones: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
-        self.joined = False  # set by the store once it has its first view of the cluster
+        # name -> (pod CIDR, claim time) this node dated before it restarted (claims())
+        self.remembered = dict(claims or {})
+        # Set once this node has a view of the cluster of its own (its first exchange, or the
+        # dates it remembers): from then on a claim it has not seen is dated by its clock.
+        self.joined = bool(self.remembered)
 
     def set_self(self, record: NodeRecord) -> None:
         self.records[record.name] = record
@@ -315,6 +320,8 @@ class Membership:
             return Verdict.FULL
         if known is not None and known.pod_cidr == incoming.pod_cidr:
             claimed = known.started_ms
+        elif self.remembered.get(name, ("",))[0] == incoming.pod_cidr:
+            claimed = self.remembered[name][1]
         elif self.joined:
             claimed = max(self.wall(), incoming.started_ms)
         else:
@@ -378,6 +385,11 @@ class Membership:
 
     def all(self) -> list[NodeRecord]:
         return sorted(self.records.values(), key=lambda r: r.name)
+
+    def claims(self) -> dict[str, tuple[str, int]]:
+        """The claim dates to keep across a restart (other nodes'; ours is kept apart)."""
+        return {r.name: (r.pod_cidr, r.started_ms) for r in self.records.values()
+                if r.name != self.self_name}
 
 
 def _routing_fields(r: NodeRecord) -> tuple:

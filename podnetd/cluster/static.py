@@ -13,7 +13,9 @@ own record sent by itself is first-hand (records.Membership has the rules for he
 """
 import asyncio
 import ipaddress
+import json
 import logging
+import os
 import random
 import time
 
@@ -128,12 +130,39 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
         return cluster_pb2.ExchangeResponse(records=[to_pb(r) for r in store.records()])
 
 
+CLAIMS_FILE = "cluster-peer-claims.json"
+
+
+def load_claims(path: str | None) -> dict[str, tuple[str, int]]:
+    """The claim dates this node gave other nodes before it restarted; {} when none or
+    unreadable (then it dates them anew, as a newcomer would)."""
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return {name: (cidr, started) for name, (cidr, started) in list(data.items())[:rec.MAX_NODES]
+                if isinstance(name, str) and isinstance(cidr, str) and isinstance(started, int)}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def save_claims(path: str, claims: dict[str, tuple[str, int]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(claims, f)
+    os.replace(tmp, path)
+
+
 class StaticStore(Store):
     name = "static"
 
     def __init__(self, cfg, on_change):
         super().__init__(cfg, on_change)
-        self.members = Membership(cfg.node_name, cfg.node_timeout)
+        state_dir = getattr(cfg, "state_dir", None)
+        self._claims_path = os.path.join(state_dir, CLAIMS_FILE) if state_dir else None
+        self._claims_saved = load_claims(self._claims_path)
+        self.members = Membership(cfg.node_name, cfg.node_timeout, claims=self._claims_saved)
         self.listen = cfg.listen or f"{cfg.node_ip}:7946"
         host, _, port = self.listen.rpartition(":")
         self.advertise = f"{cfg.node_ip}:{port}" if host in ("0.0.0.0", "::", "[::]") else self.listen
@@ -376,6 +405,20 @@ class StaticStore(Store):
                         self.cfg.node_timeout)
             self.on_change()
         self._prune()
+        await self._save_claims()
+
+    async def _save_claims(self) -> None:
+        """Keep the claim dates across a restart, so a claim backdated by a peer cannot win
+        against a holder this node knew before (written off the event loop, on change only)."""
+        claims = self.members.claims()
+        if self._claims_path and claims != self._claims_saved:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, save_claims,
+                                                                 self._claims_path, claims)
+                self._claims_saved = claims
+            except OSError as e:
+                self.say(logging.WARNING, ("claims", str(e)), "cannot keep peer claim dates in "
+                         "%s: %s", self._claims_path, e)
 
     async def _gossip_loop(self) -> None:
         while True:
