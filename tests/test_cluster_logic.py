@@ -12,8 +12,8 @@ from podnetd.cluster.records import Membership, NodeRecord, conflicts, vtep_ip, 
 from testlib import PY, REPO
 
 
-def rec(name, cidr, ip="192.168.1.1", hb=1, started=1, mac="02:00:00:00:00:01"):
-    return NodeRecord(name, ip, cidr, mac, hb, f"{ip}:7946", started)
+def rec(name, cidr, ip="192.168.1.50", hb=1, started=1, mac=None):
+    return NodeRecord(name, ip, cidr, vtep_mac(name) if mac is None else mac, hb, f"{ip}:7946", started)
 
 
 class Clock:

@@ -17,13 +17,14 @@ CLUSTER = "10.1.0.0/16"
 NOW = 1_700_000_000_000
 
 
-def rec(name, cidr, ip="192.168.1.1", hb=NOW, started=1, mac="02:00:00:00:00:01", peer=None):
+def rec(name, cidr, ip="192.168.1.50", hb=NOW, started=1, mac=None, peer=None):
+    mac = records.vtep_mac(name) if mac is None else mac
     return NodeRecord(name, ip, cidr, mac, hb, peer if peer is not None else f"{ip}:7946", started)
 
 
 def wire(**over):
     good = {"name": "n2", "underlay_ip": "192.168.1.2", "pod_cidr": "10.1.2.0/24",
-            "vtep_mac": "02:aa:bb:cc:dd:ee", "heartbeat_ms": NOW, "peer_address": "192.168.1.2:7946",
+            "vtep_mac": records.vtep_mac("n2"), "heartbeat_ms": NOW, "peer_address": "192.168.1.2:7946",
             "started_ms": NOW - 5000}
     return {**good, **over}
 
@@ -31,8 +32,8 @@ def wire(**over):
 # -- validation ------------------------------------------------------------------------------
 
 def test_a_good_record_is_returned_normalised():
-    r = validate_record(wire(vtep_mac="02:AA:BB:CC:DD:EE"), cluster_cidr=CLUSTER, now=NOW)
-    assert r == NodeRecord("n2", "192.168.1.2", "10.1.2.0/24", "02:aa:bb:cc:dd:ee", NOW,
+    r = validate_record(wire(vtep_mac=records.vtep_mac("n2").upper()), cluster_cidr=CLUSTER, now=NOW)
+    assert r == NodeRecord("n2", "192.168.1.2", "10.1.2.0/24", records.vtep_mac("n2"), NOW,
                            "192.168.1.2:7946", NOW - 5000)
     # optional fields, unknown keys ignored
     minimal = {"name": "n2", "underlay_ip": "192.168.1.2", "pod_cidr": "10.1.2.0/24",
@@ -65,6 +66,7 @@ def test_a_good_record_is_returned_normalised():
     ({"vtep_mac": "01:00:5e:00:00:01"}, "vtep_mac", "unicast"),
     ({"vtep_mac": "00:00:00:00:00:00"}, "vtep_mac", "unicast"),
     ({"vtep_mac": "02:aa:bb:cc:dd"}, "vtep_mac", "not a MAC"),
+    ({"vtep_mac": records.vtep_mac("n3")}, "vtep_mac", "not node n2's VTEP MAC"),
     ({"heartbeat_ms": 2 ** 63}, "heartbeat_ms", "not a time"),
     ({"heartbeat_ms": 2 ** 63 - 1}, "heartbeat_ms", "not a time"),
     ({"heartbeat_ms": NOW + records.MAX_FUTURE_MS + 1}, "heartbeat_ms", "not a time"),
@@ -282,10 +284,12 @@ def test_bad_records_are_dropped_one_by_one_and_the_good_ones_taken():
     batch = [rec("v6", "fd00::/64", hb=now), rec("badip", "10.1.5.0/24", ip="999.1.1.1", hb=now),
              rec("huge", "10.1.6.0/24", hb=2 ** 63 - 1), rec("neg", "10.1.7.0/24", hb=-1),
              rec("n3", "10.1.3.0/24", ip="192.168.1.3", hb=now),
-             NodeRecord("x" * 300, "192.168.1.9", "10.1.8.0/24", "", now, "", 0)]
+             NodeRecord("x" * 300, "192.168.1.9", "10.1.8.0/24", "", now, "", 0),
+             rec("ourip", "10.1.9.0/24", ip="192.168.1.1", hb=now),  # our own underlay address
+             rec("n9", "10.1.10.0/24", ip="192.168.1.9", hb=now, mac=records.vtep_mac("n3"))]
     assert store.receive(batch, "n3") is None
     assert [r.name for r in store.records()] == ["n3", "self"]
-    assert store.dropped == 5 and changes == [1]
+    assert store.dropped == 7 and changes == [1]
     # what every other part does with the records still works
     assert conflicts(store.records(), CLUSTER) == {}
 
@@ -345,10 +349,11 @@ def test_claim_dates_survive_a_restart(tmp_path):
 @given(st.lists(st.builds(
     NodeRecord,
     name=st.one_of(st.sampled_from(["self", "n2", "n3", "evil"]), st.text(max_size=20)),
-    underlay_ip=st.one_of(st.sampled_from(["192.168.1.2", "192.168.1.66", "::1", "1.2.3"]), st.text(max_size=10)),
+    underlay_ip=st.one_of(st.sampled_from(["192.168.1.2", "192.168.1.66", "192.168.1.1", "::1", "1.2.3"]),
+                          st.text(max_size=10)),
     pod_cidr=st.one_of(st.sampled_from(["10.1.2.0/24", "10.1.0.0/25", "fd00::/64", "10.9.0.0/24",
                                         "10.1.2.0/31"]), st.text(max_size=10)),
-    vtep_mac=st.one_of(st.just(""), st.sampled_from(["02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff"]),
+    vtep_mac=st.one_of(st.just(""), st.sampled_from([records.vtep_mac("n2"), "ff:ff:ff:ff:ff:ff"]),
                        st.text(max_size=20)),
     heartbeat_ms=st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1),
     peer_address=st.one_of(st.just(""), st.sampled_from(["192.168.1.2:7946", "[::1]:1", ":"]),

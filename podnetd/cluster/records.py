@@ -117,6 +117,11 @@ def validate_record(data, *, cluster_cidr: str | None, cidr_size: int | None = N
         mac = mac.lower()
         if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
             raise RecordError(name, "vtep_mac", f"{mac} is not a unicast MAC address")
+        if mac != vtep_mac(name):
+            # Derived from the name on every node: a record cannot take over another node's
+            # FDB entry by announcing its MAC.
+            raise RecordError(name, "vtep_mac", f"{mac} is not node {name}'s VTEP MAC "
+                              f"({vtep_mac(name)})")
     peer = string("peer_address", False)
     if peer:
         peer = _peer_address(name, peer)

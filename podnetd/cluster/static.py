@@ -285,6 +285,11 @@ class StaticStore(Store):
             if r.name == self.cfg.node_name:
                 self._continue_above(r)
                 continue
+            if r.underlay_ip == self.cfg.node_ip:
+                self.dropped += 1
+                self.say(logging.WARNING, ("our-ip", via, r.name), "dropped a record from %s: "
+                         "node %s claims our underlay address %s", via or "a peer", r.name, r.underlay_ip)
+                continue
             verdict = self.members.judge(r, firsthand=bool(sender) and r.name == sender)
             if verdict == Verdict.HEARSAY_CONFLICT:
                 self.say(logging.WARNING, ("hearsay", via, r.name),
