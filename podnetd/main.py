@@ -1,7 +1,12 @@
 """podnetd entry point."""
 import asyncio
 import logging
+import os
 import sys
+
+# gRPC core logs every failed TLS handshake at INFO, one stderr line each: any host that reaches
+# the peer port could fill the log. Read once when grpc is imported, so set before that.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from . import config
 from .daemon import Daemon, StartupError
