@@ -1,5 +1,6 @@
 """A hostile peer: speaks podnet.v1.Peer/Exchange (grpcio, the generated stubs) with whatever a
-test asks for. Reads a JSON list of attempts on stdin, prints a JSON list of outcomes.
+test asks for. As a client: reads a JSON list of attempts on stdin, prints a JSON list of
+outcomes. As a server (`hostile_peer.py serve CONFIG`): answers Exchanges with forged records.
 
 An attempt: {"target": "IP:PORT", "transport": "plain" | "tls", "ca": path, "cert": path|null,
 "key": path|null, "sender": str, "cluster_cidr": str, "records": [record dicts],
@@ -45,5 +46,41 @@ def attempt(a: dict) -> dict:
     return {"code": "OK", "details": "", "records": [r.name for r in response.records]}
 
 
+class HostileServer(cluster_pb2_grpc.PeerServicer):
+    """Answers every Exchange with the next of the configured answers (cycled), and prints one
+    line per call: the caller's sender name."""
+
+    def __init__(self, answers: list[dict]):
+        self.answers, self.calls = answers, 0
+
+    def Exchange(self, request, context):
+        a = self.answers[self.calls % len(self.answers)]
+        self.calls += 1
+        print(json.dumps({"call": self.calls, "sender": request.sender}), flush=True)
+        records = [cluster_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
+        if a.get("pad"):
+            records.append(cluster_pb2.NodeRecord(name="p" * a["pad"]))
+        return cluster_pb2.ExchangeResponse(records=records)
+
+
+def serve(config: dict) -> None:
+    """serve: {"listen": "IP:PORT", "cert", "key", "ca", "answers": [{"records", "copies", "pad"}]};
+    prints "ready", then a line per call, until stdin closes."""
+    from concurrent import futures
+    server = grpc.server(futures.ThreadPoolExecutor(4),
+                         options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    cluster_pb2_grpc.add_PeerServicer_to_server(HostileServer(config["answers"]), server)
+    creds = grpc.ssl_server_credentials([(read(config["key"]), read(config["cert"]))],
+                                        root_certificates=read(config["ca"]), require_client_auth=True)
+    server.add_secure_port(config["listen"], creds)
+    server.start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    server.stop(0)
+
+
 if __name__ == "__main__":
-    print(json.dumps([attempt(a) for a in json.load(sys.stdin)]))
+    if sys.argv[1:2] == ["serve"]:
+        serve(json.loads(sys.argv[2]))
+    else:
+        print(json.dumps([attempt(a) for a in json.load(sys.stdin)]))

@@ -5,8 +5,10 @@ name other than the one it claims. Routing keeps working, pods keep talking acro
 forged data is installed."""
 import json
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -164,3 +166,73 @@ def test_a_new_node_still_joins_after_the_attack(lab, attacker):
     assert lab.wait_routes(30) == {}
     cidr = lab.st.nodes[node]["pod_cidr"]
     assert gateways(lab, "n1")[cidr] == lab.st.nodes[node]["ip"]
+
+
+def test_forged_answers_from_a_hostile_server_change_nothing(lab, attacker):
+    """The answer path: a peer with a valid lab certificate announces itself (a real, valid
+    record), the nodes dial it, and it answers with forged, malformed and oversized records."""
+    n = lab.st.nodes
+    now = records.now_ms()
+    cert, key = attacker["mallory"]
+    listen = f"{attacker['ip']}:{plan.PEER_PORT}"
+    own_cidr = "10.244.200.0/24"
+    mallory = {"name": "mallory", "underlay_ip": attacker["ip"], "pod_cidr": own_cidr,
+               "vtep_mac": records.vtep_mac("mallory"), "heartbeat_ms": now, "peer_address": listen,
+               "started_ms": 1}
+    forged = [{"name": "n2", "underlay_ip": attacker["ip"], "pod_cidr": n["n2"]["pod_cidr"],
+               "heartbeat_ms": now + 120_000, "peer_address": listen},
+              {"name": "n1", "underlay_ip": n["n1"]["ip"], "pod_cidr": n["n1"]["pod_cidr"],
+               "heartbeat_ms": 2 ** 63 - 1},
+              {"name": "v6", "underlay_ip": attacker["ip"], "pod_cidr": "fd00::/64", "heartbeat_ms": now},
+              {"name": "thief", "underlay_ip": attacker["ip"], "pod_cidr": n["n3"]["pod_cidr"],
+               "heartbeat_ms": now, "started_ms": 1},
+              {"name": "copycat", "underlay_ip": attacker["ip"], "pod_cidr": "10.244.201.0/24",
+               "vtep_mac": records.vtep_mac("n2"), "heartbeat_ms": now}]
+    config = {"listen": listen, "cert": cert, "key": key, "ca": attacker["ca"],
+              "answers": [{"records": forged}, {"records": forged, "copies": 1000},
+                          {"pad": 3 * 1024 * 1024}]}
+    server = subprocess.Popen([*netops.nsenter(attacker["ns"]), PY, HOSTILE, "serve", json.dumps(config)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        out = run_hostile(attacker, [{"target": f"{n['n1']['ip']}:{plan.PEER_PORT}", "transport": "tls",
+                                      "ca": attacker["ca"], "cert": cert, "key": key, "sender": "mallory",
+                                      "cluster_cidr": plan.CLUSTER_CIDR, "records": [mallory]}])
+        assert out[0]["code"] == "OK", out
+        # every node learns of mallory and dials it; each variant of answer gets served
+        lines = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in server.stdout], daemon=True).start()
+        calls = []
+        try:
+            while len(calls) < 6:
+                calls.append(json.loads(lines.get(timeout=30)))
+        except queue.Empty:
+            raise AssertionError(f"the nodes stopped gossiping after {calls}") from None
+        assert {c["sender"] for c in calls} <= set(n), calls
+        attacked_at = time.monotonic()
+        for node in n:
+            seen = view(lab, node)
+            assert seen["n2"].underlay_ip == n["n2"]["ip"], (node, seen["n2"])
+            assert not {"v6", "copycat"} & set(seen), (node, sorted(seen))
+            # a new name by hearsay may be held, but its backdated claim loses to n3's
+            assert "thief" not in seen or "overlaps node n3's" in seen["thief"].problem, seen["thief"]
+            assert seen["mallory"].pod_cidr == own_cidr  # a node with a valid certificate
+            assert seen[node].mode == "self" and not seen[node].problem, (node, seen[node])
+            gw = gateways(lab, node)
+            assert {d for d, g in gw.items() if g == attacker["ip"]} <= {own_cidr}, (node, gw)
+        # the loops live on, and pods keep talking
+        while time.monotonic() - attacked_at < 2 * NODE_TIMEOUT + 1:
+            for node in n:
+                assert set(n) <= set(view(lab, node)), (node, sorted(view(lab, node)))
+            assert lab.missing_routes() == {}
+            time.sleep(0.5)
+        ps = pods.pods(lab)
+        assert probe.ping(ps["n1/p1"]["netns"], ps["n2/p1"]["address"], count=3).returncode == 0
+        logs = "".join(open(v["dir"] + "/podnetd.log").read() for v in n.values())
+        assert "Traceback" not in logs and "gossip round failed" not in logs
+        assert f"dropped a record from {listen}" in logs and f"relayed by {listen}" in logs
+        assert f"peer {listen} answered 5000 records (at most 2000): ignored" in logs
+        assert "Received message larger than max" in logs
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
