@@ -108,9 +108,21 @@ def validate_record(data, *, cluster_cidr: str | None, cidr_size: int | None = N
                               f"{MAX_FUTURE_MS // 1000} s from now ({now} ms)")
         return value
 
-    underlay = _unicast_ipv4(name, "underlay_ip", string("underlay_ip", True))
-    pod_cidr = _pod_cidr(name, string("pod_cidr", True), cluster_cidr, cidr_size)
-    mac = string("vtep_mac", False)
+    underlay, pod_cidr, mac, peer = _checked(
+        name, string("underlay_ip", True), string("pod_cidr", True), string("vtep_mac", False),
+        string("peer_address", False), cluster_cidr, cidr_size)
+    return NodeRecord(name=name, underlay_ip=underlay, pod_cidr=pod_cidr, vtep_mac=mac,
+                      heartbeat_ms=millis("heartbeat_ms", True, 1), peer_address=peer,
+                      started_ms=millis("started_ms", False, 0))
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked(name: str, underlay: str, pod_cidr: str, mac: str, peer: str,
+             cluster_cidr: str | None, cidr_size: int | None) -> tuple[str, str, str, str]:
+    """The string fields checked and normalised. Remembered: the same record comes back every
+    gossip round with only its heartbeat changed (errors are not remembered)."""
+    underlay = _unicast_ipv4(name, "underlay_ip", underlay)
+    pod_cidr = _pod_cidr(name, pod_cidr, cluster_cidr, cidr_size)
     if mac:
         if not _MAC_RE.fullmatch(mac):
             raise RecordError(name, "vtep_mac", f"{mac!r} is not a MAC address aa:bb:cc:dd:ee:ff")
@@ -122,12 +134,9 @@ def validate_record(data, *, cluster_cidr: str | None, cidr_size: int | None = N
             # FDB entry by announcing its MAC.
             raise RecordError(name, "vtep_mac", f"{mac} is not node {name}'s VTEP MAC "
                               f"({vtep_mac(name)})")
-    peer = string("peer_address", False)
     if peer:
         peer = _peer_address(name, peer)
-    return NodeRecord(name=name, underlay_ip=underlay, pod_cidr=pod_cidr, vtep_mac=mac,
-                      heartbeat_ms=millis("heartbeat_ms", True, 1), peer_address=peer,
-                      started_ms=millis("started_ms", False, 0))
+    return underlay, pod_cidr, mac, peer
 
 
 def _shown(value) -> str:
