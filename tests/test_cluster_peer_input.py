@@ -370,3 +370,17 @@ def test_fuzz_the_store_takes_any_batch_without_raising(batch, sender):
         assert validate_record(r, cluster_cidr=CLUSTER) == r or r.name == "self"
     assert conflicts(store.records(), CLUSTER) is not None
     assert store.refusal() is None
+
+
+def test_a_flood_of_bad_records_is_a_few_log_lines(caplog):
+    store, _ = static_store()
+    now = records.now_ms()
+    with caplog.at_level(logging.WARNING, logger="podnetd.cluster.static"):
+        for round_ in range(20):
+            batch = [rec(f"forged{round_}-{i}", "fd00::/64", hb=now) for i in range(100)]
+            batch += [rec(f"m{round_}-{i}", "10.1.9.0/24", ip="224.0.0.1", hb=now) for i in range(100)]
+            store.receive(batch, "evil", via=f"evil (ipv4:192.168.1.66:{40000 + round_})")
+            store.receive(batch, via=f"192.168.1.66:{7000 + round_ % 2}")  # as answers
+    assert store.dropped == 20 * 2 * 200
+    lines = [r.getMessage() for r in caplog.records]
+    assert 2 <= len(lines) <= 6, lines  # per source and field, not per record or connection

@@ -101,7 +101,7 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
         try:
             sender = rec.validate_name(request.sender)
         except RecordError as e:
-            store.say(logging.WARNING, ("bad-sender", peer),
+            store.say(logging.WARNING, ("bad-sender",),
                       "peer %s: Exchange refused: sender %s", peer, e.why)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node {me}: sender: {e.why}")
         if store.tls.enabled:
@@ -109,7 +109,7 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
             if sender not in names:
                 message = (f"node {me} refuses an Exchange from {peer}: sender {sender!r} is not "
                            f"a name of its certificate ({', '.join(sorted(names)) or 'none'})")
-                store.say(logging.WARNING, ("impostor", peer, sender), "%s", message)
+                store.say(logging.WARNING, ("impostor", tuple(sorted(names))), "%s", message)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
         if len(request.records) > MAX_RECORDS:
             message = (f"node {me} refuses {sender}: {len(request.records)} records in one "
@@ -120,7 +120,7 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
         if request.cluster_cidr and ours and request.cluster_cidr != ours:
             message = (f"node {me} refuses {sender}: cluster CIDR "
                        f"{_shown(request.cluster_cidr, 40)} differs from ours ({ours})")
-            store.report(sender, message)
+            store.say(logging.ERROR, ("other-cluster", sender), "node %s refused: %s", sender, message)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
         refusal = store.receive(request.records, sender, via=f"{sender} ({peer})")
         if not refusal and request.records:
@@ -273,13 +273,14 @@ class StaticStore(Store):
         own record is refused. sender is the authenticated caller (its own record is
         first-hand); records from an answer (sender "") are all hearsay."""
         changed = False
+        source = sender or via  # what log lines are rate-limited by: never a name a peer makes up
         for item in incoming:
             try:
                 r = rec.validate_record(item if isinstance(item, NodeRecord) else rec.wire_fields(item),
                                         cluster_cidr=self.cfg.cluster_cidr)
             except RecordError as e:
                 self.dropped += 1
-                self.say(logging.WARNING, ("invalid", via, e.record, e.field),
+                self.say(logging.WARNING, ("invalid", source, e.field),
                          "dropped a record from %s: %s", via or "a peer", e)
                 continue
             if r.name == self.cfg.node_name:
@@ -287,16 +288,16 @@ class StaticStore(Store):
                 continue
             if r.underlay_ip == self.cfg.node_ip:
                 self.dropped += 1
-                self.say(logging.WARNING, ("our-ip", via, r.name), "dropped a record from %s: "
+                self.say(logging.WARNING, ("our-ip", source), "dropped a record from %s: "
                          "node %s claims our underlay address %s", via or "a peer", r.name, r.underlay_ip)
                 continue
             verdict = self.members.judge(r, firsthand=bool(sender) and r.name == sender)
             if verdict == Verdict.HEARSAY_CONFLICT:
-                self.say(logging.WARNING, ("hearsay", via, r.name),
+                self.say(logging.WARNING, ("hearsay", source, r.name),
                          "ignored a record of node %s relayed by %s: it differs from the one "
                          "we hold, and only %s itself may change it", r.name, via or "a peer", r.name)
             elif verdict == Verdict.FULL:
-                self.say(logging.WARNING, ("full", via), "ignored node %s from %s: %d nodes "
+                self.say(logging.WARNING, ("full", source), "ignored node %s from %s: %d nodes "
                          "known already (the limit)", r.name, via or "a peer", len(self.members.records))
             changed |= verdict == Verdict.CHANGED
         refused = rec.conflicts(self.members.all(), self.cfg.cluster_cidr)
@@ -374,12 +375,12 @@ class StaticStore(Store):
             text = (e.details() or "").strip()
             detail = _shown(text.splitlines()[0] if text else e.code().name, 300)
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                self.say(logging.ERROR, ("refused-by", target, detail), "refused by peer %s: %s",
+                self.say(logging.ERROR, ("refused-by", target), "refused by peer %s: %s",
                          target, detail)
                 self._refused_by = detail
             else:
                 if self._peer_errors.get(target) != detail:
-                    self.say(logging.WARNING, ("peer", target, detail), "peer %s: %s", target, detail)
+                    self.say(logging.WARNING, ("peer", target), "peer %s: %s", target, detail)
                 self._peer_errors.put(target, detail)
             return
         self._peer_errors.pop(target, None)
