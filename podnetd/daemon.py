@@ -6,10 +6,11 @@ import logging
 import os
 import signal
 import socket
+import stat
 
 from grpc_health.v1 import health_pb2
 
-from . import __version__, node, server
+from . import __version__, node, server, socket_dir
 from .api.podnet.v1 import node_pb2
 from .cni import CniHandler
 from .endpoints import Endpoints, NodeNet
@@ -62,8 +63,14 @@ class Daemon:
 
     def _prepare_socket(self) -> None:
         path = self.cfg.socket
-        os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
-        if os.path.exists(path):
+        try:  # the sockets' 0700 directory (see socket_dir): checked before anything is bound
+            socket_dir.ensure(os.path.dirname(path) or "/")
+        except (socket_dir.InsecureSocketDir, OSError) as e:
+            raise StartupError(f"{e}: podnetd's sockets need a directory of their own, owned by "
+                               f"root with mode 0700") from None
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise StartupError(f"socket {path}: something that is not a socket is there")
             probe = socket.socket(socket.AF_UNIX)
             try:
                 probe.connect(path)
@@ -102,12 +109,9 @@ class Daemon:
             component = factory(self)
             await component.start()
             self.components.append(component)
+        # build() binds the socket (born 0600 inside the 0700 directory); start() serves it
         self._server, self._health, names = server.build(self, f"unix://{self.cfg.socket}")
-        old_umask = os.umask(0o077)  # the socket is born 0600: root only
-        try:
-            await self._server.start()
-        finally:
-            os.umask(old_umask)
+        await self._server.start()
         os.chmod(self.cfg.socket, 0o600)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

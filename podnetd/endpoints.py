@@ -32,6 +32,14 @@ class UnknownContainer(AttachError):
     pass
 
 
+class InvalidNetns(AttachError):
+    """The netns path names something that is not a pod's network namespace."""
+
+
+class InterfaceExists(AttachError):
+    """The pod already has an interface by the requested name."""
+
+
 @dataclasses.dataclass(frozen=True)
 class NodeNet:
     bridge: str
@@ -56,6 +64,17 @@ def veth_macs(container_id: str, ifname: str) -> tuple[str, str]:
     host = ":".join(f"{b:02x}" for b in (0x02, *digest[0:5]))
     pod = ":".join(f"{b:02x}" for b in (0x0a, *digest[5:10]))
     return host, pod
+
+
+def _open_pod_netns(what: str, path: str) -> int:
+    """The pod's netns, opened once (the fd is what every later step uses) and checked to be
+    a network namespace that is not the node's own."""
+    try:
+        return netns.open_pod_netns(path)
+    except NamespaceGone as e:
+        raise UnknownContainer(f"{what}: {e}") from None
+    except netns.InvalidNamespace as e:
+        raise InvalidNetns(f"{what}: {e}") from None
 
 
 def _inspect_pod_side(ifname: str) -> dict:
@@ -141,10 +160,7 @@ class Endpoints:
         what = f"attach {container_id[:12]}/{ifname}"
         host = host_veth_name(container_id, ifname)
         with contextlib.ExitStack() as undo:
-            try:
-                fd = netns.open_netns(netns_path)
-            except NamespaceGone as e:
-                raise UnknownContainer(f"{what}: {e}") from None
+            fd = _open_pod_netns(what, netns_path)
             undo.callback(os.close, fd)
             stale = self.ipam.get(container_id, ifname)
             if stale is not None and stale.state == "releasing":
@@ -164,8 +180,8 @@ class Endpoints:
             try:
                 self._create_veth(host, ifname, fd, host_mac, pod_mac)
             except Exists as e:
-                raise AttachError(f"{what}: {e}: an interface named {ifname} (or {host}) "
-                                  f"already exists") from None
+                raise InterfaceExists(f"{what}: {e}: an interface named {ifname} (or {host}) "
+                                      f"already exists") from None
             except KernelError as e:
                 raise AttachError(f"{what}: {e}") from None
             undo.callback(self._delete_quietly, host)
@@ -268,10 +284,11 @@ class Endpoints:
             raise CheckFailed(f"{what}: {record.host_ifname} is not on bridge {self.node.bridge}")
         if not host["up"]:
             raise CheckFailed(f"{what}: {record.host_ifname} is down")
+        fd = _open_pod_netns(what, netns_path)
         try:
-            seen = netns.run_in_netns(netns_path, _inspect_pod_side, ifname)
-        except NamespaceGone as e:
-            raise UnknownContainer(f"{what}: {e}") from None
+            seen = netns.run_in_netns(fd, _inspect_pod_side, ifname)
+        finally:
+            os.close(fd)
         if seen["link"] is None:
             raise CheckFailed(f"{what}: {ifname} is missing in {netns_path}")
         if record.address not in seen["addrs"]:
