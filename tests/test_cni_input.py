@@ -348,22 +348,52 @@ def test_fuzz_env_with_a_good_config(pod_ns, cid, netns, ifname):
         assert_spec_answer(*handler().handle(command, cid, netns, ifname, config()), command)
 
 
-@settings(max_examples=100, deadline=None)
-@given(raw=st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode()))
-def test_fuzz_depth_scan_agrees_with_the_parser(raw):
-    """Whatever the scan lets through, json.loads either parses or rejects with a ValueError:
-    never a RecursionError. Checked with a tiny limit so that the scan has work to do."""
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+DEEP_JSON = st.recursive(st.none() | st.text(alphabet='[]{}"\\\\ab', max_size=6),
+                         lambda inner: st.lists(inner, max_size=3)
+                         | st.dictionaries(st.text(alphabet='[{"\\\\', max_size=3), inner,
+                                           max_size=3), max_leaves=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=DEEP_JSON, limit=st.integers(0, 6))
+def test_fuzz_depth_scan_is_exact_for_json(value, limit):
+    """Strings full of brackets, quotes and backslashes: the scan counts what json.loads
+    would recurse into, no more and no less."""
+    raw = json.dumps(value).encode()
+    assert cni.json_depth_exceeds(raw, limit) == (_depth(value) > limit), raw
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=st.binary(max_size=300) | st.lists(st.sampled_from(
+    ["[" * 8, "[", '{"k":', '"', '\\', '\\\\', '\\"', "]", "}", ",", "1"]),
+    max_size=60).map(lambda tokens: "".join(tokens).encode()))
+def test_fuzz_depth_scan_never_lets_the_parser_recurse_too_deep(raw):
+    """Broken text too: whatever the scan lets through, json.loads (its recursion limit set
+    just above the scan's limit) parses or rejects it with a ValueError, never a
+    RecursionError."""
+    import sys
     if cni.json_depth_exceeds(raw, 3):
         return
+    old = sys.getrecursionlimit()
+    # json's C scanner counts its own depth against the recursion limit: stay close above
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    sys.setrecursionlimit(depth + 30)
     try:
-        value = json.loads(raw)
+        json.loads(raw)
     except ValueError:
-        return
-
-    def depth(v):
-        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else []
-        return 1 + max(map(depth, children), default=0) if isinstance(v, (dict, list)) else 0
-    assert depth(value) <= 3
+        pass
+    finally:
+        sys.setrecursionlimit(old)
 
 
 # -- the socket directory -------------------------------------------------------------------------
