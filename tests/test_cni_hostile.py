@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from podnetd import cni, server
 from podnetd.api.podnet.v1 import node_pb2, node_pb2_grpc
 from cni_chain import podnet_endpoints as endpoints
-from testlib import Daemon, in_ns, links_in, ns_path, plugin, wait_for
+from testlib import Daemon, in_ns, links_in, ns_path, plugin, sh, unique, wait_for
 
 WELL_KNOWN = {1, 2, 3, 4, 5, 6, 7, 11, 50, 51}
 
@@ -44,10 +44,15 @@ def test_netns_that_is_no_pods_network_namespace_is_refused(daemon, netns, tmp_p
     4, not attached with its default route replaced."""
     regular = tmp_path / "file"
     regular.write_text("")
+    (tmp_path / "link").symlink_to(f"/proc/{daemon.proc.pid}/ns/net")
+    alias = unique("al")   # podnetd's namespace under a name of its own: same inode
+    sh("ip", "netns", "attach", alias, daemon.proc.pid)
+    netns.names.append(alias)
     before_routes, before_links = routes(daemon.netns), links_in(daemon.netns)
     cases = [str(regular), "/proc/self/ns/mnt", "/dev/null", str(tmp_path),
              f"/proc/{daemon.proc.pid}/ns/net", "/proc/self/ns/net",
-             f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/ns/net"]
+             f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/ns/net", ns_path(alias),
+             str(tmp_path / "link"), f"/run/netns/../../proc/{daemon.proc.pid}/ns/net"]
     for i, path in enumerate(cases):
         rc, out, err = plugin("ADD", config=daemon.config(), container_id=f"hostile{i}",
                               netns=path, ifname="eth0")
@@ -130,6 +135,7 @@ def test_ifname_and_container_id_checked_strictly(daemon, netns):
     cases = [("c1", "é" * 10, "CNI_IFNAME"),        # 10 characters, 20 bytes
              ("c2", "eà", "CNI_IFNAME"),            # c3 a0: 0xa0 is white space to the kernel
              ("c3", "e%d", "CNI_IFNAME"),           # a template: the kernel would make "e0"
+             ("c4", "lo", "CNI_IFNAME"),            # the pod has one already: not a 999
              ("trailing\n", "eth0", "CNI_CONTAINERID"),
              ("a" * 256, "eth0", "CNI_CONTAINERID")]
     for cid, ifname, env in cases:
