@@ -147,22 +147,6 @@ def cmd_logs(args) -> int:
 
 def cmd_exec(args) -> int:
     command = list(args.cmd)
-    # options given after NAME land in the remainder: take them up to "--"
-    while command and command[0] != "--":
-        opt = command.pop(0)
-        if opt in ("-c", "--container") and command:
-            args.container = command.pop(0)
-        elif opt in ("-i", "--stdin"):
-            args.stdin = True
-        elif opt == "--timeout" and command:
-            args.timeout = float(command.pop(0))
-        elif opt in ("-n", "--namespace") and command:
-            args.namespace = command.pop(0)
-        else:
-            command.insert(0, opt)
-            break
-    if command and command[0] == "--":
-        command = command[1:]
     if not command:
         raise CtlError("pod exec: a command is required after --")
     stdin = b"" if sys.stdin.isatty() or not args.stdin else sys.stdin.buffer.read()
@@ -273,7 +257,7 @@ def register(sub, common) -> None:
     p.add_argument("-c", "--container")
     p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
     p.add_argument("--timeout", type=float, default=0, help="seconds (0: none)")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.add_argument("cmd", nargs="*", help="-- COMMAND [ARGS...]")
     p.set_defaults(func=cmd_exec)
 
     image = sub.add_parser("image", help="the offline image store")
