@@ -133,8 +133,12 @@ class Runtime:
         valid = [(p.pause_id, "eth0") for p in self.pods.values() if p.cni]
         for attempt in range(3):
             try:
-                if await self.cni.gc(valid):
+                skipped = await self.cni.gc(valid)
+                if skipped is not None:
                     log.info("CNI GC done: %d valid attachments", len(valid))
+                if skipped:
+                    log.info("CNI GC: not asked, as they do not support the configuration's "
+                             "cniVersion: %s", "; ".join(skipped))
                 return
             except cni_client.CniClientError as e:
                 log.warning("CNI GC (attempt %d): %s", attempt + 1, e)
