@@ -21,7 +21,6 @@ from .model import Ctr, Pod
 
 log = logging.getLogger(__name__)
 SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive its container
-RESET_AFTER = 600.0        # a container that ran this long cleanly restarts without back-off
 SHM_SIZE = 64 * 2**20
 STARTUP_TIMEOUT = 30.0
 
@@ -507,7 +506,11 @@ class Runtime:
                 code, ran = await self._watch(c)
             if not self._should_restart(c, code):
                 return
-            c.backoff_step = 1 if ran >= RESET_AFTER else c.backoff_step + 1
+            if "terminated" in c.state:  # kubelet: lastState is the run before the current one
+                c.last_state = c.state
+            # kubelet: a container that ran twice the maximum back-off (10 minutes by default)
+            # without failing restarts without back-off
+            c.backoff_step = 1 if ran >= 2 * self.backoff_max else c.backoff_step + 1
             delay = self._backoff(c)
             if delay > 0:
                 if not start_failed:  # a config/create error keeps its own reason (kubelet)
@@ -796,7 +799,6 @@ class Runtime:
         with contextlib.suppress(oci.OciError):
             await oci.delete(self.oci, c.cid)
         c.state = {"terminated": term}
-        c.last_state = {"terminated": term}
         c.ready = False
         c.attempt = None
         c.exited.set()
