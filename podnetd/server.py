@@ -99,8 +99,8 @@ class CniService(node_pb2_grpc.CniServicer):
 SERVICE_REGISTRARS: list = []
 
 
-def build(daemon, address: str) -> tuple:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+def build(daemon, address: str, interceptors: list | None = None) -> tuple:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors or [])
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(daemon), server)
     node_pb2_grpc.add_CniServicer_to_server(CniService(daemon), server)
     names = [node_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Node", "Cni")]

@@ -5,6 +5,7 @@ Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the nod
 it after; server.SERVICE_REGISTRARS serves podnet.v1.Cluster.
 """
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -13,6 +14,7 @@ import time
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
+from ..metrics import gauge
 from . import backends, records as rec, routing
 from .backends import Context, Entry
 from .firewall import Firewall
@@ -48,6 +50,7 @@ class ClusterComponent:
         self._task = None
         self._lock = asyncio.Lock()
         self._problems_logged: set = set()
+        self._metrics_snapshot: tuple = ({}, {}, 0, 0)
 
     # -- before node setup -----------------------------------------------------------------
 
@@ -114,6 +117,32 @@ class ClusterComponent:
         self._observe_endpoints()
         await self.store.start(self.own)
         self._task = asyncio.create_task(self._loop(), name="cluster-reconcile")
+        self.daemon.metrics.add_source(self._metrics)
+
+    def _metrics(self):
+        """Read by the metrics thread: the snapshot the reconcile loop last left."""
+        peers, desired, store_up, synced = self._metrics_snapshot
+        yield gauge("podnet_peers", "Other nodes of the cluster, by backend mode (host-gw, "
+                    "vxlan, unreachable) and state (ok, problem, refused)", ["mode", "state"],
+                    peers)
+        yield gauge("podnet_kernel_entries_desired", "Routes, neighbours and FDB entries the "
+                    "store asks for", ["kind"], desired)
+        yield gauge("podnet_store_up", "1 when the cluster store answers (etcd reachable, or a "
+                    "static peer heard from), 0 otherwise", ["store"], {(self.cfg.store,): store_up})
+        yield gauge("podnet_store_synced", "1 once the store has given a complete view (routes "
+                    "are only removed then)", ["store"], {(self.cfg.store,): synced})
+
+    def _take_metrics_snapshot(self) -> None:
+        peers: collections.Counter = collections.Counter()
+        for node in self.nodes():
+            if node["mode"] != "self":
+                state = ("refused" if node["name"] in self.refused else
+                         "problem" if node["problem"] else "ok")
+                peers[(node["mode"], state)] += 1
+        desired = collections.Counter((e.kind,) for e in self.desired)
+        # one assignment: the metrics thread sees the old snapshot or the new one, never half
+        self._metrics_snapshot = (peers, desired, 0 if self.store.problem() else 1,
+                                  1 if self.store.synced() else 0)
 
     async def stop(self) -> None:
         # Kernel state stays: pods keep talking across a daemon restart.
@@ -188,6 +217,8 @@ class ClusterComponent:
                 peers = [r for r in records if r.name != self.cfg.node_name and r.name not in self.refused]
             result = await loop.run_in_executor(None, self._sync_kernel, peers, firewall,
                                                 self.store.synced())
+            self.daemon.metrics.observe_reconcile(result)
+            self._take_metrics_snapshot()
             for err in result["errors"]:
                 if err not in self._problems_logged:
                     log.error("cluster routing: %s", err)
@@ -221,6 +252,7 @@ class ClusterComponent:
         if firewall:
             try:
                 done = self.firewall.sync()
+                result["firewall"] = done
                 if done["rewritten"] or done["added"] or done["removed"]:
                     log.info("nftables: rewrote %s, set elements +%d -%d",
                              ",".join(done["rewritten"]) or "nothing", done["added"], done["removed"])

@@ -228,7 +228,9 @@ class Lab:
         wanted = [("--node-ip", n["ip"]), ("--cluster-cidr", plan.CLUSTER_CIDR),
                   ("--store", self.st.store), ("--node-timeout", o.get("node_timeout")),
                   ("--backend", o.get("backend")), ("--reconcile-interval", o.get("reconcile_interval")),
-                  ("--vxlan-vni", o.get("vxlan_vni")), ("--vxlan-port", o.get("vxlan_port"))]
+                  ("--vxlan-vni", o.get("vxlan_vni")), ("--vxlan-port", o.get("vxlan_port")),
+                  # on the underlay, so one Prometheus in any lab namespace scrapes every node
+                  ("--metrics-listen", f"{n['ip']}:{plan.METRICS_PORT}")]
         if self.st.store == "static":
             wanted += [("--listen", f"{n['ip']}:{plan.PEER_PORT}"),
                        ("--peers", ",".join(f"{self.st.nodes[p]['ip']}:{plan.PEER_PORT}"

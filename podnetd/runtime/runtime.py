@@ -5,6 +5,7 @@ Every blocking or forking step is asynchronous (asyncio subprocesses) or runs of
 the daemon keeps serving the CNI plugin's relayed calls (the podnet plugin calls back into this
 very daemon during a pod's ADD)."""
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -17,6 +18,7 @@ import uuid
 
 from . import cni_client, host, manifest, oci, probes, spec as ocispec
 from .images import ImageError, ImageStore
+from ..metrics import gauge
 from .model import Ctr, Pod
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Runtime:
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
         self._idle: oci.IdleShim | None = None
+        self.metrics = daemon.metrics
+        self.metrics.add_source(self._pod_metrics)
 
     # -- component ----------------------------------------------------------------------
 
@@ -80,6 +84,20 @@ class Runtime:
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
                  self.cfg.cni_bin_dir)
+
+    def _pod_metrics(self):
+        """Pods by phase, read by the metrics thread (a dict the loop changes meanwhile is
+        copied again)."""
+        for _ in range(5):
+            try:
+                pods = list(self.pods.values())
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        phases = collections.Counter((p.phase(),) for p in pods)
+        yield gauge("podnet_pods", "Pods of this node's runtime, by phase", ["phase"], phases)
 
     async def stop(self) -> None:
         """podnetd stops: the pods keep running (their shims and runc are in other sessions);
@@ -526,6 +544,7 @@ class Runtime:
                     return
             if not start_failed:  # a container that never ran was not restarted
                 c.restart_count += 1
+                self.metrics.container_restarts.inc()
 
     def _argv_env(self, c: Ctr, image: dict) -> tuple[list[str], list[str]]:
         cfg = image.get("config") or {}
@@ -837,17 +856,19 @@ class Runtime:
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _probe_once(self, c: Ctr, probe: dict) -> tuple[bool, str]:
+    async def _probe_once(self, c: Ctr, probe: dict, kind: str) -> tuple[bool, str]:
         s = manifest.probe_settings(probe)
-        return await probes.run_handler(probe, runtime=self.oci, cid=c.cid, container=c.spec,
-                                        pod_ip=c.pod.ip, timeout=s["timeoutSeconds"])
+        ok, msg = await probes.run_handler(probe, runtime=self.oci, cid=c.cid, container=c.spec,
+                                           pod_ip=c.pod.ip, timeout=s["timeoutSeconds"])
+        self.metrics.probe_results.labels(kind.lower(), "success" if ok else "failure").inc()
+        return ok, msg
 
     async def _probe_loop(self, c: Ctr, probe: dict, kind: str, until_success: bool) -> bool:
         s = manifest.probe_settings(probe)
         await asyncio.sleep(s["initialDelaySeconds"])
         failures = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, kind)
             if ok:
                 return True
             failures += 1
@@ -861,7 +882,7 @@ class Runtime:
         await asyncio.sleep(s["initialDelaySeconds"])
         failures = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, "Liveness")
             if ok:
                 failures = 0
             else:
@@ -881,7 +902,7 @@ class Runtime:
         await asyncio.sleep(s["initialDelaySeconds"])
         ok_n = fail_n = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, "Readiness")
             ok_n, fail_n = (ok_n + 1, 0) if ok else (0, fail_n + 1)
             if ok and not c.ready and ok_n >= s["successThreshold"]:
                 c.ready = True
