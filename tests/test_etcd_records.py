@@ -94,12 +94,13 @@ def test_listing_keeps_good_records_and_reports_each_bad_one():
     assert "no lease" in reasons["/podnet/nodes/10-98-4-0-24"]
 
 
-def test_a_name_at_two_keys_keeps_the_newer_claim():
+@pytest.mark.parametrize("order", [1, -1])
+def test_a_name_at_two_keys_keeps_the_older_claim(order):
     listing = [(value(), meta("/podnet/nodes/10-98-2-0-24", create="5")),
                (value(pod_cidr="10.98.9.0/24"), meta("/podnet/nodes/10-98-9-0-24", create="30"))]
-    found, ignored = records_from_listing(listing, CLUSTER, 24)
-    assert found["n2"].pod_cidr == "10.98.9.0/24"
-    assert [k for k, _, _ in ignored] == ["/podnet/nodes/10-98-2-0-24"]
+    found, ignored = records_from_listing(listing[::order], CLUSTER, 24)
+    assert found["n2"].pod_cidr == "10.98.2.0/24"
+    assert [k for k, _, _ in ignored] == ["/podnet/nodes/10-98-9-0-24"]
 
 
 # -- fuzzing: anything gives a record that matches its key, or BadRecord -------------------------

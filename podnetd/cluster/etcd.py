@@ -172,7 +172,8 @@ def records_from_listing(listing, cluster_cidr: str, block_size: int):
     """The valid records of a prefix listing [(value, meta)], by node name, each with started_ms
     set to its key's create revision (etcd's order of claims, which no writer chooses), and
     [(key, mod revision, reason)] for every entry ignored. A name found at two keys keeps the
-    newer claim (a node that moved to another block), the older is reported."""
+    older claim: a second key naming a node later is reported, never lets its writer move the
+    node's traffic (a node that really moved waits until its old key's lease expires)."""
     found: dict[str, tuple[int, NodeRecord]] = {}
     ignored: list[tuple[str, int, str]] = []
     for value, meta in listing:
@@ -191,13 +192,13 @@ def records_from_listing(listing, cluster_cidr: str, block_size: int):
         created = _revision(meta, "create_revision")
         r = dataclasses.replace(r, started_ms=created)
         held = found.get(r.name)
-        if held is not None:
-            older, newer_ = sorted((held, (created, r)), key=lambda t: (t[0], t[1].pod_cidr))
-            ignored.append((block_key(older[1].pod_cidr), mod,
-                            f"node {r.name} also holds the newer block {newer_[1].pod_cidr}"))
-            found[r.name] = newer_
-        else:
+        if held is None or created < held[0]:
+            if held is not None:
+                ignored.append((block_key(held[1].pod_cidr), mod,
+                                f"node {r.name} holds the older block {r.pod_cidr}"))
             found[r.name] = (created, r)
+        else:
+            ignored.append((key_text, mod, f"node {r.name} holds the older block {held[1].pod_cidr}"))
     return {name: r for name, (_, r) in found.items()}, ignored
 
 
@@ -367,7 +368,8 @@ class EtcdStore(Store):
 
     def _lease_block(self, wanted: str | None, own_value) -> str:
         self._grant()
-        candidates = [wanted] if wanted else [*self._owned_blocks(), self._remembered()]
+        # What our state dir remembers first: another key that names us may not be ours.
+        candidates = [wanted] if wanted else [self._remembered(), *self._owned_blocks()]
         for cidr in filter(None, candidates):
             if self._claim(cidr, own_value(cidr)):
                 return cidr

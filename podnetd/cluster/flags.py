@@ -89,6 +89,19 @@ def _validate_etcd_tls(ns) -> None:
         raise config.ConfigError(f"{given[0][0]} needs https:// endpoints, not {plain[0]}")
 
 
+def _refuse_overlap_with_node(ns) -> None:
+    """The cluster CIDR must stay clear of this node's own networks (read from the kernel)."""
+    from ..kernel.errors import KernelError
+    from .own_networks import overlap_problem
+    try:
+        problem = overlap_problem(ns.cluster_cidr, {ns.bridge, ns.vxlan_dev})
+    except KernelError as e:
+        raise config.ConfigError(f"--cluster-cidr {ns.cluster_cidr}: cannot read this node's "
+                                 f"networks: {e}") from None
+    if problem:
+        raise config.ConfigError(problem)
+
+
 def validate(ns) -> None:
     ns.cluster = cluster_enabled(ns)
     ns.store = ns.store or "static"
@@ -129,6 +142,7 @@ def validate(ns) -> None:
         if not cluster.prefixlen <= ns.node_cidr_size <= 30:
             raise config.ConfigError(f"--node-cidr-size {ns.node_cidr_size}: must be between "
                                      f"{cluster.prefixlen} (the cluster prefix) and 30")
+    _refuse_overlap_with_node(ns)
     if not 0 < ns.vxlan_vni < 2 ** 24:
         raise config.ConfigError(f"--vxlan-vni {ns.vxlan_vni}: must be between 1 and 16777215")
     if not 0 < ns.vxlan_port < 65536:
