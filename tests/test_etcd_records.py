@@ -6,16 +6,19 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from podnetd.cluster.records import vtep_mac
 from podnetd.cluster.etcd import (MAX_VALUE_BYTES, BadRecord, block_key, key_block,
                                   record_from_kv, records_from_listing)
 
 CLUSTER = "10.98.0.0/16"
 GOOD = {"name": "n2", "underlay_ip": "192.168.200.2", "pod_cidr": "10.98.2.0/24",
-        "vtep_mac": "02:aa:bb:cc:dd:ee", "heartbeat_ms": 1764660000000, "peer_address": "",
+        "vtep_mac": vtep_mac("n2"), "heartbeat_ms": 1764660000000, "peer_address": "",
         "started_ms": 1764660000000}
 
 
 def value(**changes) -> bytes:
+    if isinstance(changes.get("name"), str) and "vtep_mac" not in changes:
+        changes["vtep_mac"] = vtep_mac(changes["name"])
     return json.dumps({**GOOD, **changes}).encode()
 
 
@@ -30,7 +33,8 @@ def parse(v: bytes, key: str = "/podnet/nodes/10-98-2-0-24"):
 def test_a_good_record_parses():
     r = parse(value())
     assert (r.name, r.pod_cidr, r.underlay_ip, r.vtep_mac) == ("n2", "10.98.2.0/24", "192.168.200.2",
-                                                                "02:aa:bb:cc:dd:ee")
+                                                                vtep_mac("n2"))
+    assert parse(value(vtep_mac="")).vtep_mac == ""  # a host-gw-only node publishes none
     assert key_block(block_key("10.98.2.0/24")) == ipaddress.ip_network("10.98.2.0/24")
 
 
@@ -61,6 +65,7 @@ def test_a_good_record_parses():
     (value(name="x" * 300), None, "not a node name"),
     (value(vtep_mac="01:00:5e:00:00:01"), None, "not a unicast MAC"),
     (value(vtep_mac="zz"), None, "not a unicast MAC"),
+    (value(vtep_mac=vtep_mac("n3")), None, "is not node n2's VTEP MAC"),
     (value(peer_address="x" * 100), None, "too long"),
     (b"not json", None, "not JSON"),
     (b"\xff\xfe", None, "not JSON"),
@@ -114,7 +119,8 @@ field_values = {
     "underlay_ip": st.one_of(st.ip_addresses().map(str), json_any),
     "pod_cidr": st.one_of(st.sampled_from(["10.98.2.0/24", "10.98.2.0/23", "10.98.2.1/24", "fd00::/64",
                                            "10.98.2.0/24 ", "0.0.0.0/0"]), json_any),
-    "vtep_mac": st.one_of(st.sampled_from(["", "02:00:00:00:00:01", "FF:FF:FF:FF:FF:FF"]), json_any),
+    "vtep_mac": st.one_of(st.sampled_from(["", "02:00:00:00:00:01", "FF:FF:FF:FF:FF:FF", vtep_mac("n1")]),
+                          json_any),
     "heartbeat_ms": st.one_of(st.integers(min_value=-2 ** 64, max_value=2 ** 64), json_any),
     "started_ms": st.one_of(st.integers(min_value=-2 ** 64, max_value=2 ** 64), json_any),
     "peer_address": json_any,

@@ -152,6 +152,9 @@ def record_from_kv(key, value: bytes, cluster_cidr: str, block_size: int) -> Nod
     mac = _field(d, "vtep_mac", str, "").lower()
     if mac and (not _MAC.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00"):
         raise BadRecord(f"field 'vtep_mac': {mac[:64]!r} is not a unicast MAC address")
+    if mac and mac != rec.vtep_mac(name):
+        # A node's VTEP MAC follows from its name: another one would take over a peer's FDB entry.
+        raise BadRecord(f"field 'vtep_mac': {mac} is not node {name}'s VTEP MAC {rec.vtep_mac(name)}")
     peer_address = _field(d, "peer_address", str, "")
     if len(peer_address) > MAX_PEER_ADDRESS or not peer_address.isprintable():
         raise BadRecord("field 'peer_address': too long or not printable")
@@ -174,7 +177,7 @@ def records_from_listing(listing, cluster_cidr: str, block_size: int):
     [(key, mod revision, reason)] for every entry ignored. A name found at two keys keeps the
     older claim: a second key naming a node later is reported, never lets its writer move the
     node's traffic (a node that really moved waits until its old key's lease expires)."""
-    found: dict[str, tuple[int, NodeRecord]] = {}
+    found: dict[str, tuple[int, int, NodeRecord]] = {}  # name -> (create rev, mod rev, record)
     ignored: list[tuple[str, int, str]] = []
     for value, meta in listing:
         meta = meta if isinstance(meta, dict) else {}
@@ -194,12 +197,12 @@ def records_from_listing(listing, cluster_cidr: str, block_size: int):
         held = found.get(r.name)
         if held is None or created < held[0]:
             if held is not None:
-                ignored.append((block_key(held[1].pod_cidr), mod,
+                ignored.append((block_key(held[2].pod_cidr), held[1],
                                 f"node {r.name} holds the older block {r.pod_cidr}"))
-            found[r.name] = (created, r)
+            found[r.name] = (created, mod, r)
         else:
-            ignored.append((key_text, mod, f"node {r.name} holds the older block {held[1].pod_cidr}"))
-    return {name: r for name, (_, r) in found.items()}, ignored
+            ignored.append((key_text, mod, f"node {r.name} holds the older block {held[2].pod_cidr}"))
+    return {name: r for name, (_, _, r) in found.items()}, ignored
 
 
 def blocks(cluster_cidr: str, size: int):
