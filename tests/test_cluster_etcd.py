@@ -287,7 +287,13 @@ def test_forged_and_malformed_records_are_ignored_and_the_loop_goes_on(lab, node
         key(free[7]): record(name={"a": 1}, pod_cidr=free[7]),
         key(free[8]): "x" * 100_000,
         "/podnet/nodes/garbage-key": record(name="n9"),
+        # a block of another size over the whole cluster, with the oldest claim time: on the old
+        # code every real node was refused (an older overlapping claim)
+        key(CLUSTER): record(name="big", pod_cidr=CLUSTER),
     }
+    # valid, but its underlay address is d1's own: d1 refuses it (no route via itself)
+    etcd.ctl("put", f"--lease={lease}", key(free[10]),
+             record(name="mirror", pod_cidr=free[10], underlay_ip=d1.node_ip))
     for k, v in forged.items():
         etcd.ctl("put", f"--lease={lease}", k, v)
     # a record without a lease never expires: never written by a podnetd
@@ -296,8 +302,11 @@ def test_forged_and_malformed_records_are_ignored_and_the_loop_goes_on(lab, node
     d3 = nodes()
     c3 = etcd.blocks()[d3.node_name][0]
     wait_for(lambda: c3 in routes(d1.netns) and c3 in routes(d2.netns), 15, what="later joiner routed")
+    wait_for(lambda: "mirror" in d1.nodes(), 10, what="the mirror record listed")
     view = d1.nodes()
-    assert set(view) == {d1.node_name, d2.node_name, d3.node_name}, view
+    assert set(view) == {d1.node_name, d2.node_name, d3.node_name, "mirror"}, view
+    assert view["mirror"]["mode"] == "unreachable" and "this node's own" in view["mirror"]["problem"]
+    assert free[10] not in routes(d1.netns)
     assert view[d2.node_name]["underlay_ip"] == ip2 and view[d2.node_name]["pod_cidr"] == c2
     assert view[d2.node_name]["mode"] == "host-gw" and not view[d2.node_name].get("problem")
     assert routes(d1.netns)[c2]["gateway"] == ip2
@@ -345,3 +354,25 @@ def test_a_route_we_do_not_own_is_left_alone_and_reported(lab, nodes):
     wait_for(lambda: c2 in routes(d1.netns) and routes(d1.netns)[c2]["gateway"] == d2.node_ip, 10,
              what="our route back")
     wait_for(lambda: not d1.nodes()[d2.node_name].get("problem"), 10, what="problem cleared")
+
+
+def test_garbage_at_our_own_key_is_survived(lab, nodes):
+    """Someone overwrites a node's own key with a non-record: the node reports its block taken
+    and keeps retrying (on the old code the store loop died on the value and never came back);
+    once the key is free again the node re-publishes and routes to later joiners."""
+    _, etcd = lab
+    d1, d2 = nodes(), nodes()
+    c1 = etcd.blocks()[d1.node_name][0]
+    key = "/podnet/nodes/" + c1.replace(".", "-").replace("/", "-")
+    etcd.ctl("put", key, "[1, 2, 3]")
+    wait_for(lambda: "was taken by another node" in d1.ctl("nodes").get("problem", ""), 15,
+             what="d1 reports its block taken")
+    wait_for(lambda: c1 not in routes(d2.netns), 15, what="d2 ignores the garbage at d1's key")
+    etcd.ctl("del", key)
+    wait_for(lambda: etcd.blocks().get(d1.node_name, ("",))[0] == c1, 15, what="d1 re-published")
+    d3 = nodes()
+    c3 = etcd.blocks()[d3.node_name][0]
+    wait_for(lambda: c3 in routes(d1.netns) and c1 in routes(d2.netns) and c1 in routes(d3.netns),
+             15, what="routes after recovery")
+    assert "problem" not in d1.ctl("nodes")
+    assert "Traceback" not in d1.log()

@@ -184,6 +184,12 @@ class ClusterComponent:
             loop = asyncio.get_running_loop()
             records = self.store.records()
             self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
+            for r in records:
+                # A route via our own address is a kernel error on every pass (and fails CNI
+                # STATUS): a peer claiming our underlay address is refused here instead.
+                if r.name != self.cfg.node_name and r.underlay_ip == self.cfg.node_ip:
+                    self.refused.setdefault(r.name, f"its underlay address {r.underlay_ip} is this "
+                                                    f"node's own")
             if self.cfg.node_name in self.refused or self.store.refusal():
                 peers = []  # a refused node routes nowhere: never half-applied
             else:
