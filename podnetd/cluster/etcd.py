@@ -313,8 +313,10 @@ class EtcdStore(Store):
     def _remembered(self) -> str | None:
         try:
             with open(self._state_file) as f:
-                return json.load(f).get("pod_cidr")
-        except (OSError, ValueError):
+                cidr = json.load(f).get("pod_cidr")
+            key_block(block_key(cidr))  # a well-formed block, or nothing remembered
+            return cidr
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
             return None
 
     def _remember(self, cidr: str) -> None:
