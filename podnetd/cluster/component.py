@@ -46,11 +46,13 @@ class ClusterComponent:
         self.modes: dict[str, tuple[str, str]] = {}
         self.refused: dict[str, str] = {}
         self.kernel_problem: str | None = None
+        self.foreign: dict[str, str] = {}  # peer pod CIDR -> protocol of the route someone else made
         self._wake: asyncio.Event | None = None
         self._task = None
         self._lock = asyncio.Lock()
         self._problems_logged: set = set()
         self._metrics_snapshot: tuple = ({}, {}, 0, 0)
+        self._mode_problems_logged: set = set()
 
     # -- before node setup -----------------------------------------------------------------
 
@@ -211,6 +213,12 @@ class ClusterComponent:
             loop = asyncio.get_running_loop()
             records = self.store.records()
             self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
+            for r in records:
+                # A route via our own address is a kernel error on every pass (and fails CNI
+                # STATUS): a peer claiming our underlay address is refused here instead.
+                if r.name != self.cfg.node_name and r.underlay_ip == self.cfg.node_ip:
+                    self.refused.setdefault(r.name, f"its underlay address {r.underlay_ip} is this "
+                                                    f"node's own")
             if self.cfg.node_name in self.refused or self.store.refusal():
                 peers = []  # a refused node routes nowhere: never half-applied
             else:
@@ -242,13 +250,20 @@ class ClusterComponent:
             errors.append(str(e))
         ctx = Context(self.own, self.underlay.get("subnets", ()), self.cfg.vxlan_dev)
         desired, modes = backends.plan(ctx, self.backend, peers)
-        for name, (mode, problem) in modes.items():
-            if problem and (name, problem) not in self._problems_logged:
-                log.warning("node %s: %s", name, problem)
-                self._problems_logged.add((name, problem))
-        self.desired, self.modes = desired, modes
         result = routing.sync(desired, self.cfg.vxlan_dev, allow_removal=synced)
         result["errors"] = errors + result["errors"]
+        # Logged when a problem appears (or changes), not on every pass.
+        current = {(name, problem) for name, (_, problem) in modes.items() if problem}
+        for name, problem in sorted(current - self._mode_problems_logged):
+            log.warning("node %s: %s", name, problem)
+        self._mode_problems_logged = current
+        self._note_foreign(result["foreign"], desired)  # logs its own changes
+        for entry in desired:
+            if entry.kind == "route" and entry.destination in self.foreign:
+                mode = modes[entry.node][0]
+                modes[entry.node] = (mode, f"route to {entry.destination} exists with proto "
+                                           f"{self.foreign[entry.destination]} (not podnet's): left alone")
+        self.desired, self.modes = desired, modes
         if firewall:
             try:
                 done = self.firewall.sync()
@@ -259,6 +274,19 @@ class ClusterComponent:
             except KernelError as e:
                 result["errors"].append(str(e))
         return result
+
+    def _note_foreign(self, foreign: dict[str, str], desired: list[Entry]) -> None:
+        """Log a foreign route to a peer's pod CIDR once when it appears, and once when it goes."""
+        nodes = {e.destination: e.node for e in desired if e.kind == "route"}
+        for dst, proto in sorted(foreign.items()):
+            if self.foreign.get(dst) != proto:
+                log.warning("route to %s exists with proto %s, not podnet's (%d): left alone; node %s "
+                            "is routed by it, not by podnet, until it is removed",
+                            dst, proto, backends.ROUTE_PROTO, nodes.get(dst, "?"))
+        for dst in sorted(set(self.foreign) - set(foreign)):
+            if dst in nodes:
+                log.info("the foreign route to %s is gone: podnet routes node %s", dst, nodes[dst])
+        self.foreign = foreign
 
     # -- views -----------------------------------------------------------------------------
 
@@ -286,5 +314,9 @@ class ClusterComponent:
             out.append({**r.to_dict(), "age": self.store.age(r.name), "mode": mode, "problem": problem})
         return out
 
-    def routes(self) -> list[tuple[Entry, bool]]:
-        return routing.present(self.desired, self.cfg.vxlan_dev)
+    def routes(self) -> list[tuple[Entry, str]]:
+        """Each desired entry with its state: present, missing, or foreign (a route to its
+        destination that podnet did not make holds the place)."""
+        foreign = self.foreign
+        return [(e, "present" if ok else "foreign" if e.kind == "route" and e.destination in foreign
+                 else "missing") for e, ok in routing.present(self.desired, self.cfg.vxlan_dev)]
