@@ -1,6 +1,7 @@
 """Hostile image archives, imported the way users do (`podnetctl image import` through a
 running podnetd), in both layouts: nothing on the host changes, nothing is left behind, and
 every refusal is one clear FAILED_PRECONDITION line, never UNKNOWN or a traceback."""
+import gzip
 import json
 import os
 import shutil
@@ -139,6 +140,7 @@ def test_symlinked_parents_resolve_inside_the_root(node, host, tmp_path, fmt):
     layers = [layer(d("usr"), d("usr/bin"), sym("bin", "/usr/bin"),
                     sym("x", host), sym("up", "../../../../../../" + host.lstrip("/"))),
               layer(f(f"bin/{tool}", b"tool\n"), f("x/new", b"in\n"), f("up/keep/file", b"img\n"),
+                    f(os.path.join(host, "abs"), b"absolute name\n"),
                     f("x/other")),
               layer(f("x/.wh.secret", b""), f("x/keep/.wh..wh..opq", b""))]
     cfg = config(layers)
@@ -150,6 +152,7 @@ def test_symlinked_parents_resolve_inside_the_root(node, host, tmp_path, fmt):
     inside = os.path.join(root, host.lstrip("/"))
     assert open(os.path.join(root, "usr", "bin", tool), "rb").read() == b"tool\n"
     assert open(os.path.join(inside, "new"), "rb").read() == b"in\n"
+    assert open(os.path.join(inside, "abs"), "rb").read() == b"absolute name\n"
     # the opaque whiteout emptied the image's keep/ (what `up/keep/file` put there)
     assert os.listdir(os.path.join(inside, "keep")) == []
     node.ctl("image", "rm", f"parents-{fmt}")
@@ -160,6 +163,8 @@ def test_symlinked_parents_resolve_inside_the_root(node, host, tmp_path, fmt):
     ("dotdot", [f("../../escape")], "'..' component"),
     ("hard-dotdot", [hard("h", "../../etc/passwd")], "'..' component"),
     ("hard-dir", [d("dir"), hard("h", "dir")], "a directory"),
+    ("hard-absolute", [hard("h", "/etc/passwd")], "does not exist"),
+    ("hard-fifo", [entry("p", tarfile.FIFOTYPE), hard("h", "p")], "a FIFO"),
     ("hard-missing", [hard("h", "nosuch")], "does not exist"),
     ("hard-through-host-link", [sym("l", "/etc"), hard("h", "l/passwd")], "does not exist"),
     ("loop", [sym("a", "b"), sym("b", "a"), f("a/x")], "too many levels of symbolic links"),
@@ -334,3 +339,28 @@ def test_oversized_json_is_refused_by_the_daemon(node, clean, tmp_path):
     big = json.dumps({"pad": "x" * (5 << 20), "rootfs": {"diff_ids": []}}).encode()
     path = archive("docker", str(tmp_path / "a.tar"), [], cfg=big)
     refused(node, imp(node, "big", path), "over the limit of 4194304 (max_json_bytes)")
+
+
+def test_import_runs_off_the_event_loop(node, clean, tmp_path):
+    """While an import works (its temporary directory exists: a layer that decompresses to
+    256 MiB of zeros after its tar), the daemon answers other calls."""
+    import subprocess
+    import grpc
+    from podnetd.api.podnet.v1 import pods_pb2, pods_pb2_grpc
+    from testlib import PY, REPO, wait_for
+    small = layer(f("x"))
+    zeros = gzip.compress(b"\0" * (64 << 20), compresslevel=9, mtime=0)
+    path = archive("oci", str(tmp_path / "slow.tar"), [small], blobs=[gz(small) + zeros * 4])
+    proc = subprocess.Popen([PY, "-m", "podnetd.ctl.main", "image", "import", "--socket",
+                             node.socket, "slow", path], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def importing():
+            return [e for e in os.listdir(images_dir(node)) if e.startswith(".import-")]
+        wait_for(importing, timeout=60, what="the import to start unpacking")
+        with grpc.insecure_channel(f"unix:{node.socket}") as channel:
+            pods_pb2_grpc.PodsStub(channel).ListImages(pods_pb2.ListImagesRequest(), timeout=30)
+        assert importing(), "the import was over before the daemon answered"
+    finally:
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "uncompressed digest is" in err, err

@@ -236,6 +236,8 @@ class ImageStore:
             image_id = self._import(archive)
         except ImageError as e:
             raise ImageError(f"import image {name} from {archive}: {e}") from None
+        except OSError as e:  # the store's own disk (full, read-only): still one clear line
+            raise ImageError(f"import image {name} from {archive}: {e}") from None
         with self._lock:
             index = self._index()
             index[name] = image_id
