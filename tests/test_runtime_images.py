@@ -226,3 +226,31 @@ def test_entry_names_split_inside_the_root_or_refused(name):
     except ImageError:
         return
     assert all(p not in ("", ".", "..") and "/" not in p for p in parts)
+
+
+def _pax_layer(name: str, headers: dict) -> bytes:
+    import io
+    info = tarfile.TarInfo(name)
+    info.size, info.pax_headers = 2, headers
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b"x\n"))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("headers,error", [
+    ({"mtime": "inf"}, None), ({"mtime": "nan"}, None), ({"mtime": "-1e300"}, None),
+    ({"uid": "99999999999"}, "uid 99999999999 is out of range"),
+    ({"path": "a\x00b"}, "contains a NUL byte"),
+    ({"path": "../../x"}, r"'\.\.' component"),
+], ids=["mtime-inf", "mtime-nan", "mtime-negative", "uid-huge", "nul", "pax-dotdot"])
+def test_odd_pax_headers_are_clamped_or_refused(tmp_path, headers, error):
+    lay = _pax_layer("file", headers)
+    store = ImageStore(str(tmp_path / "store"))
+    path = archive("docker", str(tmp_path / "a.tar"), [lay])
+    if error:
+        _refused_cleanly(store, path, error)
+        return
+    root = store.import_archive("odd", path)["rootfs"]
+    files = os.listdir(root)
+    assert len(files) == 1 and os.lstat(os.path.join(root, files[0])).st_mtime >= 0

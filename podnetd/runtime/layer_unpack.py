@@ -16,6 +16,7 @@ fd opened with O_NOFOLLOW or with AT_SYMLINK_NOFOLLOW, never through a link.
   there, never what this layer adds (the OCI layer spec), in one streaming pass.
 - counts and sizes are charged to a Budget shared by all layers of an import."""
 import logging
+import math
 import os
 import shutil
 import stat
@@ -156,7 +157,7 @@ class Root:
 
 
 def _times(mtime: float) -> tuple[int, int]:
-    seconds = min(max(int(mtime), 0), MAX_MTIME)
+    seconds = min(max(int(mtime), 0), MAX_MTIME) if math.isfinite(mtime) else 0
     return seconds * 10 ** 9, seconds * 10 ** 9
 
 
@@ -187,10 +188,11 @@ class LayerUnpacker:
         self.root.close()
 
     def apply(self, layer: tarfile.TarFile) -> None:
-        """Apply one layer (a tarfile, stream mode is fine: one pass, in order)."""
+        """Apply one layer (a tarfile in stream mode: one pass, in order)."""
         self.created: set[tuple[str, ...]] = set()   # paths this layer made (and their parents)
         dir_times: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
-        for m in layer:
+        while (m := layer.next()) is not None:
+            layer.members.clear()  # tarfile keeps every header otherwise: memory per entry
             self.budget.entry()
             try:
                 path = self._entry(layer, m)
