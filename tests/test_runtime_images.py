@@ -254,3 +254,22 @@ def test_odd_pax_headers_are_clamped_or_refused(tmp_path, headers, error):
     root = store.import_archive("odd", path)["rootfs"]
     files = os.listdir(root)
     assert len(files) == 1 and os.lstat(os.path.join(root, files[0])).st_mtime >= 0
+
+
+def test_truncated_archives_are_one_clear_error(tmp_path):
+    """Cut anywhere, documents first so that the cut lands in a layer too."""
+    from image_archives import config, sha, write_tar
+    lay = layer(f("big", os.urandom(200_000)))
+    cfg = config([lay])
+    manifest = json.dumps([{"Config": "c.json", "Layers": ["l.tar"]}]).encode()
+    full = write_tar(str(tmp_path / "full.tar"),
+                     [("manifest.json", manifest), ("c.json", cfg), ("l.tar", lay)])
+    data = open(full, "rb").read()
+    for i, cut in enumerate([100, 600, 1600, 3000, 50_000, 150_000, len(data) - 30_000]):
+        path = tmp_path / f"cut{i}.tar"
+        path.write_bytes(data[:cut])
+        _refused_cleanly(ImageStore(str(tmp_path / f"s{i}")), str(path), "import image limited")
+    assert ImageStore(str(tmp_path / "ok")).import_archive("ok", full)["id"] == sha(cfg)
+    zipped = tmp_path / "full.tar.gz"  # `podman save | gzip`
+    zipped.write_bytes(gz(data))
+    assert ImageStore(str(tmp_path / "ok2")).import_archive("ok", str(zipped))["id"] == sha(cfg)

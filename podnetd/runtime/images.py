@@ -63,26 +63,28 @@ class _Archive:
         try:  # non-blocking open: a FIFO or a device must not hang the import thread
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as e:
-            raise ImageError(f"{path}: {e.strerror}") from None
+            raise ImageError(e.strerror) from None
         file = os.fdopen(fd, "rb")
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ImageError(f"{path}: not a regular file")
+                raise ImageError("not a regular file")
             os.set_blocking(fd, True)
+            gzipped = file.read(2) == b"\x1f\x8b"  # `podman save | gzip` too
+            file.seek(0)
             try:
-                self.tar = tarfile.open(fileobj=file, mode="r:*")
+                self.tar = tarfile.open(fileobj=file, mode="r:gz" if gzipped else "r:")
             except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-                raise ImageError(f"{path}: not a tar archive: {e}") from None
+                raise ImageError(f"not a tar archive: {e}") from None
             self.file = file
             self.members: dict[str, tarfile.TarInfo] = {}
             try:
                 for count, m in enumerate(self.tar, 1):
                     if count > limits.max_entries:
-                        raise ImageError(f"{path}: more than {limits.max_entries} members "
+                        raise ImageError(f"more than {limits.max_entries} members "
                                          "(max_entries)")
                     self.members[_norm(m.name)] = m  # the last one wins, as in tar
             except _STREAM_ERRORS as e:
-                raise ImageError(f"{path}: corrupt tar archive: {e}") from None
+                raise ImageError(f"corrupt tar archive: {e}") from None
         except BaseException:
             file.close()
             raise
@@ -281,7 +283,7 @@ class ImageStore:
                     _apply_layer(archive, layer, unpacker, self.limits)
                 except ImageError as e:
                     raise ImageError(f"layer {i} ({layer.path}): {e}") from None
-                except OSError as e:
+                except _STREAM_ERRORS as e:  # the outer archive itself is corrupt there
                     raise ImageError(f"layer {i} ({layer.path}): {e}") from None
         finally:
             unpacker.close()
