@@ -14,7 +14,7 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from image_archives import archive, f, gz, layer, sym
+from image_archives import archive, entry, f, gz, hard, layer, sym
 from testlib import unique
 from runtime_lib import busybox_archive
 from podnetd.runtime import image_archive
@@ -273,3 +273,81 @@ def test_truncated_archives_are_one_clear_error(tmp_path):
     zipped = tmp_path / "full.tar.gz"  # `podman save | gzip`
     zipped.write_bytes(gz(data))
     assert ImageStore(str(tmp_path / "ok2")).import_archive("ok", str(zipped))["id"] == sha(cfg)
+
+
+# -- the unpacker under random layers: nothing outside the root ever changes -------------
+
+_component = st.sampled_from(["a", "b", "c", "..", ".", "", ".wh.a", ".wh.b", ".wh..wh..opq"])
+_names = st.one_of(  # mostly a few plain names, so that entries meet each other
+    st.sampled_from(["b", "a", "a/b", "b/c"]),
+    st.builds(lambda absolute, parts: ("/" if absolute else "") + "/".join(parts),
+              st.booleans(), st.lists(_component, min_size=1, max_size=3)))
+
+
+@st.composite
+def _entries(draw, outside: str):
+    """A layer as a small program: links mostly aim at the outside or at earlier entries."""
+    # hypothesis favours the first choices: the dangerous ones come first
+    aims = st.sampled_from([outside + "/secret", outside, "../../outside/secret", "/", "..",
+                            "../outside", "a", "b"])
+    out, names = [], []
+    for _ in range(draw(st.integers(1, 10))):
+        name = draw(_names)
+        kind = draw(st.sampled_from(["sym", "hard", "file", "dir", "fifo", "chr"]))
+        earlier = st.sampled_from(names or ["a"])
+        if kind == "dir":
+            out.append(entry(name, tarfile.DIRTYPE, mode=draw(st.sampled_from([0o755, 0o4777]))))
+        elif kind == "file":
+            out.append(f(name, b"data\n", mode=0o4777, uid=4242))
+        elif kind == "sym":
+            out.append(sym(name, draw(st.one_of(aims, _names)) or "x"))
+        elif kind == "hard":
+            out.append(hard(name, draw(st.one_of(earlier, aims, _names)),
+                            mode=0o4777, uid=4242))
+        elif kind == "fifo":
+            out.append(entry(name, tarfile.FIFOTYPE))
+        else:
+            out.append(entry(name, tarfile.CHRTYPE, devmajor=1, devminor=3))
+        names.append(name)
+    return out
+
+
+def _tree(top: str) -> dict:
+    out = {}
+    for dirpath, dirs, files in os.walk(top):
+        for name in [".", *dirs, *files]:
+            p = os.path.join(dirpath, name)
+            st_ = os.lstat(p)
+            out[p] = (st_.st_mode, st_.st_uid, st_.st_nlink, st_.st_mtime_ns)
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(st.data())
+def test_random_layers_never_reach_outside_the_root(data):
+    import io
+    from podnetd.runtime.layer_unpack import Budget, LayerUnpacker
+    with tempfile.TemporaryDirectory(prefix=f"{unique('unpack')}-") as top:
+        root, outside = os.path.join(top, "root"), os.path.join(top, "outside")
+        os.mkdir(root)
+        os.mkdir(outside)
+        with open(os.path.join(outside, "secret"), "w") as fh:
+            fh.write("secret\n")
+        os.chmod(os.path.join(outside, "secret"), 0o600)
+        before = _tree(outside)
+        layers = [layer(*data.draw(_entries(outside))) for _ in range(data.draw(st.integers(1, 3)))]
+        unpacker = LayerUnpacker(root, Budget(Limits()))
+        try:
+            for blob in layers:
+                with tarfile.open(fileobj=io.BytesIO(blob), mode="r|") as tar:
+                    unpacker.apply(tar)
+        except ImageError:
+            pass
+        finally:
+            unpacker.close()
+        assert _tree(outside) == before
+        for dirpath, dirs, files in os.walk(root):
+            for name in dirs + files:
+                st_ = os.lstat(os.path.join(dirpath, name))
+                assert not (stat.S_ISCHR(st_.st_mode) or stat.S_ISBLK(st_.st_mode))
