@@ -237,6 +237,15 @@ def test_wrong_layer_digests_are_refused(node, clean, tmp_path, fmt):
     refused(node, imp(node, f"wrongdigest-{fmt}", path), "layer 1", message)
 
 
+def test_wrong_layer_size_is_refused(node, clean, tmp_path):
+    lay = layer(f("a"))
+    manifest = json.dumps({
+        "config": {"digest": f"sha256:{sha(config([lay]))}"},
+        "layers": [{"digest": f"sha256:{sha(lay)}", "size": len(lay) + 1}]}).encode()
+    path = archive("oci", str(tmp_path / "a.tar"), [lay], manifest=manifest)
+    refused(node, imp(node, "wrongsize", path), "layer 1", f"its descriptor says {len(lay) + 1}")
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_forged_archive_cannot_poison_an_image_id(node, tmp_path, fmt):
     """A real image's config with an evil layer in place of its real one: refused, and the

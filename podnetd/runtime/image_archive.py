@@ -39,6 +39,7 @@ class LayerRef:
     path: str              # the member of the archive that holds the layer
     diff_id: str           # sha256 of the uncompressed tar (the config's rootfs.diff_ids)
     digest: str | None     # sha256 of the blob as stored (OCI); None in docker archives
+    size: int | None = None  # the blob's size as its descriptor says (OCI)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +265,6 @@ def _read_oci(archive: ArchiveReader, limits: Limits) -> ImageSpec:
             raise ImageError(f"{what} lists {len(layer_descs)} layers, its config "
                              f"{len(diff_ids)} rootfs.diff_ids")
         return ImageSpec(config_desc.digest[len("sha256:"):], config,
-                         [LayerRef(blob_path(d.digest), diff, d.digest)
+                         [LayerRef(blob_path(d.digest), diff, d.digest, d.size)
                           for d, diff in zip(layer_descs, diff_ids)], "oci")
     raise ImageError(f"index.json: more than {MAX_INDEX_DEPTH} nested indexes")

@@ -164,6 +164,8 @@ def _apply_layer(archive: _Archive, layer: LayerRef, unpacker: LayerUnpacker,
     if m.size > limits.max_blob_bytes:
         raise ImageError(f"is {m.size} bytes, over the limit of {limits.max_blob_bytes} "
                          "(max_blob_bytes)")
+    if layer.size is not None and layer.size != m.size:
+        raise ImageError(f"is {m.size} bytes, its descriptor says {layer.size}")
     magic = archive.open(m).read(4)
     if magic.startswith(b"\x28\xb5\x2f\xfd"):
         raise ImageError("zstd-compressed layers are not supported (gzip or uncompressed)")
