@@ -17,6 +17,7 @@ from .endpoints import Endpoints, NodeNet
 from .ipam import Ipam
 from .kernel import ip_lib
 from .kernel.errors import KernelError
+from .events import EventRecorder, ObjectRef
 from .metrics import GrpcMetricsInterceptor, InstrumentedCni, Metrics, gauge
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Daemon:
         self.cni: CniHandler | None = None
         self.components: list = []
         self.metrics = Metrics()
+        self.events = EventRecorder(cfg.node_name)
         self._server = None
         self._health = None
         self._lock_fd: int | None = None
@@ -98,6 +100,7 @@ class Daemon:
                  f", pod gso {net.gso_limit} (BIG TCP)" if net.gso_limit else "", counts)
 
     async def start(self) -> None:
+        self.events.bind_loop(asyncio.get_running_loop())
         self._lock_state_dir()
         self._prepare_socket()
         for hook in PRE_SETUP:
@@ -118,6 +121,8 @@ class Daemon:
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("podnetd %s serving on %s", __version__, self.cfg.socket)
+        self.events.record(ObjectRef("Node", self.cfg.node_name), "Normal", "Starting",
+                           f"Starting podnetd {__version__}.")
         if self.cfg.metrics_listen:
             try:
                 self.metrics.serve(self.cfg.metrics_listen)

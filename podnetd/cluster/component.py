@@ -14,6 +14,7 @@ import time
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
+from ..events import ObjectRef
 from ..metrics import gauge
 from . import backends, records as rec, routing
 from .backends import Context, Entry
@@ -72,9 +73,12 @@ class ClusterComponent:
         if cfg.mtu is None:
             cfg.mtu = self.underlay["mtu"] - (VXLAN_OVERHEAD if self.backend.uses_vxlan() else 0)
         elif self.backend.uses_vxlan() and cfg.mtu > self.underlay["mtu"] - VXLAN_OVERHEAD:
-            log.warning("--mtu %d exceeds the VXLAN MTU %d (underlay %d - %d): large packets to "
-                        "VXLAN peers will be dropped", cfg.mtu, self.underlay["mtu"] - VXLAN_OVERHEAD,
-                        self.underlay["mtu"], VXLAN_OVERHEAD)
+            message = (f"--mtu {cfg.mtu} exceeds the VXLAN MTU {self.underlay['mtu'] - VXLAN_OVERHEAD}"
+                       f" (underlay {self.underlay['mtu']} - {VXLAN_OVERHEAD}): large packets to "
+                       f"VXLAN peers will be dropped")
+            log.warning("%s", message)
+            self.daemon.events.record(ObjectRef("Node", cfg.node_name), "Warning",
+                                      "MTUMismatch", message)
         cfg.pod_gso_limit = self.underlay["gso_limit"]
         if self.backend.uses_vxlan() and cfg.pod_gso_limit > ip_lib.LEGACY_GSO_MAX_SIZE:
             # A pod's TCP sizes its GSO packets for the pod's own interface, not for the path,
@@ -212,6 +216,7 @@ class ClusterComponent:
         async with self._lock:
             loop = asyncio.get_running_loop()
             records = self.store.records()
+            before = (dict(self.modes), list(self.desired), dict(self.refused))
             self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
             for r in records:
                 # A route via our own address is a kernel error on every pass (and fails CNI
@@ -227,6 +232,7 @@ class ClusterComponent:
                                                 self.store.synced())
             self.daemon.metrics.observe_reconcile(result)
             self._take_metrics_snapshot()
+            self._record_events(*before, result)
             for err in result["errors"]:
                 if err not in self._problems_logged:
                     log.error("cluster routing: %s", err)
@@ -236,6 +242,32 @@ class ClusterComponent:
                 log.info("cluster routing: %d installed, %d removed (%d peers)",
                          result["installed"], result["removed"], len(peers))
             return result
+
+    def _record_events(self, modes: dict, desired: list, refused: dict, result: dict) -> None:
+        """Events for what an operator must see, on the transitions between two passes."""
+        record = self.daemon.events.record
+        for name in sorted(set(modes) - set(self.modes) - {self.cfg.node_name}):
+            record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
+                   f"node {name} left this node's view of the cluster (not heard from within "
+                   f"the node timeout, or withdrawn): its routes were removed")
+        for name, (mode, problem) in sorted(self.modes.items()):
+            was = modes.get(name)
+            if was == (mode, problem):
+                continue
+            if problem and (was is None or was[1] != problem):
+                record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
+                       f"node {name}: {problem}")
+            elif not problem and (was is None or was[1]):
+                record(ObjectRef("Node", name), "Normal", "PeerReachable",
+                       f"node {name} is routed by {mode}")
+        for name, why in sorted(self.refused.items()):
+            if refused.get(name) != why:
+                record(ObjectRef("Node", name), "Warning", "CIDRConflict",
+                       f"node {name} is refused: {why}")
+        if desired == self.desired and (result["installed"] or result["removed"]):
+            record(ObjectRef("Node", self.cfg.node_name), "Normal", "DriftRepaired",
+                   f"the kernel had drifted from the store: {result['installed']} entries "
+                   f"reinstalled, {result['removed']} removed")
 
     def _sync_kernel(self, peers: list[NodeRecord], firewall: bool, synced: bool) -> dict:
         errors = []
@@ -280,6 +312,10 @@ class ClusterComponent:
         nodes = {e.destination: e.node for e in desired if e.kind == "route"}
         for dst, proto in sorted(foreign.items()):
             if self.foreign.get(dst) != proto:
+                self.daemon.events.record(
+                    ObjectRef("Node", nodes.get(dst, self.cfg.node_name)), "Warning",
+                    "ForeignRoute", f"route to {dst} exists with proto {proto}, not podnet's: "
+                                    f"left alone")
                 log.warning("route to %s exists with proto %s, not podnet's (%d): left alone; node %s "
                             "is routed by it, not by podnet, until it is removed",
                             dst, proto, backends.ROUTE_PROTO, nodes.get(dst, "?"))

@@ -18,7 +18,9 @@ import uuid
 
 from . import cni_client, host, manifest, oci, probes, spec as ocispec
 from .images import ImageError, ImageStore
+from ..events import ObjectRef
 from ..metrics import gauge
+from ..timestamps import rfc3339
 from .model import Ctr, Pod
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ class Runtime:
             except (OSError, ValueError, KeyError) as e:
                 log.warning("pod state %s: cannot load: %s", name, e)
                 continue
+            pod.on_event = self._record_event
             self.pods[pod.key] = pod
         for pod in list(self.pods.values()):
             if not pod.stopped:
@@ -84,6 +87,11 @@ class Runtime:
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
                  self.cfg.cni_bin_dir)
+
+    def _record_event(self, pod: Pod, kind: str, reason: str, message: str,
+                      container: str) -> None:
+        self.daemon.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
+                                  message, f"spec.containers{{{container}}}" if container else "")
 
     def _pod_metrics(self):
         """Pods by phase, read by the metrics thread (a dict the loop changes meanwhile is
@@ -205,6 +213,7 @@ class Runtime:
                 raise PodError(f"image {c['image']!r} of container {c['name']!r} is not in the "
                                "image store (podnetctl image import NAME ARCHIVE)", "precondition")
         pod = Pod(doc, str(uuid.uuid4()), time.time())
+        pod.on_event = self._record_event
         pod.event("Normal", "Scheduled", f"Assigned {key} to {self.cfg.node_name}")
         self.pods[key] = pod
         self._persist(pod)
@@ -720,7 +729,7 @@ class Runtime:
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.003)
         log.debug("pod %s: container %s started in %.3fs", pod.key, c.name, time.monotonic() - t0)
-        c.state = {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        c.state = {"running": {"startedAt": rfc3339()}}
         c.ready = False
         c.started = False
         c.started_event.clear()
@@ -811,8 +820,8 @@ class Runtime:
         oom = host.oom_killed(c.cgroups_path)
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         started = c.attempt["started_at"]
-        term = {"exitCode": code, "reason": reason, "startedAt": _ts(started),
-                "finishedAt": _ts(finished), "containerID": f"runc://{c.cid}"}
+        term = {"exitCode": code, "reason": reason, "startedAt": rfc3339(started),
+                "finishedAt": rfc3339(finished), "containerID": f"runc://{c.cid}"}
         if c.kill_reason:
             term["message"] = c.kill_reason
         with contextlib.suppress(oci.OciError):
@@ -973,17 +982,13 @@ class Runtime:
             if "running" in c.state or "waiting" in c.state:
                 c.state = {"terminated": {"exitCode": 137, "reason": "Error",
                                           "message": "pod stopped",
-                                          "finishedAt": _ts(time.time())}}
+                                          "finishedAt": rfc3339()}}
             c.ready = False
         await self._teardown_sandbox(pod)
         pod.reason = pod.reason or reason
         pod.finished = pod.stopped = True
         pod.stopping = False
         self._persist(pod)
-
-
-def _ts(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _init_alive(pid_file: str) -> bool:
