@@ -16,6 +16,8 @@ import signal
 import time
 import uuid
 
+from ..kernel import vxlan
+from ..kernel.errors import KernelError
 from . import cni_client, host, manifest, oci, probes, spec as ocispec
 from .images import ImageError, ImageStore
 from ..events import ObjectRef
@@ -59,6 +61,7 @@ class Runtime:
         self._bg: set[asyncio.Task] = set()
         self._idle: oci.IdleShim | None = None
         self.metrics = daemon.metrics
+        self.host_ip = ""           # the node's address, refreshed whenever a sandbox is made
         self.metrics.add_source(self._pod_metrics)
 
     # -- component ----------------------------------------------------------------------
@@ -82,6 +85,7 @@ class Runtime:
         for pod in list(self.pods.values()):
             if not pod.stopped:
                 await self._adopt(pod)
+        await self._refresh_host_ip()
         self._spawn(self._gc_when_serving())
         self._refill_shim()
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
@@ -416,8 +420,9 @@ class Runtime:
             if net:
                 pod.cni = {"conflist": conflist, "result": result}
                 pod.ip = cni_client.pod_ip(result)
-            else:
-                pod.ip = self._host_ip()
+            await self._refresh_host_ip()
+            if pod.host_network:
+                pod.ip = self.host_ip
             self._write_etc(pod)
             pod.sandbox = True
             pod.start_time = time.time()
@@ -432,7 +437,26 @@ class Runtime:
         return await self.cni.add(pod.pause_id, netns_path, "eth0", self._cni_args(pod),
                                   self._runtime_config(pod))
 
-    def _host_ip(self) -> str:
+    async def _refresh_host_ip(self) -> None:
+        try:
+            self.host_ip = await asyncio.get_running_loop().run_in_executor(
+                None, self._node_address)
+        except KernelError as e:
+            log.warning("node address: %s (status.hostIP stays %r)", e, self.host_ip)
+
+    def _node_address(self) -> str:
+        """The node's address, status.hostIP (and podIP with hostNetwork), as the kubelet
+        reports its node's InternalIP: the cluster's --node-ip, else the default-route
+        interface's address, else the first other IPv4 address that is not the pod bridge's.
+        Blocking (netlink): called off the loop."""
+        if getattr(self.cfg, "node_ip", None):
+            return self.cfg.node_ip
+        address = vxlan.default_route_address()
+        if address:
+            return address
+        for a in vxlan.ipv4_addresses():
+            if a["dev"] not in ("lo", self.cfg.bridge) and not a["ip"].startswith("127."):
+                return a["ip"]
         return ""
 
     def _write_etc(self, pod: Pod) -> None:

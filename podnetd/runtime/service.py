@@ -43,7 +43,7 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         self.rt = runtime
 
     def _pod_json(self, pod) -> str:
-        return json.dumps(pod.k8s(self.rt.cfg.node_name))
+        return json.dumps(pod.k8s(self.rt.cfg.node_name, self.rt.host_ip))
 
     async def RunPod(self, request, context):
         async def run():
