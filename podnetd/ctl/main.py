@@ -4,12 +4,12 @@ import os
 import sys
 
 from ..config import DEFAULT_SOCKET
-from . import cluster, events, lab, network, pods
+from . import cluster, doctor, events, lab, network, pods
 from .client import CtlError
 
 # Each module adds its subcommands with register(subparsers, common): endpoints/node/status,
-# nodes/routes, the netns lab, pods and images, events.
-MODULES = [network, cluster, lab, pods, events]
+# nodes/routes, the netns lab, pods and images, events, the doctor.
+MODULES = [network, cluster, lab, pods, events, doctor]
 
 # Flags every command takes, accepted before the command as well as after it (as kubectl's
 # global flags are): the option strings that take a value.
