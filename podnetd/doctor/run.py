@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import threading
 import time
 
 import grpc
@@ -126,6 +127,22 @@ def diagnose(socket_path: str, *, timeout: float = 1.0) -> Report:
     return Report(info.node_name, checks, time.monotonic() - started, cleanup_errors)
 
 
+def _background(fn, *args) -> concurrent.futures.Future:
+    """fn(*args) in a daemon thread: an interrupted doctor (Ctrl-C, SIGTERM) goes straight to
+    removing its probe endpoint instead of waiting for a probe round to time out, as an
+    executor's shutdown would."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def body():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            future.set_exception(e)
+
+    threading.Thread(target=body, name="doctor-probe", daemon=True).start()
+    return future
+
+
 def _probe(endpoint: ProbeEndpoint, info, peers, vx_dev, self_ip, hijacked, fdb, neigh, timeout, store):
     src = endpoint.address
     routed = [p for p in peers if p.mode in ("host-gw", "vxlan")]
@@ -136,11 +153,10 @@ def _probe(endpoint: ProbeEndpoint, info, peers, vx_dev, self_ip, hijacked, fdb,
                    [probe.Probe(("ts", p.name), self_ip, p.underlay_ip, kind="timestamp") for p in peers]
     pod_probes = [probe.Probe(p.name, src, p.gateway) for p in routed]
     in_probe_ns = lambda fn, *a: run_in_netns(endpoint.netns_path, fn, *a)  # noqa: E731
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        under_f = pool.submit(probe.icmp_round, under_probes, timeout) if self_ip and peers else None
-        pod_f = pool.submit(in_probe_ns, probe.icmp_round, pod_probes, timeout) if routed else None
-        under = under_f.result() if under_f else {}
-        pod = pod_f.result() if pod_f else {}
+    under_f = _background(probe.icmp_round, under_probes, timeout) if self_ip and peers else None
+    pod_f = _background(in_probe_ns, probe.icmp_round, pod_probes, timeout) if routed else None
+    under = under_f.result() if under_f else {}
+    pod = pod_f.result() if pod_f else {}
     captured = capture.stop() if capture else []
 
     # path MTU: two rounds from the probe endpoint, every reachable peer at once
@@ -169,7 +185,8 @@ def _probe(endpoint: ProbeEndpoint, info, peers, vx_dev, self_ip, hijacked, fdb,
         else:
             out.append(skipped("peer", "pod path", p.name, f"not routed (mode {p.mode})"))
         if p.mode == "vxlan":
-            out.append(vxlan.verdict(p, vx_dev, captured, fdb, neigh, capture.error if capture else ""))
+            out.append(vxlan.verdict(p, vx_dev, captured, fdb, neigh, capture.error if capture else "",
+                                     hijacked.get(p.name, "")))
         out.append(peer_checks.clock_skew(p, under.get(("ts", p.name))))
     return per_peer, _antispoof(endpoint, info, timeout)
 

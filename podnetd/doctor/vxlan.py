@@ -27,7 +27,7 @@ class Device:
 
 
 def verdict(peer: Peer, dev: Device | None, captured: list[Encap], fdb: list[dict],
-            neigh: list[dict], capture_error: str = "") -> Check:
+            neigh: list[dict], capture_error: str = "", route_hint: str = "") -> Check:
     name = "encapsulation"
     if dev is None:
         return failed(FAMILY, name, peer.name, "this node has no VXLAN device",
@@ -55,7 +55,9 @@ def verdict(peer: Peer, dev: Device | None, captured: list[Encap], fdb: list[dic
                              f"`bridge fdb show dev {dev.name}` shows the entries now")
     fdb_dst = {f["mac"].lower(): f["dst"] for f in fdb}.get(peer.vtep_mac.lower())
     neigh_mac = {n["ip"]: n["mac"].lower() for n in neigh}.get(peer.vtep_ip)
-    if neigh_mac is None:
+    if route_hint:
+        cause = route_hint + ", not the VXLAN device"
+    elif neigh_mac is None:
         cause = (f"the neighbour entry {peer.vtep_ip} -> {peer.vtep_mac} on {dev.name} is missing: "
                  "the kernel cannot address the peer's VTEP")
     elif neigh_mac != peer.vtep_mac.lower():
