@@ -166,3 +166,11 @@ def test_stopped_peer_with_its_underlay_down_is_named(routed):
     assert path["status"] == "FAIL" and "underlay does not reach n3" in path["cause"]
     assert find(report, "peer", "n2", "underlay")["status"] == "PASS"
     assert {f["target"] for f in failures(report)} == {"n3"}
+
+
+def test_unreachable_daemon_is_one_line_and_exit_1(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "podnetd.ctl.main", "doctor", "--socket",
+                           str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("podnetctl: cannot reach podnetd") and "Traceback" not in proc.stderr
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]

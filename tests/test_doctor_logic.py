@@ -1,4 +1,6 @@
 """The doctor's verdicts and packet parsing, without a kernel (pure logic, runs rootless)."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP
 
 from podnetd.doctor import antispoof, drift, mtu, node, peers, probe, vxlan
@@ -190,3 +192,28 @@ def test_vxlan_keeper_reads_outer_and_inner_headers():
                   / VXLAN(vni=7) / inner)
     assert probe.vxlan_keeper(8472)(frame) == vxlan.Encap("10.250.1.11", "10.250.2.13", 8472, 7, "10.244.3.1")
     assert probe.vxlan_keeper(4789)(frame) is None
+
+
+def test_unusable_peer_record_is_a_failure_not_a_traceback():
+    ok = peers.parse_peer("n3", "10.250.2.13", "10.244.3.0/24", "vxlan", "", "", 0.1)
+    assert isinstance(ok, Peer)
+    for underlay, cidr in (("10.250.2.13", "10.244.3.7/24"), ("nonsense", "10.244.3.0/24"),
+                           ("10.250.2.13", "10.244.3.1/32"), ("fe80::1", "10.244.3.0/24"),
+                           ("10.250.2.13", "")):
+        bad = peers.parse_peer("n3", underlay, cidr, "vxlan", "", "", 0.1)
+        assert isinstance(bad, Check) and bad.status == FAIL and bad.target == "n3", (underlay, cidr)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.builds(
+    lambda head, tail: head + tail,
+    st.sampled_from([bytes(IP(src="1.2.3.4", dst="5.6.7.8") / ICMP(type=t, id=5)) for t in (0, 3, 14)]),
+    st.binary(max_size=80)))
+def test_parsers_take_any_bytes(data):
+    """Whatever arrives on a raw or packet socket: None or a well-formed answer, never an exception."""
+    got = probe.parse_answer(data, 5)
+    assert got is None or (isinstance(got[0], int) and isinstance(got[1], Reply))
+    encap = probe.vxlan_keeper(8472)(data + probe.MARKER)
+    assert encap is None or isinstance(encap, vxlan.Encap)
+    kept = probe.echo_keeper(5)(data + probe.MARKER)
+    assert kept is None or isinstance(kept, int)

@@ -1,10 +1,29 @@
 """Verdicts per peer: its state in the store, the underlay, the pod path, clock skew (pure)."""
-from .model import FAIL, Check, Peer, failed, passed, skipped
+import ipaddress
+
+from .model import Check, Peer, failed, passed, skipped
 from .replies import Reply, describe
 
 FAMILY = "peer"
 STALE_HEARTBEAT_S = 5.0     # gossip renews at least every second; etcd leases every third of TTL
 MAX_SKEW_MS = 1000.0
+
+
+def parse_peer(name: str, underlay_ip: str, pod_cidr: str, mode: str, problem: str,
+               vtep_mac: str, heartbeat_age: float) -> Peer | Check:
+    """A Peer from ListNodes' fields, or a FAIL naming the field the doctor cannot use."""
+    try:
+        if ipaddress.ip_address(underlay_ip).version != 4:
+            raise ValueError("not IPv4")
+        net = ipaddress.ip_network(pod_cidr, strict=True)
+        if net.version != 4 or net.num_addresses < 4:
+            raise ValueError("not an IPv4 network of 4 addresses or more")
+    except ValueError as e:
+        return failed(FAMILY, "store record", name or "?",
+                      f"underlay {underlay_ip!r}, pod CIDR {pod_cidr!r}: {e}",
+                      "podnetd holds a record the doctor cannot probe",
+                      "`podnetctl nodes` shows the record; fix the node's flags and restart it")
+    return Peer(name, underlay_ip, pod_cidr, mode, problem, vtep_mac, heartbeat_age)
 
 
 def peer_state(peer: Peer, store: str) -> Check:

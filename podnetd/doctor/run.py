@@ -67,9 +67,10 @@ def diagnose(socket_path: str, *, timeout: float = 1.0) -> Report:
             for n in nodes_resp.nodes:
                 if n.mode == "self":
                     self_ip = n.underlay_ip
-                elif n.pod_cidr:
-                    peers.append(Peer(n.name, n.underlay_ip, n.pod_cidr, n.mode, n.problem,
-                                      n.vtep_mac, n.heartbeat_age_seconds))
+                else:
+                    got = peer_checks.parse_peer(n.name, n.underlay_ip, n.pod_cidr, n.mode,
+                                                 n.problem, n.vtep_mac, n.heartbeat_age_seconds)
+                    (peers.append if isinstance(got, Peer) else checks.append)(got)
         entries = _entries(routes_resp)
         route_proto = routes_resp.route_protocol if routes_resp is not None else 0x6E
 
