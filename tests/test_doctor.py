@@ -154,7 +154,7 @@ def test_interrupted_doctor_removes_its_probe_endpoint(routed):
         subprocess.run([*ns, "ip", "route", "del", "blackhole", "10.244.3.1/32"], check=True)
 
 
-def test_stopped_peer_with_its_underlay_down_is_named(routed):
+def test_zz_stopped_peer_with_its_underlay_down_is_named(routed):
     # last: it breaks n3 for good
     routed.stop_daemon("n3")
     subprocess.run([*netops.nsenter(routed.netns("n3")), "ip", "link", "set", "eth0", "down"], check=True)
@@ -174,3 +174,34 @@ def test_unreachable_daemon_is_one_line_and_exit_1(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("podnetctl: cannot reach podnetd") and "Traceback" not in proc.stderr
     assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
+
+
+def test_stale_antispoofing_element_is_named(routed):
+    ns = netops.nsenter(routed.netns("n1"))
+    element = '{ "pnrogue" . 02:00:00:00:00:09 . 10.244.1.250 }'
+    subprocess.run([*ns, "nft", "add", "element", "bridge", "podnet", "pods", element], check=True)
+    try:
+        rc, report = doctor(routed)
+    finally:
+        subprocess.run([*ns, "nft", "delete", "element", "bridge", "podnet", "pods", element], check=True)
+    assert rc == 1
+    c = find(report, "drift", "pnrogue", "nftables")
+    assert c["status"] == "FAIL" and "10.244.1.250" in c["detail"]
+
+
+def test_single_node_daemon_without_firewall_fails_the_antispoofing_self_test(netns):
+    from testlib import Daemon
+    ns = netns.add("dn")
+    d = Daemon(ns, "10.77.9.0/24").start()
+    try:
+        proc = subprocess.run([*netops.nsenter(ns), sys.executable, "-m", "podnetd.ctl.main", "doctor",
+                               "--socket", d.socket, "-o", "json"], capture_output=True, text=True, timeout=60)
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 1
+        forged = find(report, "antispoof", "", "forged source IP")
+        assert forged["status"] == "FAIL" and "table bridge podnet does not exist" in forged["cause"]
+        assert find(report, "drift", "", "routes and firewall")["status"] == "SKIP"
+        assert find(report, "node", "podnet0", "bridge")["status"] == "PASS"
+        assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
+    finally:
+        d.cleanup()

@@ -217,3 +217,23 @@ def test_parsers_take_any_bytes(data):
     assert encap is None or isinstance(encap, vxlan.Encap)
     kept = probe.echo_keeper(5)(data + probe.MARKER)
     assert kept is None or isinstance(kept, int)
+
+
+def test_firewall_set_against_the_attachments():
+    eps = [{"host_ifname": "pnA", "mac": "0A:00:00:00:00:01", "address": "10.244.1.2/24", "state": "active"},
+           {"host_ifname": "pnB", "mac": "0a:00:00:00:00:02", "address": "10.244.1.3/24", "state": "releasing"}]
+    good = [("pnA", "0a:00:00:00:00:01", "10.244.1.2")]
+    assert [c.status for c in drift.firewall(eps, good, True)] == [PASS]
+    # a releasing pod's element may linger until its veth is gone
+    assert fails(drift.firewall(eps, good + [("pnB", "0a:00:00:00:00:02", "10.244.1.3")], True)) == []
+    (c,) = fails(drift.firewall(eps, [], True))
+    assert c.target == "pnA" and "lacks" in c.detail and "dropped" in c.cause
+    (c,) = fails(drift.firewall(eps, good + [("pnX", "02:00:00:00:00:09", "10.244.1.9")], True))
+    assert c.target == "pnX" and "no pod holds" in c.detail
+    assert {c.target for c in fails(drift.firewall(eps, None, False))} == {"bridge podnet", "pnA", "inet podnet"}
+
+
+def test_cluster_problem_fails():
+    assert peers.cluster("n1", "", "static", 2).status == PASS
+    c = peers.cluster("n1", "etcd unreachable: connection refused", "etcd", 2)
+    assert c.status == FAIL and "etcd unreachable" in c.detail

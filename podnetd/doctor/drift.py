@@ -145,3 +145,41 @@ def verdicts(entries: list[dict], routes: list[dict], fdb: list[dict], neigh: li
                              "the reconcile loop removes them; if they stay, "
                              f"`bridge fdb show dev {vxlan_dev}` and check podnetd's log"))
     return checks
+
+
+def firewall(endpoints: list[dict], elements: list[tuple[str, str, str]] | None,
+             egress_present: bool) -> list[Check]:
+    """The anti-spoofing set against the attachments (ListEndpoints): each active pod's
+    (host port, MAC, IP) must be in it, nothing else may be. A missing element drops that pod's
+    traffic; an extra one lets a port send with an address it no longer owns."""
+    name = "nftables"
+    checks = []
+    if elements is None:
+        checks.append(failed(FAMILY, name, "bridge podnet", "table bridge podnet or its set pods is missing",
+                             "nothing checks pods' source addresses: any pod can forge another's",
+                             "podnetd recreates it at its next reconcile; if it does not, check its "
+                             "log for firewall errors (and that nothing flushes the ruleset)"))
+        elements = []
+    have = {(p, m.lower(), ip) for p, m, ip in elements}
+    want, maybe = set(), set()
+    for e in endpoints:
+        key = (e.get("host_ifname", ""), e.get("mac", "").lower(), e.get("address", "").split("/")[0])
+        (want if e.get("state", "active") == "active" else maybe).add(key)
+    missing, extra = sorted(want - have), sorted(have - want - maybe)
+    for port, mac, ip in missing:
+        checks.append(failed(FAMILY, name, port, f"set pods lacks {port} . {mac} . {ip}",
+                             f"the pod at {ip} is attached but its frames are dropped as spoofed",
+                             "podnetd adds it back at its next reconcile; a pod that stays cut off "
+                             "needs re-attaching"))
+    for port, mac, ip in extra:
+        checks.append(failed(FAMILY, name, port, f"set pods allows {port} . {mac} . {ip}, which no pod holds",
+                             "a port may send as an address that is not (or no longer) its own",
+                             "podnetd removes it at its next reconcile"))
+    if not egress_present:
+        checks.append(failed(FAMILY, name, "inet podnet", "table inet podnet is missing",
+                             "pod traffic leaving the cluster CIDR is not masqueraded",
+                             "podnetd recreates it at its next reconcile"))
+    if not checks:
+        checks.append(passed(FAMILY, name, "", f"set pods holds exactly the {len(want)} attached pods; "
+                                               "masquerade table present"))
+    return checks

@@ -102,3 +102,37 @@ def guard_table_present() -> bool:
         return nft.table_exists("bridge", "podnet")
     except KernelError:
         return False
+
+
+def _nft_json(*args: str) -> list[dict] | None:
+    try:
+        proc = subprocess.run(["nft", "-j", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    try:
+        return json.loads(proc.stdout or "{}").get("nftables", [])
+    except ValueError:
+        return None
+
+
+def guard_elements() -> list[tuple[str, str, str]] | None:
+    """The (port, MAC, IP) elements of set pods in table bridge podnet; None without it."""
+    items = _nft_json("list", "set", "bridge", "podnet", "pods")
+    if items is None:
+        return None
+    out = []
+    for item in items:
+        s = item.get("set") if isinstance(item, dict) else None
+        for elem in (s or {}).get("elem", []):
+            parts = elem.get("concat") if isinstance(elem, dict) else None
+            if isinstance(elem, dict) and "elem" in elem:          # an element with flags
+                parts = (elem["elem"].get("val") or {}).get("concat")
+            if isinstance(parts, list) and len(parts) == 3 and all(isinstance(p, str) for p in parts):
+                out.append(tuple(parts))
+    return out
+
+
+def egress_table_present() -> bool:
+    return _nft_json("list", "table", "inet", "podnet") is not None

@@ -9,6 +9,18 @@ STALE_HEARTBEAT_S = 5.0     # gossip renews at least every second; etcd leases e
 MAX_SKEW_MS = 1000.0
 
 
+def cluster(self_name: str, problem: str, store: str, peer_count: int) -> Check:
+    """The daemon-wide cluster state ListNodes reports (store reachable, no CIDR conflict)."""
+    name = "cluster membership"
+    if problem:
+        return failed(FAMILY, name, self_name, problem,
+                      "podnetd reports a cluster-wide problem: its store is unreachable or its "
+                      "pod CIDR conflicts with another node's",
+                      "fix what the problem names (etcd endpoints and certificates, --peers, "
+                      "--pod-cidr), then restart podnetd if it refused to start routing")
+    return passed(FAMILY, name, self_name, f"{store} store, {peer_count} peers")
+
+
 def parse_peer(name: str, underlay_ip: str, pod_cidr: str, mode: str, problem: str,
                vtep_mac: str, heartbeat_age: float) -> Peer | Check:
     """A Peer from ListNodes' fields, or a FAIL naming the field the doctor cannot use."""

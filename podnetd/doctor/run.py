@@ -59,6 +59,8 @@ def diagnose(socket_path: str, *, timeout: float = 1.0) -> Report:
         node_stub = node_pb2_grpc.NodeStub(ch)
         info = call(node_stub.GetNodeInfo, node_pb2.GetNodeInfoRequest())
         nodes_resp, routes_resp = _cluster_view(cluster_pb2_grpc.ClusterStub(ch))
+        if nodes_resp is not None and not nodes_resp.store:      # "cluster mode is off"
+            nodes_resp = routes_resp = None
         checks: list[Check] = []
         peers: list[Peer] = []
         self_ip, store, cluster_cidr = "", "", ""
@@ -71,6 +73,9 @@ def diagnose(socket_path: str, *, timeout: float = 1.0) -> Report:
                     got = peer_checks.parse_peer(n.name, n.underlay_ip, n.pod_cidr, n.mode,
                                                  n.problem, n.vtep_mac, n.heartbeat_age_seconds)
                     (peers.append if isinstance(got, Peer) else checks.append)(got)
+        if nodes_resp is not None:
+            checks.append(peer_checks.cluster(nodes_resp.self_name, nodes_resp.problem,
+                                              nodes_resp.store, len(peers)))
         entries = _entries(routes_resp)
         route_proto = routes_resp.route_protocol if routes_resp is not None else 0x6E
 
@@ -107,6 +112,15 @@ def diagnose(socket_path: str, *, timeout: float = 1.0) -> Report:
             drift_checks = drift.verdicts(entries, kroutes, fdb, neigh, cluster_cidr=cluster_cidr,
                                           pod_cidr=info.pod_cidr, route_proto=route_proto,
                                           peers=peers, vxlan_dev=vx_dev.name if vx_dev else "")
+            # read before the probe endpoint exists, so both views hold the same pods
+            attached = call(node_stub.ListEndpoints, node_pb2.ListEndpointsRequest()).endpoints
+            drift_checks += drift.firewall(
+                [{"host_ifname": e.host_ifname, "mac": e.mac, "address": e.address,
+                  "state": e.state or "active"} for e in attached],
+                facts.guard_elements(), facts.egress_table_present())
+        else:
+            drift_checks.append(skipped("drift", "routes and firewall", "",
+                                        "single-node podnetd: no peers, no cluster firewall"))
 
         # -- probes -------------------------------------------------------------------------
         cleanup_errors: list[str] = []
