@@ -121,6 +121,40 @@ def test_deleted_fdb_entry_is_named(routed):
                         "self", "permanent"], check=True)
 
 
+
+def vtep_mac_of_n3(routed) -> str:
+    listing, _ = routed.cluster_view("n1")
+    return next(n.vtep_mac for n in listing.nodes if n.name == "n3")
+
+
+def test_wrong_fdb_destination_is_seen_on_the_wire(routed):
+    ns, mac = netops.nsenter(routed.netns("n1")), vtep_mac_of_n3(routed)
+    fdb = [*ns, "bridge", "fdb", "replace", mac, "dev", "podnet.vxlan", "self", "permanent", "dst"]
+    subprocess.run([*fdb, "10.250.1.12"], check=True)          # n2's underlay, not n3's
+    try:
+        rc, report = doctor(routed)
+    finally:
+        subprocess.run([*fdb, "10.250.2.13"], check=True)
+    assert rc == 1
+    encap = find(report, "vxlan", "n3")
+    assert encap["status"] == "FAIL" and "-> 10.250.1.12 UDP 8472 VNI 1" in encap["detail"]
+    assert "sends to 10.250.1.12, not to its underlay address 10.250.2.13" in encap["cause"]
+    assert "points to 10.250.1.12 instead" in find(report, "drift", "n3", "fdb")["detail"]
+
+
+def test_wrong_neighbour_entry_is_named(routed):
+    ns, mac = netops.nsenter(routed.netns("n1")), vtep_mac_of_n3(routed)
+    neigh = [*ns, "ip", "neigh", "replace", "10.244.3.0", "dev", "podnet.vxlan", "nud", "permanent", "lladdr"]
+    subprocess.run([*neigh, "02:00:00:00:00:99"], check=True)
+    try:
+        rc, report = doctor(routed)
+    finally:
+        subprocess.run([*neigh, mac], check=True)
+    assert rc == 1
+    encap = find(report, "vxlan", "n3")
+    assert encap["status"] == "FAIL" and "has MAC 02:00:00:00:00:99" in encap["cause"]
+    assert "has lladdr 02:00:00:00:00:99 instead" in find(report, "drift", "n3", "neigh")["detail"]
+
 def test_rogue_route_is_named(routed):
     ns = netops.nsenter(routed.netns("n1"))
     subprocess.run([*ns, "ip", "route", "add", "blackhole", "10.244.3.0/25"], check=True)

@@ -1,5 +1,4 @@
 """podnetctl doctor: diagnose the fabric from this node (run it on the node, as root)."""
-import json
 import signal
 import sys
 

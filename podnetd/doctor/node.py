@@ -94,7 +94,8 @@ def uplink(dev: str | None, mtu: int | None, gso: int | None, pod_mtu: int, pod_
     if dev is None:
         return failed(FAMILY, name, "", "no interface holds this node's underlay address",
                       "the underlay address moved or the uplink is gone",
-                      "check `ip -br addr`; podnetd's --node-ip must be on an interface")
+                      "run the doctor in the node's network namespace; check `ip -br addr`: "
+                      "podnetd's --node-ip must be on an interface")
     need = pod_mtu + (VXLAN_OVERHEAD if vxlan_used else 0)
     detail = (f"{dev} MTU {mtu}, GSO limit {gso}; pods MTU {pod_mtu}"
               + (" + 50 VXLAN" if vxlan_used else "") + f", GSO {pod_gso}")

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from scapy.layers.inet import ICMP, IP, UDP, ICMPerror, IPerror
+from scapy.layers.inet import ICMP, IP, UDP, ICMPerror
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
