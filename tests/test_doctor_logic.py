@@ -237,3 +237,17 @@ def test_cluster_problem_fails():
     assert peers.cluster("n1", "", "static", 2).status == PASS
     c = peers.cluster("n1", "etcd unreachable: connection refused", "etcd", 2)
     assert c.status == FAIL and "etcd unreachable" in c.detail
+
+
+def test_table_lists_every_check_then_each_failure_with_cause_and_fix():
+    from podnetd.ctl.doctor import as_dict, render
+    from podnetd.doctor.run import Report
+    checks = [peers.underlay(N2, OK, 1), peers.underlay(N3, None, 1)]
+    report = Report("n1", checks, 1.25, [])
+    text = render(report)
+    assert text.count("underlay reachability") == 3          # two rows, one failure section
+    assert "FAIL peer: underlay reachability (n3)" in text and "cause: node n3" in text
+    assert "n1: 1 passed, 1 failed, 0 skipped in 1.2 s" in text
+    data = as_dict(report)
+    assert data["ok"] is False and data["summary"] == {"pass": 1, "fail": 1, "skip": 0}
+    assert data["checks"][1]["fix"].startswith("check that n3 is up")

@@ -2,6 +2,7 @@
 import signal
 import sys
 
+from ..doctor.model import FAIL, exit_code, summary
 from . import output
 from .client import CtlError
 
@@ -16,11 +17,10 @@ def render(report) -> str:
              "detail": c.detail} for c in report.checks]
     text = output.table(rows, [("FAMILY", "family"), ("CHECK", "check"), ("TARGET", "target"),
                                ("RESULT", "status"), ("DETAIL", "detail")])
-    failures = [c for c in report.checks if c.status == "FAIL"]
+    failures = [c for c in report.checks if c.status == FAIL]
     for c in failures:
         text += (f"\nFAIL {c.family}: {c.name}{' (' + c.target + ')' if c.target else ''}\n"
                  f"  seen:  {c.detail}\n  cause: {c.cause}\n  do:    {c.fix}\n")
-    from ..doctor.model import summary
     s = summary(report.checks)
     text += (f"\n{report.node}: {s['pass']} passed, {s['fail']} failed, {s['skip']} skipped "
              f"in {report.seconds:.1f} s\n")
@@ -28,7 +28,6 @@ def render(report) -> str:
 
 
 def as_dict(report) -> dict:
-    from ..doctor.model import exit_code, summary
     return {"node": report.node, "ok": exit_code(report.checks) == 0, "summary": summary(report.checks),
             "seconds": round(report.seconds, 3), "checks": [c.to_dict() for c in report.checks],
             "cleanup_errors": report.cleanup_errors}
@@ -36,10 +35,9 @@ def as_dict(report) -> dict:
 
 def cmd_doctor(args) -> int:
     # scapy is imported only here: it costs ~0.5 s, which no other command should pay
-    from ..doctor.model import exit_code
-    from ..doctor.run import diagnose
     from ..doctor.endpoint import EndpointError
-    if args.timeout <= 0 or args.timeout > 30:
+    from ..doctor.run import diagnose
+    if not 0 < args.timeout <= 30:  # also refuses nan
         raise CtlError(f"--timeout {args.timeout}: must be above 0 and at most 30 seconds")
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:

@@ -1,8 +1,11 @@
 """The probe endpoint: a network namespace the doctor creates and attaches through podnetd's
 Attach RPC, so it is a pod like any other (veth on the bridge, address from IPAM, an entry in
 the anti-spoofing set), and removes again (Detach, then the namespace) whatever happens."""
+import contextlib
 import os
+import signal
 import subprocess
+import threading
 
 from ..api.podnet.v1 import node_pb2
 from ..ctl.client import CtlError, call
@@ -13,6 +16,19 @@ IFNAME = "eth0"
 
 class EndpointError(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _signals_held():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class ProbeEndpoint:
@@ -46,7 +62,12 @@ class ProbeEndpoint:
 
     def close(self) -> None:
         """Detach (idempotent in podnetd) and delete the namespace; errors are kept, not raised,
-        so one failing step does not leave the other undone."""
+        so one failing step does not leave the other undone. A second Ctrl-C or SIGTERM waits
+        until the cleanup is done instead of cutting it short."""
+        with _signals_held():
+            self._close()
+
+    def _close(self) -> None:
         if self._made_netns:
             try:
                 call(self.stub.Detach, node_pb2.DetachRequest(
