@@ -251,3 +251,13 @@ def test_table_lists_every_check_then_each_failure_with_cause_and_fix():
     data = as_dict(report)
     assert data["ok"] is False and data["summary"] == {"pass": 1, "fail": 1, "skip": 0}
     assert data["checks"][1]["fix"].startswith("check that n3 is up")
+
+
+def test_bpf_programs_are_what_tcpdump_compiles():
+    # `tcpdump -dd 'ip and udp dst port 8472'` and `tcpdump -dd 'ip and icmp'`
+    assert probe.bpf_ipv4(17, 8472) == [
+        (0x28, 0, 0, 0x0c), (0x15, 0, 8, 0x800), (0x30, 0, 0, 0x17), (0x15, 0, 6, 0x11),
+        (0x28, 0, 0, 0x14), (0x45, 4, 0, 0x1fff), (0xb1, 0, 0, 0x0e), (0x48, 0, 0, 0x10),
+        (0x15, 0, 1, 0x2118), (0x6, 0, 0, 0x40000), (0x6, 0, 0, 0)]
+    assert probe.bpf_ipv4(1) == [(0x28, 0, 0, 0x0c), (0x15, 0, 3, 0x800), (0x30, 0, 0, 0x17),
+                                 (0x15, 0, 1, 0x01), (0x6, 0, 0, 0x40000), (0x6, 0, 0, 0)]

@@ -163,7 +163,8 @@ def _probe(endpoint: ProbeEndpoint, info, peers, vx_dev, self_ip, hijacked, fdb,
     routed = [p for p in peers if p.mode in ("host-gw", "vxlan")]
     capture = None
     if vx_dev is not None and vx_dev.underlay_dev and any(p.mode == "vxlan" for p in routed):
-        capture = probe.Capture(vx_dev.underlay_dev, probe.vxlan_keeper(vx_dev.port)).start()
+        capture = probe.Capture(vx_dev.underlay_dev, probe.vxlan_keeper(vx_dev.port),
+                                probe.bpf_ipv4(17, vx_dev.port)).start()
     under_probes = [probe.Probe(("echo", p.name), self_ip, p.underlay_ip) for p in peers] + \
                    [probe.Probe(("ts", p.name), self_ip, p.underlay_ip, kind="timestamp") for p in peers]
     pod_probes = [probe.Probe(p.name, src, p.gateway) for p in routed]
@@ -219,7 +220,7 @@ def _antispoof(endpoint: ProbeEndpoint, info, timeout) -> list[Check]:
         3: probe.echo_frame(forged_mac, gw_mac, own_ip, gw, ident, 3),
         1: probe.echo_frame(ep.mac, gw_mac, own_ip, gw, ident, 1),
     }
-    capture = probe.Capture(info.bridge, probe.echo_keeper(ident)).start()
+    capture = probe.Capture(info.bridge, probe.echo_keeper(ident), probe.bpf_ipv4(1)).start()
     if capture.error:
         capture.stop()
         return antispoof.verdicts({}, False, info.bridge, error=capture.error)
