@@ -4,7 +4,10 @@ Brings up a routed lab (half the peers host-gw, half VXLAN), runs the doctor on 
 --runs times as a user would (a fresh `podnetctl` process: Python and scapy start-up included)
 and prints the wall time of each run, its exit code and the doctor's own figure.
 
-Usage: python bench/doctor.py [--nodes 20] [--runs 3] [--topology routed] [--store static]
+--faulty measures the slow path too: the last node's podnetd stopped and its underlay down,
+and an MTU black hole (its neighbour's bridge port at MTU 1400), so rounds run to their timeout.
+
+Usage: python bench/doctor.py [--nodes 20] [--runs 3] [--topology routed] [--store static] [--faulty]
 """
 import argparse
 import json
@@ -23,6 +26,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--topology", default="routed", choices=["l2", "routed"])
     ap.add_argument("--store", default="static", choices=["static", "etcd"])
+    ap.add_argument("--faulty", action="store_true", help="break a peer and a link first")
     args = ap.parse_args()
     name = f"bdoc{os.getpid() % 10000}"
     t0 = time.monotonic()
@@ -31,6 +35,14 @@ def main() -> int:
         missing = lab.wait_routes(120)
         print(f"lab of {args.nodes} nodes up in {time.monotonic() - t0:.1f} s"
               + (f" (still missing routes: {missing})" if missing else ""))
+        if args.faulty:
+            names = lab.node_names()
+            dead, narrow = names[-1], names[-2]
+            lab.stop_daemon(dead)
+            subprocess.run([*netops.nsenter(lab.netns(dead)), "ip", "link", "set", "eth0", "down"], check=True)
+            seg = f"{lab.st.name}-{'ulb' if args.topology == 'routed' else 'ul'}"
+            subprocess.run([*netops.nsenter(seg), "ip", "link", "set", narrow, "mtu", "1400"], check=True)
+            print(f"broken: {dead} stopped with its underlay down, {narrow}'s bridge port at MTU 1400")
         walls = []
         for i in range(args.runs):
             start = time.monotonic()
