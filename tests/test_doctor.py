@@ -239,3 +239,23 @@ def test_single_node_daemon_without_firewall_fails_the_antispoofing_self_test(ne
         assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
     finally:
         d.cleanup()
+
+
+def test_full_pool_is_a_named_failure_and_the_rest_still_runs(netns):
+    from testlib import Daemon, plugin
+    ns, pod = netns.add("dn"), netns.add("dp")
+    d = Daemon(ns, "10.77.8.0/30").start()     # one address for pods
+    try:
+        rc, _, err = plugin("ADD", config=d.config(), container_id=unique("c"), netns=f"/run/netns/{pod}",
+                            ifname="eth0")
+        assert rc == 0, err
+        proc = subprocess.run([*netops.nsenter(ns), sys.executable, "-m", "podnetd.ctl.main", "doctor",
+                               "--socket", d.socket, "-o", "json"], capture_output=True, text=True, timeout=60)
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 1
+        c = find(report, "antispoof", "", "probe endpoint")
+        assert c["status"] == "FAIL" and "attach probe endpoint" in c["detail"] and "full" in c["cause"]
+        assert find(report, "node", "", "IP forwarding")["status"] == "PASS"
+        assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
+    finally:
+        d.cleanup()

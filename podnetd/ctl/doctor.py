@@ -35,15 +35,12 @@ def as_dict(report) -> dict:
 
 def cmd_doctor(args) -> int:
     # scapy is imported only here: it costs ~0.5 s, which no other command should pay
-    from ..doctor.endpoint import EndpointError
     from ..doctor.run import diagnose
     if not 0 < args.timeout <= 30:  # also refuses nan
         raise CtlError(f"--timeout {args.timeout}: must be above 0 and at most 30 seconds")
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         report = diagnose(args.socket, timeout=args.timeout)
-    except EndpointError as e:
-        raise CtlError(f"doctor: probe endpoint: {e}") from None
     except PermissionError as e:
         raise CtlError(f"doctor: needs root (raw sockets, namespaces): {e}") from None
     finally:

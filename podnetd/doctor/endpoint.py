@@ -49,8 +49,12 @@ class ProbeEndpoint:
             self._ip("netns", "add", self.name)
             self._made_netns = True
             self._ip("-n", self.name, "link", "set", "lo", "up")
-            resp = call(self.stub.Attach, node_pb2.AttachRequest(
-                container_id=self.name, ifname=IFNAME, netns=self.netns_path, network=NETWORK), timeout=20)
+            try:
+                resp = call(self.stub.Attach, node_pb2.AttachRequest(
+                    container_id=self.name, ifname=IFNAME, netns=self.netns_path, network=NETWORK),
+                    timeout=20)
+            except CtlError as e:
+                raise EndpointError(f"attach probe endpoint {self.name}: {e}") from None
             self.endpoint = resp.endpoint
         except BaseException:
             self.close()
