@@ -64,14 +64,16 @@ lab-vagrant: deps
 	KEEP=$(KEEP) vagrant/lab
 
 ## bench-convergence / bench-dataplane / bench-memory: the lab benchmarks of issue 3 (opt-in)
-.PHONY: bench-convergence bench-dataplane bench-memory bench-lab
+.PHONY: bench-convergence bench-dataplane bench-memory bench-metrics bench-lab
 bench-convergence: deps
 	$(PY) bench/convergence.py
 bench-dataplane: deps
 	$(PY) bench/dataplane.py
 bench-memory: deps
 	$(PY) bench/daemon_memory.py
-bench-lab: bench-convergence bench-dataplane bench-memory
+bench-metrics: deps
+	$(PY) bench/metrics_scrape.py
+bench-lab: bench-convergence bench-dataplane bench-memory bench-metrics
 
 ## bench-pods: pod start/stop latency of the pod runtime vs podman (issue 4; opt-in, root)
 .PHONY: bench-pods
