@@ -244,3 +244,31 @@ def test_logs_rotate_to_max_files_and_follow_across_rotation():
         assert shown[-1] == "end" and shown == want[-len(shown):] and len(shown) < 1000
         r = n.ctl("pod", "logs", "rot", "--tail", "-5", check=False)
         assert r.returncode != 0 and "give a number of lines" in r.stderr
+
+
+def test_image_links_at_mount_points_and_working_dir_stay_in_the_rootfs(node, host_dir):
+    """An image whose /etc/hosts, /etc/resolv.conf, a volume's mountPath and its working
+    directory are links to host paths: the pod's files are mounted inside the container's
+    root (runc resolves destinations in it, podnet never writes into the rootfs), and nothing
+    appears on or is read from the host."""
+    target = os.path.join(host_dir, "secret")
+
+    def links(t):
+        bb._add(t, "etc/hosts", kind=tarfile.SYMTYPE, link=f"{host_dir}/h/hosts")
+        bb._add(t, "etc/resolv.conf", kind=tarfile.SYMTYPE,
+                link="../" * 20 + f"{host_dir[1:]}/r/resolv.conf")
+        bb._add(t, "data", kind=tarfile.SYMTYPE, link=target)
+        bb._add(t, "work", kind=tarfile.SYMTYPE, link=target)
+    _variant(node, "mountlinks", links, "")
+    doc = pod("mlinks", [{"name": "c", "image": "mountlinks", "workingDir": "/work/sub",
+                          "command": ["sh", "-c", "pwd > out; echo written > /data/mark; "
+                                                  "cat /etc/hosts; ls /data; exec sleep 3600"],
+                          "volumeMounts": [{"name": "v", "mountPath": "/data"}]}],
+              volumes=[{"name": "v", "emptyDir": {}}])
+    with node.running(doc):
+        node.wait("mlinks", lambda p: running(p, "c"))
+        node.wait("mlinks", lambda p: "mark" in node.logs("mlinks"), what="output")
+        assert "mlinks" in node.logs("mlinks")  # the pod's /etc/hosts
+        assert node.exec("mlinks", "cat", "/data/mark").stdout == "written\n"
+    assert sorted(os.listdir(target)) == ["host-secret"]
+    assert sorted(os.listdir(host_dir)) == ["secret", "shared"]

@@ -20,6 +20,7 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_BIND = 4096
 MS_REC = 16384
+MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 NETNS_DIR = "/run/netns"
 
@@ -69,6 +70,11 @@ def bind_fd(fd: int, target: str) -> None:
     the kernel mounts the object that was opened and checked, not whatever a path names now
     (the kubelet's fix for CVE-2017-1002101). target must exist with the same type."""
     _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC, None)
+    try:  # a staging copy: nothing mounted later on either side propagates to the other
+        _mount("none", target, None, MS_PRIVATE | MS_REC, None)
+    except KernelError:
+        umount(target)
+        raise
 
 
 def mounts_under(prefix: str) -> list[str]:
