@@ -272,3 +272,16 @@ def test_image_links_at_mount_points_and_working_dir_stay_in_the_rootfs(node, ho
         assert node.exec("mlinks", "cat", "/data/mark").stdout == "written\n"
     assert sorted(os.listdir(target)) == ["host-secret"]
     assert sorted(os.listdir(host_dir)) == ["secret", "shared"]
+
+
+def test_exec_output_is_bounded(node):
+    """A command in a container (an exec probe, `pod exec`) that writes without end fills
+    neither podnetd's memory nor a gRPC message: stdout is cut at 1 MiB, with a note."""
+    doc = pod("chatty", [container("c", "exec sleep 3600")])
+    with node.running(doc):
+        node.wait("chatty", lambda p: running(p, "c"))
+        r = node.ctl("pod", "exec", "chatty", "--timeout", "120", "--", "sh", "-c",
+                     "head -c 8000000 /dev/zero | tr '\\0' x; echo done >&2", check=False)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "x" * 2**20
+        assert r.stderr == "done\n\n[podnetd: stdout cut at 1048576 bytes]\n"

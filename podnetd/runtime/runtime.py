@@ -766,6 +766,8 @@ class Runtime:
         await asyncio.to_thread(self._fresh_rootfs, c, image, rootfs)
         pause_pid = await self._pause_pid(pod)
         config = await asyncio.to_thread(self._container_config, c, image, rootfs, pause_pid)
+        if pod.stopping:  # stopped while we prepared: do not start what the stop missed
+            raise PodError(f"pod {pod.key} is stopping", "precondition")
         with open(self.ctr_dir(c, "config.json"), "w") as f:
             json.dump(config, f)
         attempt = c.restart_count
