@@ -220,3 +220,52 @@ def test_parse_line():
     assert logs.parse_line(b"2026-01-01T00:00:00Z stdout P a", True) == \
         b"2026-01-01T00:00:00Z a"
     assert logs.parse_line(b"garbage\n", False) == b"garbage\n"
+
+
+def test_sub_path_resolution_races_a_swapping_container(tmp_path, resolver):
+    """A container swapping vol/x between a directory and a link to the host, as fast as it
+    can, while the subPath is resolved: every resolution gives the directory inside the
+    volume or a refusal, never the host's directory."""
+    import threading
+    vol, outside = tmp_path / "vol", tmp_path / "outside"
+    vol.mkdir()
+    outside.mkdir()
+    inside = vol / "real"
+    inside.mkdir()
+    (inside / "d").mkdir()
+    inside_ino = os.stat(inside / "d").st_ino
+    stop = threading.Event()
+    swaps = []
+
+    def swapper():
+        x, new = vol / "x", vol / "x.new"
+        while not stop.is_set():
+            os.symlink(str(outside), new)
+            os.replace(new, x)           # x: a link out of the volume
+            os.unlink(x)
+            os.rename(inside, x)         # x: the real directory
+            os.rename(x, inside)         # x: nothing
+            swaps.append(1)
+    t = threading.Thread(target=swapper)
+    t.start()
+    seen = {"ok": 0, "refused": 0}
+    try:
+        root = host.open_dir_nofollow(str(vol))
+        for _ in range(3000):
+            for sub in ("x/d", "x"):
+                try:
+                    fd = host.open_beneath(root, sub)
+                except host.UnsafePath:
+                    seen["refused"] += 1
+                    continue
+                st = os.fstat(fd)
+                os.close(fd)
+                assert st.st_ino != os.stat(outside).st_ino
+                if sub == "x/d":
+                    assert st.st_ino == inside_ino
+                seen["ok"] += 1
+        os.close(root)
+    finally:
+        stop.set()
+        t.join()
+    assert swaps and seen["refused"] > 0
