@@ -285,3 +285,24 @@ def test_exec_output_is_bounded(node):
         assert r.returncode == 0, r.stderr
         assert r.stdout == "x" * 2**20
         assert r.stderr == "done\n\n[podnetd: stdout cut at 1048576 bytes]\n"
+
+
+def test_empty_dir_over_its_size_limit_evicts_the_pod(node):
+    """emptyDir sizeLimit on disk, as kubelet enforces it: the pod is evicted (reason
+    Evicted, phase Failed, the volume named in the event); a pod within its limit stays."""
+    vol = {"name": "scratch", "emptyDir": {"sizeLimit": "4Mi"}}
+    mount = [{"name": "scratch", "mountPath": "/scratch"}]
+    hog = pod("hog-disk", [container("c", "dd if=/dev/zero of=/scratch/f bs=1M count=8; "
+                                          "exec sleep 3600", volumeMounts=mount)],
+              volumes=[vol])
+    fine = pod("fine-disk", [container("c", "dd if=/dev/zero of=/scratch/f bs=1k count=100; "
+                                            "exec sleep 3600", volumeMounts=mount)],
+               volumes=[vol])
+    with node.running(hog), node.running(fine):
+        p = node.wait("hog-disk", lambda p: p["status"].get("reason") == "Evicted"
+                      and p["status"]["phase"] == "Failed", what="eviction")
+        assert state_of(p, "c")["state"]["terminated"]["exitCode"] == 137
+        assert 'Usage of EmptyDir volume "scratch" exceeds the limit "4Mi"' in \
+            node.ctl("pod", "describe", "hog-disk").stdout
+        assert "Evicted" in node.ctl("pod", "ls").stdout
+        assert node.get("fine-disk")["status"]["phase"] == "Running"

@@ -269,3 +269,19 @@ def test_sub_path_resolution_races_a_swapping_container(tmp_path, resolver):
         stop.set()
         t.join()
     assert swaps and seen["refused"] > 0
+
+
+def test_disk_usage_counts_the_tree_only(tmp_path):
+    vol, outside = tmp_path / "vol", tmp_path / "outside"
+    (vol / "a" / "b").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "big").write_bytes(os.urandom(4 * 2**20))
+    (vol / "a" / "b" / "f").write_bytes(os.urandom(2**20))
+    os.link(vol / "a" / "b" / "f", vol / "a" / "hard")   # one inode, counted once
+    os.symlink(str(outside), vol / "out")                 # never followed
+    os.symlink(str(outside / "big"), vol / "a" / "big")
+    used = host.disk_usage(str(vol), 2**40)
+    assert 2**20 <= used < 2**20 + 256 * 1024
+    assert host.disk_usage(str(vol), 1000) > 1000        # stops early, still says "over"
+    with pytest.raises(OSError):
+        host.disk_usage(str(vol / "out"), 2**40)         # the volume itself is never a link

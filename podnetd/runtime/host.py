@@ -281,6 +281,50 @@ def fd_kind(fd: int) -> str:
     return "unknown"
 
 
+def disk_usage(path: str, stop_above: int, max_depth: int = 256) -> int:
+    """Bytes allocated (st_blocks) in the tree at path, as `du` counts them: each inode once,
+    no link followed (every directory is opened with O_NOFOLLOW relative to its parent, so a
+    container renaming things meanwhile cannot send the walk to the host's files), no other
+    filesystem entered. Stops once the count passes stop_above: the caller asks "over the
+    limit?", and the work stays bounded by the limit rather than by what a container wrote.
+    Directories below max_depth are not entered (one open fd per level)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(path, flags)
+    dev = os.fstat(top).st_dev
+    total = os.fstat(top).st_blocks * 512
+    seen: set[int] = set()
+    stack = [(top, os.scandir(top))]
+    try:
+        while stack and total <= stop_above:
+            fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                entries.close()
+                os.close(fd)
+                stack.pop()
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_dev != dev or (st.st_nlink > 1 and st.st_ino in seen):
+                continue
+            if st.st_nlink > 1:
+                seen.add(st.st_ino)
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode) and len(stack) < max_depth:
+                try:
+                    child = os.open(entry.name, flags, dir_fd=fd)
+                except OSError:
+                    continue
+                stack.append((child, os.scandir(child)))
+        return total
+    finally:
+        for fd, entries in stack:
+            entries.close()
+            os.close(fd)
+
+
 # -- pod network namespaces (named, like `ip netns add`, so CNI gets a stable path) --------
 
 def netns_path(name: str) -> str:

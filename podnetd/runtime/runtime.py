@@ -28,6 +28,7 @@ SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive 
 RESET_AFTER = 600.0        # a container that ran this long cleanly restarts without back-off
 SHM_SIZE = 64 * 2**20
 STARTUP_TIMEOUT = 30.0
+EVICTION_PERIOD = 10.0     # seconds between checks of emptyDir sizeLimits (kubelet: 10 s)
 
 
 class PodError(Exception):
@@ -83,6 +84,7 @@ class Runtime:
             if not pod.stopped:
                 await self._adopt(pod)
         self._spawn(self._gc_when_serving())
+        self._spawn(self._local_storage_eviction())
         self._refill_shim()
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
@@ -631,6 +633,35 @@ class Runtime:
                     host.umount(target)
             raise
         return mounts
+
+    async def _local_storage_eviction(self) -> None:
+        """kubelet's local storage eviction for emptyDir sizeLimit on disk (a Memory emptyDir is
+        a tmpfs of that size): a running pod whose emptyDir holds more than its sizeLimit is
+        evicted, without grace. The volume is what its containers wrote: it is measured in a
+        worker thread, without following links, and only up to the limit."""
+        while True:
+            await asyncio.sleep(EVICTION_PERIOD)
+            for pod in list(self.pods.values()):
+                if pod.stopped or pod.stopping or not pod.sandbox:
+                    continue
+                for vol in pod.spec.get("volumes") or []:
+                    ed = vol.get("emptyDir")
+                    if ed is None or ed.get("medium") == "Memory" or not ed.get("sizeLimit"):
+                        continue
+                    limit = int(manifest.quantity(ed["sizeLimit"], ""))
+                    try:
+                        used = await asyncio.to_thread(
+                            host.disk_usage, self.pod_dir(pod, "volumes", vol["name"]), limit)
+                    except OSError:
+                        continue
+                    if used > limit and not (pod.stopping or pod.stopped):
+                        message = (f"Usage of EmptyDir volume \"{vol['name']}\" exceeds the "
+                                   f"limit \"{ed['sizeLimit']}\". ")
+                        log.warning("pod %s: evicted: %s", pod.key, message)
+                        pod.event("Warning", "Evicted", message)
+                        pod.reason = "Evicted"
+                        self._spawn(self.stop_pod(pod, 0, "Evicted"))
+                        break
 
     def _volume_source(self, pod: Pod, vol: dict) -> str:
         """The volume's root on the host, created when it should be (emptyDir, *OrCreate)."""
