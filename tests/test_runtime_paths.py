@@ -285,3 +285,26 @@ def test_disk_usage_counts_the_tree_only(tmp_path):
     assert host.disk_usage(str(vol), 1000) > 1000        # stops early, still says "over"
     with pytest.raises(OSError):
         host.disk_usage(str(vol / "out"), 2**40)         # the volume itself is never a link
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"_")),
+                         max_size=6), min_size=1, max_size=4),
+       st.booleans(), st.integers(min_value=0, max_value=30))
+def test_tail_matches_the_last_lines_of_the_files(tmp_path_factory, files, open_end, n):
+    """Any split of records over rotated files (each ending with a newline, the current one
+    maybe mid-record): --tail N gives exactly the last N records of their concatenation."""
+    d = tmp_path_factory.mktemp("tail")
+    path = str(d / "0.log")
+    blobs = [b"".join(r + b"\n" for r in recs) for recs in files]
+    if open_end:
+        blobs[-1] += b"partial"
+    names = [f"{path}.{len(blobs) - 1 - i}" for i in range(len(blobs) - 1)] + [path]
+    for name, blob in zip(names, blobs):
+        with open(name, "wb") as f:
+            f.write(blob)
+    whole = b"".join(blobs)
+    lines = whole.splitlines(keepends=True)
+    want = b"".join(lines[-n:]) if n else b""
+    assert _collect(path, follow=False, running=lambda: False, tail=n) == want
+    assert _collect(path, follow=False, running=lambda: False) == whole
