@@ -190,7 +190,7 @@ def test_reader_reads_rotated_files_oldest_first_and_tails(tmp_path):
     kept = b"".join(records)[-sum(os.path.getsize(f) for f in logs.rotated(path)):]
     assert _collect(path, follow=False, running=lambda: False) == kept
     for n in (0, 1, 7, 150, 10**6):
-        want = b"".join(kept.splitlines(keepends=True)[-n:]) if n else b""
+        want = b"".join(logs.records(kept)[-n:]) if n else b""
         assert _collect(path, follow=False, running=lambda: False, tail=n) == want, n
 
 
@@ -213,6 +213,13 @@ def test_follow_reads_across_rotations_without_loss(tmp_path):
         await w
         return b"".join(got)
     assert asyncio.run(run()) == b"".join(records)
+
+
+def test_carriage_returns_stay_in_the_text(tmp_path):
+    path = str(tmp_path / "0.log")
+    LogFile(path).write([b"2026-01-01T00:00:00Z stdout F 10%\r50%\r100%\n"])
+    raw = _collect(path, follow=False, running=lambda: False)
+    assert [logs.parse_line(r, False) for r in logs.records(raw)] == [b"10%\r50%\r100%\n"]
 
 
 def test_parse_line():
@@ -304,7 +311,8 @@ def test_tail_matches_the_last_lines_of_the_files(tmp_path_factory, files, open_
         with open(name, "wb") as f:
             f.write(blob)
     whole = b"".join(blobs)
-    lines = whole.splitlines(keepends=True)
+    lines = logs.records(whole)
+    assert b"".join(lines) == whole
     want = b"".join(lines[-n:]) if n else b""
     assert _collect(path, follow=False, running=lambda: False, tail=n) == want
     assert _collect(path, follow=False, running=lambda: False) == whole

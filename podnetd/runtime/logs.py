@@ -23,6 +23,15 @@ def parse_line(line: bytes, timestamps: bool) -> bytes:
     return (ts + b" " if timestamps else b"") + text + (b"\n" if tag == b"F" else b"")
 
 
+def records(data: bytes) -> list[bytes]:
+    """Split on newlines only, keeping them: a container's '\r' is part of its text."""
+    lines = data.split(b"\n")
+    out = [line + b"\n" for line in lines[:-1]]
+    if lines[-1]:
+        out.append(lines[-1])
+    return out
+
+
 def rotated(path: str) -> list[str]:
     """FILE's kept files, oldest first, FILE itself last (when it exists)."""
     directory, base = os.path.split(path)

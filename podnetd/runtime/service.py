@@ -109,7 +109,7 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         out: list[bytes] = []
         size = 0
         async for records in logs.read(path, follow=follow, running=running, tail=tail):
-            for line in records.splitlines(keepends=True):
+            for line in logs.records(records):
                 text = logs.parse_line(line, request.timestamps)
                 out.append(text)
                 size += len(text)
