@@ -1,5 +1,6 @@
 """The podnetd process: state-dir lock, node setup, reconcile, the API server, shutdown."""
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -16,6 +17,8 @@ from .endpoints import Endpoints, NodeNet
 from .ipam import Ipam
 from .kernel import ip_lib
 from .kernel.errors import KernelError
+from .events import EventRecorder, ObjectRef
+from .metrics import GrpcMetricsInterceptor, InstrumentedCni, Metrics, gauge
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class Daemon:
         self.endpoints: Endpoints | None = None
         self.cni: CniHandler | None = None
         self.components: list = []
+        self.metrics = Metrics()
+        self.events = EventRecorder(cfg.node_name)
         self._server = None
         self._health = None
         self._lock_fd: int | None = None
@@ -86,13 +91,16 @@ class Daemon:
                       gso_limit=node.pod_gso_limit(gso))
         self.ipam = Ipam(os.path.join(cfg.state_dir, "ipam.db"), cfg.pod_cidr, net.gateway)
         self.endpoints = Endpoints(net, self.ipam)
-        self.cni = CniHandler(self.endpoints, self.bridge_facts, self.status)
+        self.cni = InstrumentedCni(CniHandler(self.endpoints, self.bridge_facts, self.status),
+                                   self.metrics)
+        self.metrics.add_source(self._ipam_metrics)
         counts = self.endpoints.reconcile()
         log.info("node %s: bridge %s gateway %s/%d mtu %d%s; reconciled endpoints: %s",
                  cfg.node_name, cfg.bridge, net.gateway, net.prefixlen, mtu,
                  f", pod gso {net.gso_limit} (BIG TCP)" if net.gso_limit else "", counts)
 
     async def start(self) -> None:
+        self.events.bind_loop(asyncio.get_running_loop())
         self._lock_state_dir()
         self._prepare_socket()
         for hook in PRE_SETUP:
@@ -102,7 +110,8 @@ class Daemon:
             component = factory(self)
             await component.start()
             self.components.append(component)
-        self._server, self._health, names = server.build(self, f"unix://{self.cfg.socket}")
+        self._server, self._health, names = server.build(
+            self, f"unix://{self.cfg.socket}", [GrpcMetricsInterceptor(self.metrics)])
         old_umask = os.umask(0o077)  # the socket is born 0600: root only
         try:
             await self._server.start()
@@ -112,6 +121,14 @@ class Daemon:
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("podnetd %s serving on %s", __version__, self.cfg.socket)
+        self.events.record(ObjectRef("Node", self.cfg.node_name), "Normal", "Starting",
+                           f"Starting podnetd {__version__}.")
+        if self.cfg.metrics_listen:
+            try:
+                self.metrics.serve(self.cfg.metrics_listen)
+            except OSError as e:
+                raise StartupError(f"--metrics-listen {self.cfg.metrics_listen}: {e.strerror} "
+                                   f"(an empty --metrics-listen turns metrics off)") from None
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -131,6 +148,17 @@ class Daemon:
             if problem:
                 return False, problem
         return True, f"ready: {free} free addresses in {self.cfg.pod_cidr}"
+
+    def _ipam_metrics(self):
+        records = self.ipam.records()
+        by_state = collections.Counter((r.state,) for r in records)
+        yield gauge("podnet_ipam_pool_addresses", "Pod addresses of this node's pod CIDR "
+                    "(gateway and reserved addresses excluded)", [], {(): self.ipam.capacity})
+        yield gauge("podnet_ipam_addresses_in_use", "Pod addresses allocated (attached or "
+                    "being released)", [], {(): len(records)})
+        yield gauge("podnet_endpoints", "Pod attachments on this node, by state (active, "
+                    "releasing)", ["state"],
+                    by_state)
 
     def node_info(self) -> node_pb2.NodeInfo:
         net = self.endpoints.node
@@ -154,6 +182,7 @@ class Daemon:
             await self.stop()
 
     async def stop(self) -> None:
+        self.metrics.close()
         if self._server is not None:
             await self._server.stop(grace=2)
         if self.endpoints is not None:

@@ -6,6 +6,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import events_service
 from .api.podnet.v1 import node_pb2, node_pb2_grpc
 from .endpoints import AttachError, CheckFailed, UnknownContainer
 from .ipam import IpamError, PoolExhausted, Record
@@ -99,11 +100,12 @@ class CniService(node_pb2_grpc.CniServicer):
 SERVICE_REGISTRARS: list = []
 
 
-def build(daemon, address: str) -> tuple:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+def build(daemon, address: str, interceptors: list | None = None) -> tuple:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors or [])
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(daemon), server)
     node_pb2_grpc.add_CniServicer_to_server(CniService(daemon), server)
     names = [node_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Node", "Cni")]
+    names += events_service.register(server, daemon.events)
     for register in SERVICE_REGISTRARS:
         names += register(server, daemon)
     health_servicer = health.aio.HealthServicer()

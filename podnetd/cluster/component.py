@@ -5,6 +5,7 @@ Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the nod
 it after; server.SERVICE_REGISTRARS serves podnet.v1.Cluster.
 """
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -13,6 +14,8 @@ import time
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
+from ..events import ObjectRef
+from ..metrics import gauge
 from . import backends, records as rec, routing
 from .backends import Context, Entry
 from .firewall import Firewall
@@ -44,10 +47,13 @@ class ClusterComponent:
         self.modes: dict[str, tuple[str, str]] = {}
         self.refused: dict[str, str] = {}
         self.kernel_problem: str | None = None
+        self.foreign: dict[str, str] = {}  # peer pod CIDR -> protocol of the route someone else made
         self._wake: asyncio.Event | None = None
         self._task = None
         self._lock = asyncio.Lock()
         self._problems_logged: set = set()
+        self._metrics_snapshot: tuple = ({}, {}, 0, 0)
+        self._mode_problems_logged: set = set()
 
     # -- before node setup -----------------------------------------------------------------
 
@@ -67,9 +73,12 @@ class ClusterComponent:
         if cfg.mtu is None:
             cfg.mtu = self.underlay["mtu"] - (VXLAN_OVERHEAD if self.backend.uses_vxlan() else 0)
         elif self.backend.uses_vxlan() and cfg.mtu > self.underlay["mtu"] - VXLAN_OVERHEAD:
-            log.warning("--mtu %d exceeds the VXLAN MTU %d (underlay %d - %d): large packets to "
-                        "VXLAN peers will be dropped", cfg.mtu, self.underlay["mtu"] - VXLAN_OVERHEAD,
-                        self.underlay["mtu"], VXLAN_OVERHEAD)
+            message = (f"--mtu {cfg.mtu} exceeds the VXLAN MTU {self.underlay['mtu'] - VXLAN_OVERHEAD}"
+                       f" (underlay {self.underlay['mtu']} - {VXLAN_OVERHEAD}): large packets to "
+                       f"VXLAN peers will be dropped")
+            log.warning("%s", message)
+            self.daemon.events.record(ObjectRef("Node", cfg.node_name), "Warning",
+                                      "MTUMismatch", message)
         cfg.pod_gso_limit = self.underlay["gso_limit"]
         if self.backend.uses_vxlan() and cfg.pod_gso_limit > ip_lib.LEGACY_GSO_MAX_SIZE:
             # A pod's TCP sizes its GSO packets for the pod's own interface, not for the path,
@@ -114,6 +123,32 @@ class ClusterComponent:
         self._observe_endpoints()
         await self.store.start(self.own)
         self._task = asyncio.create_task(self._loop(), name="cluster-reconcile")
+        self.daemon.metrics.add_source(self._metrics)
+
+    def _metrics(self):
+        """Read by the metrics thread: the snapshot the reconcile loop last left."""
+        peers, desired, store_up, synced = self._metrics_snapshot
+        yield gauge("podnet_peers", "Other nodes of the cluster, by backend mode (host-gw, "
+                    "vxlan, unreachable) and state (ok, problem, refused)", ["mode", "state"],
+                    peers)
+        yield gauge("podnet_kernel_entries_desired", "Routes, neighbours and FDB entries the "
+                    "store asks for", ["kind"], desired)
+        yield gauge("podnet_store_up", "1 when the cluster store answers (etcd reachable, or a "
+                    "static peer heard from), 0 otherwise", ["store"], {(self.cfg.store,): store_up})
+        yield gauge("podnet_store_synced", "1 once the store has given a complete view (routes "
+                    "are only removed then)", ["store"], {(self.cfg.store,): synced})
+
+    def _take_metrics_snapshot(self) -> None:
+        peers: collections.Counter = collections.Counter()
+        for node in self.nodes():
+            if node["mode"] != "self":
+                state = ("refused" if node["name"] in self.refused else
+                         "problem" if node["problem"] else "ok")
+                peers[(node["mode"], state)] += 1
+        desired = collections.Counter((e.kind,) for e in self.desired)
+        # one assignment: the metrics thread sees the old snapshot or the new one, never half
+        self._metrics_snapshot = (peers, desired, 0 if self.store.problem() else 1,
+                                  1 if self.store.synced() else 0)
 
     async def stop(self) -> None:
         # Kernel state stays: pods keep talking across a daemon restart.
@@ -181,13 +216,23 @@ class ClusterComponent:
         async with self._lock:
             loop = asyncio.get_running_loop()
             records = self.store.records()
+            before = (dict(self.modes), list(self.desired), dict(self.refused))
             self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
+            for r in records:
+                # A route via our own address is a kernel error on every pass (and fails CNI
+                # STATUS): a peer claiming our underlay address is refused here instead.
+                if r.name != self.cfg.node_name and r.underlay_ip == self.cfg.node_ip:
+                    self.refused.setdefault(r.name, f"its underlay address {r.underlay_ip} is this "
+                                                    f"node's own")
             if self.cfg.node_name in self.refused or self.store.refusal():
                 peers = []  # a refused node routes nowhere: never half-applied
             else:
                 peers = [r for r in records if r.name != self.cfg.node_name and r.name not in self.refused]
             result = await loop.run_in_executor(None, self._sync_kernel, peers, firewall,
                                                 self.store.synced())
+            self.daemon.metrics.observe_reconcile(result)
+            self._take_metrics_snapshot()
+            self._record_events(*before, result)
             for err in result["errors"]:
                 if err not in self._problems_logged:
                     log.error("cluster routing: %s", err)
@@ -197,6 +242,32 @@ class ClusterComponent:
                 log.info("cluster routing: %d installed, %d removed (%d peers)",
                          result["installed"], result["removed"], len(peers))
             return result
+
+    def _record_events(self, modes: dict, desired: list, refused: dict, result: dict) -> None:
+        """Events for what an operator must see, on the transitions between two passes."""
+        record = self.daemon.events.record
+        for name in sorted(set(modes) - set(self.modes) - {self.cfg.node_name}):
+            record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
+                   f"node {name} left this node's view of the cluster (not heard from within "
+                   f"the node timeout, or withdrawn): its routes were removed")
+        for name, (mode, problem) in sorted(self.modes.items()):
+            was = modes.get(name)
+            if was == (mode, problem):
+                continue
+            if problem and (was is None or was[1] != problem):
+                record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
+                       f"node {name}: {problem}")
+            elif not problem and (was is None or was[1]):
+                record(ObjectRef("Node", name), "Normal", "PeerReachable",
+                       f"node {name} is routed by {mode}")
+        for name, why in sorted(self.refused.items()):
+            if refused.get(name) != why:
+                record(ObjectRef("Node", name), "Warning", "CIDRConflict",
+                       f"node {name} is refused: {why}")
+        if desired == self.desired and (result["installed"] or result["removed"]):
+            record(ObjectRef("Node", self.cfg.node_name), "Normal", "DriftRepaired",
+                   f"the kernel had drifted from the store: {result['installed']} entries "
+                   f"reinstalled, {result['removed']} removed")
 
     def _sync_kernel(self, peers: list[NodeRecord], firewall: bool, synced: bool) -> dict:
         errors = []
@@ -211,22 +282,47 @@ class ClusterComponent:
             errors.append(str(e))
         ctx = Context(self.own, self.underlay.get("subnets", ()), self.cfg.vxlan_dev)
         desired, modes = backends.plan(ctx, self.backend, peers)
-        for name, (mode, problem) in modes.items():
-            if problem and (name, problem) not in self._problems_logged:
-                log.warning("node %s: %s", name, problem)
-                self._problems_logged.add((name, problem))
-        self.desired, self.modes = desired, modes
         result = routing.sync(desired, self.cfg.vxlan_dev, allow_removal=synced)
         result["errors"] = errors + result["errors"]
+        # Logged when a problem appears (or changes), not on every pass.
+        current = {(name, problem) for name, (_, problem) in modes.items() if problem}
+        for name, problem in sorted(current - self._mode_problems_logged):
+            log.warning("node %s: %s", name, problem)
+        self._mode_problems_logged = current
+        self._note_foreign(result["foreign"], desired)  # logs its own changes
+        for entry in desired:
+            if entry.kind == "route" and entry.destination in self.foreign:
+                mode = modes[entry.node][0]
+                modes[entry.node] = (mode, f"route to {entry.destination} exists with proto "
+                                           f"{self.foreign[entry.destination]} (not podnet's): left alone")
+        self.desired, self.modes = desired, modes
         if firewall:
             try:
                 done = self.firewall.sync()
+                result["firewall"] = done
                 if done["rewritten"] or done["added"] or done["removed"]:
                     log.info("nftables: rewrote %s, set elements +%d -%d",
                              ",".join(done["rewritten"]) or "nothing", done["added"], done["removed"])
             except KernelError as e:
                 result["errors"].append(str(e))
         return result
+
+    def _note_foreign(self, foreign: dict[str, str], desired: list[Entry]) -> None:
+        """Log a foreign route to a peer's pod CIDR once when it appears, and once when it goes."""
+        nodes = {e.destination: e.node for e in desired if e.kind == "route"}
+        for dst, proto in sorted(foreign.items()):
+            if self.foreign.get(dst) != proto:
+                self.daemon.events.record(
+                    ObjectRef("Node", nodes.get(dst, self.cfg.node_name)), "Warning",
+                    "ForeignRoute", f"route to {dst} exists with proto {proto}, not podnet's: "
+                                    f"left alone")
+                log.warning("route to %s exists with proto %s, not podnet's (%d): left alone; node %s "
+                            "is routed by it, not by podnet, until it is removed",
+                            dst, proto, backends.ROUTE_PROTO, nodes.get(dst, "?"))
+        for dst in sorted(set(self.foreign) - set(foreign)):
+            if dst in nodes:
+                log.info("the foreign route to %s is gone: podnet routes node %s", dst, nodes[dst])
+        self.foreign = foreign
 
     # -- views -----------------------------------------------------------------------------
 
@@ -254,5 +350,9 @@ class ClusterComponent:
             out.append({**r.to_dict(), "age": self.store.age(r.name), "mode": mode, "problem": problem})
         return out
 
-    def routes(self) -> list[tuple[Entry, bool]]:
-        return routing.present(self.desired, self.cfg.vxlan_dev)
+    def routes(self) -> list[tuple[Entry, str]]:
+        """Each desired entry with its state: present, missing, or foreign (a route to its
+        destination that podnet did not make holds the place)."""
+        foreign = self.foreign
+        return [(e, "present" if ok else "foreign" if e.kind == "route" and e.destination in foreign
+                 else "missing") for e, ok in routing.present(self.desired, self.cfg.vxlan_dev)]

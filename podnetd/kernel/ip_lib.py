@@ -177,6 +177,17 @@ def route_replace(dst: str, *, gateway: str | None = None, dev: str | None = Non
         ipr().route("replace", **spec)
 
 
+def route_add(dst: str, *, gateway: str | None = None, dev: str | None = None,
+              onlink: bool = False, proto: int | None = None) -> None:
+    """Create a route, never replacing one (NLM_F_CREATE|NLM_F_EXCL): errors.Exists when the
+    table already holds a route to dst (with the same metric), whoever made it."""
+    spec = _route_spec(dst, gateway=gateway, dev=dev, proto=proto)
+    if onlink:
+        spec["flags"] = 4  # RTNH_F_ONLINK
+    with _netlink(f"add route {dst} via {gateway or '-'} dev {dev or '-'}"):
+        ipr().route("add", **spec)
+
+
 def route_delete(dst: str, *, gateway: str | None = None, dev: str | None = None,
                  proto: int | None = None, table: int | None = None) -> bool:
     spec = _route_spec(dst, gateway=gateway, dev=dev, proto=proto, table=table)

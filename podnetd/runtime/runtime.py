@@ -5,6 +5,7 @@ Every blocking or forking step is asynchronous (asyncio subprocesses) or runs of
 the daemon keeps serving the CNI plugin's relayed calls (the podnet plugin calls back into this
 very daemon during a pod's ADD)."""
 import asyncio
+import collections
 import contextlib
 import errno
 import json
@@ -18,14 +19,17 @@ import threading
 import time
 import uuid
 
+from ..kernel import vxlan
 from ..kernel.errors import KernelError
 from . import cni_client, host, manifest, oci, probes, spec as ocispec, userdb
 from .images import ImageError, ImageStore
+from ..events import ObjectRef
+from ..metrics import gauge
+from ..timestamps import rfc3339
 from .model import Ctr, Pod
 
 log = logging.getLogger(__name__)
 SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive its container
-RESET_AFTER = 600.0        # a container that ran this long cleanly restarts without back-off
 SHM_SIZE = 64 * 2**20
 STARTUP_TIMEOUT = 30.0
 EVICTION_PERIOD = 10.0     # seconds between checks of emptyDir sizeLimits (kubelet: 10 s)
@@ -62,6 +66,9 @@ class Runtime:
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
         self._idle: oci.IdleShim | None = None
+        self.metrics = daemon.metrics
+        self.host_ip = ""           # the node's address, refreshed whenever a sandbox is made
+        self.metrics.add_source(self._pod_metrics)
 
     # -- component ----------------------------------------------------------------------
 
@@ -79,16 +86,37 @@ class Runtime:
             except (OSError, ValueError, KeyError) as e:
                 log.warning("pod state %s: cannot load: %s", name, e)
                 continue
+            pod.on_event = self._record_event
             self.pods[pod.key] = pod
         for pod in list(self.pods.values()):
             if not pod.stopped:
                 await self._adopt(pod)
+        await self._refresh_host_ip()
         self._spawn(self._gc_when_serving())
         self._spawn(self._local_storage_eviction())
         self._refill_shim()
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
                  self.cfg.cni_bin_dir)
+
+    def _record_event(self, pod: Pod, kind: str, reason: str, message: str,
+                      container: str) -> None:
+        self.daemon.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
+                                  message, f"spec.containers{{{container}}}" if container else "")
+
+    def _pod_metrics(self):
+        """Pods by phase, read by the metrics thread (a dict the loop changes meanwhile is
+        copied again)."""
+        for _ in range(5):
+            try:
+                pods = list(self.pods.values())
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        phases = collections.Counter((p.phase(),) for p in pods)
+        yield gauge("podnet_pods", "Pods of this node's runtime, by phase", ["phase"], phases)
 
     async def stop(self) -> None:
         """podnetd stops: the pods keep running (their shims and runc are in other sessions);
@@ -141,8 +169,12 @@ class Runtime:
         valid = [(p.pause_id, "eth0") for p in self.pods.values() if p.cni]
         for attempt in range(3):
             try:
-                if await self.cni.gc(valid):
+                skipped = await self.cni.gc(valid)
+                if skipped is not None:
                     log.info("CNI GC done: %d valid attachments", len(valid))
+                if skipped:
+                    log.info("CNI GC: not asked, as they do not support the configuration's "
+                             "cniVersion: %s", "; ".join(skipped))
                 return
             except cni_client.CniClientError as e:
                 log.warning("CNI GC (attempt %d): %s", attempt + 1, e)
@@ -192,6 +224,7 @@ class Runtime:
                 raise PodError(f"image {c['image']!r} of container {c['name']!r} is not in the "
                                "image store (podnetctl image import NAME ARCHIVE)", "precondition")
         pod = Pod(doc, str(uuid.uuid4()), time.time())
+        pod.on_event = self._record_event
         pod.event("Normal", "Scheduled", f"Assigned {key} to {self.cfg.node_name}")
         self.pods[key] = pod
         self._persist(pod)
@@ -403,8 +436,9 @@ class Runtime:
             if net:
                 pod.cni = {"conflist": conflist, "result": result}
                 pod.ip = cni_client.pod_ip(result)
-            else:
-                pod.ip = self._host_ip()
+            await self._refresh_host_ip()
+            if pod.host_network:
+                pod.ip = self.host_ip
             self._write_etc(pod)
             pod.sandbox = True
             pod.start_time = time.time()
@@ -419,7 +453,26 @@ class Runtime:
         return await self.cni.add(pod.pause_id, netns_path, "eth0", self._cni_args(pod),
                                   self._runtime_config(pod))
 
-    def _host_ip(self) -> str:
+    async def _refresh_host_ip(self) -> None:
+        try:
+            self.host_ip = await asyncio.get_running_loop().run_in_executor(
+                None, self._node_address)
+        except KernelError as e:
+            log.warning("node address: %s (status.hostIP stays %r)", e, self.host_ip)
+
+    def _node_address(self) -> str:
+        """The node's address, status.hostIP (and podIP with hostNetwork), as the kubelet
+        reports its node's InternalIP: the cluster's --node-ip, else the default-route
+        interface's address, else the first other IPv4 address that is not the pod bridge's.
+        Blocking (netlink): called off the loop."""
+        if getattr(self.cfg, "node_ip", None):
+            return self.cfg.node_ip
+        address = vxlan.default_route_address()
+        if address:
+            return address
+        for a in vxlan.ipv4_addresses():
+            if a["dev"] not in ("lo", self.cfg.bridge) and not a["ip"].startswith("127."):
+                return a["ip"]
         return ""
 
     def _write_etc(self, pod: Pod) -> None:
@@ -520,7 +573,11 @@ class Runtime:
                 code, ran = await self._watch(c)
             if not self._should_restart(c, code):
                 return
-            c.backoff_step = 1 if ran >= RESET_AFTER else c.backoff_step + 1
+            if "terminated" in c.state:  # kubelet: lastState is the run before the current one
+                c.last_state = c.state
+            # kubelet: a container that ran twice the maximum back-off (10 minutes by default)
+            # without failing restarts without back-off
+            c.backoff_step = 1 if ran >= 2 * self.backoff_max else c.backoff_step + 1
             delay = self._backoff(c)
             if delay > 0:
                 if not start_failed:  # a config/create error keeps its own reason (kubelet)
@@ -536,6 +593,7 @@ class Runtime:
                     return
             if not start_failed:  # a container that never ran was not restarted
                 c.restart_count += 1
+                self.metrics.container_restarts.inc()
 
     def _argv_env(self, c: Ctr, image: dict) -> tuple[list[str], list[str]]:
         cfg = image.get("config") or {}
@@ -825,7 +883,7 @@ class Runtime:
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.003)
         log.debug("pod %s: container %s started in %.3fs", pod.key, c.name, time.monotonic() - t0)
-        c.state = {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        c.state = {"running": {"startedAt": rfc3339()}}
         c.ready = False
         c.started = False
         c.started_event.clear()
@@ -934,14 +992,13 @@ class Runtime:
         oom = host.oom_killed(c.cgroups_path)
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         started = c.attempt["started_at"]
-        term = {"exitCode": code, "reason": reason, "startedAt": _ts(started),
-                "finishedAt": _ts(finished), "containerID": f"runc://{c.cid}"}
+        term = {"exitCode": code, "reason": reason, "startedAt": rfc3339(started),
+                "finishedAt": rfc3339(finished), "containerID": f"runc://{c.cid}"}
         if c.kill_reason:
             term["message"] = c.kill_reason
         with contextlib.suppress(oci.OciError):
             await oci.delete(self.oci, c.cid)
         c.state = {"terminated": term}
-        c.last_state = {"terminated": term}
         c.ready = False
         c.attempt = None
         c.exited.set()
@@ -980,17 +1037,19 @@ class Runtime:
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _probe_once(self, c: Ctr, probe: dict) -> tuple[bool, str]:
+    async def _probe_once(self, c: Ctr, probe: dict, kind: str) -> tuple[bool, str]:
         s = manifest.probe_settings(probe)
-        return await probes.run_handler(probe, runtime=self.oci, cid=c.cid, container=c.spec,
-                                        pod_ip=c.pod.ip, timeout=s["timeoutSeconds"])
+        ok, msg = await probes.run_handler(probe, runtime=self.oci, cid=c.cid, container=c.spec,
+                                           pod_ip=c.pod.ip, timeout=s["timeoutSeconds"])
+        self.metrics.probe_results.labels(kind.lower(), "success" if ok else "failure").inc()
+        return ok, msg
 
     async def _probe_loop(self, c: Ctr, probe: dict, kind: str, until_success: bool) -> bool:
         s = manifest.probe_settings(probe)
         await asyncio.sleep(s["initialDelaySeconds"])
         failures = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, kind)
             if ok:
                 return True
             failures += 1
@@ -1004,7 +1063,7 @@ class Runtime:
         await asyncio.sleep(s["initialDelaySeconds"])
         failures = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, "Liveness")
             if ok:
                 failures = 0
             else:
@@ -1024,7 +1083,7 @@ class Runtime:
         await asyncio.sleep(s["initialDelaySeconds"])
         ok_n = fail_n = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, "Readiness")
             ok_n, fail_n = (ok_n + 1, 0) if ok else (0, fail_n + 1)
             if ok and not c.ready and ok_n >= s["successThreshold"]:
                 c.ready = True
@@ -1095,17 +1154,13 @@ class Runtime:
             if "running" in c.state or "waiting" in c.state:
                 c.state = {"terminated": {"exitCode": 137, "reason": "Error",
                                           "message": "pod stopped",
-                                          "finishedAt": _ts(time.time())}}
+                                          "finishedAt": rfc3339()}}
             c.ready = False
         await self._teardown_sandbox(pod)
         pod.reason = pod.reason or reason
         pod.finished = pod.stopped = True
         pod.stopping = False
         self._persist(pod)
-
-
-def _ts(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _check_host_path_kind(path: str, want: str, kind: str) -> None:

@@ -1,6 +1,7 @@
 """podnet.v1.Pods: the gRPC face of the pod runtime."""
 import asyncio
 import json
+import time
 
 import grpc
 
@@ -36,7 +37,7 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         self.rt = runtime
 
     def _pod_json(self, pod) -> str:
-        return json.dumps(pod.k8s(self.rt.cfg.node_name))
+        return json.dumps(pod.k8s(self.rt.cfg.node_name, self.rt.host_ip))
 
     async def RunPod(self, request, context):
         async def run():
@@ -170,8 +171,15 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         async def imp():
             if not request.name or not request.archive:
                 raise PodError("name and archive are required")
-            img = await asyncio.to_thread(self.rt.images.import_archive, request.name,
-                                          request.archive)
+            metrics, started = self.rt.metrics, time.monotonic()
+            try:
+                img = await asyncio.to_thread(self.rt.images.import_archive, request.name,
+                                              request.archive)
+            except BaseException:
+                metrics.image_imports.labels("failure").inc()
+                raise
+            metrics.image_imports.labels("success").inc()
+            metrics.image_import_duration.observe(time.monotonic() - started)
             return pods_pb2.ImageResponse(image=_image_pb(img))
         return await _guard(context, imp())
 
