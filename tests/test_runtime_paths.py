@@ -316,3 +316,19 @@ def test_tail_matches_the_last_lines_of_the_files(tmp_path_factory, files, open_
     want = b"".join(lines[-n:]) if n else b""
     assert _collect(path, follow=False, running=lambda: False, tail=n) == want
     assert _collect(path, follow=False, running=lambda: False) == whole
+
+
+def test_log_rotation_flags():
+    import argparse
+    from podnetd import config
+    from podnetd.runtime import check_flags, log_size
+    assert log_size("10Mi") == 10 * 2**20 and log_size("512Ki") == 512 * 1024
+    assert log_size(1048576) == 2**20 and log_size("2M") == 2 * 10**6
+    for bad in ("", "10Q", "-1Mi", "1e9", "0", "100", "2Ti", "1" * 40, "Mi"):
+        with pytest.raises(config.ConfigError, match="give a size from 1Ki"):
+            log_size(bad)
+    ns = argparse.Namespace(no_pod_runtime=False, runtime_dir=None, restart_backoff=1.0,
+                            restart_backoff_max=2.0, container_log_max_size="1Mi",
+                            container_log_max_files=1)
+    with pytest.raises(config.ConfigError, match="between 2 and 1000"):
+        check_flags(ns)
