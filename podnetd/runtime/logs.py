@@ -133,8 +133,9 @@ async def read(path: str, *, follow: bool, running, tail: int | None = None):
                 cut = inodes.index(ours) + 1 if ours in inodes else 0
                 for fd, _ in chain[:cut]:
                     os.close(fd)
-                fds.extend(chain[cut:])
-                continue  # read the rest of ours, then the newer ones
+                if chain[cut:]:
+                    fds.extend(chain[cut:])
+                    continue  # read the rest of ours, then the newer ones
             if not alive:
                 # one last look: what was written before the container ended is all there is
                 if fds and os.fstat(fds[0][0]).st_size > os.lseek(fds[0][0], 0, os.SEEK_CUR):
