@@ -125,8 +125,12 @@ def cmd_logs(args) -> int:
     req = pods_pb2.PodLogsRequest(name=args.name, namespace=args.namespace,
                                   container=args.container or "", follow=args.follow,
                                   previous=args.previous, timestamps=args.timestamps)
+    if args.tail >= 0:
+        req.tail_lines = args.tail
     try:
-        for chunk in _stub(args).PodLogs(req, timeout=None if args.follow else 30):
+        # the log arrives in chunks of about 64 KiB: a deadline for the whole stream only
+        # guards against a daemon that stopped answering
+        for chunk in _stub(args).PodLogs(req, timeout=None if args.follow else 600):
             sys.stdout.buffer.write(chunk.data)
             sys.stdout.buffer.flush()
     except grpc.RpcError as e:
@@ -179,6 +183,16 @@ def grace_seconds(text: str) -> float:
         value = -1
     if not 0 <= value < float("inf"):  # also NaN
         raise argparse.ArgumentTypeError(f"{text!r}: give seconds, 0 or more")
+    return value
+
+
+def tail_lines(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of lines, or -1 for all")
     return value
 
 
@@ -242,6 +256,8 @@ def register(sub, common) -> None:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-p", "--previous", action="store_true")
     p.add_argument("--timestamps", action="store_true")
+    p.add_argument("--tail", type=tail_lines, default=-1, metavar="N",
+                   help="only the last N lines (-1: all)")
     p.set_defaults(func=cmd_logs)
     p = psub.add_parser("exec", parents=[common, ns], help="run a command in a container")
     p.add_argument("name")
