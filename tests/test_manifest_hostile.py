@@ -62,6 +62,18 @@ def test_a_few_aliases_are_fine():
     assert doc["spec"]["containers"][1]["env"] == [{"name": "A", "value": "1"}]
 
 
+def test_alias_free_documents_up_to_the_size_limit_are_not_taken_for_bombs():
+    for filler in ("a,", "[],", "'',"):   # the densest shapes: most nodes per byte
+        n = manifest.MAX_NODES - 100
+        text = HEADER + SPEC + "x: [" + filler * n + "]\n"
+        assert len(text) <= manifest.MAX_MANIFEST_BYTES
+        assert parse_error(text).path == ".x"   # refused by validation, not by the expansion
+    many = HEADER + SPEC + "x: [" + "a," * manifest.MAX_NODES + "]\n"
+    assert "more than" in parse_error(many).why
+    big = "y" * (manifest.MAX_MANIFEST_BYTES - 300)
+    assert parse_error(HEADER + SPEC + f"x: '{big}'\n").path == ".x"
+
+
 def test_recursive_alias_is_refused():
     err = parse_error(HEADER + SPEC + "status: &a [*a]\n")
     assert "refers to itself" in err.why

@@ -23,8 +23,11 @@ RESTART_POLICIES = ("Always", "OnFailure", "Never")
 SECCOMP_TYPES = ("RuntimeDefault", "Unconfined", "Localhost")
 
 # Bounds on the text and on what it may unfold into (see load()).
-MAX_MANIFEST_BYTES = 1 << 20      # 1 MiB, as a ConfigMap; kube-apiserver's limit is 3 MiB
+# 512 KiB: room for Kubernetes' 256 KiB of annotations and a large spec; PyYAML needs up to
+# about 2 s for the slowest shapes of this size (off the event loop)
+MAX_MANIFEST_BYTES = 512 * 1024
 MAX_DEPTH = 64                    # a Pod nests about 8 levels deep
+MAX_NODES = 100_000               # YAML nodes as written (parse time grows with them)
 MAX_EXPANDED = 2 * MAX_MANIFEST_BYTES  # nodes + scalar characters after alias expansion
 MAX_ANNOTATIONS_BYTES = 256 * 1024     # Kubernetes' TotalAnnotationSizeLimitB
 
@@ -72,22 +75,26 @@ for _tag in ("binary", "set", "omap", "pairs"):
 
 def _check_events(text: str) -> None:
     """One pass over the YAML events (the parser is iterative, nothing is built): nesting depth,
-    and the size the document would have once every alias is expanded, counted per anchor, so
-    a billion-laughs document is refused from its few hundred bytes. Recursive aliases too."""
+    and the size the document would have once every alias is expanded (a node counts 1, a
+    scalar also its length; an alias counts what its anchor holds), so a billion-laughs
+    document is refused from its few hundred bytes. Recursive aliases too."""
     anchors: dict[str, int] = {}
-    stack: list[list] = []   # [anchor, weight] per open collection
-    total = 0
+    stack: list[list] = []   # [anchor, weight of the subtree so far] per open collection
+    total = nodes = 0
     for event in yaml.parse(text, Loader=_BaseLoader):
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             if len(stack) >= MAX_DEPTH:
                 raise ManifestError("manifest", f"nested deeper than {MAX_DEPTH} levels "
                                                 f"(line {event.start_mark.line + 1})")
             stack.append([event.anchor, 1])
-            continue
-        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            anchor, weight = stack.pop()
+            weight = 1
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            anchor, subtree = stack.pop()
             if anchor is not None:
-                anchors[anchor] = weight
+                anchors[anchor] = subtree
+            if stack:
+                stack[-1][1] += subtree
+            continue
         elif isinstance(event, yaml.ScalarEvent):
             weight = 1 + len(event.value)
             if event.anchor is not None:
@@ -102,11 +109,14 @@ def _check_events(text: str) -> None:
             weight = anchors[event.anchor]
         else:
             continue
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ManifestError("manifest", f"more than {MAX_NODES} nodes")
         total += weight
         if total > MAX_EXPANDED:
             raise ManifestError("manifest", "too large once its aliases are expanded "
                                             f"(over {MAX_EXPANDED} bytes)")
-        if stack:
+        if stack and not isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             stack[-1][1] += weight
 
 
