@@ -22,7 +22,8 @@ PROBE = ("grep '^Seccomp:' /proc/self/status; "
 NO_MKDIR = {"defaultAction": "SCMP_ACT_ALLOW",
             "archMap": [{"architecture": "SCMP_ARCH_X86_64",
                          "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
-                        {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]}],
+                        {"architecture": "SCMP_ARCH_AARCH64",
+                         "subArchitectures": ["SCMP_ARCH_ARM"]}],
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
                           "errnoRet": 1}]}
 

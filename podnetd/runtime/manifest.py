@@ -56,7 +56,8 @@ class _Loader(_BaseLoader):
                 key = self.construct_object(key_node, deep=True)
                 if not isinstance(key, str):
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {_show(key)} is not a string (quote it)", key_node.start_mark)
+                        None, None, f"key {_show(key)} is not a string (quote it)",
+                        key_node.start_mark)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {_show(key)}", key_node.start_mark)

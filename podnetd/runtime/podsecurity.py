@@ -192,8 +192,8 @@ def _seccomp_bad_setters(spec, *, implicit: bool):
 def _seccomp_baseline(meta, spec):
     setters, values, _ = _seccomp_bad_setters(spec, implicit=False)
     if setters:
-        return ("seccompProfile", f"{' and '.join(setters)} must not set "
-                                  f"securityContext.seccompProfile.type to {_quote(sorted(values))}")
+        return ("seccompProfile", f"{' and '.join(setters)} must not set securityContext."
+                                  f"seccompProfile.type to {_quote(sorted(values))}")
     return None
 
 
@@ -310,8 +310,8 @@ def _run_as_user(meta, spec):
 def _seccomp_restricted(meta, spec):
     setters, values, implicit = _seccomp_bad_setters(spec, implicit=True)
     if setters:
-        return ("seccompProfile", f"{' and '.join(setters)} must not set "
-                                  f"securityContext.seccompProfile.type to {_quote(sorted(values))}")
+        return ("seccompProfile", f"{' and '.join(setters)} must not set securityContext."
+                                  f"seccompProfile.type to {_quote(sorted(values))}")
     if implicit:
         return ("seccompProfile",
                 f"pod or {_plural('container', 'containers', len(implicit))} {_quote(implicit)} "
