@@ -1,5 +1,6 @@
-"""Seccomp with real runc: RuntimeDefault (containers-common's profile) by default, Unconfined,
-Localhost profiles below --seccomp-profile-root, privileged containers unconfined.
+"""Hostile manifests through a real podnetd, and seccomp with real runc: RuntimeDefault
+(containers-common's profile) by default, Unconfined, Localhost profiles below
+--seccomp-profile-root, privileged containers unconfined.
 
 The probe: busybox `linux64 -R` calls personality(PER_LINUX|ADDR_NO_RANDOMIZE), which needs no
 capability and which the RuntimeDefault profile does not allow (only personality values 0, 8,
@@ -10,6 +11,7 @@ import shutil
 import tempfile
 
 import pytest
+import yaml
 
 from podnetd.runtime import seccomp
 from testlib import Netns, unique
@@ -27,8 +29,8 @@ NO_MKDIR = {"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
                           "errnoRet": 1}]}
 
-pytestmark = pytest.mark.skipif(not os.path.exists(seccomp.DEFAULT_PROFILE),
-                                reason="containers-common's seccomp.json is not installed")
+needs_profile = pytest.mark.skipif(not os.path.exists(seccomp.DEFAULT_PROFILE),
+                                   reason="containers-common's seccomp.json is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,40 @@ def finished(p) -> bool:
     return all("terminated" in c["state"] for c in p["status"]["containerStatuses"])
 
 
+def run_text(node, name: str, text: str):
+    path = os.path.join(node.workdir, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return node.ctl("pod", "run", "-f", path, check=False)
+
+
+def test_alias_bomb_is_refused_and_the_daemon_goes_on(node):
+    levels = "\n".join([f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]"
+                        for i in range(1, 8)])
+    text = ("apiVersion: v1\nkind: Pod\nmetadata: {name: bomb}\n"
+            "spec: {containers: [{name: a, image: busybox}]}\nstatus:\n"
+            '  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+            + levels + "\n")
+    r = run_text(node, "bomb", text)
+    assert r.returncode != 0 and "aliases are expanded" in r.stderr + r.stdout, r
+    assert node.ctl("pod", "get", "bomb", check=False).returncode != 0   # nothing was made
+    assert node.ctl("status").returncode == 0
+
+
+def test_submitted_status_is_ignored_and_huge_cpu_is_capped(node):
+    text = yaml.safe_dump(pod("forged", [container(
+        "app", "sleep 3600", resources={"limits": {"cpu": "1e10000000"}})]))
+    text += "status: {phase: Succeeded, podIP: 6.6.6.6, hostIP: 6.6.6.6}\n"
+    r = run_text(node, "forged", text)
+    try:
+        assert r.returncode == 0, r.stderr
+        p = node.wait("forged", lambda p: p["status"]["phase"] == "Running")
+        assert p["status"].get("podIP") != "6.6.6.6" and "6.6.6.6" not in json.dumps(p)
+    finally:
+        node.rm("forged")
+
+
+@needs_profile
 def test_runtime_default_refuses_what_unconfined_allows(node):
     doc = pod("seccomp", [
         container("default", PROBE),
@@ -86,6 +122,7 @@ def test_runtime_default_refuses_what_unconfined_allows(node):
     assert "personality-allowed" in logs["localhost"] and "mkdir-refused" in logs["localhost"]
 
 
+@needs_profile
 def test_pod_level_profile_and_container_override(node):
     doc = pod("seccomp-pod", [
         container("inherits", PROBE),
@@ -118,9 +155,5 @@ def test_unusable_localhost_profile_is_a_container_error(node, local, why):
 def test_hostile_profile_path_is_refused_before_anything_runs(node):
     doc = pod("seccomp-escape", [container("app", "true", securityContext=profile(
         "Localhost", "../../../usr/share/containers/seccomp.json"))])
-    path = os.path.join(node.workdir, "escape.yaml")
-    import yaml
-    with open(path, "w") as f:
-        yaml.safe_dump(doc, f)
-    r = node.ctl("pod", "run", "-f", path, check=False)
+    r = run_text(node, "seccomp-escape", yaml.safe_dump(doc))
     assert r.returncode != 0 and "must not contain '..'" in r.stderr + r.stdout
