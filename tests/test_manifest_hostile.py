@@ -194,6 +194,8 @@ def test_timestamps_stay_strings():
     ("spec.containers.0.securityContext", {"capabilities": {"add": ["NET_ADMIN\n"]}},
      "spec.containers[0].securityContext.capabilities.add[0]", "capability"),
     ("spec.containers.0.workingDir", "/a\x00b", "spec.containers[0].workingDir", "NUL"),
+    ("spec.containers.0.volumeMounts", [{"name": "v", "mountPath": "/v", "subPath": "a\x00"}],
+     "spec.containers[0].volumeMounts[0].subPath", "relative path"),
     ("spec.terminationGracePeriodSeconds", 1e300,
      "spec.terminationGracePeriodSeconds", "integer"),
     ("spec.volumes", [{"name": "v", "emptyDir": None}], "spec.volumes[0]", "exactly one"),

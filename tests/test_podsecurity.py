@@ -1,11 +1,14 @@
 """Pod Security Admission levels: pure logic, rootless-safe. Expected strings are
 kube-apiserver's (k8s.io/pod-security-admission's reasons and details)."""
 import copy
+import pathlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from podnetd.runtime import podsecurity as psa
+from podnetd.runtime import manifest, podsecurity as psa
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 ENFORCE = "pod-security.kubernetes.io/enforce"
 VERSION = "pod-security.kubernetes.io/enforce-version"
@@ -238,6 +241,14 @@ def test_versions_gate_checks_as_kubernetes_does():
 def test_unknown_level_is_an_error():
     with pytest.raises(ValueError):
         psa.check("strict", GOOD)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_evaluate(path):
+    doc = manifest.parse(path.read_text())
+    for level in psa.LEVELS:
+        assert all(isinstance(v, str) for v in psa.check(level, doc))
+    assert psa.check("privileged", doc) == []
 
 
 junk = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)),

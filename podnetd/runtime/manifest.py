@@ -440,7 +440,7 @@ def _volume_mount(v, path):
     _obj(v, path, {"name": _label, "mountPath": _abspath, "readOnly": _bool,
                    "subPath": _str}, ("name", "mountPath"))
     sub = v.get("subPath")
-    if sub and (sub.startswith("/") or ".." in sub.split("/")):
+    if sub and (sub.startswith("/") or ".." in sub.split("/") or "\0" in sub):
         raise ManifestError(f"{path}.subPath", "must be a relative path without '..'")
 
 
