@@ -15,9 +15,10 @@ import signal
 import time
 import uuid
 
-from . import cni_client, host, manifest, oci, probes, seccomp, spec as ocispec
+from . import cni_client, host, manifest, oci, probes, spec as ocispec
 from .images import ImageError, ImageStore
 from .model import Ctr, Pod
+from . import seccomp
 
 log = logging.getLogger(__name__)
 SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive its container
