@@ -34,6 +34,9 @@ def add_flags(p) -> None:
     g.add_argument("--container-log-max-files", type=int, default=5, metavar="N",
                    help="log files kept per container, the current one included "
                         "(kubelet's containerLogMaxFiles; at least 2)")
+    g.add_argument("--seccomp-profile-root", default="/var/lib/podnet/seccomp",
+                   help="where seccompProfile type Localhost profiles live (localhostProfile "
+                        "is a path below it)")
     g.add_argument("--no-pod-runtime", action="store_true",
                    help="do not run the pod runtime in this podnetd")
 
@@ -41,6 +44,9 @@ def add_flags(p) -> None:
 def check_flags(ns) -> None:
     if getattr(ns, "no_pod_runtime", False):
         return
+    if not os.path.isabs(getattr(ns, "seccomp_profile_root", "/")):
+        raise config.ConfigError(f"--seccomp-profile-root {ns.seccomp_profile_root}: must be an "
+                                 "absolute path")
     if ns.runtime_dir and not os.path.isabs(ns.runtime_dir):
         raise config.ConfigError(f"--runtime-dir {ns.runtime_dir}: must be an absolute path")
     if not 0 < ns.restart_backoff <= ns.restart_backoff_max:

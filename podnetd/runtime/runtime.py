@@ -27,6 +27,7 @@ from ..events import ObjectRef
 from ..metrics import gauge
 from ..timestamps import rfc3339
 from .model import Ctr, Pod
+from . import seccomp
 
 log = logging.getLogger(__name__)
 SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive its container
@@ -60,6 +61,8 @@ class Runtime:
         self.dir = cfg.runtime_dir or os.path.join(cfg.state_dir, "runtime")
         self.state_dir = os.path.join(cfg.state_dir, "pods")
         self.images = ImageStore(os.path.join(self.dir, "images"))
+        self.seccomp = seccomp.Profiles(
+            getattr(cfg, "seccomp_profile_root", None) or seccomp.DEFAULT_PROFILE_ROOT)
         self.cni = cni_client.CniClient(cfg.cni_conf_dir, cfg.cni_bin_dir.split(":"))
         self.backoff_base = cfg.restart_backoff
         self.backoff_max = cfg.restart_backoff_max
@@ -212,7 +215,8 @@ class Runtime:
 
     async def run_pod(self, text: str) -> Pod:
         try:
-            doc = manifest.parse(text)
+            # off the loop: the text is untrusted (bounded, but parsing 1 MiB takes a while)
+            doc = await asyncio.to_thread(manifest.parse, text)
         except manifest.ManifestError as e:
             raise PodError(f"invalid manifest: {e}") from None
         meta = doc["metadata"]
@@ -808,12 +812,17 @@ class Runtime:
         privileged = bool(sec.get("privileged"))
         argv, env = self._argv_env(c, image)
         uid, gid = self._user(c, image, rootfs)
+        capset = ocispec.capabilities(caps.get("add") or [], caps.get("drop") or [], privileged,
+                                      host.bounding_set())
+        try:
+            profile = self.seccomp.oci(sec, privileged, capset)
+        except seccomp.ProfileError as e:
+            raise PodError(str(e), "CreateContainerError") from None
         return ocispec.container_spec(
             rootfs=rootfs, args=argv, env=env,
             cwd=c.spec.get("workingDir") or (image.get("config") or {}).get("WorkingDir") or "/",
-            uid=uid, gid=gid, groups=sec.get("supplementalGroups"),
-            caps=ocispec.capabilities(caps.get("add") or [], caps.get("drop") or [], privileged,
-                                      host.bounding_set()),
+            uid=uid, gid=gid, groups=sec.get("supplementalGroups"), seccomp=profile,
+            caps=capset,
             readonly_root=bool(sec.get("readOnlyRootFilesystem")),
             no_new_privs=sec.get("allowPrivilegeEscalation") is False,
             privileged=privileged, hostname=None,
