@@ -11,6 +11,7 @@ from typing import Callable, TypeVar
 
 from pyroute2 import IPRoute
 
+from . import rtnl
 from .errors import NamespaceGone
 
 T = TypeVar("T")
@@ -24,11 +25,11 @@ def ipr() -> IPRoute:
     sock = getattr(_local, "ipr", None)
     if sock is None:
         sock = _local.ipr = IPRoute()
+        rtnl.use_link_message(sock.marshal)
     return sock
 
 
 def _close_thread_socket() -> None:
-    from . import rtnl
     rtnl.close_thread_socket()
     sock = getattr(_local, "ipr", None)
     if sock is not None:
