@@ -166,8 +166,9 @@ def ipv4_limits(name: str) -> tuple[int, int]:
 @big_tcp_kernel
 def test_a_pod_interface_gets_its_gso_limit_in_the_same_batch(netns):
     ns, a, _ = veth(netns)
-    link = run(ns, ip_lib.pod_interface_setup, a, "10.9.0.2/24", "10.9.0.1", BIG)
-    assert link["up"] and link["name"] == a
+    index = run(ns, ip_lib.pod_interface_setup, a, "10.9.0.2/24", "10.9.0.1", BIG)
+    link = run(ns, ip_lib.link_require, a)
+    assert (link["index"], link["up"]) == (index, True)
     assert run(ns, ipv4_limits, a) == (BIG, BIG)
     assert run(ns, ip_lib.addrs, a) == ["10.9.0.2/24"]
     assert [r["gateway"] for r in run(ns, ip_lib.routes) if r["dst"] == "default"] == ["10.9.0.1"]

@@ -23,6 +23,7 @@ RTNH_F_ONLINK = 4
 RTPROT_BOOT = 3
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # a third less to decode, and podnet reads no counters
 
 
 def _link_dict(msg: LinkMessage) -> dict:
@@ -54,8 +55,8 @@ def _by_name(name: str, **attrs) -> LinkMessage:
 def link_require(name: str) -> dict:
     """The link's facts: index, name, kind, mtu, mac, master, up, operstate,
     gso_ipv4_max_size and data (the kind's attributes); errors.NotFound when it is absent."""
-    (replies,) = rtnl.transact([Request(_by_name(name), RTM_GETLINK, rtnl.REQUEST,
-                                        f"get link {name}")])
+    msg = _by_name(name, ext_mask=RTEXT_FILTER_SKIP_STATS)
+    (replies,) = rtnl.transact([Request(msg, RTM_GETLINK, rtnl.REQUEST, f"get link {name}")])
     return _link_dict(replies[0])
 
 
@@ -166,29 +167,29 @@ def veth_create(host_name: str, peer_name: str, peer_netns_fd: int, *, mtu: int,
 
 
 def pod_interface_setup(ifname: str, address: str, gateway: str,
-                        gso_limit: int | None = None) -> dict:
+                        gso_limit: int | None = None) -> int:
     """In the pod's netns, in one batch: lo and ifname up, the address, a default route via
-    gateway, and the IPv4 GSO/GRO limit when one is given. Returns ifname's facts."""
+    gateway, and the IPv4 GSO/GRO limit when one is given. Returns ifname's index."""
     iface = ipaddress.ip_interface(address)
-    link = link_require(ifname)
+    # The index by name without a netlink round trip and a link message to decode (a fifth of
+    # the ADD's Python time): the address and the route need nothing else from the link.
+    with translated(f"find {ifname}"):
+        index = socket.if_nametoindex(ifname)
     addr = ifaddrmsg()
     addr["family"], addr["prefixlen"], addr["index"] = (socket.AF_INET, iface.network.prefixlen,
-                                                        link["index"])
+                                                        index)
     addr["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
     route = rtmsg()
     route["family"], route["table"], route["proto"], route["type"], route["scope"] = (
         socket.AF_INET, RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST, 0)
     route["attrs"] = [("RTA_TABLE", RT_TABLE_MAIN), ("RTA_GATEWAY", gateway),
-                      ("RTA_OIF", link["index"])]
+                      ("RTA_OIF", index)]
     requests = [_set_request("lo", up=True), _set_request(ifname, up=True, gso_limit=gso_limit),
                 Request(addr, RTM_NEWADDR, rtnl.REPLACE, f"add address {address} to {ifname}"),
                 Request(route, RTM_NEWROUTE, rtnl.REPLACE,
                         f"add default route via {gateway} dev {ifname}")]
     rtnl.transact(requests)
-    link["up"] = True
-    if gso_limit is not None:
-        link["gso_ipv4_max_size"] = gso_limit
-    return link
+    return index
 
 
 def link_gso_limit(name: str) -> int:

@@ -4,21 +4,24 @@ LinkMessage is pyroute2's ifinfmsg with the link attributes pyroute2 0.9 cannot 
 IPv4 GSO/GRO limits), declared the way pyroute2 declares its own messages (an nla_map) and
 registered in a socket's marshal, so replies decode into it and requests encode from it.
 
-transact() sends several requests on pyroute2's synchronous IPRSocket before it reads their acks.
-Attaching a pod is a handful of requests, half of them in a fresh thread inside the pod's netns,
-and pyroute2 0.9's IPRoute runs an asyncio core: about 0.65 ms to open per thread and 0.27 ms per
-request here, against 0.3 ms and 0.15 ms for IPRSocket (bench figures in docs/architecture.md).
-Dumps, bridges, addresses and routes use IPRoute (netns.ipr()), which decodes LinkMessage too.
+transact() is the per-pod hot path: requests encoded by pyroute2's message classes, sent in one
+datagram on a plain NETLINK_ROUTE socket, the replies decoded by pyroute2's MarshalRtnl. Attaching
+a pod is a handful of requests, half of them in a fresh thread inside the pod's netns, where
+pyroute2 0.9's IPRoute (an asyncio core) costs about 0.65 ms to open and 0.27 ms per request, and
+even its synchronous IPRSocket made 16 concurrent attaches a quarter slower (31 against 24 ms at
+best; docs/architecture.md has the figures). Everything else (dumps, bridges, VXLAN, addresses,
+routes) uses IPRoute (netns.ipr()), whose marshal decodes LinkMessage too.
 """
 import dataclasses
 import itertools
+import socket
 import threading
 
-from pyroute2 import IPRSocket
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink import NLMSG_ERROR, nlmsg
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWLINK, RTM_SETLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfbase
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from .errors import from_errno, translated
 
@@ -76,43 +79,64 @@ class Request:
     what: str
 
 
+class _Channel:
+    """A thread's NETLINK_ROUTE socket (bound to no multicast group: only the answers to its
+    own requests arrive) and the marshal that decodes them."""
+
+    def __init__(self):
+        self.socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                    socket.NETLINK_ROUTE)
+        self.socket.bind((0, 0))
+        self.marshal = MarshalRtnl()
+        use_link_message(self.marshal)
+
+    def receive(self) -> list[nlmsg]:
+        return list(self.marshal.parse(self.socket.recv(65536)))
+
+
 _local = threading.local()
 _seq = itertools.count(1)
 
 
-def _socket() -> IPRSocket:
-    sock = getattr(_local, "sock", None)
-    if sock is None:
-        sock = IPRSocket(groups=0)  # no multicast: only the replies to our requests arrive
-        use_link_message(sock.marshal)
-        _local.sock = sock
-    return sock
+def _channel() -> _Channel:
+    channel = getattr(_local, "channel", None)
+    if channel is None:
+        channel = _local.channel = _Channel()
+    return channel
 
 
 def close_thread_socket() -> None:
-    sock = getattr(_local, "sock", None)
-    if sock is not None:
-        _local.sock = None
-        sock.close()
+    channel = getattr(_local, "channel", None)
+    if channel is not None:
+        _local.channel = None
+        channel.socket.close()
 
 
 def transact(requests: list[Request]) -> list[list[nlmsg]]:
-    """Send the requests, all before reading any reply; return each one's decoded replies
-    (those before its ack). The first failed request is raised with its what (errors.py)."""
-    sock = _socket()
+    """Send the requests in one datagram; return each one's decoded replies (those before its
+    ack). The first failed request is raised with its what (errors.translated's map)."""
+    with translated("open a netlink socket"):
+        channel = _channel()
     index_of: dict[int, int] = {}
+    batch = bytearray()
     for i, request in enumerate(requests):
-        # Our own sequence numbers: IPRSocket's pool hands out numbers it never takes back.
         seq = next(_seq) % 0x7FFFFFFF + 1
         index_of[seq] = i
-        with translated(request.what):
-            sock.put(request.msg, request.msg_type, request.flags, msg_seq=seq)
+        header = request.msg["header"]
+        header["type"], header["flags"], header["sequence_number"] = (request.msg_type,
+                                                                       request.flags, seq)
+        request.msg.encode()
+        batch += request.msg.data
+    # One send, not one per request: each socket call gives up the GIL, and under concurrent
+    # ADDs taking it back costs more than the kernel's work.
+    with translated(requests[0].what):
+        channel.socket.send(bytes(batch))
     replies: list[list[nlmsg]] = [[] for _ in requests]
     failures: dict[int, int] = {}
     pending = set(index_of)
     while pending:
         with translated(requests[index_of[min(pending)]].what):
-            received = sock.get()
+            received = channel.receive()
         for msg in received:
             seq = msg["header"]["sequence_number"]
             i = index_of.get(seq)
