@@ -8,9 +8,9 @@ transact() is the per-pod hot path: requests encoded by pyroute2's message class
 datagram on a plain NETLINK_ROUTE socket, the replies decoded by pyroute2's MarshalRtnl. Attaching
 a pod is a handful of requests, half of them in a fresh thread inside the pod's netns, where
 pyroute2 0.9's IPRoute (an asyncio core) costs about 0.65 ms to open and 0.27 ms per request, and
-even its synchronous IPRSocket made 16 concurrent attaches a quarter slower (31 against 24 ms at
-best; docs/architecture.md has the figures). Everything else (dumps, bridges, VXLAN, addresses,
-routes) uses IPRoute (netns.ipr()), whose marshal decodes LinkMessage too.
+even its synchronous IPRSocket made 16 concurrent in-process attaches a quarter slower (31 against
+24 ms at best). Everything else (dumps, bridges, VXLAN, addresses, routes) uses IPRoute
+(netns.ipr()), whose marshal decodes LinkMessage too.
 """
 import dataclasses
 import itertools
