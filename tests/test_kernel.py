@@ -3,6 +3,7 @@ transport (rtnl.LinkMessage names BIG TCP's attributes), one way to read a link.
 import errno
 import json
 import os
+import sys
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
@@ -10,7 +11,7 @@ from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_SETLINK
 
 from podnetd.kernel import errors, ip_lib, rtnl, vxlan
 from podnetd.kernel import netns as kernel_netns
-from testlib import in_ns, ns_path, unique
+from testlib import REPO, in_ns, ns_path, unique
 
 BIG = 3 * 65536
 
@@ -107,6 +108,19 @@ def test_a_refused_change_is_a_kernel_error_with_what_and_errno(netns):
     with pytest.raises(errors.KernelError, match=f"set {a} mtu 1000000: EINVAL") as caught:
         run(ns, ip_lib.link_set, a, mtu=1_000_000)
     assert type(caught.value) is errors.KernelError
+
+
+def test_a_forbidden_change_is_a_kernel_error_with_eperm(netns):
+    """A user namespace of its own has no CAP_NET_ADMIN over the test's netns: a real EPERM."""
+    ns = netns.add("k")
+    probe = ("from podnetd.kernel import errors, ip_lib\n"
+             "try:\n"
+             "    ip_lib.link_set('lo', up=True)\n"
+             "except errors.KernelError as e:\n"
+             "    print(type(e).__name__, e)\n")
+    out = in_ns(ns, "unshare", "--user", "--map-root-user", sys.executable, "-c", probe,
+                cwd=REPO).stdout.strip()
+    assert out == "KernelError set lo up: EPERM (Operation not permitted)"
 
 
 def test_a_batch_names_the_request_that_failed_and_the_socket_stays_usable(netns):
