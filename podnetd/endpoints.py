@@ -14,6 +14,7 @@ import threading
 from .ipam import Ipam, Record
 from .kernel import ip_lib, netns
 from .kernel.errors import Exists, KernelError, NamespaceGone, NotFound
+from .macs import stable_macs
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ def host_veth_name(container_id: str, ifname: str) -> str:
 def veth_macs(container_id: str, ifname: str) -> tuple[str, str]:
     """Stable locally administered unicast MACs for (host end, pod end): a re-ADD keeps the pod's
     MAC, so its neighbours' ARP entries stay right, and nothing is read back after creation."""
-    digest = hashlib.sha256(f"mac\0{container_id}\0{ifname}".encode()).digest()
-    host = ":".join(f"{b:02x}" for b in (0x02, *digest[0:5]))
-    pod = ":".join(f"{b:02x}" for b in (0x0a, *digest[5:10]))
+    host, pod = stable_macs("mac", container_id, ifname, count=2)
     return host, pod
 
 

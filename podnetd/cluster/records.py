@@ -1,9 +1,10 @@
 """Node records and the pure rules on them: merging, CIDR conflicts, liveness."""
 import dataclasses
 import functools
-import hashlib
 import ipaddress
 import time
+
+from ..macs import stable_mac
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +32,7 @@ def now_ms() -> int:
 
 def vtep_mac(node_name: str) -> str:
     """A stable, locally administered unicast MAC for the node's VXLAN device."""
-    digest = hashlib.sha256(f"podnet-vtep\0{node_name}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+    return stable_mac("podnet-vtep", node_name)
 
 
 def vtep_ip(pod_cidr: str) -> str:

@@ -14,6 +14,7 @@ from typing import Callable, TypeVar
 
 from pyroute2 import IPRoute
 
+from . import rtnl
 from .errors import KernelError, NamespaceGone
 
 T = TypeVar("T")
@@ -28,11 +29,11 @@ def ipr() -> IPRoute:
     sock = getattr(_local, "ipr", None)
     if sock is None:
         sock = _local.ipr = IPRoute()
+        rtnl.use_link_message(sock.marshal)
     return sock
 
 
 def _close_thread_socket() -> None:
-    from . import rtnl
     rtnl.close_thread_socket()
     sock = getattr(_local, "ipr", None)
     if sock is not None:

@@ -49,12 +49,6 @@ def node_name(index: int) -> str:
     return f"n{index}"
 
 
-def node_index(name: str) -> int:
-    if not (name.startswith("n") and name[1:].isdigit()):
-        raise PlanError(f"node {name!r}: lab nodes are named n1, n2, ...")
-    return int(name[1:])
-
-
 def segments(lab: str, topology: str) -> list[Segment]:
     if topology == "l2":
         return [Segment("a", f"{lab}-ul", "10.250.0.0/24", "10.250.0.1")]
