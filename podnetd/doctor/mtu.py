@@ -61,7 +61,7 @@ def verdict(peer: Peer, pod_mtu: int, results: dict[int, Reply | None], reachabl
         cause = (f"the path to {peer.name} is narrower than the pods' MTU; TCP recovers through "
                  "PMTU discovery, but every first large packet is lost and UDP above it fails")
     else:
-        what += f"; larger packets vanish without an ICMP error"
+        what += "; larger packets vanish without an ICMP error"
         underlay_needed = pod_mtu + overhead
         link = "the underlay" if not overhead else "the underlay (VXLAN adds 50 bytes)"
         cause = (f"an MTU black hole: a link on {link} to {peer.name} carries at most "

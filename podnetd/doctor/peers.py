@@ -112,7 +112,3 @@ def clock_skew(peer: Peer, reply: Reply | None) -> Check:
                   "heartbeats carry wall clocks: a node whose clock is off ages out or outlives "
                   "its peers' view of it",
                   f"synchronise the clocks (chrony or systemd-timesyncd on {peer.name} and here)")
-
-
-def is_pass(check: Check) -> bool:
-    return check.status != FAIL
