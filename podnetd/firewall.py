@@ -49,20 +49,38 @@ class Firewall:
         except NotFound:
             return None
 
-    def _expected_pods(self) -> set:
-        expected = set()
+    def _record_sets(self) -> dict[str, set]:
+        """What the IPAM records put into the bridge table's sets."""
+        sets = {name: set() for name in rules.BRIDGE_SETS}
         for record in self.records():
             if getattr(record, "state", "") == "releasing":
                 continue
             try:
-                element = rules.record_element(record)
+                elements = rules.record_elements(record)
             except rules.RuleInputError as e:
                 log.error("anti-spoofing: record %s/%s left out: %s",
                           record.container_id[:12], record.ifname, e)
                 continue
-            if element:
-                expected.add(element)
-        return expected
+            for name, values in (elements or {}).items():
+                sets[name] |= values
+        return sets
+
+    def _bridge_sets(self, listing: list[dict] | None) -> dict[str, set]:
+        """The bridge sets we want: the records' elements, plus what the packet path learned
+        for live ports (a MAC a pod took, a settled port); the bridge's MAC is taken."""
+        want = self._record_sets()
+        live = {port for port, _ in want[rules.PODS_SET]}
+        for value in rules.listed_elements(listing or [], rules.POD_MACS_SET):
+            if isinstance(value, tuple) and value[0] in live:
+                want[rules.POD_MACS_SET].add(value)
+        want[rules.PORTS_SETTLED_SET] = {
+            p for p in rules.listed_elements(listing or [], rules.PORTS_SETTLED_SET) if p in live}
+        for name in rules.BRIDGE_SETS:  # learned elements of a shape we never write: dropped
+            want[name] = {v for v in want[name] if _valid(name, v)}
+        want[rules.MACS_TAKEN_SET] = {m for _, m in want[rules.POD_MACS_SET]}
+        if self.policy.bridge_mac:
+            want[rules.MACS_TAKEN_SET].add(self.policy.bridge_mac.lower())
+        return want
 
     def _rewrite(self, family: str, body: str) -> None:
         nft.replace_table(family, TABLE, body)
@@ -71,8 +89,8 @@ class Firewall:
     def _fix_elements(self, family: str, set_name: str, have: set, want: set,
                       remove: bool = True) -> tuple[int, int]:
         add, extra = want - have, (have - want if remove else set())
-        nft.add_elements(family, TABLE, set_name, rules.elements_text(add))
-        nft.delete_elements(family, TABLE, set_name, rules.elements_text(extra))
+        nft.add_elements(family, TABLE, set_name, rules.elements_text(set_name, add))
+        nft.delete_elements(family, TABLE, set_name, rules.elements_text(set_name, extra))
         return len(add), len(extra)
 
     def sync(self) -> dict:
@@ -97,21 +115,21 @@ class Firewall:
             done["removed"] += removed
 
     def _sync_bridge(self, done: dict) -> None:
-        expected = self._expected_pods()
         current = self._listing("bridge")
+        want = self._bridge_sets(current)
         if current is None or rules.structure(current) != self._written.get("bridge"):
-            self._rewrite("bridge", rules.bridge_body(self.policy, expected))
+            self._rewrite("bridge", rules.bridge_body(self.policy, want))
             done["rewritten"].append("bridge")
             return
-        have = rules.listed_elements(current, rules.PODS_SET)
         try:
-            added, removed = self._fix_elements("bridge", rules.PODS_SET, have, expected)
-        except rules.RuleInputError:  # an element we never wrote: start from a clean set
-            self._rewrite("bridge", rules.bridge_body(self.policy, expected))
+            for name in rules.BRIDGE_SETS:
+                added, removed = self._fix_elements(
+                    "bridge", name, rules.listed_elements(current, name), want[name])
+                done["added"] += added
+                done["removed"] += removed
+        except rules.RuleInputError:  # an element we never wrote: start from clean sets
+            self._rewrite("bridge", rules.bridge_body(self.policy, want))
             done["rewritten"].append("bridge")
-            return
-        done["added"] += added
-        done["removed"] += removed
 
     def set_vxlan_peers(self, addresses, allow_removal: bool = True) -> tuple[int, int]:
         """Accept VXLAN from exactly these underlay addresses (called by the cluster's
@@ -135,29 +153,47 @@ class Firewall:
 
     # -- attach / detach --------------------------------------------------------------------
 
-    def _change(self, fn, elements) -> None:
+    def _add(self, elements: dict[str, set]) -> None:
         with self._lock:
-            fn("bridge", TABLE, rules.PODS_SET, elements)
+            nft.add_elements_to_sets("bridge", TABLE, {
+                name: rules.elements_text(name, values) for name, values in elements.items()})
+
+    def _remove_port(self, port: str) -> None:
+        """Remove everything of a port, including what the packet path learned for it."""
+        with self._lock:
+            listing = self._listing("bridge") or []
+            mine = {name: {v for v in rules.listed_elements(listing, name)
+                           if (v[0] if isinstance(v, tuple) else v) == port}
+                    for name in rules.BRIDGE_SETS}
+            mine[rules.MACS_TAKEN_SET] = {
+                v[1] for v in mine[rules.POD_MACS_SET]} - {self.policy.bridge_mac.lower()}
+            nft.delete_elements_from_sets("bridge", TABLE, {
+                name: rules.elements_text(name, values) for name, values in mine.items()})
 
     def allow(self, record) -> None:
-        element = rules.record_element(record)
-        if element:
-            self._worker.submit(self._change, nft.add_elements,
-                                rules.elements_text([element])).result()
+        elements = rules.record_elements(record)
+        if elements:
+            self._worker.submit(self._add, elements).result()
 
     def forbid(self, record) -> None:
         try:
-            element = rules.record_element(record)
+            port = rules.ifname(record.host_ifname, "pod port") if record.host_ifname else None
         except rules.RuleInputError as e:
-            log.warning("anti-spoofing: remove element: %s (the next sync rewrites the set)", e)
+            log.warning("anti-spoofing: remove elements: %s (the next sync rewrites the sets)", e)
             return
-        if element:
-            future = self._worker.submit(self._change, nft.delete_elements,
-                                         rules.elements_text([element]))
-            future.add_done_callback(_log_failure)
+        if port:
+            self._worker.submit(self._remove_port, port).add_done_callback(_log_failure)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
+
+
+def _valid(set_name: str, value) -> bool:
+    try:
+        rules.element(set_name, value)
+        return True
+    except rules.RuleInputError:
+        return False
 
 
 def _valid_addresses(addresses) -> set[str]:
@@ -174,7 +210,7 @@ def _valid_addresses(addresses) -> set[str]:
 
 def _log_failure(future) -> None:
     if future.exception() is not None:
-        log.warning("anti-spoofing: remove element: %s (the next sync rewrites the set)",
+        log.warning("anti-spoofing: remove elements: %s (the next sync repairs the sets)",
                     future.exception())
 
 
@@ -206,6 +242,7 @@ class FirewallComponent:
         net = d.endpoints.node
         try:
             policy = rules.Policy(bridge=net.bridge, gateway=net.gateway, pod_cidr=d.cfg.pod_cidr,
+                                  bridge_mac=d.bridge_facts()["mac"],
                                   cluster=getattr(d, "firewall_cluster", None))
         except rules.RuleInputError as e:
             raise StartupError(f"firewall: {e}") from None

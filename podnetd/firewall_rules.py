@@ -1,10 +1,14 @@
 """What podnetd's two nftables tables should hold (pure: text in, text out; no kernel access).
 
 - `bridge podnet`, in every mode: a frame entering the bridge from a pod port (host veths are
-  named pn…) passes only with the port's own MAC and the pod's own IPv4 address (IPv4, and ARP
-  whose Ethernet and ARP sender fields both match); pods acting as DHCP servers, IPv6 (router
+  named pn…) passes only with the pod's own IPv4 address (set `pods`: port . address, from the
+  IPAM records; for ARP the sender address) and the port's own MAC (set `pod_macs`: the MAC
+  podnet gave the pod, plus at most one MAC the pod took later, e.g. set by a chained `tuning`
+  plugin, learned from its first frame if no other pod and not the node has it: `macs_taken`).
+  A pod's first frame settles its MAC (port in `ports_settled`): after it, no other. Pods acting as DHCP servers, IPv6 (router
   advertisements, NS/NA, DHCPv6: podnet speaks no IPv6 yet), 802.1Q tags and every other
-  ethertype are dropped. The allowed (port, MAC, IPv4) triples are the elements of set `pods`.
+  ethertype are dropped. No pod code runs before its CNI chain is done (the pause process sends
+  nothing), so the MAC learned is the one the chain left.
 - `inet podnet`, in every mode: an input hook that limits what pods may send to the node itself
   (its gateway address, underlay address, anything listening on any of its addresses): replies
   to connections the node opened (the runtime's probes) and ICMP echo to the gateway, nothing
@@ -21,8 +25,11 @@ import ipaddress
 import re
 
 TABLE = "podnet"
-PODS_SET = "pods"
-VXLAN_PEERS_SET = "vxlan_peers"
+PODS_SET = "pods"                    # bridge: port . IPv4
+POD_MACS_SET = "pod_macs"            # bridge: port . MAC (given, or learned once)
+PORTS_SETTLED_SET = "ports_settled"  # bridge: ports whose MAC is settled (by a first frame)
+MACS_TAKEN_SET = "macs_taken"        # bridge: every MAC in pod_macs, and the bridge's
+VXLAN_PEERS_SET = "vxlan_peers"      # inet: underlay addresses of VXLAN peers
 HOST_VETH_PATTERN = "pn*"  # endpoints.HOST_VETH_PREFIX + "*"
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.@:-]{1,15}")
@@ -72,6 +79,7 @@ class Policy:
     bridge: str
     gateway: str
     pod_cidr: str
+    bridge_mac: str = ""  # never learned by a pod: the gateway's MAC
     cluster: ClusterRules | None = None
     # The one place to let pods reach DNS on their gateway (UDP and TCP 53), off until podnet
     # serves DNS there; then also "later, DNS" in docs/architecture.md.
@@ -79,6 +87,8 @@ class Policy:
 
     def __post_init__(self):
         ifname(self.bridge, "bridge")
+        if self.bridge_mac:
+            mac(self.bridge_mac, "bridge MAC")
         ipv4(self.gateway, "gateway")
         ipv4_net(self.pod_cidr, "pod CIDR")
         if self.cluster is not None:
@@ -90,53 +100,97 @@ class Policy:
 
 # -- set elements ---------------------------------------------------------------------------
 
-def pod_element(port: str, pod_mac: str, address: str) -> tuple[str, str, str]:
-    """One (port, MAC, IPv4) member of `bridge podnet pods`, validated."""
-    return ifname(port, "pod port"), mac(pod_mac, "pod MAC"), ipv4(address, "pod address")
+# What each set holds: the validator of each part of an element.
+SET_TYPES = {
+    PODS_SET: (ifname, ipv4),
+    POD_MACS_SET: (ifname, mac),
+    PORTS_SETTLED_SET: (ifname,),
+    MACS_TAKEN_SET: (mac,),
+    VXLAN_PEERS_SET: (ipv4,),
+}
 
 
-def record_element(record) -> tuple[str, str, str] | None:
-    """The set member of an IPAM record, None for a record not (yet) attached."""
+def element(set_name: str, value) -> tuple | str:
+    """value validated for set_name: a string for a single type, a tuple for a concatenation."""
+    kinds = SET_TYPES[set_name]
+    parts = value if isinstance(value, tuple) else (value,)
+    if len(parts) != len(kinds):
+        raise RuleInputError(f"{set_name} element {value!r}: not {len(kinds)} parts")
+    checked = tuple(kind(part, f"{set_name} element") for kind, part in zip(kinds, parts))
+    return checked if len(checked) > 1 else checked[0]
+
+
+def element_text(set_name: str, value) -> str:
+    """An element in nft syntax (interface names quoted), validated."""
+    checked = element(set_name, value)
+    parts = checked if isinstance(checked, tuple) else (checked,)
+    return " . ".join(f'"{p}"' if kind is ifname else p
+                      for kind, p in zip(SET_TYPES[set_name], parts))
+
+
+def elements_text(set_name: str, values) -> list[str]:
+    return [element_text(set_name, v) for v in sorted(values)]
+
+
+def record_elements(record) -> dict[str, set] | None:
+    """What an IPAM record puts into the bridge table's sets ({set: {element}}); None for a
+    record not (yet) attached."""
     if not (record.host_ifname and record.mac and record.address):
         return None
-    return pod_element(record.host_ifname, record.mac, record.address.split("/")[0])
-
-
-def element_text(element) -> str:
-    """An element in nft syntax: a validated address, or a (port, MAC, IPv4) concatenation."""
-    if isinstance(element, str):
-        return ipv4(element)
-    port, pod_mac, address = pod_element(*element)
-    return f'"{port}" . {pod_mac} . {address}'
-
-
-def elements_text(elements) -> list[str]:
-    return [element_text(e) for e in sorted(elements)]
+    port = ifname(record.host_ifname, "pod port")
+    pod_mac = mac(record.mac, "pod MAC")
+    return {PODS_SET: {(port, ipv4(record.address.split("/")[0], "pod address"))},
+            POD_MACS_SET: {(port, pod_mac)}, MACS_TAKEN_SET: {pod_mac}}
 
 
 # -- tables ---------------------------------------------------------------------------------
 
-def _set(name: str, type_: str, elements) -> str:
-    listed = elements_text(elements)
+def _set(name: str, type_: str, elements, flags: str = "") -> str:
+    listed = elements_text(name, elements)
     elems = f"    elements = {{ {', '.join(listed)} }}\n" if listed else ""
-    return f"  set {name} {{\n    type {type_}\n{elems}  }}\n"
+    return f"  set {name} {{\n    type {type_}\n{flags}{elems}  }}\n"
 
 
-def bridge_body(policy: Policy, pods) -> str:
-    """`table bridge podnet`: per-port anti-spoofing. pods: (port, MAC, IPv4) tuples."""
+BRIDGE_SETS = (PODS_SET, POD_MACS_SET, PORTS_SETTLED_SET, MACS_TAKEN_SET)
+
+
+def bridge_body(policy: Policy, sets: dict) -> str:
+    """`table bridge podnet`: per-port anti-spoofing. sets: {set name: elements}."""
+    dynamic = "    flags dynamic\n"  # the packet path adds a learned MAC
+    rules = [
+        'ether type ip udp sport 67 counter drop comment "no DHCP server in a pod"',
+        "ether type ip6 counter drop comment "
+        '"no IPv6 from pods (RA, NS/NA, DHCPv6) until podnet speaks it"',
+        'ether type != { ip, arp } counter drop comment "802.1Q tag or another ethertype"',
+        f'ether type ip iifname . ip saddr != @{PODS_SET} counter drop comment "forged IPv4 source"',
+        f"ether type arp iifname . arp saddr ip != @{PODS_SET} counter drop "
+        'comment "forged ARP sender address"',
+        f"iifname . ether saddr @{POD_MACS_SET} iifname @{PORTS_SETTLED_SET} jump pod_mac",
+        f"iifname . ether saddr @{POD_MACS_SET} add @{PORTS_SETTLED_SET} {{ iifname }} jump pod_mac "
+        "comment \"a pod's first frame settles its MAC\"",
+        f'iifname @{PORTS_SETTLED_SET} counter drop comment "forged MAC: the port has its MAC"',
+        f"ether saddr @{MACS_TAKEN_SET} counter drop "
+        "comment \"forged MAC: another pod's or the node's\"",
+        f"add @{POD_MACS_SET} {{ iifname . ether saddr }} add @{PORTS_SETTLED_SET} {{ iifname }} "
+        f"add @{MACS_TAKEN_SET} {{ ether saddr }} jump pod_mac "
+        'comment "a MAC set after attach (a chained tuning plugin): learned once"',
+    ]
     return (
-        _set(PODS_SET, "ifname . ether_addr . ipv4_addr", pods)
+        _set(PODS_SET, "ifname . ipv4_addr", sets.get(PODS_SET, ()))
+        + _set(POD_MACS_SET, "ifname . ether_addr", sets.get(POD_MACS_SET, ()), dynamic)
+        + _set(PORTS_SETTLED_SET, "ifname", sets.get(PORTS_SETTLED_SET, ()), dynamic)
+        + _set(MACS_TAKEN_SET, "ether_addr", sets.get(MACS_TAKEN_SET, ()), dynamic)
         + "  chain prerouting {\n"
         "    type filter hook prerouting priority -200; policy accept;\n"
         f'    iifname "{HOST_VETH_PATTERN}" jump from_pod\n'
         "  }\n"
         "  chain from_pod {\n"
-        '    ether type ip udp sport 67 counter drop comment "no DHCP server in a pod"\n'
-        f"    ether type ip iifname . ether saddr . ip saddr @{PODS_SET} accept\n"
-        f"    ether type arp iifname . ether saddr . arp saddr ip @{PODS_SET} "
-        f"iifname . arp saddr ether . arp saddr ip @{PODS_SET} accept\n"
-        '    ether type ip6 counter drop comment "no IPv6 from pods (RA, NS/NA, DHCPv6) until podnet speaks it"\n'
-        '    counter drop comment "forged source, 802.1Q tag or another ethertype"\n'
+        + "".join(f"    {r}\n" for r in rules)
+        + "  }\n"
+        "  chain pod_mac {\n"
+        f"    ether type arp iifname . arp saddr ether != @{POD_MACS_SET} counter drop "
+        'comment "forged ARP sender MAC"\n'
+        "    accept\n"
         "  }")
 
 

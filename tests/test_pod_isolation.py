@@ -75,17 +75,50 @@ def test_single_node_spoofed_frames_never_reach_another_pod(two_pods):
                icmp(a["mac"], a["ip"], b["ip"], b"genuine-control-END")]
     capture = Capture(p2, "eth0", b"genuine-control-END")
     try:
-        send_frames(p1, forged + genuine)
+        # a genuine frame first: a pod's first frame settles its MAC (see the next test)
+        send_frames(p1, [icmp(a["mac"], a["ip"], b["ip"], b"genuine-first")] + forged + genuine)
         frames = capture.frames()
     finally:
         capture.kill()
     assert with_marker(frames, b"genuine-control-END"), frames   # the positive control
+    assert with_marker(frames, b"genuine-first"), frames
     assert not with_marker(frames, b"forged"), [f.summary() for f in with_marker(frames, b"forged")]
     arps = [(f[ARP].hwsrc, f[ARP].psrc) for f in frames  # the ARP frames p1 sent
             if ARP in f and {f.src, f[ARP].hwsrc} & {a["mac"], FORGED_MAC}]
     assert (a["mac"], a["ip"]) in arps, arps  # the honest ARP reply got through
     assert all(arp == (a["mac"], a["ip"]) for arp in arps), arps
     assert ping(p1, b["ip"])  # and the pod still talks with its own addresses
+
+
+def test_a_mac_the_pod_took_before_speaking_is_learned_once(two_pods, netns):
+    """A chained plugin (the reference tuning plugin's "mac") may change the pod's MAC after
+    podnet's ADD: the first frame's MAC becomes the port's, unless it is another pod's or the
+    node's; after that the port keeps it."""
+    d, (p1, a), (p2, b) = two_pods
+    p3 = netns.add("p")
+    c = attach(d, p3, "c3")
+    tuned, other = "0a:58:0a:4d:00:aa", "0a:58:0a:4d:00:bb"
+    in_ns(p3, "ip", "link", "set", "eth0", "address", tuned)
+    bridge_mac = json.loads(in_ns(d.netns, "ip", "-j", "link", "show", "podnet0").stdout)[0]["address"]
+    capture = Capture(p2, "eth0", b"genuine-control-END")
+    try:
+        # p1 (settled by a first genuine frame) may not take the tuned MAC either
+        send_frames(p1, [icmp(a["mac"], a["ip"], b["ip"], b"genuine-p1"),
+                         icmp(tuned, a["ip"], b["ip"], b"forged-p1-takes-p3s-mac")])
+        send_frames(p3, [icmp(bridge_mac, c["ip"], b["ip"], b"forged-gateway-mac"),
+                         icmp(b["mac"], c["ip"], b["ip"], b"forged-neighbour-mac"),
+                         icmp(tuned, c["ip"], b["ip"], b"genuine-tuned-first"),
+                         icmp(other, c["ip"], b["ip"], b"forged-second-mac"),
+                         arp_reply(tuned, other, c["ip"], b["ip"]),
+                         icmp(tuned, c["ip"], b["ip"], b"genuine-control-END")])
+        frames = capture.frames()
+    finally:
+        capture.kill()
+    assert with_marker(frames, b"genuine-control-END"), frames
+    assert with_marker(frames, b"genuine-tuned-first") and with_marker(frames, b"genuine-p1")
+    assert not with_marker(frames, b"forged"), [f.summary() for f in with_marker(frames, b"forged")]
+    assert not [f for f in frames if ARP in f and f[ARP].hwsrc == other], frames
+    assert ping(p3, b["ip"]) and ping(p3, c["gateway"])  # the pod talks with its tuned MAC
 
 
 def test_single_node_no_ipv6_from_pods(two_pods, netns):

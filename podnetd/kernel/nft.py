@@ -128,3 +128,25 @@ def delete_elements(family: str, table: str, set_name: str, elements: list[str])
                 apply(f"delete element {family} {table} {set_name} {{ {e} }}\n")
             except NotFound:
                 pass
+
+
+def add_elements_to_sets(family: str, table: str, elements: dict[str, list[str]]) -> None:
+    """Add elements to several sets of one table in one transaction: {set name: elements}."""
+    script = "".join(f"add element {family} {table} {name} {{ {', '.join(values)} }}\n"
+                     for name, values in elements.items() if values)
+    if script:
+        apply(script, f"add to nft sets of {family} {table}")
+
+
+def delete_elements_from_sets(family: str, table: str, elements: dict[str, list[str]]) -> None:
+    """Delete elements from several sets of one table in one transaction (one kernel set
+    synchronisation instead of one per set); if some were gone already, set by set."""
+    script = "".join(f"delete element {family} {table} {name} {{ {', '.join(values)} }}\n"
+                     for name, values in elements.items() if values)
+    if not script:
+        return
+    try:
+        apply(script, f"delete from nft sets of {family} {table}")
+    except NotFound:
+        for name, values in elements.items():
+            delete_elements(family, table, name, values)
