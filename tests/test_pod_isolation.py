@@ -11,7 +11,7 @@ import pytest
 from scapy.packet import Raw
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.dhcp6 import DHCP6_Solicit
-from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet import ICMP, IP, UDP, fragment
 from scapy.layers.inet6 import (ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA,
                                 ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr, IPv6)
 from scapy.layers.l2 import ARP, Dot1Q, Ether
@@ -176,6 +176,13 @@ def test_single_node_pods_reach_the_node_only_for_what_they_need(two_pods, netns
         udp_send(p1, a["gateway"], port)
         udp_send(p1, "192.168.250.1", port)
         assert not ping(p1, "192.168.250.1")
+        # fragments are judged whole (conntrack reassembles them before the input hook): a
+        # datagram in 3 fragments to the gateway is dropped, the same to a pod arrives
+        bridge_mac = json.loads(in_ns(d.netns, "ip", "-j", "link", "show", "podnet0").stdout)[0]["address"]
+        for dst_mac, dst_ip, ident in ((bridge_mac, a["gateway"], 4242), (b["mac"], b["ip"], 4243)):
+            datagram = IP(src=a["ip"], dst=dst_ip, id=ident) / UDP(sport=5555, dport=port) / (b"f" * 2500)
+            send_frames(p1, [Ether(src=a["mac"], dst=dst_mac) / f for f in fragment(datagram, 1000)])
+        wait_for(lambda: ("udp", a["ip"]) in pod_listener.seen(), 10, what="fragmented datagram")
         # a positive control for UDP, sent last: the node's own datagram arrives
         udp_send(d.netns, a["gateway"], port)
         wait_for(lambda: ("udp", a["gateway"]) in node_listener.seen(), 10, what="node's datagram")
