@@ -9,7 +9,6 @@ and the cluster's peers (VXLAN senders).
 """
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 
@@ -146,7 +145,7 @@ class Firewall:
                 have = rules.listed_elements(current or [], rules.VXLAN_PEERS_SET)
                 self._vxlan_peers = want if allow_removal else want | _valid_addresses(have)
                 self._rewrite("inet", rules.inet_body(self.policy, self._vxlan_peers))
-                return len(self._vxlan_peers), 0
+                return len(self._vxlan_peers - have), len(have - self._vxlan_peers)
             have = rules.listed_elements(current, rules.VXLAN_PEERS_SET)
             self._vxlan_peers = want if allow_removal else want | _valid_addresses(have)
             return self._fix_elements("inet", rules.VXLAN_PEERS_SET, have, self._vxlan_peers)
