@@ -158,3 +158,28 @@ def test_single_node_daemon_repairs_its_tables(netns):
                                           "pods").stdout, 10, what="element removed")
     finally:
         d.cleanup()
+
+
+def test_learned_macs_survive_a_restart_and_leave_with_their_port(nftns):
+    run, name = nftns
+    records = [Record("pn0123456789a", "0a:00:00:00:00:01", "10.99.1.2/24")]
+    fw = firewall.Firewall(CLUSTER, lambda: records)
+    run(fw.sync)
+    # what the packet path adds when the pod's first frame carries a MAC a chained plugin set,
+    # and a stranger's port that has no record
+    for port, mac in (("pn0123456789a", "0a:58:0a:4d:00:aa"), ("pnstranger", "0a:58:0a:4d:00:cc")):
+        in_ns(name, "nft", "add", "element", "bridge", "podnet", "pod_macs", f'{{ "{port}" . {mac} }}')
+        in_ns(name, "nft", "add", "element", "bridge", "podnet", "ports_settled", f'{{ "{port}" }}')
+        in_ns(name, "nft", "add", "element", "bridge", "podnet", "macs_taken", f"{{ {mac} }}")
+    fw.close()
+    fw = firewall.Firewall(CLUSTER, lambda: records)  # a restarted daemon rewrites the table
+    assert run(fw.sync)["rewritten"] == ["inet", "bridge"]
+    table = in_ns(name, "nft", "list", "table", "bridge", "podnet").stdout
+    assert '"pn0123456789a" . 0a:58:0a:4d:00:aa' in table and "0a:00:00:00:00:01" in table
+    assert "pnstranger" not in table and "0a:58:0a:4d:00:cc" not in table
+    def detach():  # in the netns: the worker thread is born there
+        fw.forbid(records[0])
+        fw.close()  # waits for the queued removal
+    run(detach)
+    table = in_ns(name, "nft", "list", "table", "bridge", "podnet").stdout
+    assert "pn0123456789a" not in table and "0a:58:0a:4d:00:aa" not in table, table
