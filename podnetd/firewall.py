@@ -13,6 +13,7 @@ import logging
 import threading
 
 from . import firewall_rules as rules
+from .events import ObjectRef
 from .kernel import nft
 from .kernel.errors import KernelError, NotFound
 
@@ -276,9 +277,21 @@ class FirewallComponent:
             except Exception as e:  # noqa: BLE001 - the loop must survive anything and retry
                 log.exception("nftables sync failed: %s", e)
                 continue
-            if done["rewritten"] or done["added"] or done["removed"]:
-                log.info("nftables: rewrote %s, set elements +%d -%d",
-                         ",".join(done["rewritten"]) or "nothing", done["added"], done["removed"])
+            self._observe(done)
+
+    def _observe(self, done: dict) -> None:
+        """Log, count (podnet_firewall_syncs) and, for a repair, record a DriftRepaired event."""
+        d = self.daemon
+        changed = bool(done["rewritten"] or done["added"] or done["removed"])
+        d.metrics.firewall_syncs.labels("repaired" if changed else "none").inc()
+        if not changed:
+            return
+        message = (f"nftables: rewrote {','.join(done['rewritten']) or 'nothing'}, set elements "
+                   f"+{done['added']} -{done['removed']}")
+        log.info("%s", message)
+        if done["rewritten"]:
+            d.events.record(ObjectRef("Node", d.cfg.node_name), "Normal", "DriftRepaired",
+                            f"the node firewall had drifted: {message}")
 
     def problem(self) -> str | None:
         """A table we cannot write makes the node unfit for new pods (CNI STATUS fails)."""
