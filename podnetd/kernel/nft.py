@@ -89,6 +89,14 @@ def replace_table(family: str, name: str, body: str) -> None:
           f"replace nft table {family} {name}")
 
 
+def table_exists(family: str, name: str) -> bool:
+    try:
+        list_table(family, name)
+        return True
+    except NotFound:
+        return False
+
+
 def list_table(family: str, name: str) -> list[dict]:
     """The table's objects as nftables' JSON gives them ({"table": ...}, {"set": ...},
     {"chain": ...}, {"rule": ...}), without the metainfo. NotFound when it does not exist."""
