@@ -15,6 +15,7 @@ from . import __version__, node, server, socket_dir
 from .api.podnet.v1 import node_pb2
 from .cni import CniHandler
 from .endpoints import Endpoints, NodeNet
+from .firewall import FirewallComponent
 from .ipam import Ipam
 from .kernel import ip_lib
 from .kernel.errors import KernelError
@@ -30,7 +31,9 @@ class StartupError(Exception):
 
 # Features that run beside the core (routing backends, pod runtime) append a factory
 # function(daemon) -> object with async start() and async stop(); they start after the node is set up.
-COMPONENTS: list = []
+# The firewall comes first in every mode: anti-spoofing and the node's input limits exist before
+# anything attaches a pod (it sets daemon.firewall).
+COMPONENTS: list = [FirewallComponent]
 # ...and async function(daemon) hooks that run before node setup and may decide cfg.pod_cidr
 # (leased from a store), cfg.mtu (e.g. underlay MTU - VXLAN overhead) and cfg.pod_gso_limit
 # (the underlay's IPv4 GSO limit, or 64 KiB when pods may be routed into VXLAN).
@@ -46,6 +49,7 @@ class Daemon:
         self.components: list = []
         self.metrics = Metrics()
         self.events = EventRecorder(cfg.node_name)
+        self.firewall = None  # firewall.Firewall, once its component started
         self._server = None
         self._health = None
         self._lock_fd: int | None = None

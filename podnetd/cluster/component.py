@@ -1,4 +1,5 @@
-"""The cluster component of podnetd: store + routing backend + reconcile loop + firewall.
+"""The cluster component of podnetd: store + routing backend + reconcile loop (which also keeps
+the node firewall's VXLAN senders, podnetd/firewall.py, in step with the peers).
 
 Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the node is set up
 (it decides the underlay, the pod MTU and, with etcd, the pod CIDR); daemon.COMPONENTS starts
@@ -10,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
@@ -18,7 +18,6 @@ from ..events import ObjectRef
 from ..metrics import gauge
 from . import backends, records as rec, routing
 from .backends import Context, Entry
-from .firewall import Firewall
 from .records import NodeRecord
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class ClusterComponent:
         self.store = None
         self.underlay: dict = {}
         self.own: NodeRecord | None = None
-        self.firewall: Firewall | None = None
+        self.firewall = None  # the daemon's firewall.Firewall
         self.desired: list[Entry] = []
         self.modes: dict[str, tuple[str, str]] = {}
         self.refused: dict[str, str] = {}
@@ -118,9 +117,7 @@ class ClusterComponent:
         self.own = NodeRecord(name=cfg.node_name, underlay_ip=cfg.node_ip, pod_cidr=cfg.pod_cidr,
                               vtep_mac=self._vtep_mac(),
                               heartbeat_ms=rec.now_ms(), started_ms=self._claim_time())
-        self.firewall = Firewall(cfg.pod_cidr, cfg.cluster_cidr, self.daemon.ipam.records)
-        await loop.run_in_executor(None, self.firewall.sync)
-        self._observe_endpoints()
+        self.firewall = self.daemon.firewall
         await self.store.start(self.own)
         self._task = asyncio.create_task(self._loop(), name="cluster-reconcile")
         self.daemon.metrics.add_source(self._metrics)
@@ -157,8 +154,6 @@ class ClusterComponent:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.store:
             await self.store.stop()
-        if self.firewall:
-            await asyncio.get_running_loop().run_in_executor(None, self.firewall.close)
 
     def _vtep_mac(self) -> str:
         return rec.vtep_mac(self.cfg.node_name) if self.backend.uses_vxlan() else ""
@@ -187,12 +182,6 @@ class ClusterComponent:
         # The VTEP address: the source of traffic the node itself sends to remote pods.
         ip_lib.addr_add(cfg.vxlan_dev, f"{rec.vtep_ip(cfg.pod_cidr)}/32")
 
-    def _observe_endpoints(self) -> None:
-        """Keep the anti-spoofing set in step with attach/detach. The attach hook runs inside
-        attach's rollback scope: no pod comes up without its entry (an ADD fails instead)."""
-        self.daemon.endpoints.attach_hooks.append(self.firewall.allow)
-        self.daemon.endpoints.detach_hooks.append(self.firewall.forbid)
-
     # -- reconcile -------------------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -200,19 +189,16 @@ class ClusterComponent:
             self._wake.set()
 
     async def _loop(self) -> None:
-        next_firewall = time.monotonic() + self.cfg.reconcile_interval
         while True:
             self._wake.clear()
             try:
-                await self.reconcile(firewall=time.monotonic() >= next_firewall)
+                await self.reconcile()
             except Exception as e:  # noqa: BLE001 - the loop must survive anything and retry
                 log.exception("cluster reconcile failed: %s", e)
-            if time.monotonic() >= next_firewall:
-                next_firewall = time.monotonic() + self.cfg.reconcile_interval
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.reconcile_interval)
 
-    async def reconcile(self, firewall: bool = False) -> dict:
+    async def reconcile(self) -> dict:
         async with self._lock:
             loop = asyncio.get_running_loop()
             records = self.store.records()
@@ -228,8 +214,7 @@ class ClusterComponent:
                 peers = []  # a refused node routes nowhere: never half-applied
             else:
                 peers = [r for r in records if r.name != self.cfg.node_name and r.name not in self.refused]
-            result = await loop.run_in_executor(None, self._sync_kernel, peers, firewall,
-                                                self.store.synced())
+            result = await loop.run_in_executor(None, self._sync_kernel, peers, self.store.synced())
             self.daemon.metrics.observe_reconcile(result)
             self._take_metrics_snapshot()
             self._record_events(*before, result)
@@ -269,7 +254,7 @@ class ClusterComponent:
                    f"the kernel had drifted from the store: {result['installed']} entries "
                    f"reinstalled, {result['removed']} removed")
 
-    def _sync_kernel(self, peers: list[NodeRecord], firewall: bool, synced: bool) -> dict:
+    def _sync_kernel(self, peers: list[NodeRecord], synced: bool) -> dict:
         errors = []
         if self.backend.uses_vxlan():
             try:
@@ -282,6 +267,13 @@ class ClusterComponent:
             errors.append(str(e))
         ctx = Context(self.own, self.underlay.get("subnets", ()), self.cfg.vxlan_dev)
         desired, modes = backends.plan(ctx, self.backend, peers)
+        try:  # before the routes: a peer's VXLAN packets are accepted once we route to it
+            added, removed = self.firewall.set_vxlan_peers([p.underlay_ip for p in peers],
+                                                           allow_removal=synced)
+            if added or removed:
+                log.info("nftables: VXLAN senders +%d -%d", added, removed)
+        except KernelError as e:
+            errors.append(f"VXLAN senders: {e}")
         result = routing.sync(desired, self.cfg.vxlan_dev, allow_removal=synced)
         result["errors"] = errors + result["errors"]
         # Logged when a problem appears (or changes), not on every pass.
@@ -296,15 +288,6 @@ class ClusterComponent:
                 modes[entry.node] = (mode, f"route to {entry.destination} exists with proto "
                                            f"{self.foreign[entry.destination]} (not podnet's): left alone")
         self.desired, self.modes = desired, modes
-        if firewall:
-            try:
-                done = self.firewall.sync()
-                result["firewall"] = done
-                if done["rewritten"] or done["added"] or done["removed"]:
-                    log.info("nftables: rewrote %s, set elements +%d -%d",
-                             ",".join(done["rewritten"]) or "nothing", done["added"], done["removed"])
-            except KernelError as e:
-                result["errors"].append(str(e))
         return result
 
     def _note_foreign(self, foreign: dict[str, str], desired: list[Entry]) -> None:

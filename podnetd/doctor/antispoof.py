@@ -29,8 +29,9 @@ def verdicts(seen: dict[str, bool], table_present: bool, bridge: str, error: str
             continue
         if not table_present:
             cause = ("table bridge podnet does not exist: podnetd runs without its anti-spoofing "
-                     "firewall (single-node mode has none) or someone flushed the ruleset")
-            fix = ("run podnetd in cluster mode (--cluster-cidr) and let it recreate the table; "
+                     "firewall (a podnetd older than its firewall in every mode) or someone "
+                     "flushed the ruleset")
+            fix = ("let podnetd recreate the table (at its next reconcile, or restart it); "
                    "do not flush nftables behind its back")
         else:
             cause = ("table bridge podnet exists but let the frame through: its rules or set "

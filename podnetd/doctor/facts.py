@@ -118,10 +118,20 @@ def _nft_json(*args: str) -> list[dict] | None:
 
 
 def guard_elements() -> list[tuple[str, str, str]] | None:
-    """The (port, MAC, IP) elements of set pods in table bridge podnet; None without it."""
-    items = _nft_json("list", "set", "bridge", "podnet", "pods")
-    if items is None:
+    """The (port, MAC, IP) triples table bridge podnet allows: set pods (port . IP) joined with
+    set pod_macs (port . MAC; MAC "" for a port without one); None without them."""
+    pods, macs = _nft_json("list", "set", "bridge", "podnet", "pods"), _nft_json(
+        "list", "set", "bridge", "podnet", "pod_macs")
+    if pods is None or macs is None:
         return None
+    by_port: dict[str, list[str]] = {}
+    for port, mac in _concat_elements(macs, 2):
+        by_port.setdefault(port, []).append(mac)
+    return [(port, mac, ip) for port, ip in _concat_elements(pods, 2)
+            for mac in by_port.get(port) or [""]]
+
+
+def _concat_elements(items: list[dict], size: int) -> list[tuple[str, ...]]:
     out = []
     for item in items:
         s = item.get("set") if isinstance(item, dict) else None
@@ -129,7 +139,7 @@ def guard_elements() -> list[tuple[str, str, str]] | None:
             parts = elem.get("concat") if isinstance(elem, dict) else None
             if isinstance(elem, dict) and "elem" in elem:          # an element with flags
                 parts = (elem["elem"].get("val") or {}).get("concat")
-            if isinstance(parts, list) and len(parts) == 3 and all(isinstance(p, str) for p in parts):
+            if isinstance(parts, list) and len(parts) == size and all(isinstance(p, str) for p in parts):
                 out.append(tuple(parts))
     return out
 

@@ -253,7 +253,10 @@ def antispoof_test(f: Fabric, endpoint: ProbeEndpoint, timeout: float) -> list[C
     ep, ident = endpoint.endpoint, probe.new_ident()
     own_ip, gw, gw_mac = endpoint.address, f.info.gateway, bridge["mac"]
     forged_mac = "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
-    frames = [  # the honest one last: once it is seen, the forgeries sent before it would have been
+    frames = [  # an honest one first: a pod's first frame settles its MAC (a MAC it took before
+        # speaking, e.g. from a chained tuning plugin, is its own); the honest one last: once it is
+        # seen, the forgeries sent before it would have been
+        probe.echo_frame(ep.mac, gw_mac, own_ip, gw, ident, 0),
         probe.echo_frame(ep.mac, gw_mac, _forged_ip(f.info.pod_cidr, own_ip), gw, ident, 2),
         probe.echo_frame(forged_mac, gw_mac, own_ip, gw, ident, 3),
         probe.echo_frame(ep.mac, gw_mac, own_ip, gw, ident, 1),
