@@ -213,7 +213,7 @@ def busybox_variant(out: str, top, user: str = "", tag: str = "variant:latest") 
     def sha(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
 
-    blobs = bb.layers("/bin/busybox") + [bb._layer(top)]
+    blobs = bb.layers("/bin/busybox") + [bb.layer_blob(top)]
     cfg = json.loads(bb.config([f"sha256:{sha(b)}" for b in blobs]))
     if user:
         cfg["config"]["User"] = user
@@ -221,9 +221,9 @@ def busybox_variant(out: str, top, user: str = "", tag: str = "variant:latest") 
     with tarfile.open(out, "w") as tar:
         names = []
         for blob in blobs:
-            bb._add(tar, f"{sha(blob)}.tar", data=blob)
+            bb.add_entry(tar, f"{sha(blob)}.tar", data=blob)
             names.append(f"{sha(blob)}.tar")
-        bb._add(tar, f"{sha(cfg)}.json", data=cfg)
-        bb._add(tar, "manifest.json", data=json.dumps([{
+        bb.add_entry(tar, f"{sha(cfg)}.json", data=cfg)
+        bb.add_entry(tar, "manifest.json", data=json.dumps([{
             "Config": f"{sha(cfg)}.json", "RepoTags": [tag], "Layers": names}]).encode())
     return out

@@ -139,7 +139,7 @@ def test_fifo_passwd_does_not_stall_the_daemon():
     (status, and a second pod through CNI), and the container gets a clear error."""
     with runtime_node("rf", "10.78.42.0/24") as n:
         try:
-            _variant(n, "fifo", lambda t: bb._add(t, "etc/passwd", kind=tarfile.FIFOTYPE),
+            _variant(n, "fifo", lambda t: bb.add_entry(t, "etc/passwd", kind=tarfile.FIFOTYPE),
                      "app")
             path = os.path.join(n.workdir, "fifo.yaml")
             import yaml
@@ -179,13 +179,13 @@ def test_passwd_link_to_a_host_file_is_not_followed(node, host_dir):
         f.write("app:x:4242:4242:HOST-SECRET-MARKER:/:/bin/sh\n")
 
     def link(target):
-        return lambda t: bb._add(t, "etc/passwd", kind=tarfile.SYMTYPE, link=target)
+        return lambda t: bb.add_entry(t, "etc/passwd", kind=tarfile.SYMTYPE, link=target)
     _variant(node, "abs-link", link(fake), "app")
     _variant(node, "rel-link", link("../" * 20 + fake.lstrip("/")), "app")
 
     def inside(t):
-        bb._add(t, "etc/passwd.real", data=b"app:x:1234:1234::/:/bin/sh\n")
-        bb._add(t, "etc/passwd", kind=tarfile.SYMTYPE, link="/etc/passwd.real")
+        bb.add_entry(t, "etc/passwd.real", data=b"app:x:1234:1234::/:/bin/sh\n")
+        bb.add_entry(t, "etc/passwd", kind=tarfile.SYMTYPE, link="/etc/passwd.real")
     _variant(node, "in-link", inside, "app")
     doc = pod("users", [{"name": n, "image": n, "command": ["sh", "-c", "id; exec sleep 3600"]}
                         for n in ("abs-link", "rel-link", "in-link")])
@@ -254,11 +254,11 @@ def test_image_links_at_mount_points_and_working_dir_stay_in_the_rootfs(node, ho
     target = os.path.join(host_dir, "secret")
 
     def links(t):
-        bb._add(t, "etc/hosts", kind=tarfile.SYMTYPE, link=f"{host_dir}/h/hosts")
-        bb._add(t, "etc/resolv.conf", kind=tarfile.SYMTYPE,
+        bb.add_entry(t, "etc/hosts", kind=tarfile.SYMTYPE, link=f"{host_dir}/h/hosts")
+        bb.add_entry(t, "etc/resolv.conf", kind=tarfile.SYMTYPE,
                 link="../" * 20 + f"{host_dir[1:]}/r/resolv.conf")
-        bb._add(t, "data", kind=tarfile.SYMTYPE, link=target)
-        bb._add(t, "work", kind=tarfile.SYMTYPE, link=target)
+        bb.add_entry(t, "data", kind=tarfile.SYMTYPE, link=target)
+        bb.add_entry(t, "work", kind=tarfile.SYMTYPE, link=target)
     _variant(node, "mountlinks", links, "")
     doc = pod("mlinks", [{"name": "c", "image": "mountlinks", "workingDir": "/work/sub",
                           "command": ["sh", "-c", "pwd > out; echo written > /data/mark; "
