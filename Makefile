@@ -9,8 +9,8 @@ APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv contai
 	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl \
 	libjansson-dev golang-github-containers-common
 # Only the host's test suite needs these (it validates the Vagrantfile, whose provider is
-# libvirt); a node, and so the lab's VM box, does not.
-TEST_APT_PACKAGES := vagrant vagrant-libvirt
+# libvirt, and scrapes a lab with a real Prometheus); a node, and so the lab's VM box, does not.
+TEST_APT_PACKAGES := vagrant vagrant-libvirt prometheus
 PYTEST_ARGS ?=
 # e.g. --system-site-packages where the system Python already has the dependencies (the Vagrant box)
 VENV_FLAGS ?=
@@ -64,14 +64,16 @@ lab-vagrant: deps
 	KEEP=$(KEEP) vagrant/lab
 
 ## bench-convergence / bench-dataplane / bench-memory: the lab benchmarks of issue 3 (opt-in)
-.PHONY: bench-convergence bench-dataplane bench-memory bench-lab
+.PHONY: bench-convergence bench-dataplane bench-memory bench-metrics bench-lab
 bench-convergence: deps
 	$(PY) bench/convergence.py
 bench-dataplane: deps
 	$(PY) bench/dataplane.py
 bench-memory: deps
 	$(PY) bench/daemon_memory.py
-bench-lab: bench-convergence bench-dataplane bench-memory
+bench-metrics: deps
+	$(PY) bench/metrics_scrape.py
+bench-lab: bench-convergence bench-dataplane bench-memory bench-metrics
 
 ## bench-pods: pod start/stop latency of the pod runtime vs podman (issue 4; opt-in, root)
 .PHONY: bench-pods

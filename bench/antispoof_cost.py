@@ -8,12 +8,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from podnetd.cluster import firewall  # noqa: E402
+from podnetd import firewall, firewall_rules  # noqa: E402
 from podnetd.kernel import netns  # noqa: E402
+
+POLICY = firewall_rules.Policy(bridge="podnet0", gateway="10.99.1.1", pod_cidr="10.99.1.0/24",
+                               cluster=firewall_rules.ClusterRules("10.99.0.0/16", vxlan_port=8472))
 
 
 def run(n: int) -> dict:
-    fw = firewall.Firewall("10.99.1.0/24", "10.99.0.0/16", lambda: [])
+    fw = firewall.Firewall(POLICY, lambda: [])
     fw.sync()
     adds, dels = [], []
     recs = [type("R", (), {"host_ifname": f"pn{i:011x}", "mac": f"02:00:00:00:{i // 256:02x}:{i % 256:02x}",
@@ -29,7 +32,7 @@ def run(n: int) -> dict:
     t = time.perf_counter()
     fw.close()  # wait for the queued removals
     drained = time.perf_counter() - t
-    fw = firewall.Firewall("10.99.1.0/24", "10.99.0.0/16", lambda: recs)
+    fw = firewall.Firewall(POLICY, lambda: recs)
     t = time.perf_counter()
     fw.sync()  # the reconcile loop's full rewrite, with n elements
     full = time.perf_counter() - t

@@ -50,15 +50,12 @@ def invoke(binary: str, node_ns: str | None, command: str, config: dict, cid: st
 
 
 def wait_gone(pod_ns: str, ifname: str = "eth0", timeout: float = 5) -> None:
-    from podnetd.kernel import netns, rtnl
-    from podnetd.kernel.errors import NotFound
+    from podnetd.kernel import ip_lib, netns
 
     def poll():
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
-            try:
-                rtnl.get_link(ifname)
-            except NotFound:
+            if ip_lib.link_get(ifname) is None:
                 return
             time.sleep(0.0005)
         raise TimeoutError(f"{ifname} still in {pod_ns} after {timeout}s")

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where IPAM and pod state live")
     p.add_argument("--bridge", default=DEFAULT_BRIDGE, help="the pod bridge's name")
     p.add_argument("--mtu", type=int, help="pod MTU (default: the uplink's MTU)")
+    p.add_argument("--metrics-listen", default="127.0.0.1:9633",
+                   help="HOST:PORT of the Prometheus metrics endpoint ('' turns it off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     for extend in EXTENSIONS:
         extend(p)
@@ -94,6 +96,12 @@ def validate(ns: argparse.Namespace) -> None:
         raise ConfigError(f"--mtu {ns.mtu}: must be between 576 and 65535")
     if not ns.bridge or len(ns.bridge) > 15 or "/" in ns.bridge or " " in ns.bridge:
         raise ConfigError(f"--bridge {ns.bridge!r}: not a valid interface name")
+    if ns.metrics_listen:
+        from .metrics import split_listen
+        try:
+            split_listen(ns.metrics_listen)
+        except ValueError as e:
+            raise ConfigError(f"--metrics-listen {e}") from None
     if not os.path.isabs(ns.socket):
         raise ConfigError(f"--socket {ns.socket}: must be an absolute path")
     for check in VALIDATORS:

@@ -1,21 +1,26 @@
 """The podnetd process: state-dir lock, node setup, reconcile, the API server, shutdown."""
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
 import os
 import signal
 import socket
+import stat
 
 from grpc_health.v1 import health_pb2
 
-from . import __version__, node, server
+from . import __version__, node, server, socket_dir
 from .api.podnet.v1 import node_pb2
 from .cni import CniHandler
 from .endpoints import Endpoints, NodeNet
+from .firewall import FirewallComponent
 from .ipam import Ipam
 from .kernel import ip_lib
 from .kernel.errors import KernelError
+from .events import EventRecorder, ObjectRef
+from .metrics import GrpcMetricsInterceptor, InstrumentedCni, Metrics, gauge
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +31,9 @@ class StartupError(Exception):
 
 # Features that run beside the core (routing backends, pod runtime) append a factory
 # function(daemon) -> object with async start() and async stop(); they start after the node is set up.
-COMPONENTS: list = []
+# The firewall comes first in every mode: anti-spoofing and the node's input limits exist before
+# anything attaches a pod (it sets daemon.firewall).
+COMPONENTS: list = [FirewallComponent]
 # ...and async function(daemon) hooks that run before node setup and may decide cfg.pod_cidr
 # (leased from a store), cfg.mtu (e.g. underlay MTU - VXLAN overhead) and cfg.pod_gso_limit
 # (the underlay's IPv4 GSO limit, or 64 KiB when pods may be routed into VXLAN).
@@ -40,6 +47,9 @@ class Daemon:
         self.endpoints: Endpoints | None = None
         self.cni: CniHandler | None = None
         self.components: list = []
+        self.metrics = Metrics()
+        self.events = EventRecorder(cfg.node_name)
+        self.firewall = None  # firewall.Firewall, once its component started
         self._server = None
         self._health = None
         self._lock_fd: int | None = None
@@ -62,8 +72,14 @@ class Daemon:
 
     def _prepare_socket(self) -> None:
         path = self.cfg.socket
-        os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
-        if os.path.exists(path):
+        try:  # the sockets' 0700 directory (see socket_dir): checked before anything is bound
+            socket_dir.ensure(os.path.dirname(path) or "/")
+        except (socket_dir.InsecureSocketDir, OSError) as e:
+            raise StartupError(f"{e}: podnetd's sockets need a directory of their own, owned by "
+                               f"root with mode 0700") from None
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise StartupError(f"socket {path}: something that is not a socket is there")
             probe = socket.socket(socket.AF_UNIX)
             try:
                 probe.connect(path)
@@ -86,13 +102,16 @@ class Daemon:
                       gso_limit=node.pod_gso_limit(gso))
         self.ipam = Ipam(os.path.join(cfg.state_dir, "ipam.db"), cfg.pod_cidr, net.gateway)
         self.endpoints = Endpoints(net, self.ipam)
-        self.cni = CniHandler(self.endpoints, self.bridge_facts, self.status)
+        self.cni = InstrumentedCni(CniHandler(self.endpoints, self.bridge_facts, self.status),
+                                   self.metrics)
+        self.metrics.add_source(self._ipam_metrics)
         counts = self.endpoints.reconcile()
         log.info("node %s: bridge %s gateway %s/%d mtu %d%s; reconciled endpoints: %s",
                  cfg.node_name, cfg.bridge, net.gateway, net.prefixlen, mtu,
                  f", pod gso {net.gso_limit} (BIG TCP)" if net.gso_limit else "", counts)
 
     async def start(self) -> None:
+        self.events.bind_loop(asyncio.get_running_loop())
         self._lock_state_dir()
         self._prepare_socket()
         for hook in PRE_SETUP:
@@ -102,16 +121,22 @@ class Daemon:
             component = factory(self)
             await component.start()
             self.components.append(component)
-        self._server, self._health, names = server.build(self, f"unix://{self.cfg.socket}")
-        old_umask = os.umask(0o077)  # the socket is born 0600: root only
-        try:
-            await self._server.start()
-        finally:
-            os.umask(old_umask)
+        # build() binds the socket (born 0600 inside the 0700 directory); start() serves it
+        self._server, self._health, names = server.build(
+            self, f"unix://{self.cfg.socket}", [GrpcMetricsInterceptor(self.metrics)])
+        await self._server.start()
         os.chmod(self.cfg.socket, 0o600)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("podnetd %s serving on %s", __version__, self.cfg.socket)
+        self.events.record(ObjectRef("Node", self.cfg.node_name), "Normal", "Starting",
+                           f"Starting podnetd {__version__}.")
+        if self.cfg.metrics_listen:
+            try:
+                self.metrics.serve(self.cfg.metrics_listen)
+            except OSError as e:
+                raise StartupError(f"--metrics-listen {self.cfg.metrics_listen}: {e.strerror} "
+                                   f"(an empty --metrics-listen turns metrics off)") from None
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -131,6 +156,17 @@ class Daemon:
             if problem:
                 return False, problem
         return True, f"ready: {free} free addresses in {self.cfg.pod_cidr}"
+
+    def _ipam_metrics(self):
+        records = self.ipam.records()
+        by_state = collections.Counter((r.state,) for r in records)
+        yield gauge("podnet_ipam_pool_addresses", "Pod addresses of this node's pod CIDR "
+                    "(gateway and reserved addresses excluded)", [], {(): self.ipam.capacity})
+        yield gauge("podnet_ipam_addresses_in_use", "Pod addresses allocated (attached or "
+                    "being released)", [], {(): len(records)})
+        yield gauge("podnet_endpoints", "Pod attachments on this node, by state (active, "
+                    "releasing)", ["state"],
+                    by_state)
 
     def node_info(self) -> node_pb2.NodeInfo:
         net = self.endpoints.node
@@ -154,6 +190,7 @@ class Daemon:
             await self.stop()
 
     async def stop(self) -> None:
+        self.metrics.close()
         if self._server is not None:
             await self._server.stop(grace=2)
         if self.endpoints is not None:

@@ -14,6 +14,7 @@ import threading
 from .ipam import Ipam, Record
 from .kernel import ip_lib, netns
 from .kernel.errors import Exists, KernelError, NamespaceGone, NotFound
+from .macs import stable_macs
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,14 @@ class CheckFailed(AttachError):
 
 class UnknownContainer(AttachError):
     pass
+
+
+class InvalidNetns(AttachError):
+    """The netns path names something that is not a pod's network namespace."""
+
+
+class InterfaceExists(AttachError):
+    """The pod already has an interface by the requested name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +61,19 @@ def host_veth_name(container_id: str, ifname: str) -> str:
 def veth_macs(container_id: str, ifname: str) -> tuple[str, str]:
     """Stable locally administered unicast MACs for (host end, pod end): a re-ADD keeps the pod's
     MAC, so its neighbours' ARP entries stay right, and nothing is read back after creation."""
-    digest = hashlib.sha256(f"mac\0{container_id}\0{ifname}".encode()).digest()
-    host = ":".join(f"{b:02x}" for b in (0x02, *digest[0:5]))
-    pod = ":".join(f"{b:02x}" for b in (0x0a, *digest[5:10]))
+    host, pod = stable_macs("mac", container_id, ifname, count=2)
     return host, pod
+
+
+def _open_pod_netns(what: str, path: str) -> int:
+    """The pod's netns, opened once (the fd is what every later step uses) and checked to be
+    a network namespace that is not the node's own."""
+    try:
+        return netns.open_pod_netns(path)
+    except NamespaceGone as e:
+        raise UnknownContainer(f"{what}: {e}") from None
+    except netns.InvalidNamespace as e:
+        raise InvalidNetns(f"{what}: {e}") from None
 
 
 def _inspect_pod_side(ifname: str) -> dict:
@@ -65,33 +83,57 @@ def _inspect_pod_side(ifname: str) -> dict:
     return {"link": link, "addrs": ip_lib.addrs(ifname), "routes": ip_lib.routes()}
 
 
+def netns_identity(path_or_fd: str | int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a network namespace: the same namespace whatever path names it."""
+    try:
+        st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 class VethReaper:
     """Deletes detached pods' veths in the background.
 
     Deleting a veth waits for RCU grace periods in the kernel (~15 ms here), which would be
     most of a DEL's latency. DEL marks the record "releasing" (committed), hands the veth to this
     thread and returns; the address stays taken until the veth is gone, and a crash in between
-    is finished by the start-up reconcile. An ADD for the same key waits for its deletion."""
+    is finished by the start-up reconcile. An ADD waits for a pending deletion of the same key,
+    and of the same interface name in the same network namespace: a runtime may reuse a netns
+    for a new container id as soon as DEL answered, and the old pod end still holds the name."""
 
     def __init__(self, ipam: Ipam):
         self.ipam = ipam
         self._queue: queue.Queue = queue.Queue()
         self._pending: dict[tuple[str, str], threading.Event] = {}
+        self._in_netns: dict[tuple, threading.Event] = {}   # (netns identity, ifname)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="veth-reaper", daemon=True)
         self._thread.start()
 
-    def submit(self, record: Record) -> None:
+    def submit(self, record: Record, netns_id: tuple[int, int] | None = None) -> None:
         key = (record.container_id, record.ifname)
         with self._lock:
             if key in self._pending:
                 return
-            self._pending[key] = threading.Event()
-        self._queue.put(record)
+            done = self._pending[key] = threading.Event()
+            if netns_id is not None:
+                self._in_netns[(netns_id, record.ifname)] = done
+        self._queue.put((record, netns_id))
 
     def wait(self, key: tuple[str, str], timeout: float = 30) -> None:
         with self._lock:
             done = self._pending.get(key)
+        if done is not None:
+            done.wait(timeout)
+
+    def wait_netns(self, netns_id: tuple[int, int] | None, ifname: str,
+                   timeout: float = 30) -> None:
+        """Wait until no pending deletion holds `ifname` in that namespace."""
+        if netns_id is None:
+            return
+        with self._lock:
+            done = self._in_netns.get((netns_id, ifname))
         if done is not None:
             done.wait(timeout)
 
@@ -103,7 +145,7 @@ class VethReaper:
 
     def _run(self) -> None:
         while True:
-            record = self._queue.get()
+            record, netns_id = self._queue.get()
             try:
                 reap(self.ipam, record)
             except Exception as e:  # noqa: BLE001 - keep reaping; reconcile retries at start
@@ -112,6 +154,8 @@ class VethReaper:
             finally:
                 with self._lock:
                     done = self._pending.pop((record.container_id, record.ifname), None)
+                    if self._in_netns.get((netns_id, record.ifname)) is done:
+                        self._in_netns.pop((netns_id, record.ifname), None)
                 if done:
                     done.set()
 
@@ -141,11 +185,9 @@ class Endpoints:
         what = f"attach {container_id[:12]}/{ifname}"
         host = host_veth_name(container_id, ifname)
         with contextlib.ExitStack() as undo:
-            try:
-                fd = netns.open_netns(netns_path)
-            except NamespaceGone as e:
-                raise UnknownContainer(f"{what}: {e}") from None
+            fd = _open_pod_netns(what, netns_path)
             undo.callback(os.close, fd)
+            self.reaper.wait_netns(netns_identity(fd), ifname)
             stale = self.ipam.get(container_id, ifname)
             if stale is not None and stale.state == "releasing":
                 self.reaper.wait((container_id, ifname))
@@ -164,8 +206,8 @@ class Endpoints:
             try:
                 self._create_veth(host, ifname, fd, host_mac, pod_mac)
             except Exists as e:
-                raise AttachError(f"{what}: {e}: an interface named {ifname} (or {host}) "
-                                  f"already exists") from None
+                raise InterfaceExists(f"{what}: {e}: an interface named {ifname} (or {host}) "
+                                      f"already exists") from None
             except KernelError as e:
                 raise AttachError(f"{what}: {e}") from None
             undo.callback(self._delete_quietly, host)
@@ -243,7 +285,7 @@ class Endpoints:
         if not record.host_ifname:
             record = dataclasses.replace(record, host_ifname=host_veth_name(container_id, ifname))
         self._run_detach_hooks(record)
-        self.reaper.submit(record)
+        self.reaper.submit(record, netns_identity(netns_path or record.netns))
         return record
 
     def _run_detach_hooks(self, record: Record) -> None:
@@ -268,10 +310,11 @@ class Endpoints:
             raise CheckFailed(f"{what}: {record.host_ifname} is not on bridge {self.node.bridge}")
         if not host["up"]:
             raise CheckFailed(f"{what}: {record.host_ifname} is down")
+        fd = _open_pod_netns(what, netns_path)
         try:
-            seen = netns.run_in_netns(netns_path, _inspect_pod_side, ifname)
-        except NamespaceGone as e:
-            raise UnknownContainer(f"{what}: {e}") from None
+            seen = netns.run_in_netns(fd, _inspect_pod_side, ifname)
+        finally:
+            os.close(fd)
         if seen["link"] is None:
             raise CheckFailed(f"{what}: {ifname} is missing in {netns_path}")
         if record.address not in seen["addrs"]:

@@ -1,17 +1,16 @@
 """Node network setup: the pod bridge with the gateway address, and forwarding."""
-import hashlib
 import ipaddress
 
 from .kernel import ip_lib, sysctl
 from .kernel.errors import KernelError
+from .macs import stable_mac
 
 DEFAULT_MTU = 1500
 
 
 def bridge_mac(node_name: str) -> str:
     """A stable, locally administered unicast MAC for the node's bridge."""
-    digest = hashlib.sha256(f"podnet-bridge\0{node_name}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+    return stable_mac("podnet-bridge", node_name)
 
 
 def gateway_of(pod_cidr: str) -> str:

@@ -6,12 +6,29 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import cni, events_service, socket_dir
 from .api.podnet.v1 import node_pb2, node_pb2_grpc
-from .endpoints import AttachError, CheckFailed, UnknownContainer
+from .endpoints import AttachError, CheckFailed, InterfaceExists, InvalidNetns, UnknownContainer
 from .ipam import IpamError, PoolExhausted, Record
 from .kernel.errors import KernelError
 
 log = logging.getLogger(__name__)
+
+# Limits of the API socket. A message may be up to 16 MiB (a CNI config is refused past 4 MiB
+# with the spec's error, which needs it to arrive first); larger ones are refused by gRPC with
+# RESOURCE_EXHAUSTED before any handler runs. A connection has at most MAX_STREAMS calls open at
+# once, and the daemon at most MAX_CONCURRENT_RPCS in flight (calls and open streams); beyond it
+# a call is refused at once with RESOURCE_EXHAUSTED (the plugin's "try again later"), so memory
+# held by pending requests stays bounded (~MAX_CONCURRENT_RPCS x MAX_MESSAGE_BYTES at worst).
+MAX_MESSAGE_BYTES = 16 << 20
+MAX_STREAMS = 16
+MAX_CONCURRENT_RPCS = 64
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_concurrent_streams", MAX_STREAMS),
+]
 
 
 def endpoint_pb(record: Record, gateway: str) -> node_pb2.Endpoint:
@@ -31,12 +48,22 @@ async def _abort_on_error(context, coro):
         return await coro
     except UnknownContainer as e:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+    except (InvalidNetns, InterfaceExists) as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     except CheckFailed as e:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
     except PoolExhausted as e:
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
     except (AttachError, IpamError, KernelError) as e:
         await context.abort(grpc.StatusCode.INTERNAL, str(e))
+
+
+async def _check_attachment(context, command: str, request) -> None:
+    """The CNI checks of container id, netns and ifname for the Node API's calls too."""
+    try:
+        cni.validate_env(command, request.container_id, request.netns, request.ifname)
+    except cni.CniError as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{e.msg}: {e.details}")
 
 
 class NodeService(node_pb2_grpc.NodeServicer):
@@ -49,6 +76,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
     async def Attach(self, request, context):
         if not (request.container_id and request.ifname and request.netns):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "container_id, ifname and netns are required")
+        await _check_attachment(context, "ADD", request)
         record = await _abort_on_error(context, _off_loop(
             self.d.endpoints.attach, request.container_id, request.ifname, request.netns, request.network))
         return node_pb2.AttachResponse(endpoint=endpoint_pb(record, self._gw()))
@@ -56,11 +84,13 @@ class NodeService(node_pb2_grpc.NodeServicer):
     async def Detach(self, request, context):
         if not (request.container_id and request.ifname):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "container_id and ifname are required")
+        await _check_attachment(context, "DEL", request)
         record = await _abort_on_error(context, _off_loop(
             self.d.endpoints.detach, request.container_id, request.ifname, request.netns))
         return node_pb2.DetachResponse(released=record is not None)
 
     async def Check(self, request, context):
+        await _check_attachment(context, "CHECK", request)
         record = await _abort_on_error(context, _off_loop(
             self.d.endpoints.check, request.container_id, request.ifname, request.netns))
         return node_pb2.CheckResponse(endpoint=endpoint_pb(record, self._gw()))
@@ -99,11 +129,13 @@ class CniService(node_pb2_grpc.CniServicer):
 SERVICE_REGISTRARS: list = []
 
 
-def build(daemon, address: str) -> tuple:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+def build(daemon, address: str, interceptors: list | None = None) -> tuple:
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [],
+                             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(daemon), server)
     node_pb2_grpc.add_CniServicer_to_server(CniService(daemon), server)
     names = [node_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Node", "Cni")]
+    names += events_service.register(server, daemon.events)
     for register in SERVICE_REGISTRARS:
         names += register(server, daemon)
     health_servicer = health.aio.HealthServicer()
@@ -111,5 +143,6 @@ def build(daemon, address: str) -> tuple:
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server)
-    server.add_insecure_port(address)
+    with socket_dir.private_umask():  # grpc binds here, not in start(): the socket is born 0600
+        server.add_insecure_port(address)
     return server, health_servicer, names

@@ -1,7 +1,7 @@
 """Generate the Python stubs for every .proto under proto/ into podnetd/api/.
 
-The stubs are committed; tests/test_proto_stubs.py regenerates them into a temporary
-directory and fails when the committed ones have drifted from proto/.
+The stubs are committed; tests/test_daemon_cli.py (test_committed_stubs_match_proto)
+regenerates them into a temporary directory and fails when the committed ones have drifted.
 Usage: python proto/generate.py [OUTPUT_DIR]
 """
 import pathlib

@@ -140,13 +140,13 @@ class RuntimeNode:
 
 
 @contextlib.contextmanager
-def runtime_node(tag: str, pod_cidr: str):
+def runtime_node(tag: str, pod_cidr: str, extra: list[str] | None = None):
     """One RuntimeNode in a fresh netns with the busybox image imported; afterwards its pods,
     daemon and netns are removed and no mount may be left."""
     spaces = Netns()
     node = None
     try:
-        node = RuntimeNode(spaces.add(tag), pod_cidr).start()
+        node = RuntimeNode(spaces.add(tag), pod_cidr, extra=extra).start()
         node.ctl("image", "import", "busybox", busybox_archive())
         yield node
     finally:
@@ -200,3 +200,30 @@ def leftovers(workdir: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if line.split()[4].startswith(workdir)]
     return mounts
+
+
+def busybox_variant(out: str, top, user: str = "", tag: str = "variant:latest") -> str:
+    """A docker archive of the busybox image with one more layer (top(tar) adds its entries,
+    e.g. a FIFO or a link at etc/passwd) and the config's User; digests are right."""
+    import hashlib
+    import io
+    import tarfile
+    from podnetd.runtime import busybox_image as bb
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    blobs = bb.layers("/bin/busybox") + [bb.layer_blob(top)]
+    cfg = json.loads(bb.config([f"sha256:{sha(b)}" for b in blobs]))
+    if user:
+        cfg["config"]["User"] = user
+    cfg = json.dumps(cfg, sort_keys=True).encode()
+    with tarfile.open(out, "w") as tar:
+        names = []
+        for blob in blobs:
+            bb.add_entry(tar, f"{sha(blob)}.tar", data=blob)
+            names.append(f"{sha(blob)}.tar")
+        bb.add_entry(tar, f"{sha(cfg)}.json", data=cfg)
+        bb.add_entry(tar, "manifest.json", data=json.dumps([{
+            "Config": f"{sha(cfg)}.json", "RepoTags": [tag], "Layers": names}]).encode())
+    return out

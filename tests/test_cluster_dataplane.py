@@ -65,8 +65,8 @@ def test_spoofed_frames_from_a_pod_are_dropped(netns, cluster):
     assert not any(p["arp_psrc"] == gateway for p in arps), arps
     # drift in our nft tables is repaired (reconcile interval 1 s in these tests)
     in_ns(n1, "nft", "flush", "chain", "bridge", "podnet", "from_pod")
-    in_ns(n1, "nft", "delete", "element", "bridge", "podnet", "pods",
-          f'{{ "{results[1]["interfaces"][1]["name"]}" . {mac2} . {a2} }}')
+    in_ns(n1, "nft", "delete", "element", "bridge", "podnet", "pod_macs",
+          f'{{ "{results[1]["interfaces"][1]["name"]}" . {mac2} }}')
     in_ns(n1, "nft", "delete", "table", "inet", "podnet")
 
     def repaired():
@@ -77,5 +77,8 @@ def test_spoofed_frames_from_a_pod_are_dropped(netns, cluster):
     # detach removes the pod's entry
     rc, _, _ = plugin("DEL", config=d1.config(), container_id="c1", netns=ns_path(p1), ifname="eth0")
     assert rc == 0
-    ruleset = in_ns(n1, "nft", "-j", "list", "set", "bridge", "podnet", "pods").stdout
-    assert mac1 not in ruleset and mac2 in ruleset
+    def removed():
+        table = in_ns(n1, "nft", "-j", "list", "table", "bridge", "podnet").stdout
+        return a1 not in table and mac1 not in table and table
+    ruleset = wait_for(removed, 10, what="the detached pod's elements removed")
+    assert mac2 in ruleset and a2 in ruleset

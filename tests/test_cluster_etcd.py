@@ -1,5 +1,6 @@
 """The etcd store against a real etcd (Debian's etcd-server 3.4), started by this module inside
-the underlay's hub namespace and killed by PID at the end."""
+the underlay's hub namespace and killed by PID at the end. etcd serves clients over TLS and
+demands a client certificate from the test CA (podnetd.lab.pki), as a production etcd should."""
 import base64
 import ipaddress
 import json
@@ -7,11 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 
+from podnetd.lab import pki
 from test_cluster_lib import ClusterDaemon, Underlay, add_pod, routes
 from testlib import ContinuousPing, Netns, in_ns, ping, wait_for
 
@@ -23,8 +26,16 @@ class Etcd:
     def __init__(self, ns: str):
         self.ns = ns
         self.dir = tempfile.mkdtemp(prefix="podnet-etcd-")
-        self.url = f"http://{ETCD_IP}:2379"
+        self.url = f"https://{ETCD_IP}:2379"
         self.proc = None
+        self.ca, ca_key = pki.make_ca(os.path.join(self.dir, "ca"), "etcd-test")
+        self.cert, self.key = pki.make_node_cert(os.path.join(self.dir, "server"), self.ca, ca_key,
+                                                 "etcd", ETCD_IP)
+        client = pki.make_node_cert(os.path.join(self.dir, "client"), self.ca, ca_key, "client",
+                                    "127.0.0.1")
+        # what every podnetd of these tests passes
+        self.client_flags = ["--etcd-cafile", self.ca, "--etcd-certfile", client[0],
+                             "--etcd-keyfile", client[1]]
 
     def start(self):
         log = open(os.path.join(self.dir, "etcd.log"), "ab")
@@ -33,7 +44,9 @@ class Etcd:
              "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", self.url,
              "--advertise-client-urls", self.url, "--listen-peer-urls", "http://127.0.0.1:2380",
              "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-             "--initial-cluster", "podnet-test=http://127.0.0.1:2380"],
+             "--initial-cluster", "podnet-test=http://127.0.0.1:2380",
+             "--cert-file", self.cert, "--key-file", self.key, "--trusted-ca-file", self.ca,
+             "--client-cert-auth"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         wait_for(lambda: self.ctl("endpoint", "health", check=False).returncode == 0, 20,
@@ -49,7 +62,8 @@ class Etcd:
                 self.proc.wait()
 
     def ctl(self, *args, check=True):
-        return in_ns(self.ns, "etcdctl", f"--endpoints={self.url}", *args, check=check,
+        return in_ns(self.ns, "etcdctl", f"--endpoints={self.url}", "--cacert", self.ca,
+                     "--cert", self.cert, "--key", self.key, *args, check=check,
                      env={**os.environ, "ETCDCTL_API": "3"})
 
     def blocks(self) -> dict:
@@ -57,8 +71,11 @@ class Etcd:
         out = json.loads(self.ctl("get", "--prefix", "/podnet/nodes/", "-w", "json").stdout)
         found = {}
         for kv in out.get("kvs", []):
-            value = json.loads(base64.b64decode(kv["value"]))
-            found[value["name"]] = (value["pod_cidr"], kv.get("lease", 0))
+            try:
+                value = json.loads(base64.b64decode(kv["value"]))
+                found[value["name"]] = (value["pod_cidr"], kv.get("lease", 0))
+            except (ValueError, TypeError, KeyError):
+                continue  # a malformed value a test put there
         return found
 
     def lease_ttl(self, lease_id: int) -> tuple[int, int]:
@@ -91,11 +108,11 @@ def nodes(lab):
     underlay, etcd = lab
     started = []
 
-    def start(node_ip_ns=None, ready=True, extra=()):
+    def start(node_ip_ns=None, ready=True, extra=(), tls=None):
         ns, ip = node_ip_ns or underlay.add_node()
         d = ClusterDaemon(ns, None, node_ip=ip, cluster_cidr=CLUSTER,
                           extra=["--store", "etcd", "--etcd-endpoints", etcd.url, "--node-timeout", "3",
-                                 *extra])
+                                 *(etcd.client_flags if tls is None else tls), *extra])
         started.append(d)
         return d.start(ready=ready)
 
@@ -191,3 +208,171 @@ def test_restarts_under_ping_lose_no_packet(lab, nodes, netns):
             wait_for(lambda: len(d1.nodes()) == 2 and len(d2.nodes()) == 2, 10, what="rejoined")
     assert pinging.sent > 100 and pinging.received == pinging.sent, pinging.output[-500:]
     assert etcd.blocks()[d1.node_name][0] == c1 and etcd.blocks()[d2.node_name][0] == c2
+
+
+# -- untrusted input: TLS, forged and malformed records ------------------------------------------
+
+@pytest.mark.parametrize("tls,message", [
+    (["--etcd-cafile"], "it requires a client certificate (--etcd-certfile/--etcd-keyfile)"),
+    ([], "etcd's server certificate is not signed by a system CA (no --etcd-cafile given)"),
+])
+def test_podnetd_without_a_client_certificate_is_refused_by_etcd(lab, tls, message):
+    underlay, etcd = lab
+    ns, ip = underlay.add_node()
+    d = ClusterDaemon(ns, None, node_ip=ip, cluster_cidr=CLUSTER,
+                      extra=["--store", "etcd", "--etcd-endpoints", etcd.url,
+                             *(["--etcd-cafile", etcd.ca] if tls else [])])
+    try:
+        # One clear line and a prompt exit: a certificate problem is not an outage to wait out.
+        proc = subprocess.run(d.argv(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"podnetd: error: etcd store: etcd {etcd.url}: TLS handshake failed"), last
+        assert message in last, last
+        assert "Traceback" not in proc.stderr
+    finally:
+        d.cleanup()
+    assert not etcd.blocks()
+
+
+def test_tls_flags_need_https_and_both_halves(lab):
+    _, etcd = lab
+    for extra, message in (
+            (["--etcd-endpoints", f"http://{ETCD_IP}:2379", "--etcd-cafile", etcd.ca],
+             "--etcd-cafile needs https:// endpoints"),
+            (["--etcd-endpoints", etcd.url, "--etcd-certfile", etcd.cert],
+             "--etcd-certfile and --etcd-keyfile go together"),
+            (["--etcd-endpoints", etcd.url, "--etcd-cafile", "/nonexistent/ca.pem"],
+             "--etcd-cafile /nonexistent/ca.pem: no such file")):
+        proc = subprocess.run([sys.executable, "-m", "podnetd.main", "--node-name", "n",
+                               "--cluster-cidr", CLUSTER, "--store", "etcd", *extra],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"podnetd: error: {message}") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _lease(etcd) -> str:
+    out = etcd.ctl("lease", "grant", "300").stdout  # "lease 694d77aa9e38260f granted with TTL(300s)"
+    return out.split()[1]
+
+
+def test_forged_and_malformed_records_are_ignored_and_the_loop_goes_on(lab, nodes):
+    underlay, etcd = lab
+    d1, d2 = nodes(), nodes()
+    c1, c2 = etcd.blocks()[d1.node_name][0], etcd.blocks()[d2.node_name][0]
+    ip2 = d2.node_ip
+    wait_for(lambda: c2 in routes(d1.netns) and c1 in routes(d2.netns), 10, what="routes")
+    lease = _lease(etcd)
+    free = [str(b) for b in ipaddress.ip_network(CLUSTER).subnets(new_prefix=24)
+            if str(b) not in (c1, c2)]
+
+    def key(cidr):
+        return "/podnet/nodes/" + cidr.replace(".", "-").replace("/", "-")
+
+    def record(**kw):
+        return json.dumps({"name": "evil", "underlay_ip": "192.168.200.99", "pod_cidr": free[0],
+                           "vtep_mac": "", "heartbeat_ms": 1, "peer_address": "", "started_ms": 0, **kw})
+    forged = {
+        # a record at one block's key that claims d2's block, with the oldest claim time: on the
+        # old code d2 was refused and its pods routed to the forger
+        key(free[0]): record(pod_cidr=c2),
+        # one that renames d2 at another key: d2's underlay address would be replaced
+        key(free[1]): record(name=d2.node_name, pod_cidr=free[1], underlay_ip="192.168.200.99"),
+        # malformed ones: each used to stop the reconcile loop or the listing
+        key(free[2]): "not json at all",
+        key(free[3]): "[1, 2, 3]",
+        key(free[4]): record(pod_cidr="fd00::/64"),
+        key(free[5]): record(name="n6", pod_cidr=free[5], heartbeat_ms=2 ** 63),
+        key(free[6]): record(name="n7", pod_cidr=free[6], underlay_ip="::1"),
+        key(free[7]): record(name={"a": 1}, pod_cidr=free[7]),
+        key(free[8]): "x" * 100_000,
+        "/podnet/nodes/garbage-key": record(name="n9"),
+        # a block of another size over the whole cluster, with the oldest claim time: on the old
+        # code every real node was refused (an older overlapping claim)
+        key(CLUSTER): record(name="big", pod_cidr=CLUSTER),
+    }
+    # valid, but its underlay address is d1's own: d1 refuses it (no route via itself)
+    etcd.ctl("put", f"--lease={lease}", key(free[10]),
+             record(name="mirror", pod_cidr=free[10], underlay_ip=d1.node_ip))
+    for k, v in forged.items():
+        etcd.ctl("put", f"--lease={lease}", k, v)
+    # a record without a lease never expires: never written by a podnetd
+    etcd.ctl("put", key(free[9]), record(name="n10", pod_cidr=free[9]))
+    # The loop still works: a node joining now is seen and routed by everyone.
+    d3 = nodes()
+    c3 = etcd.blocks()[d3.node_name][0]
+    wait_for(lambda: c3 in routes(d1.netns) and c3 in routes(d2.netns), 15, what="later joiner routed")
+    wait_for(lambda: "mirror" in d1.nodes(), 10, what="the mirror record listed")
+    view = d1.nodes()
+    assert set(view) == {d1.node_name, d2.node_name, d3.node_name, "mirror"}, view
+    assert view["mirror"]["mode"] == "unreachable" and "this node's own" in view["mirror"]["problem"]
+    assert free[10] not in routes(d1.netns)
+    assert view[d2.node_name]["underlay_ip"] == ip2 and view[d2.node_name]["pod_cidr"] == c2
+    assert view[d2.node_name]["mode"] == "host-gw" and not view[d2.node_name].get("problem")
+    assert routes(d1.netns)[c2]["gateway"] == ip2
+    assert free[0] not in routes(d1.netns) and free[1] not in routes(d1.netns)
+    assert "problem" not in d1.ctl("nodes")
+    log = d1.log()
+    for k in [*forged, key(free[9])]:
+        # logged once, although the store is listed every second
+        assert log.count(f"ignoring {k}:") == 1, (k, log[-3000:])
+    assert f"ignoring {key(free[0])}: field 'pod_cidr': {c2} is not the key's block {free[0]}" in log
+    assert "no lease" in log and "Traceback" not in log
+
+
+def test_a_route_we_do_not_own_is_left_alone_and_reported(lab, nodes):
+    """A route to a peer's pod CIDR that someone else made (here an admin's `proto static`
+    route) is never replaced: podnetd logs it once, reports it, and takes over only once it is
+    gone."""
+    _, etcd = lab
+    d1, d2, d3 = nodes(), nodes(), nodes()
+    c2, c3 = etcd.blocks()[d2.node_name][0], etcd.blocks()[d3.node_name][0]
+    wait_for(lambda: {c2, c3} <= routes(d1.netns).keys(), 10, what="routes")
+    # the admin's route: podnet's own goes first (a foreign route cannot be added beside it)
+    in_ns(d1.netns, "ip", "route", "del", c2, "proto", str(0x6E))
+    in_ns(d1.netns, "ip", "route", "add", c2, "via", d3.node_ip, "proto", "static")
+
+    def admin_route():
+        return [r for r in json.loads(in_ns(d1.netns, "ip", "-j", "route", "show", c2).stdout)]
+
+    wait_for(lambda: any(e["destination"] == c2 and e["state"] == "foreign" for e in d1.entries()),
+             10, what="the foreign route reported")
+    # Passes of the reconcile loop go by (each repairs a deleted route of ours) ...
+    for _ in range(3):
+        in_ns(d1.netns, "ip", "route", "del", c3, "proto", str(0x6E))
+        wait_for(lambda: c3 in routes(d1.netns), 10, what="our own route repaired")
+    # ... and the admin's route stays as it was, logged once, reported in ListNodes.
+    assert admin_route() == [{"dst": c2, "gateway": d3.node_ip, "dev": "ul0", "protocol": "static",
+                              "flags": []}], admin_route()
+    log = d1.log()
+    assert log.count(f"route to {c2}") == 1, log[-3000:]
+    assert f"route to {c2} exists with proto static" in log
+    problem = d1.nodes()[d2.node_name]["problem"]
+    assert "not podnet's" in problem and "static" in problem, problem
+    # once the admin removes it, podnetd routes the peer again
+    in_ns(d1.netns, "ip", "route", "del", c2, "proto", "static")
+    wait_for(lambda: c2 in routes(d1.netns) and routes(d1.netns)[c2]["gateway"] == d2.node_ip, 10,
+             what="our route back")
+    wait_for(lambda: not d1.nodes()[d2.node_name].get("problem"), 10, what="problem cleared")
+
+
+def test_garbage_at_our_own_key_is_survived(lab, nodes):
+    """Someone overwrites a node's own key with a non-record: the node reports its block taken
+    and keeps retrying (on the old code the store loop died on the value and never came back);
+    once the key is free again the node re-publishes and routes to later joiners."""
+    _, etcd = lab
+    d1, d2 = nodes(), nodes()
+    c1 = etcd.blocks()[d1.node_name][0]
+    key = "/podnet/nodes/" + c1.replace(".", "-").replace("/", "-")
+    etcd.ctl("put", key, "[1, 2, 3]")
+    wait_for(lambda: "was taken by another node" in d1.ctl("nodes").get("problem", ""), 15,
+             what="d1 reports its block taken")
+    wait_for(lambda: c1 not in routes(d2.netns), 15, what="d2 ignores the garbage at d1's key")
+    etcd.ctl("del", key)
+    wait_for(lambda: etcd.blocks().get(d1.node_name, ("",))[0] == c1, 15, what="d1 re-published")
+    d3 = nodes()
+    c3 = etcd.blocks()[d3.node_name][0]
+    wait_for(lambda: c3 in routes(d1.netns) and c1 in routes(d2.netns) and c1 in routes(d3.netns),
+             15, what="routes after recovery")
+    assert "problem" not in d1.ctl("nodes")
+    assert "Traceback" not in d1.log()

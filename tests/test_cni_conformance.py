@@ -81,8 +81,10 @@ def test_repeated_add_returns_the_same_address(daemon, netns):
     assert len(held_by(daemon, cid)) == 2
 
 
-BAD_IDS = ["bad/id", "has space", "-leading-dash", "semi;colon", "a\\b", ".hidden", "x\ny"]
-BAD_IFNAMES = ["a" * 16, "eth0/1", "eth:0", "eth 0", ".", ".."]
+BAD_IDS = ["bad/id", "has space", "-leading-dash", "semi;colon", "a\\b", ".hidden", "x\ny",
+           "trailing-newline\n", "a" * 256]
+# lengths count bytes, as the kernel does: 10 two-byte characters are 20 bytes
+BAD_IFNAMES = ["a" * 16, "eth0/1", "eth:0", "eth 0", ".", "..", "é" * 10, "eà", "eth%d"]
 
 
 def test_bad_container_id_or_ifname_refused_without_leaking(daemon, netns):

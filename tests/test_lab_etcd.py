@@ -1,11 +1,15 @@
-"""The etcd store in the lab (a real etcd 3.4 in its own namespace on a lab address): leased
-pod CIDRs, pods keep talking while etcd is down, a node joining after etcd's return is seen,
-a restarted node keeps its block, a departed node's lease expires and its routes go."""
+"""The etcd store in the lab (a real etcd 3.4 in its own namespace on a lab address, serving
+clients over TLS with client-certificate auth from the lab CA): leased pod CIDRs, pods keep
+talking while etcd is down, a node joining after etcd's return is seen, a restarted node keeps
+its block, a departed node's lease expires and its routes go, a route podnet did not make is
+left alone."""
+import json
 import signal
+import subprocess
 
 import pytest
 
-from podnetd.lab import pods, probe
+from podnetd.lab import netops, pods, probe
 from testlib import routed_lab_with_pods
 
 NODE_TIMEOUT = 3
@@ -63,3 +67,50 @@ def test_departed_node_lease_expires(lab):
     probe.until(lambda: not routed_by(lab, cidr), NODE_TIMEOUT + 15,
                 f"routes to departed {new} withdrawn once its lease expired")
     assert lab.missing_routes() == {}
+
+
+def test_etcd_serves_only_clients_with_a_lab_certificate(lab):
+    assert lab.etcd_endpoint.startswith("https://")
+    ns = f"{lab.st.name}-etcd"
+    ca = lab.etcdctl_tls()[:2]  # --cacert only: the server is trusted, the client brings nothing
+
+    def etcdctl(*tls):
+        return subprocess.run([*netops.nsenter(ns), "etcdctl", "--endpoints", lab.etcd_endpoint, *tls,
+                               "--dial-timeout", "2s", "--command-timeout", "3s", "get", "--prefix",
+                               "/podnet/nodes/", "--keys-only"], capture_output=True, text=True)
+    refused = etcdctl(*ca)
+    assert refused.returncode != 0, refused.stdout
+    allowed = etcdctl(*lab.etcdctl_tls())
+    assert allowed.returncode == 0 and allowed.stdout.count("/podnet/nodes/") == len(lab.node_names())
+
+
+def _route(ns: str, dst: str) -> list[dict]:
+    out = subprocess.run([*netops.nsenter(ns), "ip", "-j", "route", "show", dst], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_a_route_podnet_did_not_make_is_left_alone(lab):
+    """An admin's route to a peer's pod CIDR (iproute2's default protocol, boot) in a lab node:
+    podnetd neither replaces nor removes it, and says so in ListRoutes and ListNodes."""
+    ns, cidr = lab.netns("n1"), lab.st.nodes["n2"]["pod_cidr"]
+    via = _route(ns, cidr)[0]  # podnet's own route: the admin's copies its next hop
+    assert via["protocol"] == "110"
+    netops_argv = [*netops.nsenter(ns), "ip", "route"]
+    subprocess.run([*netops_argv, "del", cidr, "proto", "110"], check=True)
+    subprocess.run([*netops_argv, "add", cidr, "via", via["gateway"], "dev", via["dev"],
+                    *(["onlink"] if "onlink" in via.get("flags", []) else [])], check=True)
+    try:
+        def reported():
+            nodes, routes = lab.cluster_view("n1")
+            entry = [e for e in routes.entries if e.destination == cidr and e.kind == "route"]
+            n2 = [n for n in nodes.nodes if n.name == "n2"]
+            return entry and entry[0].state == "foreign" and n2 and "proto boot" in n2[0].problem
+        probe.until(reported, 20, "the foreign route reported by n1")
+        assert [r.get("protocol", "boot") for r in _route(ns, cidr)] == ["boot"]
+        ps = pods.pods(lab)  # still routed, by the admin's route
+        assert probe.ping(ps["n1/p1"]["netns"], ps["n2/p1"]["address"]).returncode == 0
+    finally:
+        subprocess.run([*netops_argv, "del", cidr, "proto", "boot"], check=False)
+    probe.until(lambda: [r.get("protocol", "boot") for r in _route(ns, cidr)] == ["110"], 20,
+                "podnet's route back once the admin's is gone")

@@ -111,4 +111,7 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
     assert "--tls-cert" not in flags and flags["--peers"] == "10.250.2.12:7470"
     _, flags = argv("etcd")
     assert "--pod-cidr" not in flags and "--peers" not in flags and "--tls-cert" not in flags
-    assert flags["--etcd-endpoints"] == "http://10.250.1.2:2379"
+    # a TLS lab runs etcd with client-certificate auth: each node brings its lab certificate
+    assert flags["--etcd-endpoints"] == "https://10.250.1.2:2379"
+    assert flags["--etcd-cafile"] == str(tmp_path / "x" / "ca" / "ca.crt")
+    assert flags["--etcd-certfile"] == "/d/n1/tls/node.crt" and flags["--etcd-keyfile"] == "/d/n1/tls/node.key"

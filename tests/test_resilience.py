@@ -1,11 +1,11 @@
 """Concurrency, crashes and restarts: no duplicate address, no leak, no orphan veth, no flap."""
 import concurrent.futures
 import json
-import signal
 import subprocess
-import time
+import threading
 
-from testlib import endpoints, in_ns, links_in, ns_path, ping, plugin, wait_for
+from testlib import (ContinuousPing, endpoints, in_ns, links_in, ns_path, ping, plugin, unique,
+                     wait_for)
 
 
 def _veths_on_bridge(daemon) -> set[str]:
@@ -81,29 +81,56 @@ def test_kill9_during_storm_then_restart_and_gc(daemon, netns):
     assert len(final) == 20 and len({e["address"] for e in final}) == 20
 
 
+class LinkMonitor:
+    """`ip monitor link` in a netns, known to be listening before the with-block body runs: a
+    marker link is added and deleted until the monitor has printed it."""
+
+    def __init__(self, ns: str):
+        self.ns, self.lines = ns, []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "LinkMonitor":
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.ns}", "ip", "-o",
+                                      "monitor", "link"], stdout=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        marker = unique("mk")
+
+        def seen() -> bool:
+            in_ns(self.ns, "ip", "link", "add", marker, "type", "bridge")
+            in_ns(self.ns, "ip", "link", "del", marker)
+            with self._lock:
+                return any(marker in line for line in self.lines)
+        wait_for(seen, timeout=10, interval=0.05, what="ip monitor to listen")
+        return self
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(line)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self._reader.join(10)
+
+
 def test_restart_leaves_pods_untouched(daemon, netns):
     p1, p2 = netns.add("r"), netns.add("r")
-    r1, r2 = _add(daemon, p1, "keep1")[1], _add(daemon, p2, "keep2")[1]
+    (rc1, r1, _), (rc2, r2, _) = _add(daemon, p1, "keep1"), _add(daemon, p2, "keep2")
+    assert rc1 == rc2 == 0, (r1, r2)
     ip2 = r2["ips"][0]["address"].split("/")[0]
     bridge_before = next(l for l in links_in(daemon.netns) if l["ifname"] == "podnet0")
-    monitor = subprocess.Popen(["nsenter", f"--net=/run/netns/{daemon.netns}", "ip", "-o",
-                                "monitor", "link"], stdout=subprocess.PIPE, text=True)
-    pinger = subprocess.Popen(["nsenter", f"--net={ns_path(p1)}", "ping", "-n", "-i", "0.01",
-                               "-w", "30", ip2], stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.2)
+    with LinkMonitor(daemon.netns) as monitor, ContinuousPing(p1, ip2) as pinging:
+        assert ping(p1, ip2)
         daemon.restart()           # SIGTERM
         daemon.kill9()
         daemon.start()             # and a crash
         assert ping(p1, ip2)
-    finally:
-        pinger.send_signal(signal.SIGINT)
-        ping_out = pinger.communicate(timeout=10)[0]
-        monitor.terminate()
-        events = monitor.communicate(timeout=10)[0]
+    events = "".join(monitor.lines)
     host_ifs = {r1["interfaces"][1]["name"], r2["interfaces"][1]["name"], "podnet0"}
     assert not [line for line in events.splitlines() if any(h in line for h in host_ifs)], events
-    assert " 0% packet loss" in ping_out, ping_out
+    assert pinging.sent >= 10 and pinging.lost == [], pinging.output
     bridge_after = next(l for l in links_in(daemon.netns) if l["ifname"] == "podnet0")
     assert (bridge_before["ifindex"], bridge_before["address"]) == \
         (bridge_after["ifindex"], bridge_after["address"])
@@ -117,8 +144,9 @@ def test_restart_leaves_pods_untouched(daemon, netns):
 
 def test_startup_reconcile_releases_dead_pods_and_orphans(daemon, netns):
     alive, doomed = netns.add("c"), netns.add("c")
-    _add(daemon, alive, "alive")
-    _add(daemon, doomed, "doomed")
+    for ns, cid in ((alive, "alive"), (doomed, "doomed")):
+        rc, out, err = _add(daemon, ns, cid)
+        assert rc == 0, (out, err)
     daemon.stop()
     netns.remove(doomed)                       # the pod died while podnetd was down
     in_ns(daemon.netns, "ip", "link", "add", "pnfeedbeef000", "type", "veth", "peer", "name", "pnx0")

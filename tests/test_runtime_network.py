@@ -64,6 +64,9 @@ def test_pods_on_two_nodes_reach_each_other(nodes):
         pa = a.run(sleeper("pa"))
         pb = b.run(pod("pb", [container("c", "exec nc -ll -p 7000 -e echo pong-from-b")]))
         ip_b = pb["status"]["podIP"]
+        # the node's address, as the kubelet reports its InternalIP
+        assert (pa["status"]["hostIP"], pb["status"]["hostIP"]) == ("192.168.251.1",
+                                                                    "192.168.251.2")
         r = a.exec("pa", "ping", "-c", "1", "-W", "2", ip_b, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
         out = a.exec("pa", "nc", "-w", "2", ip_b, "7000").stdout

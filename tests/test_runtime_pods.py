@@ -221,6 +221,7 @@ def test_readonly_root_capabilities_and_user(node):
                 == str(32 * 2**20)
         else:
             assert open(f"/sys/fs/cgroup/{cg}/cpu.max").read().split()[0] == "50000"
+            assert open(f"/sys/fs/cgroup/{cg}/memory.max").read().strip() == str(32 * 2**20)
     finally:
         node.rm("locked")
 

@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import pathlib
-import re
 import shutil
 import signal
 import subprocess
@@ -202,25 +201,25 @@ def endpoints(daemon: "Daemon") -> list[dict]:
 
 
 class ContinuousPing:
-    """`ping -i 0.01` from a pod for the duration of a with-block; .sent/.received afterwards."""
+    """A 10 ms ping from a pod for the duration of a with-block, counted by sequence number (the
+    lab's pinger): .sent is the last answered sequence number, .received the replies up to it and
+    .lost the ones missing, so the packet in flight when the ping stops never counts as lost."""
 
     def __init__(self, ns: str, address: str):
         self.ns, self.address = ns, address
         self.sent = self.received = 0
+        self.lost: list[int] = []
         self.output = ""
 
     def __enter__(self) -> "ContinuousPing":
-        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.ns}", "ping", "-n", "-i",
-                                      "0.01", self.address], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        from podnetd.lab.probe import ContinuousPing as SequencePing
+        self._ping = SequencePing(self.ns, self.address)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        self.output = self.proc.communicate(timeout=10)[0]
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", self.output)
-        if m:
-            self.sent, self.received = int(m.group(1)), int(m.group(2))
+        result = self._ping.stop()
+        self.sent, self.received, self.lost = result["last_seq"], result["answered"], result["lost"]
+        self.output = f"lost seq {result['lost'][:50]}; errors {result['errors'][:10]}"
 
 
 @contextlib.contextmanager

@@ -2,9 +2,10 @@
 failures, report each one on a line, exit 1 if any remained."""
 import sys
 
+from .. import firewall
 from ..kernel import ip_lib
 from ..kernel.errors import KernelError
-from . import firewall, routing
+from . import routing
 
 
 def run(cfg) -> int:

@@ -1,21 +1,23 @@
-"""The cluster component of podnetd: store + routing backend + reconcile loop + firewall.
+"""The cluster component of podnetd: store + routing backend + reconcile loop (which also keeps
+the node firewall's VXLAN senders, podnetd/firewall.py, in step with the peers).
 
 Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the node is set up
 (it decides the underlay, the pod MTU and, with etcd, the pod CIDR); daemon.COMPONENTS starts
 it after; server.SERVICE_REGISTRARS serves podnet.v1.Cluster.
 """
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import os
-import time
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
+from ..events import ObjectRef
+from ..metrics import gauge
 from . import backends, records as rec, routing
 from .backends import Context, Entry
-from .firewall import Firewall
 from .records import NodeRecord
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,18 @@ class ClusterComponent:
         self.store = None
         self.underlay: dict = {}
         self.own: NodeRecord | None = None
-        self.firewall: Firewall | None = None
+        self.firewall = None  # the daemon's firewall.Firewall
         self.desired: list[Entry] = []
         self.modes: dict[str, tuple[str, str]] = {}
         self.refused: dict[str, str] = {}
         self.kernel_problem: str | None = None
+        self.foreign: dict[str, str] = {}  # peer pod CIDR -> protocol of the route someone else made
         self._wake: asyncio.Event | None = None
         self._task = None
         self._lock = asyncio.Lock()
         self._problems_logged: set = set()
+        self._metrics_snapshot: tuple = ({}, {}, 0, 0)
+        self._mode_problems_logged: set = set()
 
     # -- before node setup -----------------------------------------------------------------
 
@@ -67,9 +72,12 @@ class ClusterComponent:
         if cfg.mtu is None:
             cfg.mtu = self.underlay["mtu"] - (VXLAN_OVERHEAD if self.backend.uses_vxlan() else 0)
         elif self.backend.uses_vxlan() and cfg.mtu > self.underlay["mtu"] - VXLAN_OVERHEAD:
-            log.warning("--mtu %d exceeds the VXLAN MTU %d (underlay %d - %d): large packets to "
-                        "VXLAN peers will be dropped", cfg.mtu, self.underlay["mtu"] - VXLAN_OVERHEAD,
-                        self.underlay["mtu"], VXLAN_OVERHEAD)
+            message = (f"--mtu {cfg.mtu} exceeds the VXLAN MTU {self.underlay['mtu'] - VXLAN_OVERHEAD}"
+                       f" (underlay {self.underlay['mtu']} - {VXLAN_OVERHEAD}): large packets to "
+                       f"VXLAN peers will be dropped")
+            log.warning("%s", message)
+            self.daemon.events.record(ObjectRef("Node", cfg.node_name), "Warning",
+                                      "MTUMismatch", message)
         cfg.pod_gso_limit = self.underlay["gso_limit"]
         if self.backend.uses_vxlan() and cfg.pod_gso_limit > ip_lib.LEGACY_GSO_MAX_SIZE:
             # A pod's TCP sizes its GSO packets for the pod's own interface, not for the path,
@@ -109,11 +117,35 @@ class ClusterComponent:
         self.own = NodeRecord(name=cfg.node_name, underlay_ip=cfg.node_ip, pod_cidr=cfg.pod_cidr,
                               vtep_mac=self._vtep_mac(),
                               heartbeat_ms=rec.now_ms(), started_ms=self._claim_time())
-        self.firewall = Firewall(cfg.pod_cidr, cfg.cluster_cidr, self.daemon.ipam.records)
-        await loop.run_in_executor(None, self.firewall.sync)
-        self._observe_endpoints()
+        self.firewall = self.daemon.firewall
         await self.store.start(self.own)
         self._task = asyncio.create_task(self._loop(), name="cluster-reconcile")
+        self.daemon.metrics.add_source(self._metrics)
+
+    def _metrics(self):
+        """Read by the metrics thread: the snapshot the reconcile loop last left."""
+        peers, desired, store_up, synced = self._metrics_snapshot
+        yield gauge("podnet_peers", "Other nodes of the cluster, by backend mode (host-gw, "
+                    "vxlan, unreachable) and state (ok, problem, refused)", ["mode", "state"],
+                    peers)
+        yield gauge("podnet_kernel_entries_desired", "Routes, neighbours and FDB entries the "
+                    "store asks for", ["kind"], desired)
+        yield gauge("podnet_store_up", "1 when the cluster store answers (etcd reachable, or a "
+                    "static peer heard from), 0 otherwise", ["store"], {(self.cfg.store,): store_up})
+        yield gauge("podnet_store_synced", "1 once the store has given a complete view (routes "
+                    "are only removed then)", ["store"], {(self.cfg.store,): synced})
+
+    def _take_metrics_snapshot(self) -> None:
+        peers: collections.Counter = collections.Counter()
+        for node in self.nodes():
+            if node["mode"] != "self":
+                state = ("refused" if node["name"] in self.refused else
+                         "problem" if node["problem"] else "ok")
+                peers[(node["mode"], state)] += 1
+        desired = collections.Counter((e.kind,) for e in self.desired)
+        # one assignment: the metrics thread sees the old snapshot or the new one, never half
+        self._metrics_snapshot = (peers, desired, 0 if self.store.problem() else 1,
+                                  1 if self.store.synced() else 0)
 
     async def stop(self) -> None:
         # Kernel state stays: pods keep talking across a daemon restart.
@@ -122,8 +154,6 @@ class ClusterComponent:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.store:
             await self.store.stop()
-        if self.firewall:
-            await asyncio.get_running_loop().run_in_executor(None, self.firewall.close)
 
     def _vtep_mac(self) -> str:
         return rec.vtep_mac(self.cfg.node_name) if self.backend.uses_vxlan() else ""
@@ -152,12 +182,6 @@ class ClusterComponent:
         # The VTEP address: the source of traffic the node itself sends to remote pods.
         ip_lib.addr_add(cfg.vxlan_dev, f"{rec.vtep_ip(cfg.pod_cidr)}/32")
 
-    def _observe_endpoints(self) -> None:
-        """Keep the anti-spoofing set in step with attach/detach. The attach hook runs inside
-        attach's rollback scope: no pod comes up without its entry (an ADD fails instead)."""
-        self.daemon.endpoints.attach_hooks.append(self.firewall.allow)
-        self.daemon.endpoints.detach_hooks.append(self.firewall.forbid)
-
     # -- reconcile -------------------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -165,29 +189,35 @@ class ClusterComponent:
             self._wake.set()
 
     async def _loop(self) -> None:
-        next_firewall = time.monotonic() + self.cfg.reconcile_interval
         while True:
             self._wake.clear()
             try:
-                await self.reconcile(firewall=time.monotonic() >= next_firewall)
+                await self.reconcile()
             except Exception as e:  # noqa: BLE001 - the loop must survive anything and retry
                 log.exception("cluster reconcile failed: %s", e)
-            if time.monotonic() >= next_firewall:
-                next_firewall = time.monotonic() + self.cfg.reconcile_interval
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.reconcile_interval)
 
-    async def reconcile(self, firewall: bool = False) -> dict:
+    async def reconcile(self) -> dict:
         async with self._lock:
             loop = asyncio.get_running_loop()
             records = self.store.records()
+            before = (dict(self.modes), list(self.desired), dict(self.refused))
             self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
+            for r in records:
+                # A route via our own address is a kernel error on every pass (and fails CNI
+                # STATUS): a peer claiming our underlay address is refused here instead.
+                if r.name != self.cfg.node_name and r.underlay_ip == self.cfg.node_ip:
+                    self.refused.setdefault(r.name, f"its underlay address {r.underlay_ip} is this "
+                                                    f"node's own")
             if self.cfg.node_name in self.refused or self.store.refusal():
                 peers = []  # a refused node routes nowhere: never half-applied
             else:
                 peers = [r for r in records if r.name != self.cfg.node_name and r.name not in self.refused]
-            result = await loop.run_in_executor(None, self._sync_kernel, peers, firewall,
-                                                self.store.synced())
+            result = await loop.run_in_executor(None, self._sync_kernel, peers, self.store.synced())
+            self.daemon.metrics.observe_reconcile(result)
+            self._take_metrics_snapshot()
+            self._record_events(*before, result)
             for err in result["errors"]:
                 if err not in self._problems_logged:
                     log.error("cluster routing: %s", err)
@@ -198,7 +228,33 @@ class ClusterComponent:
                          result["installed"], result["removed"], len(peers))
             return result
 
-    def _sync_kernel(self, peers: list[NodeRecord], firewall: bool, synced: bool) -> dict:
+    def _record_events(self, modes: dict, desired: list, refused: dict, result: dict) -> None:
+        """Events for what an operator must see, on the transitions between two passes."""
+        record = self.daemon.events.record
+        for name in sorted(set(modes) - set(self.modes) - {self.cfg.node_name}):
+            record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
+                   f"node {name} left this node's view of the cluster (not heard from within "
+                   f"the node timeout, or withdrawn): its routes were removed")
+        for name, (mode, problem) in sorted(self.modes.items()):
+            was = modes.get(name)
+            if was == (mode, problem):
+                continue
+            if problem and (was is None or was[1] != problem):
+                record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
+                       f"node {name}: {problem}")
+            elif not problem and (was is None or was[1]):
+                record(ObjectRef("Node", name), "Normal", "PeerReachable",
+                       f"node {name} is routed by {mode}")
+        for name, why in sorted(self.refused.items()):
+            if refused.get(name) != why:
+                record(ObjectRef("Node", name), "Warning", "CIDRConflict",
+                       f"node {name} is refused: {why}")
+        if desired == self.desired and (result["installed"] or result["removed"]):
+            record(ObjectRef("Node", self.cfg.node_name), "Normal", "DriftRepaired",
+                   f"the kernel had drifted from the store: {result['installed']} entries "
+                   f"reinstalled, {result['removed']} removed")
+
+    def _sync_kernel(self, peers: list[NodeRecord], synced: bool) -> dict:
         errors = []
         if self.backend.uses_vxlan():
             try:
@@ -211,22 +267,45 @@ class ClusterComponent:
             errors.append(str(e))
         ctx = Context(self.own, self.underlay.get("subnets", ()), self.cfg.vxlan_dev)
         desired, modes = backends.plan(ctx, self.backend, peers)
-        for name, (mode, problem) in modes.items():
-            if problem and (name, problem) not in self._problems_logged:
-                log.warning("node %s: %s", name, problem)
-                self._problems_logged.add((name, problem))
-        self.desired, self.modes = desired, modes
+        try:  # before the routes: a peer's VXLAN packets are accepted once we route to it
+            added, removed = self.firewall.set_vxlan_peers([p.underlay_ip for p in peers],
+                                                           allow_removal=synced)
+            if added or removed:
+                log.info("nftables: VXLAN senders +%d -%d", added, removed)
+        except KernelError as e:
+            errors.append(f"VXLAN senders: {e}")
         result = routing.sync(desired, self.cfg.vxlan_dev, allow_removal=synced)
         result["errors"] = errors + result["errors"]
-        if firewall:
-            try:
-                done = self.firewall.sync()
-                if done["rewritten"] or done["added"] or done["removed"]:
-                    log.info("nftables: rewrote %s, set elements +%d -%d",
-                             ",".join(done["rewritten"]) or "nothing", done["added"], done["removed"])
-            except KernelError as e:
-                result["errors"].append(str(e))
+        # Logged when a problem appears (or changes), not on every pass.
+        current = {(name, problem) for name, (_, problem) in modes.items() if problem}
+        for name, problem in sorted(current - self._mode_problems_logged):
+            log.warning("node %s: %s", name, problem)
+        self._mode_problems_logged = current
+        self._note_foreign(result["foreign"], desired)  # logs its own changes
+        for entry in desired:
+            if entry.kind == "route" and entry.destination in self.foreign:
+                mode = modes[entry.node][0]
+                modes[entry.node] = (mode, f"route to {entry.destination} exists with proto "
+                                           f"{self.foreign[entry.destination]} (not podnet's): left alone")
+        self.desired, self.modes = desired, modes
         return result
+
+    def _note_foreign(self, foreign: dict[str, str], desired: list[Entry]) -> None:
+        """Log a foreign route to a peer's pod CIDR once when it appears, and once when it goes."""
+        nodes = {e.destination: e.node for e in desired if e.kind == "route"}
+        for dst, proto in sorted(foreign.items()):
+            if self.foreign.get(dst) != proto:
+                self.daemon.events.record(
+                    ObjectRef("Node", nodes.get(dst, self.cfg.node_name)), "Warning",
+                    "ForeignRoute", f"route to {dst} exists with proto {proto}, not podnet's: "
+                                    f"left alone")
+                log.warning("route to %s exists with proto %s, not podnet's (%d): left alone; node %s "
+                            "is routed by it, not by podnet, until it is removed",
+                            dst, proto, backends.ROUTE_PROTO, nodes.get(dst, "?"))
+        for dst in sorted(set(self.foreign) - set(foreign)):
+            if dst in nodes:
+                log.info("the foreign route to %s is gone: podnet routes node %s", dst, nodes[dst])
+        self.foreign = foreign
 
     # -- views -----------------------------------------------------------------------------
 
@@ -254,5 +333,9 @@ class ClusterComponent:
             out.append({**r.to_dict(), "age": self.store.age(r.name), "mode": mode, "problem": problem})
         return out
 
-    def routes(self) -> list[tuple[Entry, bool]]:
-        return routing.present(self.desired, self.cfg.vxlan_dev)
+    def routes(self) -> list[tuple[Entry, str]]:
+        """Each desired entry with its state: present, missing, or foreign (a route to its
+        destination that podnet did not make holds the place)."""
+        foreign = self.foreign
+        return [(e, "present" if ok else "foreign" if e.kind == "route" and e.destination in foreign
+                 else "missing") for e, ok in routing.present(self.desired, self.cfg.vxlan_dev)]

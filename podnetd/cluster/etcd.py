@@ -8,6 +8,15 @@ expired), or the state dir remembers the block and it is still free.
 
 While etcd is unreachable the last view is kept (nothing is withdrawn, routes stay) and every
 call is retried; the lease is re-granted and the key re-made when etcd answers again.
+
+Every value read from etcd is untrusted: a record counts only when its key is a block of this
+cluster (the cluster CIDR cut at --node-cidr-size), its value is a well-formed record of that very
+block, and the key is attached to a lease (a podnetd always writes with one, so its record expires
+with it). Anything else is logged once and ignored; one bad key never stops the loop. The claim
+order that settles conflicts is etcd's create revision of the key, not a time the writer chose.
+Limit (as in flannel): etcd without per-key RBAC lets any client with a valid certificate write
+any key, so matching key and value stops mistakes and forged mismatches, not a writer who forges
+both consistently; the client certificate (--etcd-certfile) is what keeps strangers out.
 """
 import asyncio
 import ipaddress
@@ -17,7 +26,11 @@ import os
 import threading
 import urllib.parse
 
+import dataclasses
+import re
+
 import etcd3gw
+import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
 from etcd3gw.utils import _encode  # the client's transaction() takes base64 fields
@@ -37,12 +50,190 @@ class StoreUnavailable(Exception):
     pass
 
 
+class StoreTlsError(StoreUnavailable):
+    """Every endpoint failed the TLS handshake: a configuration fault, not an outage."""
+
+
+class BadRecord(ValueError):
+    pass
+
+
+# Bounds on what a record may hold. A record is ~250 bytes of JSON; anything far larger is not one.
+MAX_VALUE_BYTES = 4096
+MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last millisecond a timestamp may name
+MAX_PEER_ADDRESS = 64
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+
+
 def block_key(cidr: str) -> str:
     return PREFIX + cidr.replace(".", "-").replace("/", "-")
 
 
+def key_block(key) -> ipaddress.IPv4Network:
+    """The block a key names (/podnet/nodes/10-98-1-0-24 is 10.98.1.0/24); BadRecord unless the
+    key is exactly the canonical key of an IPv4 block."""
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    if not isinstance(key, str) or not key.startswith(PREFIX):
+        raise BadRecord("not a key of " + PREFIX)
+    parts = key[len(PREFIX):].split("-")
+    if len(parts) != 5 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        raise BadRecord("the key does not name an IPv4 block (a-b-c-d-len)")
+    try:
+        block = ipaddress.IPv4Network(".".join(parts[:4]) + "/" + parts[4])
+    except ValueError as e:
+        raise BadRecord(f"the key does not name an IPv4 block: {e}") from None
+    if block_key(str(block)) != key:
+        raise BadRecord("the key is not the canonical key of its block")
+    return block
+
+
+def _field(d: dict, name: str, kind: type, default=None):
+    value = d.get(name, default)
+    # bool is an int in Python, never in a record
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRecord(f"field {name!r}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _millis(d: dict, name: str) -> int:
+    value = _field(d, name, int, 0)
+    if not 0 <= value <= MAX_MS:
+        raise BadRecord(f"field {name!r}: {value} is out of range (0..{MAX_MS})")
+    return value
+
+
+def parse_value(value: bytes) -> dict:
+    """The JSON object of a stored value; BadRecord for anything else (too large, not UTF-8,
+    not JSON, nested too deep, not an object)."""
+    if not isinstance(value, (bytes, bytearray)):
+        raise BadRecord(f"value of type {type(value).__name__}")
+    if len(value) > MAX_VALUE_BYTES:
+        raise BadRecord(f"value of {len(value)} bytes (a record is at most {MAX_VALUE_BYTES})")
+    try:
+        data = json.loads(bytes(value).decode("utf-8"))
+    except RecursionError:
+        raise BadRecord("value nested too deep") from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise BadRecord(f"value is not JSON: {str(e)[:100]}") from None
+    if not isinstance(data, dict):
+        raise BadRecord(f"value is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def record_from_kv(key, value: bytes, cluster_cidr: str, block_size: int) -> NodeRecord:
+    """The record stored at key, checked field by field and against the key: BadRecord unless
+    it describes exactly the block its key names, a block of this cluster."""
+    block = key_block(key)
+    cluster = ipaddress.IPv4Network(cluster_cidr)
+    if block.prefixlen != block_size or not block.subnet_of(cluster):
+        raise BadRecord(f"{block} is not a /{block_size} block of the cluster CIDR {cluster_cidr}")
+    d = parse_value(value)
+    name = _field(d, "name", str)
+    if not _NAME.match(name):
+        raise BadRecord(f"field 'name': {name[:64]!r} is not a node name")
+    pod_cidr = _field(d, "pod_cidr", str)
+    try:
+        net = ipaddress.IPv4Network(pod_cidr)
+    except ValueError:
+        raise BadRecord(f"field 'pod_cidr': {pod_cidr[:64]!r} is not an IPv4 network") from None
+    if net != block:
+        raise BadRecord(f"field 'pod_cidr': {net} is not the key's block {block}")
+    underlay = _field(d, "underlay_ip", str)
+    try:
+        ip = ipaddress.IPv4Address(underlay)
+    except ValueError:
+        raise BadRecord(f"field 'underlay_ip': {underlay[:64]!r} is not an IPv4 address") from None
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
+        raise BadRecord(f"field 'underlay_ip': {ip} is not a unicast address")
+    if ip in cluster:
+        raise BadRecord(f"field 'underlay_ip': {ip} lies inside the cluster CIDR {cluster_cidr}")
+    mac = _field(d, "vtep_mac", str, "").lower()
+    if mac and (not _MAC.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00"):
+        raise BadRecord(f"field 'vtep_mac': {mac[:64]!r} is not a unicast MAC address")
+    if mac and mac != rec.vtep_mac(name):
+        # A node's VTEP MAC follows from its name: another one would take over a peer's FDB entry.
+        raise BadRecord(f"field 'vtep_mac': {mac} is not node {name}'s VTEP MAC {rec.vtep_mac(name)}")
+    peer_address = _field(d, "peer_address", str, "")
+    if len(peer_address) > MAX_PEER_ADDRESS or not peer_address.isprintable():
+        raise BadRecord("field 'peer_address': too long or not printable")
+    return NodeRecord(name=name, underlay_ip=str(ip), pod_cidr=str(net), vtep_mac=mac,
+                      heartbeat_ms=_millis(d, "heartbeat_ms"), peer_address=peer_address,
+                      started_ms=_millis(d, "started_ms"))
+
+
+def _revision(meta: dict, name: str) -> int:
+    """A revision or lease id from the JSON gateway (int64s arrive as strings; 0 is omitted)."""
+    try:
+        return int(meta.get(name) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def records_from_listing(listing, cluster_cidr: str, block_size: int):
+    """The valid records of a prefix listing [(value, meta)], by node name, each with started_ms
+    set to its key's create revision (etcd's order of claims, which no writer chooses), and
+    [(key, mod revision, reason)] for every entry ignored. A name found at two keys keeps the
+    older claim: a second key naming a node later is reported, never lets its writer move the
+    node's traffic (a node that really moved waits until its old key's lease expires)."""
+    found: dict[str, tuple[int, int, NodeRecord]] = {}  # name -> (create rev, mod rev, record)
+    ignored: list[tuple[str, int, str]] = []
+    for value, meta in listing:
+        meta = meta if isinstance(meta, dict) else {}
+        key = meta.get("key", b"")
+        key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        key_text = key_text[:128]
+        mod = _revision(meta, "mod_revision")
+        try:
+            if not _revision(meta, "lease"):
+                raise BadRecord("the key has no lease (it would never expire)")
+            r = record_from_kv(key, value, cluster_cidr, block_size)
+        except BadRecord as e:
+            ignored.append((key_text, mod, str(e)))
+            continue
+        created = _revision(meta, "create_revision")
+        r = dataclasses.replace(r, started_ms=created)
+        held = found.get(r.name)
+        if held is None or created < held[0]:
+            if held is not None:
+                ignored.append((block_key(held[2].pod_cidr), held[1],
+                                f"node {r.name} holds the older block {r.pod_cidr}"))
+            found[r.name] = (created, mod, r)
+        else:
+            ignored.append((key_text, mod, f"node {r.name} holds the older block {held[2].pod_cidr}"))
+    return {name: r for name, (_, _, r) in found.items()}, ignored
+
+
 def blocks(cluster_cidr: str, size: int):
     return (str(b) for b in ipaddress.ip_network(cluster_cidr).subnets(new_prefix=size))
+
+
+def _detail(e) -> str:
+    """What went wrong, with the cause etcd3gw keeps only as text (detail_text)."""
+    text = getattr(e, "detail_text", None) or str(e)
+    return text if isinstance(text, str) else repr(text)
+
+
+def _first_line(e) -> str:
+    text = _detail(e)
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _tls_failure(e) -> bool:
+    cause = e.__context__ or e.__cause__
+    return isinstance(cause, requests.exceptions.SSLError) or "SSLError" in _detail(e)
+
+
+def _tls_reason(e) -> str:
+    text = _detail(e)
+    m = re.search(r"\[SSL: ([A-Z0-9_]+)\] ([^(]*)", text)
+    if m:
+        return f"{m.group(2).strip()} ({m.group(1)})"
+    if "EOF occurred" in text or "SSLEOFError" in text or "SSLZeroReturnError" in text:
+        return "etcd closed the connection during the handshake"
+    m = re.search(r"SSLError\((.*)\)\)", text)
+    return (m.group(1) if m else text)[:200]
 
 
 class EtcdStore(Store):
@@ -64,27 +255,55 @@ class EtcdStore(Store):
         self._watch_cancel = None
         self._state_file = os.path.join(cfg.state_dir, "etcd-block.json")
         self._lock = threading.Lock()
+        self._ignored_logged: dict[str, tuple[int, str]] = {}  # key -> (mod revision, reason)
+        if any(u.startswith("http://") for u in self.endpoints):
+            log.warning("etcd store over plain http (%s): anyone on the path can read and write "
+                        "node records; use https:// with --etcd-cafile/--etcd-certfile/--etcd-keyfile",
+                        cfg.etcd_endpoints)
 
-    @staticmethod
-    def _client(url: str):
+    def _client(self, url: str):
         u = urllib.parse.urlparse(url)
+        session = requests.Session()
+        # Not the environment's REQUESTS_CA_BUNDLE, proxies or .netrc: the CA that signs etcd is
+        # --etcd-cafile and nothing else (with trust_env, the variable silently replaces it).
+        session.trust_env = False
+        if self.cfg.etcd_cafile:
+            session.verify = self.cfg.etcd_cafile
+        if self.cfg.etcd_certfile:
+            session.cert = (self.cfg.etcd_certfile, self.cfg.etcd_keyfile)
         return etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
-                                   timeout=RPC_TIMEOUT, api_path="/v3/")
+                                   timeout=RPC_TIMEOUT, api_path="/v3/", session=session)
 
     # -- calls with endpoint failover ------------------------------------------------------
 
     def _call(self, fn):
-        last = None
+        failures = []
         for i in range(len(self._clients)):
-            client = self._clients[(self._current + i) % len(self._clients)]
+            index = (self._current + i) % len(self._clients)
             try:
-                result = fn(client)
-                self._current = (self._current + i) % len(self._clients)
+                result = fn(self._clients[index])
+                self._current = index
                 return result
             except (etcd_errors.Etcd3Exception, OSError, ValueError) as e:
-                last = e
+                failures.append((self.endpoints[index], e))
+        tls = [(url, e) for url, e in failures if _tls_failure(e)]
+        if tls and len(tls) == len(failures):
+            url, e = tls[0]
+            raise StoreTlsError(f"etcd {url}: TLS handshake failed: {_tls_reason(e)}; "
+                                f"{self._tls_hint(e)}")
+        url, last = failures[-1]
         raise StoreUnavailable(f"etcd {','.join(self.endpoints)} unreachable: "
-                               f"{type(last).__name__}: {str(last).splitlines()[0][:200] if str(last) else ''}")
+                               f"{type(last).__name__}: {_first_line(last)}")
+
+    def _tls_hint(self, e) -> str:
+        cfg = self.cfg
+        if "CERTIFICATE_VERIFY_FAILED" in _detail(e):
+            return (f"etcd's server certificate is not signed by "
+                    f"{('--etcd-cafile ' + cfg.etcd_cafile) if cfg.etcd_cafile else 'a system CA (no --etcd-cafile given)'}")
+        if not cfg.etcd_certfile:
+            return "etcd refused the connection: it requires a client certificate (--etcd-certfile/--etcd-keyfile)"
+        return (f"etcd refused the connection: is --etcd-certfile {cfg.etcd_certfile} signed by the CA "
+                f"etcd trusts (--trusted-ca-file)?")
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -94,8 +313,10 @@ class EtcdStore(Store):
     def _remembered(self) -> str | None:
         try:
             with open(self._state_file) as f:
-                return json.load(f).get("pod_cidr")
-        except (OSError, ValueError):
+                cidr = json.load(f).get("pod_cidr")
+            key_block(block_key(cidr))  # a well-formed block, or nothing remembered
+            return cidr
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
             return None
 
     def _remember(self, cidr: str) -> None:
@@ -123,9 +344,9 @@ class EtcdStore(Store):
                 return False
             data, meta = got[0]
             try:
-                owner = json.loads(data).get("name")
-            except ValueError:
-                owner = None
+                owner = record_from_kv(key, data, self.cfg.cluster_cidr, self.cfg.node_cidr_size).name
+            except BadRecord:
+                owner = None  # garbage at the key is nobody's record, and not ours to overwrite
             if owner != self.cfg.node_name:
                 return False
             k = _encode(key)
@@ -142,8 +363,9 @@ class EtcdStore(Store):
         found = []
         for data, meta in self._call(lambda c: c.get_prefix(PREFIX)):
             try:
-                r = NodeRecord.from_dict(json.loads(data))
-            except (ValueError, TypeError):
+                r = record_from_kv(meta.get("key", b""), data, self.cfg.cluster_cidr,
+                                   self.cfg.node_cidr_size)
+            except BadRecord:
                 continue
             if r.name == self.cfg.node_name:
                 found.append(r.pod_cidr)
@@ -151,7 +373,8 @@ class EtcdStore(Store):
 
     def _lease_block(self, wanted: str | None, own_value) -> str:
         self._grant()
-        candidates = [wanted] if wanted else [*self._owned_blocks(), self._remembered()]
+        # What our state dir remembers first: another key that names us may not be ours.
+        candidates = [wanted] if wanted else [self._remembered(), *self._owned_blocks()]
         for cidr in filter(None, candidates):
             if self._claim(cidr, own_value(cidr)):
                 return cidr
@@ -177,7 +400,7 @@ class EtcdStore(Store):
                 break
             except StoreUnavailable as e:
                 remembered = self.cfg.pod_cidr or self._remembered()
-                if "leased by another" in str(e) or "no free" in str(e):
+                if isinstance(e, StoreTlsError) or "leased by another" in str(e) or "no free" in str(e):
                     raise
                 if remembered:
                     # Keep the node working on its last block; the key is re-made once etcd answers.
@@ -250,13 +473,14 @@ class EtcdStore(Store):
             log.info("etcd store: re-published %s (lease %s)", self._own.pod_cidr, self._lease.id)
 
     def _list(self) -> dict[str, NodeRecord]:
-        found = {}
-        for data, _meta in self._call(lambda c: c.get_prefix(PREFIX)):
-            try:
-                r = NodeRecord.from_dict(json.loads(data))
-            except (ValueError, TypeError):
-                continue
-            found[r.name] = r
+        found, ignored = records_from_listing(self._call(lambda c: c.get_prefix(PREFIX)),
+                                              self.cfg.cluster_cidr, self.cfg.node_cidr_size)
+        # Logged once per key and revision (the listing repeats every second).
+        now = {key: (mod, reason) for key, mod, reason in ignored}
+        for key, (mod, reason) in now.items():
+            if self._ignored_logged.get(key) != (mod, reason):
+                log.warning("etcd store: ignoring %s: %s", key, reason)
+        self._ignored_logged = now
         return found
 
     async def _loop(self) -> None:
@@ -281,13 +505,21 @@ class EtcdStore(Store):
                 self._error = str(e)
                 self._cancel_watch()
                 next_renew = 0.0
+            except Exception as e:  # noqa: BLE001 - the store loop must outlive any surprise
+                if self._error != f"etcd store: {e}":
+                    log.exception("etcd store: %s; keeping the last view and retrying", e)
+                self._error = f"etcd store: {e}"
+                next_renew = 0.0
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL)
             except asyncio.TimeoutError:
                 pass
 
     def _apply(self, found: dict[str, NodeRecord], now: float) -> None:
-        found[self._own.name] = self._own
+        # Our own record as we publish it, ordered among claims by our key's create revision.
+        listed = found.get(self._own.name)
+        own_order = listed.started_ms if listed and listed.pod_cidr == self._own.pod_cidr else 0
+        found[self._own.name] = dataclasses.replace(self._own, started_ms=own_order)
         changed = {n: r for n, r in found.items()} != self._records
         for name in found:
             self._seen[name] = now

@@ -35,6 +35,9 @@ def add_flags(p) -> None:
     g.add_argument("--node-timeout", type=_positive_float, default=15.0,
                    help="seconds after which a silent node is withdrawn (default 15)")
     g.add_argument("--etcd-endpoints", help="etcd store: http(s)://host:port,...")
+    g.add_argument("--etcd-cafile", help="etcd store: the CA that signs etcd's server certificate (PEM)")
+    g.add_argument("--etcd-certfile", help="etcd store: this node's client certificate for etcd (PEM)")
+    g.add_argument("--etcd-keyfile", help="etcd store: the key of --etcd-certfile (PEM)")
     g.add_argument("--node-cidr-size", type=int, default=24,
                    help="etcd store: prefix length of the pod CIDR block leased per node (default 24)")
     g.add_argument("--backend", choices=sorted(BACKENDS), default="auto",
@@ -77,6 +80,32 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
     return host, number
 
 
+def _validate_etcd_tls(ns) -> None:
+    if bool(ns.etcd_certfile) != bool(ns.etcd_keyfile):
+        raise config.ConfigError("--etcd-certfile and --etcd-keyfile go together")
+    given = [(f, p) for f, p in (("--etcd-cafile", ns.etcd_cafile), ("--etcd-certfile", ns.etcd_certfile),
+                                 ("--etcd-keyfile", ns.etcd_keyfile)) if p]
+    for flag, path in given:
+        if not os.path.isfile(path):
+            raise config.ConfigError(f"{flag} {path}: no such file")
+    plain = [u.strip() for u in ns.etcd_endpoints.split(",") if u.strip().startswith("http://")]
+    if given and plain:
+        raise config.ConfigError(f"{given[0][0]} needs https:// endpoints, not {plain[0]}")
+
+
+def _refuse_overlap_with_node(ns) -> None:
+    """The cluster CIDR must stay clear of this node's own networks (read from the kernel)."""
+    from ..kernel.errors import KernelError
+    from .own_networks import overlap_problem
+    try:
+        problem = overlap_problem(ns.cluster_cidr, {ns.bridge, ns.vxlan_dev})
+    except KernelError as e:
+        raise config.ConfigError(f"--cluster-cidr {ns.cluster_cidr}: cannot read this node's "
+                                 f"networks: {e}") from None
+    if problem:
+        raise config.ConfigError(problem)
+
+
 def validate(ns) -> None:
     ns.cluster = cluster_enabled(ns)
     ns.store = ns.store or "static"
@@ -117,9 +146,11 @@ def validate(ns) -> None:
         for url in ns.etcd_endpoints.split(","):
             if not url.strip().startswith(("http://", "https://")):
                 raise config.ConfigError(f"--etcd-endpoints {url!r}: expected http(s)://host:port")
+        _validate_etcd_tls(ns)
         if not cluster.prefixlen <= ns.node_cidr_size <= 30:
             raise config.ConfigError(f"--node-cidr-size {ns.node_cidr_size}: must be between "
                                      f"{cluster.prefixlen} (the cluster prefix) and 30")
+    _refuse_overlap_with_node(ns)
     if not 0 < ns.vxlan_vni < 2 ** 24:
         raise config.ConfigError(f"--vxlan-vni {ns.vxlan_vni}: must be between 1 and 16777215")
     if not 0 < ns.vxlan_port < 65536:

@@ -3,7 +3,6 @@ vs hearsay), CIDR conflicts, liveness."""
 import collections
 import dataclasses
 import functools
-import hashlib
 import ipaddress
 import re
 import time
@@ -32,6 +31,8 @@ class RecordError(ValueError):
     def __init__(self, record: str, field: str, why: str):
         self.record, self.field, self.why = record, field, why
         super().__init__(f"record {record!r}: {field}: {why}")
+
+from ..macs import stable_mac
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +198,7 @@ def wire_fields(message) -> dict:
 
 def vtep_mac(node_name: str) -> str:
     """A stable, locally administered unicast MAC for the node's VXLAN device."""
-    digest = hashlib.sha256(f"podnet-vtep\0{node_name}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+    return stable_mac("podnet-vtep", node_name)
 
 
 def vtep_ip(pod_cidr: str) -> str:

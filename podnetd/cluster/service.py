@@ -34,8 +34,8 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         return cluster_pb2.ListRoutesResponse(route_protocol=ROUTE_PROTO, entries=[
             cluster_pb2.ProgrammedEntry(kind=e.kind, node=e.node, mode=e.mode,
                                         destination=e.destination, via=e.via, dev=e.dev or underlay,
-                                        state="present" if ok else "missing")
-            for e, ok in seen])
+                                        state=state)
+            for e, state in seen])
 
 
 def register(server, daemon) -> list[str]:

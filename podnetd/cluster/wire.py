@@ -1,5 +1,6 @@
 """Plugs the cluster feature into podnetd's extension points (imported by podnetd.main)."""
 from .. import daemon, server
+from ..firewall_rules import ClusterRules
 from . import flags, service  # noqa: F401 - flags registers itself with podnetd.config
 from .component import ClusterComponent
 
@@ -9,6 +10,11 @@ async def _prepare(d) -> None:
     if getattr(d.cfg, "cluster", False):
         d.cluster = ClusterComponent(d)
         await d.cluster.prepare()
+        # The cluster's part of the node firewall (podnetd/firewall.py, which starts first):
+        # egress masquerade, remote pods' access to the node, VXLAN only from known peers.
+        d.firewall_cluster = ClusterRules(
+            cluster_cidr=d.cfg.cluster_cidr,
+            vxlan_port=d.cfg.vxlan_port if d.cluster.backend.uses_vxlan() else None)
 
 
 def _component(d):

@@ -146,7 +146,7 @@ def cmd_exec(args) -> int:
         ns = lb.st.pods[target]["netns"]
     else:
         raise CtlError(f"no node or pod {target!r} in lab {args.name}")
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.cmd
     if not cmd:
         raise CtlError("give a command after --, e.g. podnetctl lab exec n1 -- ip route")
     os.execvp("nsenter", ["nsenter", f"--net=/run/netns/{ns}", *cmd])
@@ -184,7 +184,7 @@ def register(sub, common) -> None:
         .add_argument("--tcp", action="store_true")
     p = add("exec", cmd_exec, "run a command in a node's or pod's network namespace")
     p.add_argument("target", help="node (n1) or pod (n1/p1)")
-    p.add_argument("cmd", nargs="...", help="-- command ...")
+    p.add_argument("cmd", nargs="*", help="-- command ...")
     pod = lsub.add_parser("pod", help="pods in the lab")
     psub = pod.add_subparsers(dest="pod_command", required=True, metavar="ACTION")
     for name, func, help_ in (("add", cmd_pod_add, "a pod netns attached via the CNI plugin"),

@@ -1,14 +1,19 @@
 """podnetctl entry point."""
 import argparse
+import os
 import sys
 
 from ..config import DEFAULT_SOCKET
-from . import cluster, lab, network, pods
+from . import cluster, doctor, events, lab, network, pods
 from .client import CtlError
 
 # Each module adds its subcommands with register(subparsers, common): endpoints/node/status,
-# nodes/routes, the netns lab, pods and images.
-MODULES = [network, cluster, lab, pods]
+# nodes/routes, the netns lab, pods and images, events, the doctor.
+MODULES = [network, cluster, lab, pods, events, doctor]
+
+# Flags every command takes, accepted before the command as well as after it (as kubectl's
+# global flags are): the option strings that take a value.
+GLOBAL_FLAGS = ("--socket", "-o", "--output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +27,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Split at the first `--`: podnetctl's own arguments, and the command to run (exec)."""
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1:]
+    return argv, None
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Move the global flags, wherever they stand, behind the subcommand that parses them.
+
+    argparse only knows `--socket` on the leaf parsers, so `podnetctl --socket X pod ls` would
+    be refused; kubectl takes its global flags anywhere before `--`.
+    """
+    rest, flags = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_FLAGS and "=" in arg:
+            flags.append(arg)
+        elif arg in GLOBAL_FLAGS and i + 1 < len(argv):
+            flags += [arg, argv[i + 1]]
+            i += 1
+        elif arg.startswith("-o") and not arg.startswith("--") and len(arg) > 2:
+            flags.append(arg)                      # -ojson
+        else:
+            rest.append(arg)
+        i += 1
+    return rest + flags
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    own, command = split_command(argv)
+    args = parser.parse_args(hoist_global_flags(own))
+    if command is not None:
+        if not hasattr(args, "cmd"):
+            parser.error(f"'{args.command}' takes no command after --")
+        if args.cmd:
+            parser.error(f"unexpected arguments before --: {' '.join(args.cmd)}")
+        args.cmd = command
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args) or 0
     except CtlError as e:
@@ -31,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`podnetctl pod get X -o yaml | head`): stop quietly, as a shell
+        # tool killed by SIGPIPE does. Point stdout at /dev/null so the interpreter's own flush
+        # at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

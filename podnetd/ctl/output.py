@@ -1,6 +1,7 @@
 """Tables by default, -o json|yaml for machines."""
 import json
 import sys
+import time
 
 
 def emit(rows: list[dict], columns: list[tuple[str, str]], fmt: str = "table", *, raw=None) -> None:
@@ -23,3 +24,12 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
         cells.append(["" if row.get(key) is None else str(row.get(key)) for _, key in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in cells)
+
+
+def age(ts: float) -> str:
+    """kubectl's AGE / LAST SEEN: 42s, 5m, 3h, 2d."""
+    s = max(0, int(time.time() - ts))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"

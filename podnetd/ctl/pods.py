@@ -3,7 +3,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import grpc
 
@@ -14,14 +13,6 @@ from .client import CtlError, call, channel
 
 def _stub(args):
     return pods_pb2_grpc.PodsStub(channel(args.socket))
-
-
-def _age(ts: float) -> str:
-    s = max(0, int(time.time() - ts))
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s // n}{unit}"
-    return f"{s}s"
 
 
 def _ref(args) -> pods_pb2.PodRef:
@@ -62,7 +53,7 @@ def cmd_ls(args) -> int:
     resp = call(_stub(args).ListPods, pods_pb2.ListPodsRequest())
     rows = [{"namespace": p.namespace, "name": p.name, "phase": p.phase, "status": p.status,
              "ready": p.ready, "restarts": p.restarts, "ip": p.ip, "node": p.node,
-             "age": _age(p.created_unix)} for p in resp.pods]
+             "age": output.age(p.created_unix)} for p in resp.pods]
     output.emit(rows, [("NAME", "name"), ("PHASE", "phase"), ("READY", "ready"),
                        ("STATUS", "status"), ("RESTARTS", "restarts"), ("IP", "ip"),
                        ("NODE", "node"), ("AGE", "age")], args.output)
@@ -124,7 +115,7 @@ def cmd_describe(args) -> int:
         out.append(f"  {'TYPE':<8} {'REASON':<24} {'AGE':<6} {'FROM':<12} MESSAGE")
         for e in events:
             src = f"c/{e['container']}" if e.get("container") else "podnetd"
-            out.append(f"  {e['type']:<8} {e['reason']:<24} {_age(e['time']):<6} {src:<12} "
+            out.append(f"  {e['type']:<8} {e['reason']:<24} {output.age(e['time']):<6} {src:<12} "
                        f"{e['message']}")
     print("\n".join(out))
     return 0
@@ -134,8 +125,12 @@ def cmd_logs(args) -> int:
     req = pods_pb2.PodLogsRequest(name=args.name, namespace=args.namespace,
                                   container=args.container or "", follow=args.follow,
                                   previous=args.previous, timestamps=args.timestamps)
+    if args.tail >= 0:
+        req.tail_lines = args.tail
     try:
-        for chunk in _stub(args).PodLogs(req, timeout=None if args.follow else 30):
+        # the log arrives in chunks of about 64 KiB: a deadline for the whole stream only
+        # guards against a daemon that stopped answering
+        for chunk in _stub(args).PodLogs(req, timeout=None if args.follow else 600):
             sys.stdout.buffer.write(chunk.data)
             sys.stdout.buffer.flush()
     except grpc.RpcError as e:
@@ -147,22 +142,6 @@ def cmd_logs(args) -> int:
 
 def cmd_exec(args) -> int:
     command = list(args.cmd)
-    # options given after NAME land in the remainder: take them up to "--"
-    while command and command[0] != "--":
-        opt = command.pop(0)
-        if opt in ("-c", "--container") and command:
-            args.container = command.pop(0)
-        elif opt in ("-i", "--stdin"):
-            args.stdin = True
-        elif opt == "--timeout" and command:
-            args.timeout = float(command.pop(0))
-        elif opt in ("-n", "--namespace") and command:
-            args.namespace = command.pop(0)
-        else:
-            command.insert(0, opt)
-            break
-    if command and command[0] == "--":
-        command = command[1:]
     if not command:
         raise CtlError("pod exec: a command is required after --")
     stdin = b"" if sys.stdin.isatty() or not args.stdin else sys.stdin.buffer.read()
@@ -207,6 +186,16 @@ def grace_seconds(text: str) -> float:
     return value
 
 
+def tail_lines(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of lines, or -1 for all")
+    return value
+
+
 def cmd_rm(args) -> int:
     call(_stub(args).RemovePod, _ref(args), timeout=None)
     print(f"pod/{args.name} removed")
@@ -224,7 +213,7 @@ def cmd_image_import(args) -> int:
 def cmd_image_list(args) -> int:
     resp = call(_stub(args).ListImages, pods_pb2.ListImagesRequest())
     rows = [{"name": i.name, "id": i.id[:12], "size": f"{i.size / 2**20:.1f}MiB",
-             "layers": i.layers, "age": _age(i.created_unix)} for i in resp.images]
+             "layers": i.layers, "age": output.age(i.created_unix)} for i in resp.images]
     output.emit(rows, [("IMAGE", "name"), ("ID", "id"), ("SIZE", "size"),
                        ("LAYERS", "layers"), ("AGE", "age")], args.output)
     return 0
@@ -267,13 +256,15 @@ def register(sub, common) -> None:
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-p", "--previous", action="store_true")
     p.add_argument("--timestamps", action="store_true")
+    p.add_argument("--tail", type=tail_lines, default=-1, metavar="N",
+                   help="only the last N lines (-1: all)")
     p.set_defaults(func=cmd_logs)
     p = psub.add_parser("exec", parents=[common, ns], help="run a command in a container")
     p.add_argument("name")
     p.add_argument("-c", "--container")
     p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
     p.add_argument("--timeout", type=float, default=0, help="seconds (0: none)")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.add_argument("cmd", nargs="*", help="-- COMMAND [ARGS...]")
     p.set_defaults(func=cmd_exec)
 
     image = sub.add_parser("image", help="the offline image store")

@@ -1,4 +1,14 @@
+"""The kernel layer's exceptions, and the one place errno becomes one of them.
+
+Every kernel call in this package runs inside translated("what it does to what"), which turns a
+NetlinkError or OSError into KernelError, NotFound or Exists with that context in the message,
+so callers above the package never see an errno.
+"""
+import contextlib
 import errno
+import os
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 
 class KernelError(Exception):
@@ -25,6 +35,7 @@ _NOT_FOUND = {errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errn
 
 
 def from_errno(code: int, what: str) -> KernelError:
+    """The exception for errno code in the operation described by what."""
     text = f"{what}: {errno.errorcode.get(code, code)} ({_strerror(code)})"
     if code == errno.EEXIST:
         return Exists(text, code)
@@ -33,8 +44,20 @@ def from_errno(code: int, what: str) -> KernelError:
     return KernelError(text, code)
 
 
+@contextlib.contextmanager
+def translated(what: str):
+    """Raise the body's NetlinkError or OSError as from_errno(code, what)."""
+    try:
+        yield
+    except NetlinkError as e:
+        raise from_errno(e.code, what) from None
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise from_errno(e.errno, what) from None
+
+
 def _strerror(code: int) -> str:
-    import os
     try:
         return os.strerror(code)
     except ValueError:

@@ -6,10 +6,8 @@ tell the device which underlay address a remote VTEP MAC lives behind.
 """
 import socket
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from . import ip_lib
-from .errors import Exists, KernelError, NotFound, from_errno
+from .errors import Exists, NotFound, translated
 from .netns import ipr
 
 NUD_PERMANENT = 0x80
@@ -17,23 +15,14 @@ NTF_SELF = 0x02
 
 
 def vxlan_get(name: str) -> dict | None:
-    """The device's link facts plus vni/port/local/learning, or None when absent."""
-    try:
-        msgs = ipr().link("get", ifname=name)
-    except NetlinkError as e:
-        err = from_errno(e.code, f"get link {name}")
-        if isinstance(err, NotFound):
-            return None
-        raise err from None
-    if not msgs:
-        return None
-    link = ip_lib._link_dict(msgs[0])
-    info = msgs[0].get_attr("IFLA_LINKINFO")
-    data = info.get_attr("IFLA_INFO_DATA") if info else None
-    if link["kind"] == "vxlan" and data is not None:
-        link.update(vni=data.get_attr("IFLA_VXLAN_ID"), port=data.get_attr("IFLA_VXLAN_PORT"),
-                    local=data.get_attr("IFLA_VXLAN_LOCAL"),
-                    learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")))
+    """The device's link facts (ip_lib.link_get) plus vni/port/local/learning, or None when
+    absent."""
+    link = ip_lib.link_get(name)
+    if link is not None and link["kind"] == "vxlan" and link["data"]:
+        data = link["data"]
+        link.update(vni=data.get("IFLA_VXLAN_ID"), port=data.get("IFLA_VXLAN_PORT"),
+                    local=data.get("IFLA_VXLAN_LOCAL"),
+                    learning=bool(data.get("IFLA_VXLAN_LEARNING")))
     return link
 
 
@@ -50,12 +39,11 @@ def vxlan_ensure(name: str, *, vni: int, port: int, local: str, mac: str, mtu: i
         link = None
     if link is None:
         try:
-            ipr().link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port,
-                       vxlan_local=local, vxlan_learning=0, mtu=mtu, address=mac)
-        except NetlinkError as e:
-            err = from_errno(e.code, f"create vxlan {name} vni {vni} port {port} local {local}")
-            if not isinstance(err, Exists):
-                raise err from None
+            with translated(f"create vxlan {name} vni {vni} port {port} local {local}"):
+                ipr().link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port,
+                           vxlan_local=local, vxlan_learning=0, mtu=mtu, address=mac)
+        except Exists:
+            pass
         link = vxlan_get(name)
         if link is None:
             raise NotFound(f"create vxlan {name}: it vanished right after creation")
@@ -67,25 +55,20 @@ def vxlan_ensure(name: str, *, vni: int, port: int, local: str, mac: str, mtu: i
 
 def neigh_replace(dev: str, ip: str, mac: str) -> None:
     """A permanent IPv4 neighbour entry ip -> mac on dev."""
-    index = ip_lib._require_index(dev)
-    try:
+    index = ip_lib.link_require(dev)["index"]
+    with translated(f"replace neighbour {ip} lladdr {mac} dev {dev}"):
         ipr().neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
-    except NetlinkError as e:
-        raise from_errno(e.code, f"replace neighbour {ip} lladdr {mac} dev {dev}") from None
 
 
 def neigh_delete(dev: str, ip: str) -> bool:
-    index = ip_lib.link_index(dev)
-    if index is None:
-        return False
+    """Delete the neighbour entry; False when it (or dev) was already gone."""
     try:
-        ipr().neigh("del", dst=ip, ifindex=index)
+        index = ip_lib.link_require(dev)["index"]
+        with translated(f"delete neighbour {ip} dev {dev}"):
+            ipr().neigh("del", dst=ip, ifindex=index)
         return True
-    except NetlinkError as e:
-        err = from_errno(e.code, f"delete neighbour {ip} dev {dev}")
-        if isinstance(err, NotFound):
-            return False
-        raise err from None
+    except NotFound:
+        return False
 
 
 def neighbours(dev: str) -> list[dict]:
@@ -93,35 +76,28 @@ def neighbours(dev: str) -> list[dict]:
     index = ip_lib.link_index(dev)
     if index is None:
         return []
-    try:
+    with translated(f"list neighbours of {dev}"):
         msgs = ipr().neigh("dump", ifindex=index, family=socket.AF_INET)
-    except NetlinkError as e:
-        raise from_errno(e.code, f"list neighbours of {dev}") from None
     return [{"ip": m.get_attr("NDA_DST"), "mac": (m.get_attr("NDA_LLADDR") or "").lower()}
             for m in msgs if m["ifindex"] == index and m["state"] & NUD_PERMANENT]
 
 
 def fdb_replace(dev: str, mac: str, dst: str) -> None:
     """A permanent FDB entry on the vxlan device: frames to mac go to underlay address dst."""
-    index = ip_lib._require_index(dev)
-    try:
+    index = ip_lib.link_require(dev)["index"]
+    with translated(f"replace fdb {mac} dst {dst} dev {dev}"):
         ipr().fdb("replace", ifindex=index, lladdr=mac, dst=dst, state=NUD_PERMANENT, flags=NTF_SELF)
-    except NetlinkError as e:
-        raise from_errno(e.code, f"replace fdb {mac} dst {dst} dev {dev}") from None
 
 
 def fdb_delete(dev: str, mac: str, dst: str) -> bool:
-    index = ip_lib.link_index(dev)
-    if index is None:
-        return False
+    """Delete the FDB entry; False when it (or dev) was already gone."""
     try:
-        ipr().fdb("del", ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF)
+        index = ip_lib.link_require(dev)["index"]
+        with translated(f"delete fdb {mac} dst {dst} dev {dev}"):
+            ipr().fdb("del", ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF)
         return True
-    except NetlinkError as e:
-        err = from_errno(e.code, f"delete fdb {mac} dst {dst} dev {dev}")
-        if isinstance(err, NotFound):
-            return False
-        raise err from None
+    except NotFound:
+        return False
 
 
 def fdb_entries(dev: str) -> list[dict]:
@@ -129,20 +105,16 @@ def fdb_entries(dev: str) -> list[dict]:
     index = ip_lib.link_index(dev)
     if index is None:
         return []
-    try:
+    with translated(f"list fdb of {dev}"):
         msgs = ipr().fdb("dump", ifindex=index)
-    except NetlinkError as e:
-        raise from_errno(e.code, f"list fdb of {dev}") from None
     return [{"mac": (m.get_attr("NDA_LLADDR") or "").lower(), "dst": m.get_attr("NDA_DST")}
             for m in msgs if m["ifindex"] == index and m.get_attr("NDA_DST")]
 
 
 def ipv4_addresses() -> list[dict]:
     """Every IPv4 address on every link: {dev, ip, prefixlen}."""
-    try:
+    with translated("list addresses"):
         msgs = ipr().get_addr(family=socket.AF_INET)
-    except NetlinkError as e:
-        raise from_errno(e.code, "list addresses") from None
     names = {link["index"]: link["name"] for link in ip_lib.links()}
     return [{"dev": names.get(m["index"]), "ip": m.get_attr("IFA_ADDRESS"), "prefixlen": m["prefixlen"]}
             for m in msgs]
@@ -158,5 +130,3 @@ def default_route_address() -> str | None:
             return a["ip"]
     return None
 
-
-__all__ = ["KernelError"]

@@ -174,17 +174,39 @@ class Lab:
     # -- etcd ------------------------------------------------------------------------------------
 
     @property
+    def etcd_tls(self) -> bool:
+        """etcd serves clients over TLS and demands a client certificate in a TLS lab."""
+        return bool(self.st.options.get("tls"))
+
+    @property
     def etcd_endpoint(self) -> str:
-        return f"http://{plan.etcd_address(self.st.name, self.st.topology)}:{plan.ETCD_PORT}"
+        scheme = "https" if self.etcd_tls else "http"
+        return f"{scheme}://{plan.etcd_address(self.st.name, self.st.topology)}:{plan.ETCD_PORT}"
+
+    def _etcd_dir(self) -> str:
+        return os.path.join(self.st.dir, "etcd")
+
+    def etcdctl_tls(self) -> list[str]:
+        """etcdctl's TLS flags (etcd's own certificate is also good for client auth)."""
+        if not self.etcd_tls:
+            return []
+        tls = os.path.join(self._etcd_dir(), "tls")
+        return ["--cacert", os.path.join(self.st.dir, "ca", "ca.crt"),
+                "--cert", os.path.join(tls, "node.crt"), "--key", os.path.join(tls, "node.key")]
 
     def _start_etcd(self) -> None:
         ns = f"{self.st.name}-etcd"
         self._add_netns(ns)
-        self._attach(ns, "a", ETCD_NAME, plan.etcd_address(self.st.name, self.st.topology))
+        address = plan.etcd_address(self.st.name, self.st.topology)
+        self._attach(ns, "a", ETCD_NAME, address)
+        if self.etcd_tls:
+            ca = os.path.join(self.st.dir, "ca")
+            pki.make_node_cert(os.path.join(self._etcd_dir(), "tls"), os.path.join(ca, "ca.crt"),
+                               os.path.join(ca, "ca.key"), ETCD_NAME, address)
         self.start_etcd()
 
     def start_etcd(self, timeout: float = 20) -> None:
-        ns, d = f"{self.st.name}-etcd", os.path.join(self.st.dir, "etcd")
+        ns, d = f"{self.st.name}-etcd", self._etcd_dir()
         os.makedirs(d, mode=0o700, exist_ok=True)
         url = self.etcd_endpoint
         argv = [*netops.nsenter(ns), "etcd", "--name", "lab", "--data-dir", os.path.join(d, "data"),
@@ -193,11 +215,17 @@ class Lab:
                 "--listen-peer-urls", "http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
                 "--initial-cluster", "lab=http://127.0.0.1:2380", "--log-level", "warn"]
+        if self.etcd_tls:
+            # Clients need a certificate from the lab CA (each node has one): nobody else on the
+            # underlay reads or writes node records.
+            tls = os.path.join(d, "tls")
+            argv += ["--cert-file", os.path.join(tls, "node.crt"), "--key-file", os.path.join(tls, "node.key"),
+                     "--trusted-ca-file", os.path.join(self.st.dir, "ca", "ca.crt"), "--client-cert-auth"]
         self._spawn(ETCD_NAME, argv, os.path.join(d, "etcd.log"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             health = subprocess.run([*netops.nsenter(ns), "etcdctl", "--endpoints", url,
-                                     "--dial-timeout", "1s", "endpoint", "health"],
+                                     *self.etcdctl_tls(), "--dial-timeout", "1s", "endpoint", "health"],
                                     capture_output=True, text=True)
             if health.returncode == 0:
                 return
@@ -230,13 +258,20 @@ class Lab:
         wanted = [("--node-ip", n["ip"]), ("--cluster-cidr", plan.CLUSTER_CIDR),
                   ("--store", self.st.store), ("--node-timeout", o.get("node_timeout")),
                   ("--backend", o.get("backend")), ("--reconcile-interval", o.get("reconcile_interval")),
-                  ("--vxlan-vni", o.get("vxlan_vni")), ("--vxlan-port", o.get("vxlan_port"))]
+                  ("--vxlan-vni", o.get("vxlan_vni")), ("--vxlan-port", o.get("vxlan_port")),
+                  # on the underlay, so one Prometheus in any lab namespace scrapes every node
+                  ("--metrics-listen", f"{n['ip']}:{plan.METRICS_PORT}")]
         if self.st.store == "static":
             wanted += [("--listen", f"{n['ip']}:{plan.PEER_PORT}"),
                        ("--peers", ",".join(f"{self.st.nodes[p]['ip']}:{plan.PEER_PORT}"
                                             for p in peers) or None)]
         else:
             wanted += [("--etcd-endpoints", self.etcd_endpoint), ("--node-cidr-size", 24)]
+            if self.etcd_tls:
+                tls = os.path.join(n["dir"], "tls")
+                wanted += [("--etcd-cafile", os.path.join(self.st.dir, "ca", "ca.crt")),
+                           ("--etcd-certfile", os.path.join(tls, "node.crt")),
+                           ("--etcd-keyfile", os.path.join(tls, "node.key"))]
         if o.get("tls") and self.st.store == "static":
             tls = os.path.join(n["dir"], "tls")
             wanted += [("--tls-cert", os.path.join(tls, "node.crt")),

@@ -12,6 +12,7 @@ import ipaddress
 CLUSTER_CIDR = "10.244.0.0/16"
 UNDERLAY = "10.250.0.0/16"
 PEER_PORT = 7470
+METRICS_PORT = 9633
 ETCD_PORT = 2379
 MAX_NODES = 200
 TOPOLOGIES = ("l2", "routed")
@@ -46,12 +47,6 @@ class NodePlan:
 
 def node_name(index: int) -> str:
     return f"n{index}"
-
-
-def node_index(name: str) -> int:
-    if not (name.startswith("n") and name[1:].isdigit()):
-        raise PlanError(f"node {name!r}: lab nodes are named n1, n2, ...")
-    return int(name[1:])
 
 
 def segments(lab: str, topology: str) -> list[Segment]:

@@ -28,6 +28,15 @@ def add_flags(p) -> None:
                    help="first container restart back-off in seconds (doubles each time)")
     g.add_argument("--restart-backoff-max", type=float, default=300.0,
                    help="the longest container restart back-off in seconds")
+    g.add_argument("--container-log-max-size", default="10Mi", metavar="QUANTITY",
+                   help="a container log file is rotated when it reaches this size "
+                        "(kubelet's containerLogMaxSize; e.g. 10Mi, 512Ki, 1048576)")
+    g.add_argument("--container-log-max-files", type=int, default=5, metavar="N",
+                   help="log files kept per container, the current one included "
+                        "(kubelet's containerLogMaxFiles; at least 2)")
+    g.add_argument("--seccomp-profile-root", default="/var/lib/podnet/seccomp",
+                   help="where seccompProfile type Localhost profiles live (localhostProfile "
+                        "is a path below it)")
     g.add_argument("--no-pod-runtime", action="store_true",
                    help="do not run the pod runtime in this podnetd")
 
@@ -35,10 +44,33 @@ def add_flags(p) -> None:
 def check_flags(ns) -> None:
     if getattr(ns, "no_pod_runtime", False):
         return
+    if not os.path.isabs(getattr(ns, "seccomp_profile_root", "/")):
+        raise config.ConfigError(f"--seccomp-profile-root {ns.seccomp_profile_root}: must be an "
+                                 "absolute path")
     if ns.runtime_dir and not os.path.isabs(ns.runtime_dir):
         raise config.ConfigError(f"--runtime-dir {ns.runtime_dir}: must be an absolute path")
     if not 0 < ns.restart_backoff <= ns.restart_backoff_max:
         raise config.ConfigError("--restart-backoff must be > 0 and <= --restart-backoff-max")
+    ns.container_log_max_size = log_size(ns.container_log_max_size)
+    if not 2 <= ns.container_log_max_files <= 1000:
+        raise config.ConfigError(f"--container-log-max-files {ns.container_log_max_files}: "
+                                 "must be between 2 and 1000 (the current file counts)")
+
+
+_LOG_SIZE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20,
+                   "Gi": 2**30}
+
+
+def log_size(value) -> int:
+    """kubelet's containerLogMaxSize: a quantity like 10Mi; 1 KiB to 1 TiB (bytes)."""
+    text = str(value).strip()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    number, unit = text[:digits], text[digits:]
+    if not number or len(number) > 13 or unit not in _LOG_SIZE_UNITS \
+            or not 1024 <= int(number) * _LOG_SIZE_UNITS[unit] <= 2**40:
+        raise config.ConfigError(f"--container-log-max-size {value!r}: give a size from 1Ki "
+                                 "to 1Ti, e.g. 10Mi")
+    return int(number) * _LOG_SIZE_UNITS[unit]
 
 
 def make_component(d):

@@ -21,8 +21,9 @@ PASSWD = ("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexiste
 GROUP = "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n"
 
 
-def _add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: int = 0o644,
-         kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+def add_entry(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: int = 0o644,
+              kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+    """One entry of a layer (tests build hostile layers with it too)."""
     info = tarfile.TarInfo(name)
     info.mtime = 0
     info.mode = mode
@@ -33,7 +34,8 @@ def _add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: in
     tar.addfile(info, io.BytesIO(data) if data is not None else None)
 
 
-def _layer(build) -> bytes:
+def layer_blob(build) -> bytes:
+    """The tar blob that build(tar) fills."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         build(tar)
@@ -51,26 +53,26 @@ def layers(busybox: str) -> list[bytes]:
                         ("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("var", 0o755),
                         ("home", 0o755), ("home/app", 0o755), ("opt", 0o755),
                         ("opt/old", 0o755), ("usr", 0o755)):
-            _add(tar, d, kind=tarfile.DIRTYPE, mode=mode)
-        _add(tar, "bin/busybox", data=binary, mode=0o755)
+            add_entry(tar, d, kind=tarfile.DIRTYPE, mode=mode)
+        add_entry(tar, "bin/busybox", data=binary, mode=0o755)
         for applet in applets:
             if applet != "busybox":
-                _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
-        _add(tar, "usr/bin", kind=tarfile.SYMTYPE, link="../bin", mode=0o777)
-        _add(tar, "etc/passwd", data=PASSWD.encode())
-        _add(tar, "etc/group", data=GROUP.encode())
-        _add(tar, "etc/removed-by-layer2", data=b"whiteout test\n")
-        _add(tar, "opt/old/file", data=b"hidden by an opaque directory\n")
+                add_entry(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox", mode=0o777)
+        add_entry(tar, "usr/bin", kind=tarfile.SYMTYPE, link="../bin", mode=0o777)
+        add_entry(tar, "etc/passwd", data=PASSWD.encode())
+        add_entry(tar, "etc/group", data=GROUP.encode())
+        add_entry(tar, "etc/removed-by-layer2", data=b"whiteout test\n")
+        add_entry(tar, "opt/old/file", data=b"hidden by an opaque directory\n")
 
     def top(tar):
-        _add(tar, "etc", kind=tarfile.DIRTYPE, mode=0o755)
-        _add(tar, "etc/.wh.removed-by-layer2", data=b"")
-        _add(tar, "opt", kind=tarfile.DIRTYPE, mode=0o755)
-        _add(tar, "opt/.wh..wh..opq", data=b"")
-        _add(tar, "opt/new", data=b"layer2\n")
-        _add(tar, "etc/image-release", data=b"podnet busybox\n")
+        add_entry(tar, "etc", kind=tarfile.DIRTYPE, mode=0o755)
+        add_entry(tar, "etc/.wh.removed-by-layer2", data=b"")
+        add_entry(tar, "opt", kind=tarfile.DIRTYPE, mode=0o755)
+        add_entry(tar, "opt/.wh..wh..opq", data=b"")
+        add_entry(tar, "opt/new", data=b"layer2\n")
+        add_entry(tar, "etc/image-release", data=b"podnet busybox\n")
 
-    return [_layer(base), _layer(top)]
+    return [layer_blob(base), layer_blob(top)]
 
 
 def config(diff_ids: list[str]) -> bytes:
@@ -97,16 +99,16 @@ def write(out: str, fmt: str = "docker", busybox: str = "/bin/busybox",
             names = []
             for blob in blobs:
                 name = f"{_sha(blob)}.tar"
-                _add(tar, name, data=blob)
+                add_entry(tar, name, data=blob)
                 names.append(name)
-            _add(tar, f"{_sha(cfg)}.json", data=cfg)
-            _add(tar, "manifest.json", data=json.dumps([{
+            add_entry(tar, f"{_sha(cfg)}.json", data=cfg)
+            add_entry(tar, "manifest.json", data=json.dumps([{
                 "Config": f"{_sha(cfg)}.json", "RepoTags": [tag], "Layers": names}]).encode())
         else:
-            _add(tar, "blobs", kind=tarfile.DIRTYPE, mode=0o755)
-            _add(tar, "blobs/sha256", kind=tarfile.DIRTYPE, mode=0o755)
+            add_entry(tar, "blobs", kind=tarfile.DIRTYPE, mode=0o755)
+            add_entry(tar, "blobs/sha256", kind=tarfile.DIRTYPE, mode=0o755)
             for blob in [*blobs, cfg]:
-                _add(tar, f"blobs/sha256/{_sha(blob)}", data=blob)
+                add_entry(tar, f"blobs/sha256/{_sha(blob)}", data=blob)
             manifest = json.dumps({
                 "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
@@ -114,9 +116,9 @@ def write(out: str, fmt: str = "docker", busybox: str = "/bin/busybox",
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
                             "digest": f"sha256:{_sha(b)}", "size": len(b)} for b in blobs],
             }).encode()
-            _add(tar, f"blobs/sha256/{_sha(manifest)}", data=manifest)
-            _add(tar, "oci-layout", data=b'{"imageLayoutVersion": "1.0.0"}')
-            _add(tar, "index.json", data=json.dumps({"schemaVersion": 2, "manifests": [{
+            add_entry(tar, f"blobs/sha256/{_sha(manifest)}", data=manifest)
+            add_entry(tar, "oci-layout", data=b'{"imageLayoutVersion": "1.0.0"}')
+            add_entry(tar, "index.json", data=json.dumps({"schemaVersion": 2, "manifests": [{
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": f"sha256:{_sha(manifest)}", "size": len(manifest),
                 "annotations": {"org.opencontainers.image.ref.name": tag}}]}).encode())

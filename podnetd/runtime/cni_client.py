@@ -120,13 +120,16 @@ class CniClient:
                 msg = (out or err).decode(errors="replace").strip()
             raise CniClientError(f"CNI {command} {plugin['type']}: exit {proc.returncode}: "
                                  f"{msg or err.decode(errors='replace').strip()}")
-        if command != "ADD":
+        if command not in ("ADD", "VERSION"):
             return {}
         try:
-            return json.loads(out)
+            result = json.loads(out)
         except ValueError:
-            raise CniClientError(f"CNI ADD {plugin['type']}: result is not JSON: "
-                                 f"{out[:200]!r}") from None
+            result = None
+        if not isinstance(result, dict):
+            raise CniClientError(f"CNI {command} {plugin['type']}: result is not a JSON object: "
+                                 f"{out[:200]!r}")
+        return result
 
     async def add(self, container_id: str, netns: str, ifname: str, args: str,
                   runtime_config: dict) -> tuple[dict, dict]:
@@ -159,17 +162,34 @@ class CniClient:
         if errors:
             raise CniClientError("; ".join(errors))
 
-    async def gc(self, valid: list[tuple[str, str]]) -> bool:
-        """CNI GC (spec 1.1): every plugin learns which attachments are still valid. Skipped for
-        older configurations (the plugins would not know the command)."""
+    async def supported_versions(self, conflist: dict, plugin: dict) -> list[str]:
+        """The plugin's answer to VERSION (its supportedVersions)."""
+        answer = await self._exec("VERSION", conflist, plugin, None, "", "", "", "", {})
+        versions = answer.get("supportedVersions")
+        if not isinstance(versions, list):
+            raise CniClientError(f"CNI VERSION {plugin['type']}: no supportedVersions list")
+        return [v for v in versions if isinstance(v, str)]
+
+    async def gc(self, valid: list[tuple[str, str]]) -> list[str] | None:
+        """CNI GC (spec 1.1): every plugin learns which attachments are still valid.
+
+        None when the configuration predates GC (< 1.1: no plugin would know the command).
+        Otherwise the plugins that were not asked because they do not support the
+        configuration's version (Debian 12's portmap stops at 1.0.0), as "type (versions)"."""
         try:
             conflist = load_conflist(self.conf_dir)
         except CniClientError:
-            return False
-        if _vt(conflist.get("cniVersion", "0")) < (1, 1):
-            return False
+            return None
+        version = conflist.get("cniVersion", "0")
+        if _vt(version) < (1, 1):
+            return None
         attachments = [{"containerID": c, "ifname": i} for c, i in valid]
+        skipped = []
         for plugin in conflist["plugins"]:
+            versions = await self.supported_versions(conflist, plugin)
+            if version not in versions:
+                skipped.append(f"{plugin['type']} (supports {', '.join(versions) or 'nothing'})")
+                continue
             await self._exec("GC", conflist, plugin, None, "", "", "", "", {},
                              {"cni.dev/valid-attachments": attachments})
-        return True
+        return skipped

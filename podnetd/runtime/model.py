@@ -4,15 +4,16 @@ Pure logic: no kernel, no processes."""
 import asyncio
 import time
 
+from .. import timestamps
+
 from . import manifest
 
 MAX_EVENTS = 200
 
 
 def rfc3339(ts: float | None) -> str | None:
-    if not ts:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    """A status time, or None (omitted) when it never happened."""
+    return timestamps.rfc3339(ts) if ts else None
 
 
 class Ctr:
@@ -105,6 +106,7 @@ class Pod:
         self.reason = ""
         # runtime-only
         self.task: asyncio.Task | None = None
+        self.on_event = None        # also tell the node's event recorder (set by the runtime)
         self.stop_event = asyncio.Event()
         self.lock = asyncio.Lock()
 
@@ -133,6 +135,8 @@ class Pod:
         self.events.append({"time": time.time(), "type": kind, "reason": reason,
                             "message": message, "container": container})
         del self.events[:-MAX_EVENTS]
+        if self.on_event is not None:
+            self.on_event(self, kind, reason, message, container)
 
     # -- persistence --------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Containers are never children that die with podnetd: the pause container is star
 foreground `runc run` so that it learns the exit status, and writes the logs to files.
 """
 import asyncio
+import contextlib
 import json
 import os
 import signal as _signal
@@ -30,13 +31,47 @@ def runtime_argv(name: str) -> list[str]:
     return [name]
 
 
+async def _bounded(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Read stream to its end, keeping at most limit bytes (the rest is read and dropped, so
+    the writer never blocks); one more byte than limit says it was cut."""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) <= limit:
+            kept += chunk[:limit + 1 - len(kept)]
+    return bytes(kept)
+
+
+async def _communicate(proc, stdin: bytes | None, limit: int | None) -> tuple[bytes, bytes]:
+    if limit is None:
+        return await proc.communicate(stdin)
+
+    async def feed():
+        if proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(stdin or b"")
+                await proc.stdin.drain()
+            proc.stdin.close()
+    _, out, err = await asyncio.gather(feed(), _bounded(proc.stdout, limit),
+                                       _bounded(proc.stderr, limit))
+    await proc.wait()
+    return out, err
+
+
 async def _call(argv: list[str], what: str, *, stdin: bytes | None = None,
-                timeout: float | None = None, check: bool = True) -> tuple[int, bytes, bytes]:
+                timeout: float | None = None, check: bool = True,
+                max_output: int | None = None) -> tuple[int, bytes, bytes]:
+    """Run argv; with max_output, each of stdout and stderr is cut to that many bytes (what a
+    container writes through `runc exec` must not fill podnetd's memory)."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        out, err = await asyncio.wait_for(_communicate(proc, stdin, max_output), timeout)
+        if max_output is not None:
+            notes = b"".join(f"\n[podnetd: {name} cut at {max_output} bytes]\n".encode()
+                             for name, data in (("stdout", out), ("stderr", err))
+                             if len(data) > max_output)
+            out, err = out[:max_output], err[:max_output] + notes
     except (asyncio.TimeoutError, asyncio.CancelledError):
         proc.kill()
         await proc.wait()
@@ -140,19 +175,11 @@ async def state(runtime: str, cid: str) -> dict | None:
 
 
 async def exec_(runtime: str, cid: str, argv: list[str], *, stdin: bytes = b"",
-                timeout: float | None = None) -> tuple[int, bytes, bytes]:
-    """Run a command in a running container; returns (exit code, stdout, stderr). A timeout
-    raises asyncio.TimeoutError (the runc exec is killed, not the container)."""
+                timeout: float | None = None,
+                max_output: int = 2**20) -> tuple[int, bytes, bytes]:
+    """Run a command in a running container; returns (exit code, stdout, stderr), each cut to
+    max_output bytes (a note at the end of stderr says so). A timeout raises
+    asyncio.TimeoutError (the runc exec is killed, not the container)."""
     return await _call([*runtime_argv(runtime), "exec", cid, *argv],
-                       f"{runtime} exec {cid}", stdin=stdin, timeout=timeout, check=False)
-
-
-async def list_ids(runtime: str) -> list[str]:
-    rc, out, _ = await _call([*runtime_argv(runtime), "list", "-f", "json"], f"{runtime} list",
-                             check=False)
-    if rc != 0:
-        return []
-    try:
-        return [c["id"] for c in json.loads(out or b"null") or []]
-    except (ValueError, KeyError, TypeError):
-        return []
+                       f"{runtime} exec {cid}", stdin=stdin, timeout=timeout, check=False,
+                       max_output=max_output)

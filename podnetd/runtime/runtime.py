@@ -5,25 +5,35 @@ Every blocking or forking step is asynchronous (asyncio subprocesses) or runs of
 the daemon keeps serving the CNI plugin's relayed calls (the podnet plugin calls back into this
 very daemon during a pod's ADD)."""
 import asyncio
+import collections
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import stat
+import threading
 import time
 import uuid
 
-from . import cni_client, host, manifest, oci, probes, spec as ocispec
+from ..kernel import vxlan
+from ..kernel.errors import KernelError
+from . import cni_client, host, manifest, oci, probes, spec as ocispec, userdb
 from .images import ImageError, ImageStore
+from ..events import ObjectRef
+from ..metrics import gauge
+from ..timestamps import rfc3339
 from .model import Ctr, Pod
+from . import seccomp
 
 log = logging.getLogger(__name__)
 SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive its container
-RESET_AFTER = 600.0        # a container that ran this long cleanly restarts without back-off
 SHM_SIZE = 64 * 2**20
 STARTUP_TIMEOUT = 30.0
+EVICTION_PERIOD = 10.0     # seconds between checks of emptyDir sizeLimits (kubelet: 10 s)
 
 
 class PodError(Exception):
@@ -41,6 +51,8 @@ def _expand(text: str, env: dict) -> str:
 
 
 class Runtime:
+    _volumes_lock = threading.Lock()  # volume set-up runs in worker threads (_mounts)
+
     def __init__(self, daemon):
         cfg = daemon.cfg
         self.daemon = daemon
@@ -49,12 +61,17 @@ class Runtime:
         self.dir = cfg.runtime_dir or os.path.join(cfg.state_dir, "runtime")
         self.state_dir = os.path.join(cfg.state_dir, "pods")
         self.images = ImageStore(os.path.join(self.dir, "images"))
+        self.seccomp = seccomp.Profiles(
+            getattr(cfg, "seccomp_profile_root", None) or seccomp.DEFAULT_PROFILE_ROOT)
         self.cni = cni_client.CniClient(cfg.cni_conf_dir, cfg.cni_bin_dir.split(":"))
         self.backoff_base = cfg.restart_backoff
         self.backoff_max = cfg.restart_backoff_max
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
         self._idle: oci.IdleShim | None = None
+        self.metrics = daemon.metrics
+        self.host_ip = ""           # the node's address, refreshed whenever a sandbox is made
+        self.metrics.add_source(self._pod_metrics)
 
     # -- component ----------------------------------------------------------------------
 
@@ -72,15 +89,37 @@ class Runtime:
             except (OSError, ValueError, KeyError) as e:
                 log.warning("pod state %s: cannot load: %s", name, e)
                 continue
+            pod.on_event = self._record_event
             self.pods[pod.key] = pod
         for pod in list(self.pods.values()):
             if not pod.stopped:
                 await self._adopt(pod)
+        await self._refresh_host_ip()
         self._spawn(self._gc_when_serving())
+        self._spawn(self._local_storage_eviction())
         self._refill_shim()
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
                  self.cfg.cni_bin_dir)
+
+    def _record_event(self, pod: Pod, kind: str, reason: str, message: str,
+                      container: str) -> None:
+        self.daemon.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
+                                  message, f"spec.containers{{{container}}}" if container else "")
+
+    def _pod_metrics(self):
+        """Pods by phase, read by the metrics thread (a dict the loop changes meanwhile is
+        copied again)."""
+        for _ in range(5):
+            try:
+                pods = list(self.pods.values())
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        phases = collections.Counter((p.phase(),) for p in pods)
+        yield gauge("podnet_pods", "Pods of this node's runtime, by phase", ["phase"], phases)
 
     async def stop(self) -> None:
         """podnetd stops: the pods keep running (their shims and runc are in other sessions);
@@ -133,8 +172,12 @@ class Runtime:
         valid = [(p.pause_id, "eth0") for p in self.pods.values() if p.cni]
         for attempt in range(3):
             try:
-                if await self.cni.gc(valid):
+                skipped = await self.cni.gc(valid)
+                if skipped is not None:
                     log.info("CNI GC done: %d valid attachments", len(valid))
+                if skipped:
+                    log.info("CNI GC: not asked, as they do not support the configuration's "
+                             "cniVersion: %s", "; ".join(skipped))
                 return
             except cni_client.CniClientError as e:
                 log.warning("CNI GC (attempt %d): %s", attempt + 1, e)
@@ -172,7 +215,8 @@ class Runtime:
 
     async def run_pod(self, text: str) -> Pod:
         try:
-            doc = manifest.parse(text)
+            # off the loop: the text is untrusted (bounded, but parsing 1 MiB takes a while)
+            doc = await asyncio.to_thread(manifest.parse, text)
         except manifest.ManifestError as e:
             raise PodError(f"invalid manifest: {e}") from None
         meta = doc["metadata"]
@@ -184,6 +228,7 @@ class Runtime:
                 raise PodError(f"image {c['image']!r} of container {c['name']!r} is not in the "
                                "image store (podnetctl image import NAME ARCHIVE)", "precondition")
         pod = Pod(doc, str(uuid.uuid4()), time.time())
+        pod.on_event = self._record_event
         pod.event("Normal", "Scheduled", f"Assigned {key} to {self.cfg.node_name}")
         self.pods[key] = pod
         self._persist(pod)
@@ -224,13 +269,22 @@ class Runtime:
     async def remove_pod(self, pod: Pod) -> None:
         await self.stop_pod(pod)
         async with pod.lock:
-            leftovers = host.mounts_under(self.pod_dir(pod))
-            for m in sorted(leftovers, key=len, reverse=True):
-                host.umount(m)
-            shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
+            await asyncio.to_thread(self._remove_pod_dir, pod)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._state_file(pod))
             self.pods.pop(pod.key, None)
+
+    def _remove_pod_dir(self, pod: Pod) -> None:
+        """Unmount what is left under the pod's directory, then delete it. Its volumes hold
+        whatever the containers wrote, so this runs off the event loop, and never while a
+        mount is left: a volume's staging mount can be a hostPath, which rmtree would empty."""
+        for m in sorted(host.mounts_under(self.pod_dir(pod)), key=len, reverse=True):
+            host.umount(m)
+        left = host.mounts_under(self.pod_dir(pod))
+        if left:
+            raise PodError(f"pod {pod.key}: still mounted, not removed: {', '.join(left)}",
+                           "internal")
+        shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
 
     def images_in_use(self) -> set[str]:
         return {c.image_id for p in self.pods.values() if not p.stopped
@@ -386,8 +440,9 @@ class Runtime:
             if net:
                 pod.cni = {"conflist": conflist, "result": result}
                 pod.ip = cni_client.pod_ip(result)
-            else:
-                pod.ip = self._host_ip()
+            await self._refresh_host_ip()
+            if pod.host_network:
+                pod.ip = self.host_ip
             self._write_etc(pod)
             pod.sandbox = True
             pod.start_time = time.time()
@@ -402,7 +457,26 @@ class Runtime:
         return await self.cni.add(pod.pause_id, netns_path, "eth0", self._cni_args(pod),
                                   self._runtime_config(pod))
 
-    def _host_ip(self) -> str:
+    async def _refresh_host_ip(self) -> None:
+        try:
+            self.host_ip = await asyncio.get_running_loop().run_in_executor(
+                None, self._node_address)
+        except KernelError as e:
+            log.warning("node address: %s (status.hostIP stays %r)", e, self.host_ip)
+
+    def _node_address(self) -> str:
+        """The node's address, status.hostIP (and podIP with hostNetwork), as the kubelet
+        reports its node's InternalIP: the cluster's --node-ip, else the default-route
+        interface's address, else the first other IPv4 address that is not the pod bridge's.
+        Blocking (netlink): called off the loop."""
+        if getattr(self.cfg, "node_ip", None):
+            return self.cfg.node_ip
+        address = vxlan.default_route_address()
+        if address:
+            return address
+        for a in vxlan.ipv4_addresses():
+            if a["dev"] not in ("lo", self.cfg.bridge) and not a["ip"].startswith("127."):
+                return a["ip"]
         return ""
 
     def _write_etc(self, pod: Pod) -> None:
@@ -503,7 +577,11 @@ class Runtime:
                 code, ran = await self._watch(c)
             if not self._should_restart(c, code):
                 return
-            c.backoff_step = 1 if ran >= RESET_AFTER else c.backoff_step + 1
+            if "terminated" in c.state:  # kubelet: lastState is the run before the current one
+                c.last_state = c.state
+            # kubelet: a container that ran twice the maximum back-off (10 minutes by default)
+            # without failing restarts without back-off
+            c.backoff_step = 1 if ran >= 2 * self.backoff_max else c.backoff_step + 1
             delay = self._backoff(c)
             if delay > 0:
                 if not start_failed:  # a config/create error keeps its own reason (kubelet)
@@ -519,6 +597,7 @@ class Runtime:
                     return
             if not start_failed:  # a container that never ran was not restarted
                 c.restart_count += 1
+                self.metrics.container_restarts.inc()
 
     def _argv_env(self, c: Ctr, image: dict) -> tuple[list[str], list[str]]:
         cfg = image.get("config") or {}
@@ -541,14 +620,24 @@ class Runtime:
         return argv, [f"{k}={v}" for k, v in env.items()]
 
     def _user(self, c: Ctr, image: dict, rootfs: str) -> tuple[int, int]:
+        """(uid, gid): runAsUser/runAsGroup, else the image's User, names looked up in the
+        image's own /etc/passwd and /etc/group (see _lookup). Runs off the event loop."""
         sec = manifest.security(c.pod.spec, c.spec)
         uid, gid = 0, None
         image_user = (image.get("config") or {}).get("User") or ""
         if image_user:
-            name, _, group = image_user.partition(":")
-            uid = int(name) if name.isdigit() else self._lookup(rootfs, "passwd", name, 2)
-            if group:
-                gid = int(group) if group.isdigit() else self._lookup(rootfs, "group", group, 2)
+            try:
+                name, group = userdb.split_user(str(image_user))
+                if "runAsUser" not in sec:
+                    uid = userdb.numeric_id(name)
+                    if uid is None:
+                        uid = self._lookup(rootfs, "passwd", name)
+                if group and "runAsGroup" not in sec:
+                    gid = userdb.numeric_id(group)
+                    if gid is None:
+                        gid = self._lookup(rootfs, "group", group)
+            except userdb.UserError as e:
+                raise PodError(str(e), "CreateContainerConfigError") from None
         if "runAsUser" in sec:
             uid = sec["runAsUser"]
         if "runAsGroup" in sec:
@@ -561,18 +650,28 @@ class Runtime:
         return uid, gid
 
     @staticmethod
-    def _lookup(rootfs: str, db: str, name: str, field: int) -> int:
+    def _lookup(rootfs: str, db: str, name: str) -> int:
+        """The id of name in the image's /etc/passwd or /etc/group. The file is the image's:
+        opened inside the rootfs (links resolved as in the container, never to the host's
+        files), read only when it is a regular file of at most 1 MiB (a FIFO would block)."""
+        what = "user" if db == "passwd" else "group"
         try:
-            with open(os.path.join(rootfs, "etc", db)) as f:
-                for line in f:
-                    parts = line.strip().split(":")
-                    if parts[0] == name:
-                        return int(parts[field])
-        except (OSError, ValueError, IndexError):
-            pass
-        raise PodError(f"user or group {name!r} not found in the image", "CreateContainerConfigError")
+            data = host.read_regular_beneath(rootfs, f"etc/{db}", userdb.DB_LIMIT)
+        except host.UnsafePath as e:
+            raise PodError(f"unable to find {what} {name}: /etc/{db} in the image: "
+                           f"{e.strerror}", "CreateContainerConfigError") from None
+        value = userdb.find_id(data, name)
+        if value is None:
+            raise PodError(f"unable to find {what} {name}: no matching entries in {db} file",
+                           "CreateContainerConfigError")
+        return value
 
     def _mounts(self, c: Ctr) -> list[dict]:
+        """The container's mounts. A subPath, and every hostPath, is opened and checked here and
+        bind-mounted from that very fd onto a staging path under the pod's directory, which
+        runc then mounts: runc never resolves a path a container can change (CVE-2017-1002101).
+        Runs off the event loop; the lock keeps two containers of a pod from making the same
+        emptyDir twice."""
         pod = c.pod
         etc = self.pod_dir(pod, "etc")
         mounts = [ocispec.bind(self.pod_dir(pod, "shm"), "/dev/shm"),
@@ -580,31 +679,69 @@ class Runtime:
                   ocispec.bind(os.path.join(etc, "hostname"), "/etc/hostname"),
                   ocispec.bind(os.path.join(etc, "resolv.conf"), "/etc/resolv.conf")]
         volumes = {v["name"]: v for v in pod.spec.get("volumes") or []}
-        for m in c.spec.get("volumeMounts") or []:
-            vol = volumes[m["name"]]
-            source = self._volume_source(pod, vol)
-            if m.get("subPath"):
-                source = os.path.join(source, m["subPath"])
-                if "emptyDir" in vol:
-                    os.makedirs(source, exist_ok=True)
-            mounts.append(ocispec.bind(source, m["mountPath"], bool(m.get("readOnly"))))
+        pinned: list[str] = []
+        try:
+            with self._volumes_lock:
+                for index, m in enumerate(c.spec.get("volumeMounts") or []):
+                    vol = volumes[m["name"]]
+                    source = self._volume_source(pod, vol)
+                    if m.get("subPath") or "hostPath" in vol:
+                        source = self._pin_volume(c, index, m, vol, source)
+                        pinned.append(source)
+                    mounts.append(ocispec.bind(source, m["mountPath"], bool(m.get("readOnly"))))
+        except BaseException:
+            for target in pinned:  # no half-made container: what this call mounted goes
+                with contextlib.suppress(Exception):
+                    host.umount(target)
+            raise
         return mounts
 
+    async def _local_storage_eviction(self) -> None:
+        """kubelet's local storage eviction for emptyDir sizeLimit on disk (a Memory emptyDir is
+        a tmpfs of that size): a running pod whose emptyDir holds more than its sizeLimit is
+        evicted, without grace. The volume is what its containers wrote: it is measured in a
+        worker thread, without following links, and only up to the limit."""
+        while True:
+            await asyncio.sleep(EVICTION_PERIOD)
+            for pod in list(self.pods.values()):
+                if pod.stopped or pod.stopping or not pod.sandbox:
+                    continue
+                for vol in pod.spec.get("volumes") or []:
+                    ed = vol.get("emptyDir")
+                    if ed is None or ed.get("medium") == "Memory" or not ed.get("sizeLimit"):
+                        continue
+                    limit = int(manifest.quantity(ed["sizeLimit"], ""))
+                    try:
+                        used = await asyncio.to_thread(
+                            host.disk_usage, self.pod_dir(pod, "volumes", vol["name"]), limit)
+                    except OSError:
+                        continue
+                    if used > limit and not (pod.stopping or pod.stopped):
+                        message = (f"Usage of EmptyDir volume \"{vol['name']}\" exceeds the "
+                                   f"limit \"{ed['sizeLimit']}\". ")
+                        log.warning("pod %s: evicted: %s", pod.key, message)
+                        pod.event("Warning", "Evicted", message)
+                        pod.reason = "Evicted"
+                        self._spawn(self.stop_pod(pod, 0, "Evicted"))
+                        break
+
     def _volume_source(self, pod: Pod, vol: dict) -> str:
+        """The volume's root on the host, created when it should be (emptyDir, *OrCreate)."""
         if "hostPath" in vol:
             hp = vol["hostPath"]
             path, kind = hp["path"], hp.get("type") or ""
-            if kind == "DirectoryOrCreate":
-                os.makedirs(path, mode=0o755, exist_ok=True)
-            elif kind == "FileOrCreate" and not os.path.exists(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                open(path, "a").close()
-            elif kind == "Directory" and not os.path.isdir(path):
-                raise PodError(f"hostPath {path} is not a directory", "CreateContainerConfigError")
-            elif kind == "File" and not os.path.isfile(path):
-                raise PodError(f"hostPath {path} is not a file", "CreateContainerConfigError")
-            elif not os.path.exists(path):
-                raise PodError(f"hostPath {path} does not exist", "CreateContainerConfigError")
+            try:
+                if kind == "DirectoryOrCreate":
+                    os.makedirs(path, mode=0o755, exist_ok=True)
+                elif kind == "FileOrCreate":
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    # O_EXCL: a dangling link at path fails instead of creating its target
+                    with contextlib.suppress(FileExistsError):
+                        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            except OSError as e:
+                raise PodError(f"hostPath {path}: cannot create: {e.strerror}",
+                               "CreateContainerConfigError") from None
             return path
         path = self.pod_dir(pod, "volumes", vol["name"])
         ed = vol.get("emptyDir") or {}
@@ -616,6 +753,58 @@ class Runtime:
             os.chmod(path, 0o777)
         return path
 
+    def _pin_volume(self, c: Ctr, index: int, m: dict, vol: dict, root: str) -> str:
+        """Open the volume's root (a hostPath: once, links followed as Kubernetes does; an
+        emptyDir: ours, no link), then the subPath beneath it without any link, '..' or
+        absolute path (creating missing directories with the volume's mode, as kubelet does),
+        and bind-mount the result onto pods/<uid>/volume-subpaths/<volume>/<container>/<i>."""
+        sub = m.get("subPath") or ""
+        what = f"volumeMount {m['name']!r} of container {c.name!r}"
+        target = self.pod_dir(c.pod, "volume-subpaths", m["name"], c.name, str(index))
+        host.umount(target)  # the previous start's
+        fds = []
+        try:
+            try:
+                fds.append(host.open_host_path(root) if "hostPath" in vol
+                           else host.open_dir_nofollow(root))
+            except OSError as e:
+                if "hostPath" in vol and e.errno == errno.ENOENT:
+                    raise PodError(f"hostPath type check failed: {root} does not exist",
+                                   "CreateContainerConfigError") from None
+                raise PodError(f"{what}: volume {root}: {e.strerror}",
+                               "CreateContainerConfigError") from None
+            if "hostPath" in vol:
+                _check_host_path_kind(root, vol["hostPath"].get("type") or "",
+                                      host.fd_kind(fds[0]))
+            if sub:
+                try:
+                    fds.append(self._open_sub_path(fds[0], sub))
+                except host.UnsafePath as e:
+                    raise PodError(f"failed to prepare subPath for {what}: subPath {sub!r}: "
+                                   f"{e.strerror}", "CreateContainerConfigError") from None
+            is_dir = host.fd_kind(fds[-1]) == "directory"
+            _make_mount_target(target, is_dir)
+            host.bind_fd(fds[-1], target)
+        except (OSError, KernelError) as e:
+            raise PodError(f"{what}: cannot mount {root}{'/' + sub if sub else ''}: {e}",
+                           "CreateContainerConfigError") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return target
+
+    @staticmethod
+    def _open_sub_path(root_fd: int, sub: str) -> int:
+        try:
+            return host.open_beneath(root_fd, sub)
+        except host.UnsafePath as e:
+            if e.errno != errno.ENOENT:
+                raise
+        if host.fd_kind(root_fd) != "directory":
+            raise host.UnsafePath(errno.ENOTDIR, sub, "the volume is not a directory")
+        host.make_dirs_beneath(root_fd, sub, stat.S_IMODE(os.fstat(root_fd).st_mode))
+        return host.open_beneath(root_fd, sub)
+
     def _container_config(self, c: Ctr, image: dict, rootfs: str, pause_pid: int) -> dict:
         pod = c.pod
         sec = manifest.security(pod.spec, c.spec)
@@ -623,12 +812,17 @@ class Runtime:
         privileged = bool(sec.get("privileged"))
         argv, env = self._argv_env(c, image)
         uid, gid = self._user(c, image, rootfs)
+        capset = ocispec.capabilities(caps.get("add") or [], caps.get("drop") or [], privileged,
+                                      host.bounding_set())
+        try:
+            profile = self.seccomp.oci(sec, privileged, capset)
+        except seccomp.ProfileError as e:
+            raise PodError(str(e), "CreateContainerError") from None
         return ocispec.container_spec(
             rootfs=rootfs, args=argv, env=env,
             cwd=c.spec.get("workingDir") or (image.get("config") or {}).get("WorkingDir") or "/",
-            uid=uid, gid=gid, groups=sec.get("supplementalGroups"),
-            caps=ocispec.capabilities(caps.get("add") or [], caps.get("drop") or [], privileged,
-                                      host.bounding_set()),
+            uid=uid, gid=gid, groups=sec.get("supplementalGroups"), seccomp=profile,
+            caps=capset,
             readonly_root=bool(sec.get("readOnlyRootFilesystem")),
             no_new_privs=sec.get("allowPrivilegeEscalation") is False,
             privileged=privileged, hostname=None,
@@ -665,25 +859,29 @@ class Runtime:
                            "ErrImageNeverPull")
         c.image_id = f"sha256:{image['id']}"
         rootfs = self.ctr_dir(c, "rootfs")
-        host.umount(rootfs)
-        for d in ("upper", "work"):  # every start gets a fresh writable layer, as in kubelet
-            shutil.rmtree(self.ctr_dir(c, d), ignore_errors=True)
-        host.mount_overlay([image["rootfs"]], self.ctr_dir(c, "upper"), self.ctr_dir(c, "work"),
-                           rootfs)
-        config = self._container_config(c, image, rootfs, await self._pause_pid(pod))
+        # off the event loop: the old writable layer holds whatever the container wrote (any
+        # number of files), and the config reads the image's files and prepares volumes
+        await asyncio.to_thread(self._fresh_rootfs, c, image, rootfs)
+        pause_pid = await self._pause_pid(pod)
+        config = await asyncio.to_thread(self._container_config, c, image, rootfs, pause_pid)
+        if pod.stopping:  # stopped while we prepared: do not start what the stop missed
+            raise PodError(f"pod {pod.key} is stopping", "precondition")
         with open(self.ctr_dir(c, "config.json"), "w") as f:
             json.dump(config, f)
         attempt = c.restart_count
         log_file = self.log_path(c, attempt)
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        self._prune_logs(c, attempt)
         exit_file, pid_file = self.ctr_dir(c, "exit"), self.ctr_dir(c, "pid")
         for p in (exit_file, pid_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         if os.path.exists(f"/run/{self.oci}/{c.cid}"):  # left by a crash between exit and delete
             await oci.delete(self.oci, c.cid)
-        shim = self._shim(oci.shim_argv(self.oci, c.cid, self.ctr_dir(c), log_file, exit_file,
-                                        pid_file))
+        shim = self._shim(["--log-max-size", str(self.cfg.container_log_max_size),
+                           "--log-max-files", str(self.cfg.container_log_max_files),
+                           *oci.shim_argv(self.oci, c.cid, self.ctr_dir(c), log_file,
+                                          exit_file, pid_file)])
         c.attempt = {"shim_pid": shim, "started_at": time.time(), "log": log_file,
                      "exit": exit_file, "n": attempt}
         c.exited = asyncio.Event()
@@ -694,12 +892,30 @@ class Runtime:
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.003)
         log.debug("pod %s: container %s started in %.3fs", pod.key, c.name, time.monotonic() - t0)
-        c.state = {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        c.state = {"running": {"startedAt": rfc3339()}}
         c.ready = False
         c.started = False
         c.started_event.clear()
         pod.event("Normal", "Started", f"Started container {c.name}", c.name)
         self._persist(pod)
+
+    def _fresh_rootfs(self, c: Ctr, image: dict, rootfs: str) -> None:
+        """Every start gets a fresh writable layer, as in kubelet."""
+        host.umount(rootfs)
+        for d in ("upper", "work"):
+            shutil.rmtree(self.ctr_dir(c, d), ignore_errors=True)
+        host.mount_overlay([image["rootfs"]], self.ctr_dir(c, "upper"), self.ctr_dir(c, "work"),
+                           rootfs)
+
+    def _prune_logs(self, c: Ctr, attempt: int) -> None:
+        """Keep the logs of this attempt and the previous one (kubelet keeps one dead container
+        per container): a crash loop does not fill the disk with old attempts' logs."""
+        log_dir = os.path.dirname(self.log_path(c, attempt))
+        for name in os.listdir(log_dir):
+            n = name.split(".", 1)[0]
+            if n.isdigit() and int(n) < attempt - 1:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(log_dir, name))
 
     def _shim(self, argv: list[str]) -> int:
         """Hand the job to the idle shim and pre-start the next one."""
@@ -785,14 +1001,13 @@ class Runtime:
         oom = host.oom_killed(c.cgroups_path)
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         started = c.attempt["started_at"]
-        term = {"exitCode": code, "reason": reason, "startedAt": _ts(started),
-                "finishedAt": _ts(finished), "containerID": f"runc://{c.cid}"}
+        term = {"exitCode": code, "reason": reason, "startedAt": rfc3339(started),
+                "finishedAt": rfc3339(finished), "containerID": f"runc://{c.cid}"}
         if c.kill_reason:
             term["message"] = c.kill_reason
         with contextlib.suppress(oci.OciError):
             await oci.delete(self.oci, c.cid)
         c.state = {"terminated": term}
-        c.last_state = {"terminated": term}
         c.ready = False
         c.attempt = None
         c.exited.set()
@@ -831,17 +1046,19 @@ class Runtime:
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _probe_once(self, c: Ctr, probe: dict) -> tuple[bool, str]:
+    async def _probe_once(self, c: Ctr, probe: dict, kind: str) -> tuple[bool, str]:
         s = manifest.probe_settings(probe)
-        return await probes.run_handler(probe, runtime=self.oci, cid=c.cid, container=c.spec,
-                                        pod_ip=c.pod.ip, timeout=s["timeoutSeconds"])
+        ok, msg = await probes.run_handler(probe, runtime=self.oci, cid=c.cid, container=c.spec,
+                                           pod_ip=c.pod.ip, timeout=s["timeoutSeconds"])
+        self.metrics.probe_results.labels(kind.lower(), "success" if ok else "failure").inc()
+        return ok, msg
 
     async def _probe_loop(self, c: Ctr, probe: dict, kind: str, until_success: bool) -> bool:
         s = manifest.probe_settings(probe)
         await asyncio.sleep(s["initialDelaySeconds"])
         failures = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, kind)
             if ok:
                 return True
             failures += 1
@@ -855,7 +1072,7 @@ class Runtime:
         await asyncio.sleep(s["initialDelaySeconds"])
         failures = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, "Liveness")
             if ok:
                 failures = 0
             else:
@@ -875,7 +1092,7 @@ class Runtime:
         await asyncio.sleep(s["initialDelaySeconds"])
         ok_n = fail_n = 0
         while True:
-            ok, msg = await self._probe_once(c, probe)
+            ok, msg = await self._probe_once(c, probe, "Readiness")
             ok_n, fail_n = (ok_n + 1, 0) if ok else (0, fail_n + 1)
             if ok and not c.ready and ok_n >= s["successThreshold"]:
                 c.ready = True
@@ -946,7 +1163,7 @@ class Runtime:
             if "running" in c.state or "waiting" in c.state:
                 c.state = {"terminated": {"exitCode": 137, "reason": "Error",
                                           "message": "pod stopped",
-                                          "finishedAt": _ts(time.time())}}
+                                          "finishedAt": rfc3339()}}
             c.ready = False
         await self._teardown_sandbox(pod)
         pod.reason = pod.reason or reason
@@ -955,8 +1172,28 @@ class Runtime:
         self._persist(pod)
 
 
-def _ts(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+def _check_host_path_kind(path: str, want: str, kind: str) -> None:
+    """kubelet's hostPath type checks, on the object that is then mounted."""
+    need = {"Directory": "directory", "DirectoryOrCreate": "directory", "File": "file",
+            "FileOrCreate": "file"}.get(want)
+    if need and kind != need:
+        raise PodError(f"hostPath type check failed: {path} is not a {need}",
+                       "CreateContainerConfigError")
+
+
+def _make_mount_target(target: str, is_dir: bool) -> None:
+    """An empty directory or file at target (in our own tree), of the type to be mounted."""
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.isdir(target) != is_dir or os.path.islink(target):
+            if os.path.isdir(target) and not os.path.islink(target):
+                os.rmdir(target)
+            else:
+                os.unlink(target)
+    if is_dir:
+        os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
 
 
 def _init_alive(pid_file: str) -> bool:

@@ -1,11 +1,12 @@
 """podnet.v1.Pods: the gRPC face of the pod runtime."""
 import asyncio
 import json
-import os
+import time
 
 import grpc
 
 from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
+from . import logs
 from .images import ImageError
 from .runtime import PodError, Runtime
 
@@ -28,13 +29,7 @@ def _image_pb(img: dict) -> pods_pb2.Image:
                           created_unix=int(img.get("created", 0)), layers=img.get("layers", 0))
 
 
-def _parse_line(line: bytes, timestamps: bool) -> bytes:
-    """'<ts> stdout F text' -> 'text\\n' (or '<ts> text\\n')."""
-    parts = line.rstrip(b"\n").split(b" ", 3)
-    if len(parts) < 4:
-        return line
-    ts, _, tag, text = parts
-    return (ts + b" " if timestamps else b"") + text + (b"\n" if tag == b"F" else b"")
+_parse_line = logs.parse_line
 
 
 class PodsService(pods_pb2_grpc.PodsServicer):
@@ -42,7 +37,7 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         self.rt = runtime
 
     def _pod_json(self, pod) -> str:
-        return json.dumps(pod.k8s(self.rt.cfg.node_name))
+        return json.dumps(pod.k8s(self.rt.cfg.node_name, self.rt.host_ip))
 
     async def RunPod(self, request, context):
         async def run():
@@ -92,42 +87,41 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         try:
             pod = self.rt.get(request.name, request.namespace)
             c = self._container(pod, request.container)
+            if request.HasField("tail_lines") and request.tail_lines < -1:
+                raise PodError(f"tail_lines {request.tail_lines}: give -1 (all) or more")
         except PodError as e:
             await context.abort(_CODES.get(e.code, grpc.StatusCode.INTERNAL), str(e))
         attempt = c.attempt["n"] if c.attempt else \
-            (c.restart_count if os.path.exists(self.rt.log_path(c, c.restart_count))
+            (c.restart_count if logs.rotated(self.rt.log_path(c, c.restart_count))
              else c.restart_count - 1)
         if request.previous:
             attempt = (c.restart_count - 1) if c.attempt or c.restart_count else -1
-            if attempt < 0 or not os.path.exists(self.rt.log_path(c, attempt)):
+            if attempt < 0 or not logs.rotated(self.rt.log_path(c, attempt)):
                 await context.abort(grpc.StatusCode.NOT_FOUND,
                                     f"previous terminated container {c.name!r} in pod "
                                     f"{pod.name!r} not found")
         path = self.rt.log_path(c, max(attempt, 0))
+        tail = request.tail_lines if request.HasField("tail_lines") and \
+            request.tail_lines >= 0 else None
         follow = request.follow and not request.previous
-        pos = 0
-        partial = b""
-        while True:
-            try:
-                with open(path, "rb") as f:
-                    f.seek(pos)
-                    data = f.read()
-                    pos = f.tell()
-            except FileNotFoundError:
-                data = b""
-            if data:
-                lines = (partial + data).split(b"\n")
-                partial = lines.pop()
-                if lines:
-                    yield pods_pb2.PodLogsChunk(data=b"".join(
-                        _parse_line(l, request.timestamps) for l in lines))
-            if not follow:
-                return
-            running = c.attempt is not None and c.attempt.get("log") == path
-            if not running and not data:
-                return
-            if not data:
-                await asyncio.sleep(0.1)
+
+        def running() -> bool:
+            return c.attempt is not None and c.attempt.get("log") == path
+        out: list[bytes] = []
+        size = 0
+        async for records in logs.read(path, follow=follow, running=running, tail=tail):
+            for line in logs.records(records):
+                text = logs.parse_line(line, request.timestamps)
+                out.append(text)
+                size += len(text)
+                if size >= logs.CHUNK:
+                    yield pods_pb2.PodLogsChunk(data=b"".join(out))
+                    out, size = [], 0
+            if out and follow:  # a follower wants what came, not a full message
+                yield pods_pb2.PodLogsChunk(data=b"".join(out))
+                out, size = [], 0
+        if out:
+            yield pods_pb2.PodLogsChunk(data=b"".join(out))
 
     async def ExecInPod(self, request, context):
         async def run():
@@ -177,8 +171,15 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         async def imp():
             if not request.name or not request.archive:
                 raise PodError("name and archive are required")
-            img = await asyncio.to_thread(self.rt.images.import_archive, request.name,
-                                          request.archive)
+            metrics, started = self.rt.metrics, time.monotonic()
+            try:
+                img = await asyncio.to_thread(self.rt.images.import_archive, request.name,
+                                              request.archive)
+            except BaseException:
+                metrics.image_imports.labels("failure").inc()
+                raise
+            metrics.image_imports.labels("success").inc()
+            metrics.image_import_duration.observe(time.monotonic() - started)
             return pods_pb2.ImageResponse(image=_image_pb(img))
         return await _guard(context, imp())
 

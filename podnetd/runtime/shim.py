@@ -18,6 +18,65 @@ def _stamp() -> bytes:
             + ".%09dZ" % int((now % 1) * 1e9)).encode()
 
 
+class LogFile:
+    """The container's CRI log, rotated as kubelet rotates it: when the next lines would take
+    the file past max_size it becomes FILE.1 (FILE.1 becomes FILE.2, ...) and a new FILE
+    starts; at most max_files files are kept, the current one included (0: no rotation). A
+    failing write (a full disk) loses those lines, never the shim."""
+
+    def __init__(self, path: str, max_size: int = 0, max_files: int = 0):
+        self.path, self.max_size, self.max_files = path, max_size, max_files
+        self.fd = -1
+        self.size = 0
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                              0o640)
+            self.size = os.fstat(self.fd).st_size
+        except OSError:
+            self.fd, self.size = -1, 0
+
+    def _rotate(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        try:
+            for n in range(self.max_files - 2, 0, -1):
+                try:
+                    os.rename(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+                except FileNotFoundError:
+                    pass
+            os.rename(self.path, f"{self.path}.1")
+        except OSError:
+            pass
+        self._open()
+
+    def _write(self, data: bytes) -> None:
+        if self.fd < 0:
+            self._open()
+        try:
+            while data:
+                n = os.write(self.fd, data)
+                data = data[n:]
+                self.size += n
+        except OSError:
+            pass
+
+    def write(self, lines: list[bytes]) -> None:
+        batch: list[bytes] = []
+        pending = 0
+        for line in lines:
+            if self.max_size and self.max_files >= 2 and self.size + pending > 0 \
+                    and self.size + pending + len(line) > self.max_size:
+                self._write(b"".join(batch))
+                batch, pending = [], 0
+                self._rotate()
+            batch.append(line)
+            pending += len(line)
+        self._write(b"".join(batch))
+
+
 def _read_job() -> list[str]:
     """A pre-started (idle) shim: its job arrives as one line of JSON on stdin, so that the
     interpreter's start-up is not on a pod's critical path. stdin is /dev/null afterwards."""
@@ -58,7 +117,8 @@ def main(argv: list[str]) -> int:
             os._exit(127)
     os.close(out_w)
     os.close(err_w)
-    log = os.open(opts["--log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    log = LogFile(opts["--log"], int(opts.get("--log-max-size", 0)),
+                  int(opts.get("--log-max-files", 0)))
     names = {out_r: b"stdout", err_r: b"stderr"}
     partial = {out_r: b"", err_r: b""}
     pidfd = os.pidfd_open(pid)
@@ -78,16 +138,15 @@ def main(argv: list[str]) -> int:
                 open_fds.remove(fd)
                 data, partial[fd] = partial[fd], b""
                 if data:
-                    os.write(log, b"%s %s P %s\n" % (_stamp(), names[fd], data))
+                    log.write([b"%s %s P %s\n" % (_stamp(), names[fd], data)])
                 continue
             lines = (partial[fd] + data).split(b"\n")
             partial[fd] = lines.pop()
             if lines:
                 stamp = _stamp()
-                os.write(log, b"".join(b"%s %s F %s\n" % (stamp, names[fd], line)
-                                       for line in lines))
+                log.write([b"%s %s F %s\n" % (stamp, names[fd], line) for line in lines])
             if len(partial[fd]) > 16384:
-                os.write(log, b"%s %s P %s\n" % (_stamp(), names[fd], partial[fd]))
+                log.write([b"%s %s P %s\n" % (_stamp(), names[fd], partial[fd])])
                 partial[fd] = b""
     if status is None:
         status = os.waitpid(pid, 0)[1]

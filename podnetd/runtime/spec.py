@@ -18,6 +18,8 @@ MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/late
           "/proc/scsi"]
 READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 CPU_PERIOD = 100000
+MIN_SHARES, MAX_SHARES = 2, 262144      # kubelet's MilliCPUToShares bounds (the kernel's)
+MAX_QUOTA_US = (1 << 44) - 1            # the kernel's max_cfs_runtime (MAX_BW), ~203 days
 
 
 def cap_name(cap: str) -> str:
@@ -64,9 +66,12 @@ def resources(cpu_limit_millis: int | None, cpu_request_millis: int | None,
     res: dict = {"devices": [{"allow": privileged, "access": "rwm"}]}
     cpu: dict = {}
     if cpu_request_millis:
-        cpu["shares"] = max(2, cpu_request_millis * 1024 // 1000)
-    if cpu_limit_millis:
-        cpu["quota"] = max(1000, cpu_limit_millis * CPU_PERIOD // 1000)
+        cpu["shares"] = min(MAX_SHARES, max(MIN_SHARES, cpu_request_millis * 1024 // 1000))
+    quota = max(1000, cpu_limit_millis * CPU_PERIOD // 1000) if cpu_limit_millis else None
+    # a limit beyond what the kernel can enforce (Kubernetes caps quantities at 2^63-1, not
+    # at the kernel's bound) is no limit: runc would refuse the number
+    if quota is not None and quota <= MAX_QUOTA_US:
+        cpu["quota"] = quota
         cpu["period"] = CPU_PERIOD
     if cpu:
         res["cpu"] = cpu
@@ -80,12 +85,16 @@ def container_spec(*, rootfs: str, args: list[str], env: list[str], cwd: str, ui
                    groups: list[int] | None = None, caps: list[str], readonly_root: bool,
                    no_new_privs: bool, privileged: bool, hostname: str | None,
                    namespaces: list[dict], mounts: list[dict], cgroups_path: str,
-                   res: dict, annotations: dict | None = None) -> dict:
+                   res: dict, annotations: dict | None = None,
+                   seccomp: dict | None = None) -> dict:
+    """`seccomp` is linux.seccomp (seccomp.Profiles.oci), None for Unconfined."""
     linux: dict = {
         "namespaces": namespaces,
         "cgroupsPath": cgroups_path,
         "resources": res,
     }
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
     if not privileged:
         linux["maskedPaths"] = MASKED
         linux["readonlyPaths"] = READONLY

@@ -79,20 +79,22 @@ class DescribePodResponse(_message.Message):
     def __init__(self, pod_json: _Optional[str] = ..., events_json: _Optional[str] = ...) -> None: ...
 
 class PodLogsRequest(_message.Message):
-    __slots__ = ("name", "namespace", "container", "follow", "previous", "timestamps")
+    __slots__ = ("name", "namespace", "container", "follow", "previous", "timestamps", "tail_lines")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     container: str
     follow: bool
     previous: bool
     timestamps: bool
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., container: _Optional[str] = ..., follow: _Optional[bool] = ..., previous: _Optional[bool] = ..., timestamps: _Optional[bool] = ...) -> None: ...
+    tail_lines: int
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., container: _Optional[str] = ..., follow: _Optional[bool] = ..., previous: _Optional[bool] = ..., timestamps: _Optional[bool] = ..., tail_lines: _Optional[int] = ...) -> None: ...
 
 class PodLogsChunk(_message.Message):
     __slots__ = ("data",)

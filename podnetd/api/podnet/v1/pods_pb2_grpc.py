@@ -126,7 +126,8 @@ class PodsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PodLogs(self, request, context):
-        """PodLogs streams a container's log lines; with follow it ends when the container exits.
+        """PodLogs streams a container's log lines (its rotated files too, oldest first) in chunks of
+        at most about 64 KiB; with follow it ends when the container exits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
