@@ -70,6 +70,7 @@ class Daemon:
         self.node_name = node_name or netns
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"{unique('d')}-")
         self.socket = os.path.join(self.workdir, "podnetd.sock")
+        self.cni_socket = os.path.join(self.workdir, "cni.sock")  # podnetd's default next to --socket
         self.state_dir = os.path.join(self.workdir, "state")
         self.log_path = os.path.join(self.workdir, "podnetd.log")
         self.extra = extra or []
@@ -106,7 +107,8 @@ class Daemon:
             return ""
 
     def config(self, name: str = "podnet-test", version: str = "1.1.0", **extra) -> dict:
-        return {"cniVersion": version, "name": name, "type": "podnet", "socket": self.socket, **extra}
+        return {"cniVersion": version, "name": name, "type": "podnet", "socket": self.cni_socket,
+                **extra}
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
