@@ -276,11 +276,29 @@ def run(env, config: bytes) -> tuple[int, bytes]:
         return 1, error_json(e.code, e.msg, e.details, version)
 
 
+def read_stdin() -> bytes:
+    """Up to MAX_CONFIG + 1 bytes (one more tells "too large" from "exactly the limit"), read
+    from fd 0 itself: sys.stdin is None when the runtime closed it."""
+    chunks, size = [], 0
+    while size <= MAX_CONFIG:
+        chunk = posix.read(0, MAX_CONFIG + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def main() -> int:
     env = posix.environ
-    config = b"" if env.get(b"CNI_COMMAND") == b"VERSION" else sys.stdin.buffer.read(MAX_CONFIG + 1)
-    exit_code, stdout = run(env, config)
-    if stdout:
+    try:
+        config = b"" if env.get(b"CNI_COMMAND") == b"VERSION" else read_stdin()
+        exit_code, stdout = run(env, config)
+    except OSError as e:
+        sys.stderr.write("podnet: cannot read the network configuration: stdin: %s\n" % e.strerror)
+        exit_code, stdout = 1, error_json(ERR_DECODE, "cannot read the network configuration",
+                                          "stdin: %s" % e.strerror)
+    if stdout and sys.stdout is not None:
         sys.stdout.buffer.write(stdout)
         sys.stdout.buffer.flush()
     return exit_code

@@ -235,7 +235,7 @@ class CniRelay:
                 None, self.handle, *env, config)
             answer = encode_answer(exit_code, stdout)
         except Exception as e:  # noqa: BLE001 - a bug in a handler still gets an answer
-            log.exception("CNI relay: %s %s/%s failed", env[0], env[1][:12], env[3])
+            log.exception("CNI relay: %r %r/%r failed", env[0], env[1][:12], env[3])
             answer = encode_answer(1, _internal_error(f"podnetd failed: {type(e).__name__}: {e}"
                                                       [:MAX_STDOUT // 2]))
         try:
@@ -243,5 +243,5 @@ class CniRelay:
             async with asyncio.timeout(self.write_timeout):
                 await writer.drain()
         except (ConnectionError, TimeoutError):
-            log.warning("CNI relay: %s %s/%s: the plugin left before its answer", env[0],
+            log.warning("CNI relay: %r %r/%r: the plugin left before its answer", env[0],
                         env[1][:12], env[3])

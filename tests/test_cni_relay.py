@@ -328,6 +328,22 @@ def test_config_of_exactly_the_limit_is_relayed(build, relay):
     assert rc == 0 and server.requests[0][4] == config, err
 
 
+def test_closed_or_unreadable_stdin_is_code_6(build):
+    env = {**SANITIZER_ENV, "PATH": "/usr/bin:/bin", "CNI_COMMAND": "ADD"}
+    proc = subprocess.run(build, stdin=subprocess.DEVNULL, env=env, capture_output=True,
+                          timeout=30, preexec_fn=lambda: os.close(0))
+    body = assert_spec_error(proc.returncode, proc.stdout, proc.stderr.decode(), code=6)
+    assert body["msg"] == "cannot read the network configuration" and "stdin" in body["details"]
+    if build[0] != testlib.PY:  # CPython itself refuses to start on a directory as stdin
+        directory = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            proc = subprocess.run(build, stdin=directory, env=env, capture_output=True, timeout=30)
+        finally:
+            os.close(directory)
+        body = assert_spec_error(proc.returncode, proc.stdout, proc.stderr.decode(), code=6)
+        assert "Is a directory" in body["details"]
+
+
 def test_long_environment_values_are_code_4(build, relay):
     server = relay()
     body = assert_spec_error(*run(build, server.config(), env={b"CNI_NETNS": b"/" * 5000}), code=4)
@@ -654,6 +670,10 @@ def test_socket_file_safety(tmp_path):
         cni_relay.bind_socket(path)
     sock.close()
     os.unlink(path)
+    link = tmp_path / "link.sock"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(cni_relay.RelaySocketError, match="not a socket"):
+        cni_relay.bind_socket(str(link))
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
     shared.chmod(0o755)
