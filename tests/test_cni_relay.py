@@ -685,3 +685,22 @@ def test_socket_file_safety(tmp_path):
     with pytest.raises(cni_relay.RelaySocketError, match="not a socket"):
         cni_relay.bind_socket(str(pathlib_file))
     assert pathlib_file.read_text() == "keep me"
+
+
+def test_venv_podnet_is_a_direct_launcher(tmp_path):
+    """The venv's `podnet` starts as the portable build does (`python3 -IS`, nothing else
+    imported first), not through a pip entry-point wrapper."""
+    from podnetd.install import default_python, install_dev_launcher, install_plugin
+    dev = install_dev_launcher(str(tmp_path / "podnet"))
+    portable = install_plugin(str(tmp_path / "cni"))
+    first_line = open(dev).readline()
+    assert first_line == open(portable).readline() == f"#!{default_python()} -IS\n"
+    proc = subprocess.run([dev], env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True)
+    assert proc.returncode == 0 and "1.1.0" in json.loads(proc.stdout)["supportedVersions"]
+    tree = json.dumps({"cniVersion": "1.0.0", "socket": "relative"})
+    proc = subprocess.run([dev], input=tree, env={"CNI_COMMAND": "ADD"}, capture_output=True, text=True)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 7  # the source tree's plugin
+    import tomllib
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "podnet" not in scripts, "a pip wrapper would replace the launcher"
+    assert "--dev-launcher $(VENV)/bin/podnet" in (REPO / "Makefile").read_text()
