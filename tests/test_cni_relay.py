@@ -407,6 +407,20 @@ def test_daemon_down_is_try_again(build):
     assert rc == 0 and "1.1.0" in json.loads(out)["supportedVersions"]
 
 
+def test_version_never_reads_stdin(build):
+    """VERSION is answered at once, even when the runtime never closes stdin."""
+    env = {**SANITIZER_ENV, "PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION"}
+    with subprocess.Popen(build, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as proc:
+        try:
+            rc = proc.wait(timeout=20)  # stdin stays open; the answer fits the pipe buffer
+        finally:
+            proc.kill()
+        out, err = proc.stdout.read(), proc.stderr.read().decode()
+    assert rc == 0 and "1.1.0" in json.loads(out)["supportedVersions"]
+    assert_clean(err)
+
+
 def test_answers_are_relayed_verbatim(build, relay):
     stdout = b'{"cniVersion": "1.0.0", "code": 3, "msg": "\xff binary is passed through"}\n'
     server = relay(cni_relay.MAGIC + cni_relay.encode_answer(7, stdout))
@@ -523,6 +537,16 @@ def test_daemon_relay_socket_is_root_only_and_grpc_cni_is_gone(daemon):
     assert stat.S_ISSOCK(os.stat(daemon.cni_socket).st_mode)
     from podnetd.api.podnet.v1 import node_pb2
     assert "Cni" not in node_pb2.DESCRIPTOR.services_by_name
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cni-socket", "relative.sock"], "--cni-socket relative.sock: must be an absolute path"),
+    (["--socket", "/run/x/a.sock", "--cni-socket", "/run/x/a.sock"], "other than --socket"),
+])
+def test_cni_socket_flag_is_checked(flags, message):
+    proc = subprocess.run([testlib.PY, "-m", "podnetd.main", "--pod-cidr", "10.94.0.0/24", *flags],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cni_socket_flag(netns, tmp_path):
