@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -133,6 +134,22 @@ def _peer(writer) -> str:
         return "unknown peer"
 
 
+def _peer_gone(reader, writer) -> bool:
+    """Whether the plugin has closed its end. It keeps the connection open until the answer, so
+    an end-of-file before that means it gave up (its timeout: a wedged or stopped podnetd); the
+    runtime has reported the failure and may already have sent DEL, so the command must not run
+    behind its back."""
+    if reader.at_eof():
+        return True
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()  # does not consume: tells a queued end-of-file from more data
+    poller.register(sock.fileno(), select.POLLRDHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+               for _, events in poller.poll(0))
+
+
 def bind_socket(path: str) -> socket.socket:
     """A listening unix socket at path, mode 0600 from birth, in a root-only 0700 directory
     (socket_dir). A leftover socket of a dead daemon is replaced; a live one, or anything that
@@ -227,9 +244,13 @@ class CniRelay:
             log.warning("CNI relay: incomplete request from %s: %s", _peer(writer),
                         "timed out" if isinstance(e, TimeoutError) else "connection closed")
             return
-        writer.write(MAGIC)  # accepted: the plugin now waits for the command, not for us
         command, container_id, netns, ifname, config = fields
         env = [v.decode("utf-8", "surrogateescape") for v in (command, container_id, netns, ifname)]
+        if _peer_gone(reader, writer):
+            log.warning("CNI relay: %r %r/%r from %s: the plugin gave up before it was read; "
+                        "not run", env[0], env[1][:12], env[3], _peer(writer))
+            return
+        writer.write(MAGIC)  # accepted: the plugin now waits for the command, not for us
         try:
             exit_code, stdout = await asyncio.get_running_loop().run_in_executor(
                 None, self.handle, *env, config)

@@ -567,8 +567,7 @@ def _raw(path: str, data: bytes, timeout: float = 20) -> bytes:
         s.settimeout(timeout)
         s.connect(path)
         with contextlib.suppress(OSError):
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
+            s.sendall(data)  # no shutdown: a client that closes its end has given up
         out = b""
         with contextlib.suppress(ConnectionResetError):  # closed with our request unread
             while chunk := s.recv(65536):
@@ -673,6 +672,25 @@ def test_slow_client_is_dropped_and_handler_errors_answer(server):
     exit_code, stdout = cni_relay.decode_answer(_raw(s.path, REQUEST))
     body = json.loads(stdout)
     assert exit_code == 1 and body["code"] == 999 and "handler bug" in body["msg"]
+
+
+def test_request_of_a_plugin_that_gave_up_is_not_run(server):
+    """A wedged podnetd resumed: the request of a plugin that timed out and closed its end is
+    still queued, and running it late could attach a pod after the runtime's DEL."""
+    calls = []
+    s = server(lambda *args: calls.append(args[1]) or (0, b"ran"))
+    held, release = threading.Event(), threading.Event()
+    s.loop.call_soon_threadsafe(lambda: (held.set(), release.wait(20)))  # the loop is wedged
+    try:
+        assert held.wait(20)
+        with socket.socket(socket.AF_UNIX) as gave_up:
+            gave_up.connect(s.path)  # the kernel's backlog takes it
+            gave_up.sendall(cni_relay.encode_request(b"ADD", b"abandoned", b"/n", b"eth0", b"{}"))
+    finally:
+        release.set()
+    answer = _raw(s.path, cni_relay.encode_request(b"ADD", b"current", b"/n", b"eth0", b"{}"))
+    assert cni_relay.decode_answer(answer) == (0, b"ran")
+    assert calls == ["current"]
 
 
 def test_oversized_handler_output_becomes_an_error(server):
