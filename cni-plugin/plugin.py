@@ -26,7 +26,7 @@ MAX_ANSWER = 1 + (1 << 20)  # exit code + stdout
 MAX_DEPTH = 512             # nesting of the network config
 MAX_SUN_PATH = 107          # sockaddr_un.sun_path, NUL excluded
 CONNECT_TIMEOUT = 2.0       # connect, send, and the daemon's "accepted": down or wedged fails fast
-CALL_TIMEOUT = 60.0         # the whole call
+CALL_TIMEOUT = 60.0         # the answer, once the relay has accepted the request
 
 ERR_ENV = 4
 ERR_DECODE = 6

@@ -35,7 +35,7 @@
 #define MAX_ANSWER (1u + (1u << 20))  /* exit code + stdout */
 #define MAX_DEPTH 512                 /* nesting of the network config (jansson stops at 2048) */
 #define CONNECT_TIMEOUT_MS 2000       /* connect, send, the relay's greeting: down or wedged fails fast */
-#define CALL_TIMEOUT_MS 60000         /* the whole call */
+#define CALL_TIMEOUT_MS 60000         /* the answer, once the relay has accepted the request */
 #define ERR_ENV 4
 #define ERR_DECODE 6
 #define ERR_CONFIG 7
@@ -67,14 +67,25 @@ static int set_error(plugin_error *e, int code, const char *msg, const char *fmt
 
 /* ---- output: the spec's error JSON and VERSION ----------------------------------------------- */
 
+/* A JSON string of text that may have been cut inside a UTF-8 sequence (a parser's message
+ * quoting the input, truncated): json_string refuses invalid UTF-8, so non-ASCII becomes '?'. */
+static json_t *json_text(const char *text) {
+    json_t *s = json_string(text);
+    if (s) return s;
+    char ascii[512];
+    size_t i = 0;
+    for (; text[i] && i + 1 < sizeof ascii; i++) ascii[i] = (unsigned char)text[i] < 0x80 ? text[i] : '?';
+    ascii[i] = 0;
+    return json_string(ascii);
+}
+
 static int print_error(const char *version, const plugin_error *e) {
     json_t *out = json_object();
     json_object_set_new(out, "cniVersion", json_string(version));
     json_object_set_new(out, "code", json_integer(e->code));
-    /* json_string refuses invalid UTF-8 (NULL); set_new then drops the key instead of crashing */
-    json_object_set_new(out, "msg", json_string(e->msg));
+    json_object_set_new(out, "msg", json_text(e->msg));
     if (e->details[0]) {
-        json_object_set_new(out, "details", json_string(e->details));
+        json_object_set_new(out, "details", json_text(e->details));
         fprintf(stderr, "podnet: %s: %s\n", e->msg, e->details);
     }
     json_dumpf(out, stdout, JSON_ENSURE_ASCII);
