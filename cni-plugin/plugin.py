@@ -23,7 +23,7 @@ ENV_FIELDS = (b"CNI_COMMAND", b"CNI_CONTAINERID", b"CNI_NETNS", b"CNI_IFNAME")
 MAX_ENV = 4096              # per CNI_* value
 MAX_CONFIG = 4 << 20        # the network config on stdin
 MAX_ANSWER = 1 + (1 << 20)  # exit code + stdout
-MAX_DEPTH = 512             # nesting of the network config
+MAX_DEPTH = 64              # levels of arrays and objects (the top-level object is 1)
 MAX_SUN_PATH = 107          # sockaddr_un.sun_path, NUL excluded
 CONNECT_TIMEOUT = 2.0       # connect, send, and the daemon's "accepted": down or wedged fails fast
 CALL_TIMEOUT = 60.0         # the answer, once the relay has accepted the request
@@ -49,10 +49,24 @@ class RelayUnavailable(Exception):
 
 # --- the network config -----------------------------------------------------------------------
 
+def _unique_keys(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return obj
+
+
 class _Strict:
-    """json.loads' settings for the scanner, minus NaN/Infinity (not JSON, refused by jansson)."""
+    """json.loads' settings for the scanner, minus what is not JSON (NaN/Infinity) or not JSON
+    that every reader reads alike (duplicate keys: the last wins in Go and Python, the first
+    in others), as podnetd refuses them (podnetd/cni.py)."""
     strict = True
-    object_hook = object_pairs_hook = None
+    object_hook = None
+    object_pairs_hook = _unique_keys
     parse_float, parse_int = float, int
 
     @staticmethod
@@ -66,7 +80,8 @@ try:
 except ImportError:  # an interpreter without the C accelerator: the json package, same settings
     import json
     _json_str = json.dumps
-    _scan = json.JSONDecoder(parse_constant=_Strict.parse_constant).raw_decode
+    _scan = json.JSONDecoder(parse_constant=_Strict.parse_constant,
+                             object_pairs_hook=_unique_keys).raw_decode
 
 _WHITESPACE = " \t\n\r"
 _INT64 = (-1 << 63, (1 << 63) - 1)
@@ -83,6 +98,10 @@ def _scan_document(text: str):
     return value
 
 
+class _TooDeep(Exception):
+    pass
+
+
 def _check_tree(config) -> None:
     """What jansson (the native build) refuses and Python's scanner takes, refused here too, so
     both builds accept the same configs: nesting over MAX_DEPTH, integers outside int64,
@@ -93,7 +112,7 @@ def _check_tree(config) -> None:
         value, depth = stack.pop()
         if isinstance(value, (dict, list)):
             if depth > MAX_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+                raise _TooDeep
             if isinstance(value, dict):
                 for key in value:
                     _check_str(key)
@@ -120,14 +139,32 @@ def _check_str(s: str) -> None:
             raise ValueError("a string holds an unpaired surrogate (\\ud800-\\udfff)") from None
 
 
+def _text_too_deep(raw: bytes) -> bool:
+    """podnetd's depth check of the text (podnetd/cni.py json_depth_exceeds), for a text the
+    scanner refused: a broken document is "too deep" when its brackets are, as in podnetd.
+    Error path only, so `re` may be imported."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    import itertools
+    import re
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    steps = re.sub(rb'"[^"]*"', b"", unescaped).translate(
+        bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff"), bytes(set(range(256)) - set(b"[]{}")))
+    return len(steps) > MAX_DEPTH and max(itertools.accumulate(memoryview(steps).cast("b"))) > MAX_DEPTH
+
+
 def parse_config(raw: bytes) -> dict:
     """The network config as a dict, or PluginError code 6 (too large, not UTF-8, not JSON, not an
     object, too deep). Never recurses beyond the scanner's own bounded recursion."""
     if len(raw) > MAX_CONFIG:
-        raise PluginError(ERR_DECODE, "cannot decode the network configuration",
-                          f"it is larger than {MAX_CONFIG >> 20} MiB")
+        raise PluginError(ERR_DECODE, "the network configuration is too large",
+                          f"more than {MAX_CONFIG} bytes; podnet accepts at most {MAX_CONFIG} bytes")
     try:
         text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PluginError(ERR_DECODE, "cannot decode the network configuration",
+                          f"not UTF-8: {e}") from None
+    try:
         try:
             config = _scan_document(text)
         except SystemError:
@@ -137,14 +174,17 @@ def parse_config(raw: bytes) -> dict:
             import json.decoder  # noqa: F401
             config = _scan_document(text)
         _check_tree(config)
-    except RecursionError:
-        raise PluginError(ERR_DECODE, "cannot decode the network configuration",
-                          f"nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (RecursionError, _TooDeep):  # the scanner's recursion stops at ~1000 levels
+        raise PluginError(ERR_DECODE, "the network configuration is nested too deeply",
+                          f"podnet accepts at most {MAX_DEPTH} levels of arrays and objects") from None
+    except ValueError as e:  # JSONDecodeError, a duplicate key, an integer of > 4300 digits
+        if _text_too_deep(raw):
+            raise PluginError(ERR_DECODE, "the network configuration is nested too deeply",
+                              f"podnet accepts at most {MAX_DEPTH} levels of arrays and objects") from None
         raise PluginError(ERR_DECODE, "cannot decode the network configuration", str(e)) from None
     if not isinstance(config, dict):
-        raise PluginError(ERR_DECODE, "cannot decode the network configuration",
-                          "the network configuration must be a JSON object")
+        raise PluginError(ERR_DECODE, "the network configuration must be a JSON object",
+                          f"got a JSON {type(config).__name__}")
     return config
 
 

@@ -33,7 +33,7 @@
 #define MAX_ENV 4096                  /* per CNI_* value */
 #define MAX_CONFIG (4u << 20)         /* the network config on stdin */
 #define MAX_ANSWER (1u + (1u << 20))  /* exit code + stdout */
-#define MAX_DEPTH 512                 /* nesting of the network config (jansson stops at 2048) */
+#define MAX_DEPTH 64                  /* levels of arrays and objects, as podnetd (jansson: 2048) */
 #define CONNECT_TIMEOUT_MS 2000       /* connect, send, the relay's greeting: down or wedged fails fast */
 #define CALL_TIMEOUT_MS 60000         /* the answer, once the relay has accepted the request */
 #define ERR_ENV 4
@@ -154,29 +154,73 @@ static int depth_of(json_t *value, int depth) {
 
 #define UNDECODABLE "cannot decode the network configuration"
 
-/* The network config as a JSON object, or an error with code 6. */
+/* The JSON type names podnetd's messages use (Python's). */
+static const char *type_name(const json_t *value) {
+    switch (json_typeof(value)) {
+    case JSON_ARRAY: return "list";
+    case JSON_STRING: return "str";
+    case JSON_INTEGER: return "int";
+    case JSON_REAL: return "float";
+    case JSON_TRUE: case JSON_FALSE: return "bool";
+    case JSON_NULL: return "NoneType";
+    default: return "dict";
+    }
+}
+
+/* Whether the brackets of a text nest deeper than MAX_DEPTH, brackets inside strings not
+ * counted: podnetd's check of the text (podnetd/cni.py), for a text jansson refused, so that a
+ * broken document is "too deep" when its brackets are, as in podnetd. */
+static int text_too_deep(const unsigned char *p, size_t n) {
+    long depth = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (in_string) {
+            if (c == '\\') i++;                 /* the escaped byte is not a quote */
+            else if (c == '"') in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > MAX_DEPTH) return 1;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
+static void too_deep(plugin_error *e) {
+    set_error(e, ERR_DECODE, "the network configuration is nested too deeply",
+              "podnet accepts at most %d levels of arrays and objects", MAX_DEPTH);
+}
+
+/* The network config as a JSON object, or an error with code 6. The same documents as podnetd
+ * (podnetd/cni.py) and the Python build accept: duplicate keys are refused (readers differ on
+ * which one wins), and so is what jansson itself refuses (NaN, U+0000, integers beyond int64). */
 static json_t *parse_config(const unsigned char *data, size_t len, plugin_error *e) {
     if (len > MAX_CONFIG) {
-        set_error(e, ERR_DECODE, UNDECODABLE, "it is larger than %u MiB", MAX_CONFIG >> 20);
+        set_error(e, ERR_DECODE, "the network configuration is too large",
+                  "more than %u bytes; podnet accepts at most %u bytes", MAX_CONFIG, MAX_CONFIG);
         return NULL;
     }
     json_error_t err;
-    json_t *config = json_loadb((const char *)data, len, JSON_DECODE_ANY, &err);
+    json_t *config = json_loadb((const char *)data, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
     if (!config) {
-        if (json_error_code(&err) == json_error_stack_overflow)
-            set_error(e, ERR_DECODE, UNDECODABLE, "nested deeper than %d levels", MAX_DEPTH);
+        if (json_error_code(&err) == json_error_stack_overflow || text_too_deep(data, len))
+            too_deep(e);
         else
             set_error(e, ERR_DECODE, UNDECODABLE, "%s at character %d", err.text, err.position);
         return NULL;
     }
-    if (!json_is_object(config)) {
-        json_decref(config);
-        set_error(e, ERR_DECODE, UNDECODABLE, "the network configuration must be a JSON object");
-        return NULL;
-    }
     if (depth_of(config, 1) > MAX_DEPTH) {
         json_decref(config);
-        set_error(e, ERR_DECODE, UNDECODABLE, "nested deeper than %d levels", MAX_DEPTH);
+        too_deep(e);
+        return NULL;
+    }
+    if (!json_is_object(config)) {
+        set_error(e, ERR_DECODE, "the network configuration must be a JSON object", "got a JSON %s",
+                  type_name(config));
+        json_decref(config);
         return NULL;
     }
     return config;

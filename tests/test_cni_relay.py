@@ -238,17 +238,30 @@ def test_python_build_parses_any_bytes_to_an_object_or_code_6(raw):
 def test_deep_nesting_and_size_are_code_6_without_recursion():
     for raw in (b"[" * 100_000, b'{"a":' * 100_000, json.dumps({"a": [[[[]]]]}).replace(
             "[[[[]]]]", "[" * 600 + "]" * 600).encode()):
-        with pytest.raises(plugin.PluginError, match="cannot decode") as e:
+        with pytest.raises(plugin.PluginError, match="nested too deeply") as e:
             plugin.parse_config(raw)
-        assert e.value.code == 6 and "nested deeper than 512 levels" in e.value.details
-    deepest_allowed = b'{"a":' + b"[" * 511 + b"]" * 511 + b"}"  # the object + 511 arrays
+        assert e.value.code == 6 and "at most 64 levels" in e.value.details
+    deepest_allowed = b'{"a":' + b"[" * 63 + b"]" * 63 + b"}"  # the object + 63 arrays
     assert isinstance(plugin.parse_config(deepest_allowed)["a"], list)
     limit = plugin.MAX_CONFIG
     exactly = b'{"a": 1}' + b" " * (limit - 8)
     assert plugin.parse_config(exactly) == {"a": 1}
-    with pytest.raises(plugin.PluginError, match="cannot decode") as e:
+    with pytest.raises(plugin.PluginError, match="too large") as e:
         plugin.parse_config(exactly + b" ")
-    assert e.value.code == 6 and "larger than 4 MiB" in e.value.details
+    assert e.value.code == 6 and "at most 4194304 bytes" in e.value.details
+
+
+def test_limits_are_podnetds():
+    """The plugin refuses what podnetd would (podnetd/cni.py), with the same words."""
+    from podnetd import cni
+    assert (plugin.MAX_CONFIG, plugin.MAX_DEPTH) == (cni.MAX_CONFIG_BYTES, cni.MAX_JSON_DEPTH)
+    for raw in (b'{"a": 1, "a": 2}', b"[" * 100, b"[1]", b'{"a": ' + b"x" * plugin.MAX_CONFIG,
+                b'{"a": NaN}', b"\xff"):
+        with pytest.raises(plugin.PluginError) as mine:
+            plugin.parse_config(raw)
+        with pytest.raises(cni.CniError) as daemons:
+            cni.parse_config(raw)
+        assert (mine.value.code, mine.value.msg) == (daemons.value.code, daemons.value.msg), raw[:20]
 
 
 # --- both builds against a fake relay --------------------------------------------------------------
@@ -281,12 +294,17 @@ def test_nested_cniversion_is_not_the_requested_version(build):
     assert body["cniVersion"] == "0.4.0" and body["msg"] == "'socket' must be a string path"
 
 
-def test_duplicate_keys_last_wins_as_in_go(build, relay):
+def test_duplicate_keys_are_code_6_and_go_nowhere(build, relay):
+    """Readers differ on which of two equal keys wins (the last in Go and Python, the first in
+    others): a config with two "socket"s could send the call to one daemon and be read with the
+    other's values. Refused, as podnetd refuses them."""
     first, last = relay(), relay()
-    config = (b'{"cniVersion": "1.0.0", "socket": "%s", "socket": "%s"}'
-              % (first.path.encode(), last.path.encode()))
-    rc, out, err = run(build, config)
-    assert rc == 0 and first.connections == 0 and len(last.requests) == 1, err
+    for config in (b'{"cniVersion": "1.0.0", "socket": "%s", "socket": "%s"}'
+                   % (first.path.encode(), last.path.encode()),
+                   b'{"socket": "%s", "prevResult": {"ips": [], "ips": []}}' % last.path.encode()):
+        body = assert_spec_error(*run(build, config), code=6)
+        assert "duplicate" in body["details"]
+    assert first.connections == last.connections == 0
 
 
 def test_escaped_socket_path_is_decoded(build, relay):
@@ -296,28 +314,36 @@ def test_escaped_socket_path_is_decoded(build, relay):
     assert rc == 0 and len(server.requests) == 1, (out, err)
 
 
-@pytest.mark.parametrize("raw, what", [
-    (b"[" * 100_000, "nested deeper than 512 levels"),
-    (b'{"a":' * 100_000, "nested deeper than 512 levels"),
-    (b'{"a": "' + b"x" * (4 << 20) + b'"}', "larger than 4 MiB"),
-    (b'{"a": 1} ' + b" " * (4 << 20), "larger than 4 MiB"),
-    (b"", ""), (b"\xff\xfe{}", ""), (b'{"a": "\xc3"}', ""), (b'{"a": NaN}', ""),
-    (b'{"a": 1e400}', ""), (b'{"a": 123456789012345678901234567890}', ""),
-    (b'{"a": "\\u0000"}', ""), (b'{"a": "\\ud800"}', ""), (b'{"a": 1} {}', ""), (b"[]", "object"),
-    (b'"socket"', "object"), (b"\x00" * 100, ""), (b'\xef\xbb\xbf{"a": 1}', ""),
+UNDECODABLE = "cannot decode the network configuration"
+TOO_DEEP = "the network configuration is nested too deeply"
+TOO_LARGE = "the network configuration is too large"
+NOT_AN_OBJECT = "the network configuration must be a JSON object"
+
+
+@pytest.mark.parametrize("raw, msg", [
+    (b"[" * 100_000, TOO_DEEP), (b'{"a":' * 100_000, TOO_DEEP),
+    (b"[" * 100_000 + b"]" * 100_000, TOO_DEEP),
+    (b'{"a": "' + b"x" * (4 << 20) + b'"}', TOO_LARGE),
+    (b'{"a": 1} ' + b" " * (4 << 20), TOO_LARGE),
+    (b"", UNDECODABLE), (b"\xff\xfe{}", UNDECODABLE), (b'{"a": "\xc3"}', UNDECODABLE),
+    (b'{"a": NaN}', UNDECODABLE), (b'{"a": 1e400}', UNDECODABLE),
+    (b'{"a": 123456789012345678901234567890}', UNDECODABLE), (b'{"a": "\\u0000"}', UNDECODABLE),
+    (b'{"a": "\\ud800"}', UNDECODABLE), (b'{"a": 1} {}', UNDECODABLE), (b"[]", NOT_AN_OBJECT),
+    (b'"socket"', NOT_AN_OBJECT), (b"\x00" * 100, UNDECODABLE),
+    (b'\xef\xbb\xbf{"a": 1}', UNDECODABLE),
 ])
-def test_undecodable_configs_are_code_6(build, raw, what):
+def test_undecodable_configs_are_code_6(build, raw, msg):
     body = assert_spec_error(*run(build, raw), code=6)
-    assert body["msg"] == "cannot decode the network configuration" and what in body["details"]
+    assert body["msg"] == msg and body["details"]
 
 
 def test_depth_limit_is_the_same_in_every_build(build, relay):
     server = relay()
     head = b'{"socket": "%s", "a": ' % server.path.encode()
-    rc, out, err = run(build, head + b"[" * 511 + b"]" * 511 + b"}")
+    rc, out, err = run(build, head + b"[" * 63 + b"]" * 63 + b"}")
     assert rc == 0 and len(server.requests) == 1, (out, err)
-    body = assert_spec_error(*run(build, head + b"[" * 512 + b"]" * 512 + b"}"), code=6)
-    assert "nested deeper than 512 levels" in body["details"] and len(server.requests) == 1
+    body = assert_spec_error(*run(build, head + b"[" * 64 + b"]" * 64 + b"}"), code=6)
+    assert body["msg"] == TOO_DEEP and len(server.requests) == 1
 
 
 def test_config_of_exactly_the_limit_is_relayed(build, relay):
