@@ -32,6 +32,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m podnetd.install --dev-launcher $(VENV)/bin/podnet
 	@touch $@
 
 ## test: the whole suite (real namespaces, real peers); needs root

@@ -6,6 +6,9 @@ bridge inside it, entered with nsenter). For each: ADD and DEL over N fresh pod 
 (p50/p95), VERSION (p50/p95), and K concurrent ADDs (wall time and per-call p50). Prints a table
 and the podnet/reference ratios; --json writes them for notes.
 
+Also the start of the venv's `podnet` (VERSION p50, the launcher `make venv` writes) against the
+portable build's, which it must not be slower than.
+
 Usage: python bench/cni_latency.py [--pods 40] [--concurrent 16] [--json out.json]
 """
 import argparse
@@ -99,6 +102,10 @@ def measure(name, binary, node_ns, config, spaces: Netns, pods: int, concurrent:
             "concurrent_p50": pct(conc, .5)}
 
 
+def version_p50(binary: str, n: int) -> float:
+    return pct([invoke(binary, None, "VERSION", {"cniVersion": "1.0.0"}) for _ in range(n)], .5)
+
+
 @contextlib.contextmanager
 def concurrent_pool(n):
     with concurrent.futures.ThreadPoolExecutor(n) as pool:
@@ -121,14 +128,19 @@ def main() -> int:
                    "isGateway": True, "ipam": {"type": "host-local", "subnet": "10.124.0.0/16",
                                                "dataDir": os.path.join(bin_dir, "host-local")}}
         pn_cfg = daemon.config(name="benchpn", version="1.0.0")
+        portable = install_podnet(bin_dir, False)
         results = {
             "reference": measure("ref", os.path.join(REFERENCE_DIR, "bridge"), ref_node, ref_cfg,
                                  spaces, args.pods, args.concurrent),
             "podnet": measure("pn", install_podnet(bin_dir, True), pn_node, pn_cfg, spaces,
                               args.pods, args.concurrent),
-            "podnet-python": measure("pp", install_podnet(bin_dir, False), pn_node, pn_cfg, spaces,
+            "podnet-python": measure("pp", portable, pn_node, pn_cfg, spaces,
                                      args.pods, args.concurrent),
         }
+        venv_podnet = pathlib.Path(sys.executable).parent / "podnet"
+        if venv_podnet.exists():
+            results["launchers"] = {"venv_podnet_version_p50": version_p50(str(venv_podnet), args.pods),
+                                    "portable_version_p50": version_p50(portable, args.pods)}
     finally:
         if daemon:
             daemon.cleanup()
@@ -139,6 +151,9 @@ def main() -> int:
     for key in ref:
         print(f"{key:<18}{ref[key]:>10.1f}{pn[key]:>9.1f}{pn[key] / ref[key]:>7.2f}"
               f"{pp[key]:>11.1f}{pp[key] / ref[key]:>7.2f}")
+    if "launchers" in results:
+        print("start (VERSION p50, ms): venv podnet %.1f, portable build %.1f" % (
+            results["launchers"]["venv_podnet_version_p50"], results["launchers"]["portable_version_p50"]))
     results["ratios"] = {k: pn[k] / ref[k] for k in ref}
     results["ratios_python"] = {k: pp[k] / ref[k] for k in ref}
     if args.json:

@@ -1,16 +1,19 @@
 /*
  * podnet: the CNI plugin binary, native build.
  *
- * The same thin relay as cni-plugin/plugin.py (which stays the portable fallback and the
- * reference): it sends the invocation (CNI_* and the network config on stdin) to podnetd's
- * podnet.v1.Cni/Invoke over the daemon's unix socket and prints the answer. The daemon parses,
- * validates and formats. A Python interpreter alone takes ~10-14 ms to start here, more than the
- * reference Go plugins take for a whole ADD; this build starts in ~1 ms. It speaks the subset of
- * gRPC (HTTP/2 framing, HPACK literals, two protobuf messages) that one unary call needs.
- * Both builds are run by the same tests (tests/test_single_node.py and others).
+ * The same thin relay as cni-plugin/plugin.py (the portable build): it parses the network config
+ * with jansson for the two keys it needs itself ("socket" and "cniVersion", top level only),
+ * hands the invocation to podnetd's CNI relay socket and prints what the daemon answers. The
+ * daemon validates and does the work. The relay protocol is in docs/cni-relay.md: length-prefixed
+ * frames, one request and one answer per connection, every length bounded on both sides.
+ * A Python interpreter alone takes ~6-14 ms to start here, more than the reference Go plugins
+ * take for a whole ADD; this build starts in ~1 ms.
+ * Both builds are run by the same tests (tests/test_cni_relay.py and the CNI tests).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -18,154 +21,277 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_SOCKET "/run/podnet/podnetd.sock"
+#define DEFAULT_SOCKET "/run/podnet/cni.sock"
 #define LATEST "1.1.0"
 #define VERSIONS "[\"0.3.0\", \"0.3.1\", \"0.4.0\", \"1.0.0\", \"1.1.0\"]"
-#define CONNECT_TIMEOUT_MS 2000 /* daemon down or wedged: fail fast ("try again later") */
-#define CALL_TIMEOUT_S 60
+#define MAGIC "PNR1"                  /* podnet relay protocol, version 1 */
+#define MAX_ENV 4096                  /* per CNI_* value */
+#define MAX_CONFIG (4u << 20)         /* the network config on stdin */
+#define MAX_ANSWER (1u + (1u << 20))  /* exit code + stdout */
+#define MAX_DEPTH 64                  /* levels of arrays and objects, as podnetd (jansson: 2048) */
+#define CONNECT_TIMEOUT_MS 2000       /* connect, send, the relay's greeting: down or wedged fails fast */
+#define CALL_TIMEOUT_MS 60000         /* the answer, once the relay has accepted the request */
 #define ERR_ENV 4
 #define ERR_DECODE 6
+#define ERR_CONFIG 7
 #define ERR_TRY_AGAIN 11
-#define ERR_UNAVAILABLE 50
-#define MAX_FRAME 16384
-#define OUR_WINDOW (1 << 20)
+#define ERR_UNAVAILABLE 50            /* STATUS: plugin not available */
 
-enum { DATA = 0, HEADERS = 1, RST_STREAM = 3, SETTINGS = 4, PING = 6, GOAWAY = 7,
-       WINDOW_UPDATE = 8, CONTINUATION = 9 };
-enum { END_STREAM = 1, ACK = 1, END_HEADERS = 4, PADDED = 8, PRIORITY = 0x20 };
+static const char *const ENV_FIELDS[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"};
+#define N_ENV (sizeof ENV_FIELDS / sizeof *ENV_FIELDS)
 
-typedef struct { unsigned char *p; size_t len, cap; } buf_t;
+/* An error the plugin reports: the spec's code, msg and details. */
+typedef struct {
+    int code;
+    char msg[256];
+    char details[512];
+} plugin_error;
 
-static void put(buf_t *b, const void *data, size_t n) {
-    if (b->len + n > b->cap) {
-        b->cap = (b->len + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        if (!b->p) { perror("podnet: realloc"); exit(1); }
+static int set_error(plugin_error *e, int code, const char *msg, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int set_error(plugin_error *e, int code, const char *msg, const char *fmt, ...) {
+    va_list ap;
+    e->code = code;
+    snprintf(e->msg, sizeof e->msg, "%s", msg);
+    va_start(ap, fmt);
+    vsnprintf(e->details, sizeof e->details, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---- output: the spec's error JSON and VERSION ----------------------------------------------- */
+
+/* A JSON string of text that may have been cut inside a UTF-8 sequence (a parser's message
+ * quoting the input, truncated): json_string refuses invalid UTF-8, so non-ASCII becomes '?'. */
+static json_t *json_text(const char *text) {
+    json_t *s = json_string(text);
+    if (s) return s;
+    char ascii[512];
+    size_t i = 0;
+    for (; text[i] && i + 1 < sizeof ascii; i++) ascii[i] = (unsigned char)text[i] < 0x80 ? text[i] : '?';
+    ascii[i] = 0;
+    return json_string(ascii);
+}
+
+static int print_error(const char *version, const plugin_error *e) {
+    json_t *out = json_object();
+    json_object_set_new(out, "cniVersion", json_string(version));
+    json_object_set_new(out, "code", json_integer(e->code));
+    json_object_set_new(out, "msg", json_text(e->msg));
+    if (e->details[0]) {
+        json_object_set_new(out, "details", json_text(e->details));
+        fprintf(stderr, "podnet: %s: %s\n", e->msg, e->details);
     }
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-}
-
-static void put_byte(buf_t *b, unsigned char c) { put(b, &c, 1); }
-
-static void put_varint(buf_t *b, uint64_t n) {
-    while (n >= 0x80) { put_byte(b, (n & 0x7f) | 0x80); n >>= 7; }
-    put_byte(b, (unsigned char)n);
-}
-
-/* ---- JSON output (errors and VERSION) ---------------------------------------------------- */
-
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
-
-static int fail(const char *version, int code, const char *msg, const char *details) {
-    printf("{\"cniVersion\": ");
-    json_str(stdout, version);
-    printf(", \"code\": %d, \"msg\": ", code);
-    json_str(stdout, msg);
-    if (details && *details) { printf(", \"details\": "); json_str(stdout, details); }
-    printf("}\n");
-    if (details && *details) fprintf(stderr, "podnet: %s: %s\n", msg, details);
+    json_dumpf(out, stdout, JSON_ENSURE_ASCII);
+    fputc('\n', stdout);
+    json_decref(out);
     return 1;
 }
 
-/* ---- the few config keys the relay itself needs ------------------------------------------ */
+/* ---- input: stdin and the network config ----------------------------------------------------- */
 
-/* The string value of "key" in a JSON object, found by a scan (no parser: the daemon parses and
- * validates). Handles the escapes a path can carry. Returns 0 when absent or not a string. */
-static int json_string_value(const buf_t *cfg, const char *key, char *out, size_t outlen) {
-    char pattern[64];
-    snprintf(pattern, sizeof pattern, "\"%s\"", key);
-    const unsigned char *end = cfg->p + cfg->len;
-    const unsigned char *at = cfg->len ? memmem(cfg->p, cfg->len, pattern, strlen(pattern)) : NULL;
-    if (!at) return 0;
-    at += strlen(pattern);
-    while (at < end && strchr(" \t\r\n:", *at)) at++;
-    if (at >= end || *at != '"') return 0;
-    size_t n = 0;
-    for (at++; at < end && *at != '"'; at++) {
-        unsigned char c = *at;
-        if (c == '\\' && at + 1 < end) {
-            c = *++at;
-            if (c == 'n') c = '\n'; else if (c == 't') c = '\t';
+/* Reads stdin up to MAX_CONFIG + 1 bytes (one more tells "too large" from "exactly the limit"). */
+static int read_stdin(unsigned char **data, size_t *len, plugin_error *e) {
+    size_t cap = 65536, n = 0;
+    unsigned char *buf = malloc(cap);
+    if (!buf) return set_error(e, ERR_DECODE, "cannot read the network configuration", "out of memory");
+    for (;;) {
+        if (n == cap) {
+            if (cap > MAX_CONFIG) break;  /* holds MAX_CONFIG + 1 bytes already */
+            size_t grown = cap * 2 > MAX_CONFIG + 1 ? MAX_CONFIG + 1 : cap * 2;
+            unsigned char *p = realloc(buf, grown);
+            if (!p) { free(buf); return set_error(e, ERR_DECODE, "cannot read the network configuration", "out of memory"); }
+            buf = p;
+            cap = grown;
         }
-        if (n + 1 >= outlen) return 0;
-        out[n++] = (char)c;
+        ssize_t got = read(0, buf + n, cap - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            free(buf);
+            return set_error(e, ERR_DECODE, "cannot read the network configuration", "stdin: %s", strerror(errno));
+        }
+        if (got == 0) break;
+        n += (size_t)got;
     }
-    out[n] = 0;
-    return at < end;
+    *data = buf;
+    *len = n;
+    return 0;
 }
 
-static const char *requested_version(const buf_t *cfg, char *space, size_t len) {
-    static const char *known[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
-    if (json_string_value(cfg, "cniVersion", space, len))
-        for (size_t i = 0; i < sizeof known / sizeof *known; i++)
-            if (!strcmp(space, known[i])) return space;
+/* Nesting depth of a parsed value; recursion bounded by jansson's own parse depth (2048). */
+static int depth_of(json_t *value, int depth) {
+    int deepest = depth;
+    if (depth > MAX_DEPTH) return depth;
+    if (json_is_object(value)) {
+        const char *key;
+        json_t *item;
+        json_object_foreach(value, key, item) {
+            if (json_is_object(item) || json_is_array(item)) {
+                int d = depth_of(item, depth + 1);
+                if (d > deepest) deepest = d;
+                if (deepest > MAX_DEPTH) break;
+            }
+        }
+    } else if (json_is_array(value)) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(value, i, item) {
+            if (json_is_object(item) || json_is_array(item)) {
+                int d = depth_of(item, depth + 1);
+                if (d > deepest) deepest = d;
+                if (deepest > MAX_DEPTH) break;
+            }
+        }
+    }
+    return deepest;
+}
+
+#define UNDECODABLE "cannot decode the network configuration"
+
+/* The JSON type names podnetd's messages use (Python's). */
+static const char *type_name(const json_t *value) {
+    switch (json_typeof(value)) {
+    case JSON_ARRAY: return "list";
+    case JSON_STRING: return "str";
+    case JSON_INTEGER: return "int";
+    case JSON_REAL: return "float";
+    case JSON_TRUE: case JSON_FALSE: return "bool";
+    case JSON_NULL: return "NoneType";
+    default: return "dict";
+    }
+}
+
+/* Whether the brackets of a text nest deeper than MAX_DEPTH, brackets inside strings not
+ * counted: podnetd's check of the text (podnetd/cni.py), for a text jansson refused, so that a
+ * broken document is "too deep" when its brackets are, as in podnetd. */
+static int text_too_deep(const unsigned char *p, size_t n) {
+    long depth = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (in_string) {
+            if (c == '\\') i++;                 /* the escaped byte is not a quote */
+            else if (c == '"') in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > MAX_DEPTH) return 1;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
+static void too_deep(plugin_error *e) {
+    set_error(e, ERR_DECODE, "the network configuration is nested too deeply",
+              "podnet accepts at most %d levels of arrays and objects", MAX_DEPTH);
+}
+
+/* The network config as a JSON object, or an error with code 6. The same documents as podnetd
+ * (podnetd/cni.py) and the Python build accept: duplicate keys are refused (readers differ on
+ * which one wins), and so is what jansson itself refuses (NaN, U+0000, integers beyond int64). */
+static json_t *parse_config(const unsigned char *data, size_t len, plugin_error *e) {
+    if (len > MAX_CONFIG) {
+        set_error(e, ERR_DECODE, "the network configuration is too large",
+                  "more than %u bytes; podnet accepts at most %u bytes", MAX_CONFIG, MAX_CONFIG);
+        return NULL;
+    }
+    json_error_t err;
+    json_t *config = json_loadb((const char *)data, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
+    if (!config) {
+        if (json_error_code(&err) == json_error_stack_overflow || text_too_deep(data, len))
+            too_deep(e);
+        else
+            set_error(e, ERR_DECODE, UNDECODABLE, "%s at character %d", err.text, err.position);
+        return NULL;
+    }
+    if (depth_of(config, 1) > MAX_DEPTH) {
+        json_decref(config);
+        too_deep(e);
+        return NULL;
+    }
+    if (!json_is_object(config)) {
+        set_error(e, ERR_DECODE, "the network configuration must be a JSON object", "got a JSON %s",
+                  type_name(config));
+        json_decref(config);
+        return NULL;
+    }
+    return config;
+}
+
+/* The top-level cniVersion when we support it (errors are written in it), else the latest. */
+static const char *requested_version(json_t *config) {
+    static const char *const known[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
+    const char *version = json_string_value(json_object_get(config, "cniVersion"));
+    for (size_t i = 0; version && i < sizeof known / sizeof *known; i++)
+        if (!strcmp(version, known[i])) return known[i];
     return LATEST;
 }
 
-/* Whether the config looks like a JSON object at all (the daemon does the real decoding; this
- * only lets the relay say "undecodable" rather than "daemon down" when it cannot ask). */
-static int looks_like_object(const buf_t *cfg) {
-    size_t i = 0, j = cfg->len;
-    while (i < j && strchr(" \t\r\n", cfg->p[i])) i++;
-    while (j > i && strchr(" \t\r\n", cfg->p[j - 1])) j--;
-    return j - i >= 2 && cfg->p[i] == '{' && cfg->p[j - 1] == '}';
+/* The top-level "socket" (podnetd's CNI relay) or the default; nested keys are never looked at. */
+static int relay_socket(json_t *config, struct sockaddr_un *addr, plugin_error *e) {
+    json_t *value = json_object_get(config, "socket");
+    const char *path = DEFAULT_SOCKET;
+    size_t len = strlen(DEFAULT_SOCKET);
+    if (value && !json_is_string(value))
+        return set_error(e, ERR_CONFIG, "'socket' must be a string path", "%s", "");
+    if (value && json_string_length(value)) {
+        path = json_string_value(value);
+        len = json_string_length(value);  /* jansson refuses U+0000, so len == strlen(path) */
+    }
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    if (path[0] != '/' || len >= sizeof addr->sun_path) {
+        /* shown whole or not at all: a cut could split a UTF-8 sequence */
+        char shown[48];
+        snprintf(shown, sizeof shown, "(%zu bytes)", len);
+        return set_error(e, ERR_CONFIG, "'socket' is not a usable socket path",
+                         "%s: an absolute path of at most %zu bytes", len <= 200 ? path : shown,
+                         sizeof addr->sun_path - 1);
+    }
+    memcpy(addr->sun_path, path, len);
+    return 0;
 }
 
-/* ---- HTTP/2 + HPACK + gRPC ------------------------------------------------------------------ */
+/* ---- the relay protocol ---------------------------------------------------------------------- */
 
-static void be32(unsigned char *p, uint32_t v) {
+static void put_u32(unsigned char *p, uint32_t v) {
     p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
 }
 
-static void frame_header(buf_t *b, size_t len, int type, int flags, uint32_t stream) {
-    unsigned char h[9] = {len >> 16, len >> 8, len, type, flags, stream >> 24, stream >> 16,
-                          stream >> 8, stream};
-    put(b, h, 9);
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static void hpack_int(buf_t *b, unsigned v, int prefix_bits, unsigned char first) {
-    unsigned limit = (1u << prefix_bits) - 1;
-    if (v < limit) { put_byte(b, first | v); return; }
-    put_byte(b, first | limit);
-    put_varint(b, v - limit);
+/* MAGIC, u32 length, then CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME and the config,
+ * each as u32 length + bytes. Lengths are checked before: the total fits in 32 bits. */
+static unsigned char *encode_request(const char *env[N_ENV], const unsigned char *config,
+                                     size_t config_len, size_t *out_len) {
+    size_t body = 4 + config_len;
+    for (size_t i = 0; i < N_ENV; i++) body += 4 + strlen(env[i]);
+    unsigned char *out = malloc(8 + body);
+    if (!out) return NULL;
+    memcpy(out, MAGIC, 4);
+    put_u32(out + 4, (uint32_t)body);
+    size_t pos = 8;
+    for (size_t i = 0; i < N_ENV; i++) {
+        size_t n = strlen(env[i]);
+        put_u32(out + pos, (uint32_t)n);
+        memcpy(out + pos + 4, env[i], n);
+        pos += 4 + n;
+    }
+    put_u32(out + pos, (uint32_t)config_len);
+    if (config_len) memcpy(out + pos + 4, config, config_len);
+    *out_len = 8 + body;
+    return out;
 }
-
-static void hpack_str(buf_t *b, const char *s) { hpack_int(b, strlen(s), 7, 0); put(b, s, strlen(s)); }
-
-static void request_headers(buf_t *b) {
-    /* static table (RFC 7541 A): 3 :method POST, 6 :scheme http, 4 :path, 1 :authority,
-       31 content-type; literals without indexing */
-    put(b, "\x83\x86", 2);
-    hpack_int(b, 4, 4, 0); hpack_str(b, "/podnet.v1.Cni/Invoke");
-    hpack_int(b, 1, 4, 0); hpack_str(b, "localhost");
-    hpack_int(b, 31, 4, 0); hpack_str(b, "application/grpc");
-    put_byte(b, 0); hpack_str(b, "te"); hpack_str(b, "trailers");
-    char timeout[16];
-    snprintf(timeout, sizeof timeout, "%dS", CALL_TIMEOUT_S);
-    put_byte(b, 0); hpack_str(b, "grpc-timeout"); hpack_str(b, timeout);
-}
-
-typedef struct {
-    int fd;
-    long long deadline_ms;
-    int greeted;
-    char error[256];
-    int reachable;
-} conn_t;
 
 static long long now_ms(void) {
     struct timespec ts;
@@ -173,233 +299,138 @@ static long long now_ms(void) {
     return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
-static int set_error(conn_t *c, int reachable, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->error, sizeof c->error, fmt, ap);
-    va_end(ap);
-    c->reachable = reachable;
+/* Waits for fd to be ready for `events` until deadline: 1 ready, 0 timed out, -1 error. */
+static int wait_fd(int fd, short events, long long deadline) {
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (left <= 0) return 0;
+        struct pollfd pfd = {.fd = fd, .events = events};
+        int r = poll(&pfd, 1, left > 1000000 ? 1000000 : (int)left);
+        if (r < 0 && errno == EINTR) continue;
+        return r < 0 ? -1 : r > 0;
+    }
+}
+
+/* What went wrong on the relay connection ("try again later"), for the error's details. */
+typedef struct {
+    char text[400];
+} relay_failure;
+
+static int relay_fail(relay_failure *f, const char *path, const char *what) {
+    snprintf(f->text, sizeof f->text, "podnetd's CNI relay at %.200s: %s", path, what);
     return -1;
 }
 
-static int send_all(conn_t *c, const unsigned char *p, size_t n) {
+static int relay_timeout(relay_failure *f, const char *path, const char *waiting_for) {
+    snprintf(f->text, sizeof f->text, "podnetd's CNI relay at %.200s did not answer in time (%s)",
+             path, waiting_for);
+    return -1;
+}
+
+static int send_all(int fd, const unsigned char *p, size_t n, long long deadline, relay_failure *f,
+                    const char *path) {
     while (n) {
-        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return set_error(c, 0, "talking to podnetd: %s", strerror(errno));
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int r = wait_fd(fd, POLLOUT, deadline);
+            if (r < 0) return relay_fail(f, path, strerror(errno));
+            if (r == 0) return relay_timeout(f, path, "sending the request");
+            continue;
         }
-        p += w; n -= (size_t)w;
+        if (w < 0) return relay_fail(f, path, strerror(errno));
+        p += w;
+        n -= (size_t)w;
     }
     return 0;
 }
 
-static int recv_exact(conn_t *c, unsigned char *p, size_t n, const char *path) {
+static int recv_exact(int fd, unsigned char *p, size_t n, long long deadline, relay_failure *f,
+                      const char *path, const char *what) {
+    size_t want = n;
     while (n) {
-        long long left = c->deadline_ms - now_ms();
-        struct pollfd pfd = {c->fd, POLLIN, 0};
-        int r = left > 0 ? poll(&pfd, 1, (int)left) : 0;
-        if (r < 0 && errno == EINTR) continue;
-        if (r == 0) return set_error(c, 0, "podnetd at %s did not answer in time", path);
-        ssize_t got = recv(c->fd, p, n, 0);
+        ssize_t got = recv(fd, p, n, 0);
         if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) return set_error(c, c->greeted, "podnetd closed the connection");
-        p += got; n -= (size_t)got;
-    }
-    return 0;
-}
-
-static size_t read_varint(const unsigned char *p, size_t len, size_t *pos, uint64_t *out) {
-    uint64_t v = 0;
-    for (int shift = 0; *pos < len && shift < 64; shift += 7) {
-        unsigned char b = p[(*pos)++];
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (b < 0x80) { *out = v; return 1; }
-    }
-    return 0;
-}
-
-static int hpack_read_int(const unsigned char *p, size_t len, size_t *pos, int bits, uint64_t *v) {
-    unsigned limit = (1u << bits) - 1;
-    if (*pos >= len) return 0;
-    *v = p[(*pos)++] & limit;
-    if (*v < limit) return 1;
-    uint64_t extra;
-    if (!read_varint(p, len, pos, &extra)) return 0;
-    *v += extra;
-    return 1;
-}
-
-/* Finds grpc-status / grpc-message among literal header fields. Huffman-coded or indexed
- * values are not decoded: they only matter on the error path, which then says less. */
-static void scan_trailers(const unsigned char *p, size_t len, int *status, char *message, size_t mlen) {
-    size_t pos = 0;
-    while (pos < len) {
-        unsigned char b = p[pos];
-        uint64_t index, n;
-        if (b & 0x80) { if (!hpack_read_int(p, len, &pos, 7, &index)) return; continue; }
-        if ((b & 0xe0) == 0x20) { if (!hpack_read_int(p, len, &pos, 5, &index)) return; continue; }
-        int bits = (b & 0xc0) == 0x40 ? 6 : 4;
-        if (!hpack_read_int(p, len, &pos, bits, &index)) return;
-        const unsigned char *name = NULL;
-        uint64_t name_len = 0;
-        int name_huff = 0;
-        if (index == 0) {
-            if (pos >= len) return;
-            name_huff = p[pos] & 0x80;
-            if (!hpack_read_int(p, len, &pos, 7, &name_len) || pos + name_len > len) return;
-            name = p + pos; pos += name_len;
-        }
-        if (pos >= len) return;
-        int value_huff = p[pos] & 0x80;
-        if (!hpack_read_int(p, len, &pos, 7, &n) || pos + n > len) return;
-        const unsigned char *value = p + pos;
-        pos += n;
-        if (!name || name_huff || value_huff) continue;
-        if (name_len == 11 && !memcmp(name, "grpc-status", 11)) {
-            char digits[12] = {0};
-            memcpy(digits, value, n < 11 ? n : 11);
-            *status = atoi(digits);
-        } else if (name_len == 12 && !memcmp(name, "grpc-message", 12)) {
-            size_t m = n < mlen - 1 ? n : mlen - 1;
-            memcpy(message, value, m);
-            message[m] = 0;
-        }
-    }
-}
-
-/* One unary call; on success *reply holds the CniResponse bytes. */
-static int invoke(conn_t *c, const char *path, const buf_t *request, buf_t *reply) {
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof addr.sun_path)
-        return set_error(c, 0, "socket path too long: %s", path);
-    strcpy(addr.sun_path, path);
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) return set_error(c, 0, "socket: %s", strerror(errno));
-    if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0)
-        return set_error(c, 0, "cannot reach podnetd at %s: %s", path, strerror(errno));
-    c->deadline_ms = now_ms() + CONNECT_TIMEOUT_MS;
-
-    buf_t out = {0};
-    put(&out, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
-    unsigned char settings[6] = {0, 4};
-    be32(settings + 2, OUR_WINDOW);
-    frame_header(&out, 6, SETTINGS, 0, 0);       /* INITIAL_WINDOW_SIZE: the reply never waits */
-    put(&out, settings, 6);
-    unsigned char increment[4];
-    be32(increment, OUR_WINDOW - 65535);
-    frame_header(&out, 4, WINDOW_UPDATE, 0, 0);
-    put(&out, increment, 4);
-    buf_t headers = {0};
-    request_headers(&headers);
-    frame_header(&out, headers.len, HEADERS, END_HEADERS, 1);
-    put(&out, headers.p, headers.len);
-
-    /* the gRPC message: 1 byte "not compressed" + 4 bytes length + protobuf */
-    buf_t message = {0};
-    unsigned char prefix[5] = {0};
-    be32(prefix + 1, (uint32_t)request->len);
-    put(&message, prefix, 5);
-    put(&message, request->p, request->len);
-    long long conn_window = 65535, stream_window = 65535;
-    size_t sent = 0;
-
-    buf_t body = {0}, block = {0};
-    int status = 0, ended = 0;
-    char grpc_message[160] = "";
-    for (;;) {
-        /* send what the flow-control windows allow, in frames of at most MAX_FRAME */
-        while (sent < message.len && conn_window > 0 && stream_window > 0) {
-            size_t n = message.len - sent;
-            if (n > MAX_FRAME) n = MAX_FRAME;
-            if ((long long)n > conn_window) n = (size_t)conn_window;
-            if ((long long)n > stream_window) n = (size_t)stream_window;
-            int last = sent + n == message.len;
-            frame_header(&out, n, DATA, last ? END_STREAM : 0, 1);
-            put(&out, message.p + sent, n);
-            sent += n; conn_window -= (long long)n; stream_window -= (long long)n;
-        }
-        if (out.len) {
-            if (send_all(c, out.p, out.len) < 0) return -1;
-            out.len = 0;
-        }
-        if (ended) break;
-        unsigned char h[9];
-        if (recv_exact(c, h, 9, path) < 0) return -1;
-        size_t len = (size_t)h[0] << 16 | (size_t)h[1] << 8 | h[2];
-        int type = h[3], flags = h[4];
-        uint32_t stream = ((uint32_t)h[5] << 24 | h[6] << 16 | h[7] << 8 | h[8]) & 0x7fffffff;
-        unsigned char *payload = malloc(len + 1);
-        if (!payload || recv_exact(c, payload, len, path) < 0) { free(payload); return -1; }
-        if (!c->greeted) { c->greeted = 1; c->deadline_ms = now_ms() + CALL_TIMEOUT_S * 1000LL; }
-        size_t start = 0, stop = len;
-        if ((type == DATA || type == HEADERS) && (flags & PADDED) && len) { start = 1; stop = len - payload[0]; }
-        if (type == HEADERS && (flags & PRIORITY)) start += 5;
-        if (start > stop) stop = start;
-        if (type == SETTINGS && !(flags & ACK)) {
-            for (size_t i = 0; i + 6 <= len; i += 6)
-                if ((payload[i] << 8 | payload[i + 1]) == 4) {
-                    long long v = (long long)payload[i + 2] << 24 | payload[i + 3] << 16 | payload[i + 4] << 8 | payload[i + 5];
-                    stream_window += v - 65535;
-                }
-            frame_header(&out, 0, SETTINGS, ACK, 0);
-        } else if (type == PING && !(flags & ACK)) {
-            frame_header(&out, len, PING, ACK, 0);
-            put(&out, payload, len);
-        } else if (type == WINDOW_UPDATE && len == 4) {
-            long long inc = ((long long)payload[0] << 24 | payload[1] << 16 | payload[2] << 8 | payload[3]) & 0x7fffffff;
-            if (stream == 0) conn_window += inc; else if (stream == 1) stream_window += inc;
-        } else if (type == GOAWAY && stream == 0 && !body.len && len >= 8) {
-            unsigned code = (unsigned)payload[4] << 24 | payload[5] << 16 | payload[6] << 8 | payload[7];
-            free(payload);
-            return set_error(c, 1, "podnetd closed the connection (GOAWAY %u)", code);
-        } else if (stream == 1 && type == RST_STREAM) {
-            free(payload);
-            return set_error(c, 1, "podnetd reset the call");
-        } else if (stream == 1 && type == DATA) {
-            put(&body, payload + start, stop - start);
-        } else if (stream == 1 && (type == HEADERS || type == CONTINUATION)) {
-            put(&block, payload + start, stop - start);
-            if (flags & END_HEADERS) {
-                scan_trailers(block.p, block.len, &status, grpc_message, sizeof grpc_message);
-                block.len = 0;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int r = wait_fd(fd, POLLIN, deadline);
+            if (r < 0) return relay_fail(f, path, strerror(errno));
+            if (r == 0) {
+                char waiting[96];
+                snprintf(waiting, sizeof waiting, "waiting for %s", what);
+                return relay_timeout(f, path, waiting);
             }
+            continue;
         }
-        if (stream == 1 && (type == DATA || type == HEADERS) && (flags & END_STREAM)) ended = 1;
-        free(payload);
+        if (got < 0) return relay_fail(f, path, strerror(errno));
+        if (got == 0) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "podnetd closed the connection before %s (%zu of %zu bytes)",
+                     what, want - n, want);
+            return relay_fail(f, path, msg);
+        }
+        p += got;
+        n -= (size_t)got;
     }
-    if (status != 0 || body.len < 5)
-        return set_error(c, 1, "podnetd refused the call: grpc-status %d %s", status, grpc_message);
-    size_t n = (size_t)body.p[1] << 24 | (size_t)body.p[2] << 16 | (size_t)body.p[3] << 8 | body.p[4];
-    if (n > body.len - 5) return set_error(c, 1, "truncated reply from podnetd");
-    put(reply, body.p + 5, n);
     return 0;
 }
 
-/* CniResponse: 1 exit_code (varint), 2 stdout (bytes); unknown fields skipped */
-static int decode_response(const buf_t *r, int *exit_code, const unsigned char **out, size_t *out_len) {
-    size_t pos = 0;
-    *exit_code = 0; *out = NULL; *out_len = 0;
-    while (pos < r->len) {
-        uint64_t tag, v;
-        if (!read_varint(r->p, r->len, &pos, &tag)) return -1;
-        switch (tag & 7) {
-        case 0:
-            if (!read_varint(r->p, r->len, &pos, &v)) return -1;
-            if (tag >> 3 == 1) *exit_code = (int)(int64_t)v;
-            break;
-        case 2:
-            if (!read_varint(r->p, r->len, &pos, &v) || pos + v > r->len) return -1;
-            if (tag >> 3 == 2) { *out = r->p + pos; *out_len = v; }
-            pos += v;
-            break;
-        case 1: pos += 8; break;
-        case 5: pos += 4; break;
-        default: return -1;
-        }
+enum { CALL_OK = 0, CALL_UNAVAILABLE = -1, CALL_NOT_A_RELAY = -2 };
+
+/* One invocation on the relay; on CALL_OK *answer holds exit code + stdout (freed by the caller). */
+static int call(const struct sockaddr_un *addr, const unsigned char *request, size_t request_len,
+                unsigned char **answer, size_t *answer_len, unsigned char greeting[4],
+                relay_failure *f) {
+    const char *path = addr->sun_path;
+    int result = CALL_UNAVAILABLE;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return relay_fail(f, path, strerror(errno));
+    /* a unix connect waits for room in the daemon's backlog: bounded by the send timeout */
+    struct timeval tv = {.tv_sec = CONNECT_TIMEOUT_MS / 1000, .tv_usec = CONNECT_TIMEOUT_MS % 1000 * 1000};
+    long long deadline = now_ms() + CONNECT_TIMEOUT_MS;
+    unsigned char header[4];
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0
+        || connect(fd, (const struct sockaddr *)addr, sizeof *addr) < 0) {
+        relay_fail(f, path, strerror(errno));
+        goto out;
     }
-    return pos == r->len ? 0 : -1;
+    if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
+        relay_fail(f, path, strerror(errno));
+        goto out;
+    }
+    if (send_all(fd, request, request_len, deadline, f, path) < 0
+        || recv_exact(fd, greeting, 4, deadline, f, path, "the relay's greeting") < 0)
+        goto out;
+    if (memcmp(greeting, MAGIC, 4)) {
+        result = CALL_NOT_A_RELAY;
+        goto out;
+    }
+    deadline = now_ms() + CALL_TIMEOUT_MS;
+    if (recv_exact(fd, header, 4, deadline, f, path, "the answer") < 0) goto out;
+    uint32_t len = get_u32(header);
+    if (len < 1 || len > MAX_ANSWER) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "malformed answer: length %u is not 1-%u", len, MAX_ANSWER);
+        relay_fail(f, path, msg);
+        goto out;
+    }
+    *answer = malloc(len);
+    if (!*answer) {
+        relay_fail(f, path, "out of memory");
+        goto out;
+    }
+    if (recv_exact(fd, *answer, len, deadline, f, path, "the whole answer") < 0) {
+        free(*answer);
+        *answer = NULL;
+        goto out;
+    }
+    *answer_len = len;
+    result = CALL_OK;
+out:
+    close(fd);
+    return result;
 }
+
+/* ---- the plugin ------------------------------------------------------------------------------ */
 
 int main(void) {
     const char *command = getenv("CNI_COMMAND");
@@ -407,51 +438,66 @@ int main(void) {
         printf("{\"cniVersion\": \"" LATEST "\", \"supportedVersions\": " VERSIONS "}\n");
         return 0;
     }
-    buf_t config = {0};
-    unsigned char chunk[65536];
-    ssize_t n;
-    while ((n = read(0, chunk, sizeof chunk)) != 0) {
-        if (n < 0) { if (errno == EINTR) continue; break; }
-        put(&config, chunk, (size_t)n);
-    }
-    char version_space[16];
-    const char *version = requested_version(&config, version_space, sizeof version_space);
-    if (!command || !*command) return fail(version, ERR_ENV, "CNI_COMMAND is not set", "");
+    plugin_error e = {0};
+    const char *version = LATEST;
+    unsigned char *data = NULL, *request = NULL, *answer = NULL;
+    size_t len = 0, request_len = 0, answer_len = 0;
+    json_t *config = NULL;
+    int exit_code = 1;
 
-    /* CniRequest (proto/podnet/v1/node.proto): 1..6 the CNI_* variables, 7 the config */
-    static const char *env_fields[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME",
-                                       "CNI_ARGS", "CNI_PATH"};
-    buf_t request = {0};
-    for (int i = 0; i < 6; i++) {
-        const char *v = getenv(env_fields[i]);
-        if (!v || !*v) continue;
-        put_varint(&request, (uint64_t)(i + 1) << 3 | 2);
-        put_varint(&request, strlen(v));
-        put(&request, v, strlen(v));
+    if (read_stdin(&data, &len, &e) < 0 || !(config = parse_config(data, len, &e))) goto fail;
+    version = requested_version(config);
+    if (!command || !*command) {
+        set_error(&e, ERR_ENV, "CNI_COMMAND is not set", "%s", "");
+        goto fail;
     }
-    if (config.len) {
-        put_varint(&request, 7 << 3 | 2);
-        put_varint(&request, config.len);
-        put(&request, config.p, config.len);
+    struct sockaddr_un addr;
+    if (relay_socket(config, &addr, &e) < 0) goto fail;
+    const char *env[N_ENV];
+    for (size_t i = 0; i < N_ENV; i++) {
+        env[i] = getenv(ENV_FIELDS[i]);
+        if (!env[i]) env[i] = "";
+        if (strlen(env[i]) > MAX_ENV) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "%s is longer than %d bytes", ENV_FIELDS[i], MAX_ENV);
+            set_error(&e, ERR_ENV, msg, "%s", "");
+            goto fail;
+        }
     }
-    char socket_path[512];
-    if (!json_string_value(&config, "socket", socket_path, sizeof socket_path))
-        strcpy(socket_path, DEFAULT_SOCKET);
-
-    conn_t conn = {.fd = -1};
-    buf_t reply = {0};
-    if (invoke(&conn, socket_path, &request, &reply) < 0) {
-        if (!looks_like_object(&config))
-            return fail(version, ERR_DECODE, "cannot decode the network configuration",
-                        "not a JSON object");
-        int code = strcmp(command, "STATUS") ? ERR_TRY_AGAIN : ERR_UNAVAILABLE;
-        return fail(version, code, "podnetd is not available", conn.error);
+    request = encode_request(env, data, len, &request_len);
+    if (!request) {
+        set_error(&e, ERR_TRY_AGAIN, "podnetd is not available", "out of memory");
+        goto fail;
     }
-    int exit_code;
-    const unsigned char *out;
-    size_t out_len;
-    if (decode_response(&reply, &exit_code, &out, &out_len) < 0)
-        return fail(version, ERR_TRY_AGAIN, "podnetd is not available", "undecodable reply");
-    if (out_len) fwrite(out, 1, out_len, stdout);
+    relay_failure f = {{0}};
+    unsigned char greeting[4];
+    int r = call(&addr, request, request_len, &answer, &answer_len, greeting, &f);
+    if (r == CALL_NOT_A_RELAY) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "'socket' %.200s is not podnetd's CNI relay", addr.sun_path);
+        set_error(&e, ERR_CONFIG, msg,
+                  "it answered \\x%02x\\x%02x\\x%02x\\x%02x; the relay listens on podnetd's --cni-socket "
+                  "(default " DEFAULT_SOCKET "), not on its gRPC --socket",
+                  greeting[0], greeting[1], greeting[2], greeting[3]);
+        goto fail;
+    }
+    if (r != CALL_OK) {
+        set_error(&e, strcmp(command, "STATUS") ? ERR_TRY_AGAIN : ERR_UNAVAILABLE,
+                  "podnetd is not available", "%s", f.text);
+        goto fail;
+    }
+    if (answer_len > 1 && fwrite(answer + 1, 1, answer_len - 1, stdout) != answer_len - 1) {
+        exit_code = 1;
+        goto done;
+    }
+    exit_code = answer[0];
+    goto done;
+fail:
+    exit_code = print_error(version, &e);
+done:
+    json_decref(config);
+    free(answer);
+    free(request);
+    free(data);
     return exit_code;
 }

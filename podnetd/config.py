@@ -7,6 +7,7 @@ import os
 import sys
 
 DEFAULT_SOCKET = "/run/podnet/podnetd.sock"
+CNI_SOCKET_NAME = "cni.sock"  # the CNI relay's socket, next to --socket unless --cni-socket says
 DEFAULT_STATE_DIR = "/var/lib/podnet"
 DEFAULT_BRIDGE = "podnet0"
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", help="this node's name (default: the hostname)")
     p.add_argument("--pod-cidr", help="this node's pod CIDR, e.g. 10.244.1.0/24")
     p.add_argument("--socket", default=DEFAULT_SOCKET, help="unix socket of the API (mode 0600)")
+    p.add_argument("--cni-socket", help="unix socket of the CNI plugin relay (mode 0600; "
+                   f"default: {CNI_SOCKET_NAME} next to --socket)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where IPAM and pod state live")
     p.add_argument("--bridge", default=DEFAULT_BRIDGE, help="the pod bridge's name")
     p.add_argument("--mtu", type=int, help="pod MTU (default: the uplink's MTU)")
@@ -79,6 +82,11 @@ def _load_file(path: str, parser: argparse.ArgumentParser) -> dict:
     return values
 
 
+def cni_socket_for(api_socket: str) -> str:
+    """The CNI relay socket of a podnetd started with --socket api_socket and no --cni-socket."""
+    return os.path.join(os.path.dirname(api_socket), CNI_SOCKET_NAME)
+
+
 def validate(ns: argparse.Namespace) -> None:
     if not ns.node_name:
         ns.node_name = os.uname().nodename
@@ -104,6 +112,9 @@ def validate(ns: argparse.Namespace) -> None:
             raise ConfigError(f"--metrics-listen {e}") from None
     if not os.path.isabs(ns.socket):
         raise ConfigError(f"--socket {ns.socket}: must be an absolute path")
+    ns.cni_socket = ns.cni_socket or cni_socket_for(ns.socket)
+    if not os.path.isabs(ns.cni_socket) or ns.cni_socket == ns.socket:
+        raise ConfigError(f"--cni-socket {ns.cni_socket}: must be an absolute path other than --socket")
     for check in VALIDATORS:
         check(ns)
 

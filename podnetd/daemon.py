@@ -11,7 +11,7 @@ import stat
 
 from grpc_health.v1 import health_pb2
 
-from . import __version__, node, server, socket_dir
+from . import __version__, cni_relay, node, server, socket_dir
 from .api.podnet.v1 import node_pb2
 from .cni import CniHandler
 from .endpoints import Endpoints, NodeNet
@@ -51,6 +51,7 @@ class Daemon:
         self.events = EventRecorder(cfg.node_name)
         self.firewall = None  # firewall.Firewall, once its component started
         self._server = None
+        self._relay: cni_relay.CniRelay | None = None
         self._health = None
         self._lock_fd: int | None = None
         self._stop = asyncio.Event()
@@ -121,6 +122,13 @@ class Daemon:
             component = factory(self)
             await component.start()
             self.components.append(component)
+        # the relay before the API: whoever waits for the API socket finds CNI working too
+        self._relay = cni_relay.CniRelay(self.cfg.cni_socket, self.cni.handle)
+        try:
+            await self._relay.start()
+        except cni_relay.RelaySocketError as e:
+            self._relay = None
+            raise StartupError(str(e)) from None
         # build() binds the socket (born 0600 inside the 0700 directory); start() serves it
         self._server, self._health, names = server.build(
             self, f"unix://{self.cfg.socket}", [GrpcMetricsInterceptor(self.metrics)])
@@ -128,7 +136,8 @@ class Daemon:
         os.chmod(self.cfg.socket, 0o600)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("podnetd %s serving on %s", __version__, self.cfg.socket)
+        log.info("podnetd %s serving on %s, CNI relay on %s", __version__, self.cfg.socket,
+                 self.cfg.cni_socket)
         self.events.record(ObjectRef("Node", self.cfg.node_name), "Normal", "Starting",
                            f"Starting podnetd {__version__}.")
         if self.cfg.metrics_listen:
@@ -193,6 +202,8 @@ class Daemon:
         self.metrics.close()
         if self._server is not None:
             await self._server.stop(grace=2)
+        if self._relay is not None:
+            await self._relay.stop(grace=2)
         if self.endpoints is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.endpoints.reaper.drain)
         for component in reversed(self.components):

@@ -162,7 +162,7 @@ def cni_result(exit_code: int, stdout: bytes) -> str:
 
 class InstrumentedCni:
     """The CNI handler with every invocation counted and timed; the same handle() signature,
-    so the relays (the plugin's and gRPC's Cni/Invoke) call it unchanged."""
+    so the CNI relay (podnetd/cni_relay.py) calls it unchanged."""
 
     def __init__(self, handler, metrics: Metrics):
         self._handler = handler

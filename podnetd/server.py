@@ -114,17 +114,6 @@ class NodeService(node_pb2_grpc.NodeServicer):
         return await _off_loop(self.d.node_info)
 
 
-class CniService(node_pb2_grpc.CniServicer):
-    def __init__(self, daemon):
-        self.d = daemon
-
-    async def Invoke(self, request, context):
-        exit_code, stdout = await _off_loop(
-            self.d.cni.handle, request.command, request.container_id, request.netns,
-            request.ifname, request.config)
-        return node_pb2.CniResponse(exit_code=exit_code, stdout=stdout)
-
-
 # Other features (routing, pod runtime) append a function(server, daemon) -> [service names].
 SERVICE_REGISTRARS: list = []
 
@@ -133,8 +122,7 @@ def build(daemon, address: str, interceptors: list | None = None) -> tuple:
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [],
                              maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(daemon), server)
-    node_pb2_grpc.add_CniServicer_to_server(CniService(daemon), server)
-    names = [node_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Node", "Cni")]
+    names = [node_pb2.DESCRIPTOR.services_by_name["Node"].full_name]
     names += events_service.register(server, daemon.events)
     for register in SERVICE_REGISTRARS:
         names += register(server, daemon)

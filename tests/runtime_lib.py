@@ -18,8 +18,8 @@ from testlib import PY, REFERENCE_CNI_DIR, REPO, Daemon, Netns, sh, unique
 
 
 def cni_dirs(root: str, socket: str, kind: str = "podnet", version: str = "1.0.0") -> tuple[str, str]:
-    """A conf dir with one conflist and a bin dir holding the podnet plugin (installed as
-    `make install` does) and the reference plugins."""
+    """A conf dir with one conflist (podnet's plugin on the relay socket `socket`) and a bin dir
+    holding the podnet plugin (installed as `make install` does) and the reference plugins."""
     conf_dir, bin_dir = os.path.join(root, "net.d"), os.path.join(root, "bin")
     os.makedirs(conf_dir, exist_ok=True)
     os.makedirs(bin_dir, exist_ok=True)
@@ -60,8 +60,9 @@ class RuntimeNode:
     def __init__(self, netns: str, pod_cidr: str = "10.78.0.0/24", kind: str = "podnet",
                  extra: list[str] | None = None, oci: str = "runc"):
         self.workdir = tempfile.mkdtemp(prefix=f"{unique('rt')}-")
-        socket = os.path.join(self.workdir, "podnetd.sock")
-        self.conf_dir, self.bin_dir = cni_dirs(self.workdir, socket, kind)
+        # the relay socket podnetd serves next to its API socket (testlib.Daemon.cni_socket)
+        cni_socket = os.path.join(self.workdir, "cni.sock")
+        self.conf_dir, self.bin_dir = cni_dirs(self.workdir, cni_socket, kind)
         self.daemon = Daemon(netns, pod_cidr, workdir=self.workdir, extra=[
             "--cni-conf-dir", self.conf_dir, "--cni-bin-dir", self.bin_dir,
             "--oci-runtime", oci, "--restart-backoff", "0.5", "--restart-backoff-max", "2",

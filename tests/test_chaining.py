@@ -34,7 +34,7 @@ def conflist(daemon, version: str) -> dict:
         "cniVersion": version,
         "name": "podnet-chain",
         "plugins": [
-            {"type": "podnet", "socket": daemon.socket},
+            {"type": "podnet", "socket": daemon.cni_socket},
             {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
             {"type": "tuning", "mtu": TUNED_MTU, "mac": TUNED_MAC,
              "sysctl": {"net.core.somaxconn": SOMAXCONN}},

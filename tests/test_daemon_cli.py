@@ -71,14 +71,15 @@ def test_socket_is_root_only_and_serves_health_and_reflection(daemon):
     assert mode == 0o600
     with grpc.insecure_channel(f"unix://{daemon.socket}") as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        for service in ("", "podnet.v1.Node", "podnet.v1.Cni"):
+        for service in ("", "podnet.v1.Node"):
             resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                             timeout=5)
         names = {s.name for a in answers for s in a.list_services_response.service}
-    assert {"podnet.v1.Node", "podnet.v1.Cni", "grpc.health.v1.Health"} <= names
+    assert {"podnet.v1.Node", "grpc.health.v1.Health"} <= names
+    assert "podnet.v1.Cni" not in names  # the plugin has its own relay socket (tests/test_cni_relay.py)
 
 
 def test_second_daemon_on_same_state_dir_is_refused(daemon):
@@ -104,26 +105,6 @@ def test_every_package_is_listed_in_pyproject():
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "podnetd").rglob("__init__.py")}
     assert found <= listed, f"add to pyproject.toml packages: {sorted(found - listed)}"
     assert "podnet_cni" in listed
-
-
-def test_plugin_wire_codec_matches_the_stubs():
-    sys.path.insert(0, str(REPO / "cni-plugin"))
-    import plugin
-    from podnetd.api.podnet.v1 import node_pb2
-    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"abc", b"CNI_NETNS": b"/proc/1/ns/net",
-           b"CNI_IFNAME": b"eth0", b"CNI_ARGS": b"K=V", b"CNI_PATH": b"/opt/cni/bin"}
-    raw = plugin.encode_request(env, b'{"x": 1}' * 40)
-    parsed = node_pb2.CniRequest.FromString(raw)
-    assert (parsed.command, parsed.container_id, parsed.netns, parsed.ifname, parsed.args,
-            parsed.path) == ("ADD", "abc", "/proc/1/ns/net", "eth0", "K=V", "/opt/cni/bin")
-    assert parsed.config == b'{"x": 1}' * 40
-    reply = node_pb2.CniResponse(exit_code=7, stdout=b"hello" * 100).SerializeToString()
-    assert plugin.decode_response(reply) == (7, b"hello" * 100)
-    descriptor = node_pb2.CniRequest.DESCRIPTOR
-    for number, env_name in plugin.ENV_FIELDS:
-        assert descriptor.fields_by_number[number].name == env_name[4:].decode().lower().replace(
-            "containerid", "container_id")
-    assert descriptor.fields_by_number[plugin.CONFIG_FIELD].name == "config"
 
 
 def test_installed_plugin_layout_runs_with_system_python(tmp_path):

@@ -117,7 +117,7 @@ def podman_env(daemon):
     network = unique("net")
     with open(os.path.join(net_dir, f"{network}.conflist"), "w") as f:
         json.dump({"cniVersion": "1.0.0", "name": network,
-                   "plugins": [{"type": "podnet", "socket": daemon.socket},
+                   "plugins": [{"type": "podnet", "socket": daemon.cni_socket},
                                {"type": "portmap", "capabilities": {"portMappings": True}}]}, f)
     podman = Podman(workdir, daemon.netns, containers_conf(workdir, bin_dir, net_dir))
     try:

@@ -79,8 +79,8 @@ def test_errors_follow_the_spec(daemon, netns):
     base = dict(container_id="e1", netns=ns_path(pod), ifname="eth0")
     cases = [
         (b"{not json", 6),
-        (json.dumps({"cniVersion": "9.9.9", "name": "x", "type": "podnet", "socket": daemon.socket}).encode(), 1),
-        (json.dumps({"cniVersion": "1.0.0", "type": "podnet", "socket": daemon.socket}).encode(), 7),
+        (json.dumps({"cniVersion": "9.9.9", "name": "x", "type": "podnet", "socket": daemon.cni_socket}).encode(), 1),
+        (json.dumps({"cniVersion": "1.0.0", "type": "podnet", "socket": daemon.cni_socket}).encode(), 7),
     ]
     for config, code in cases:
         rc, out, err = plugin("ADD", config=config, **base)

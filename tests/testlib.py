@@ -70,6 +70,7 @@ class Daemon:
         self.node_name = node_name or netns
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"{unique('d')}-")
         self.socket = os.path.join(self.workdir, "podnetd.sock")
+        self._cni_socket: str | None = None
         self.state_dir = os.path.join(self.workdir, "state")
         self.log_path = os.path.join(self.workdir, "podnetd.log")
         self.extra = extra or []
@@ -105,8 +106,19 @@ class Daemon:
         except OSError:
             return ""
 
+    @property
+    def cni_socket(self) -> str:
+        """The CNI relay's socket: podnetd's default, cni.sock next to --socket, unless a test
+        started it with --cni-socket and set this."""
+        return self._cni_socket or os.path.join(os.path.dirname(self.socket), "cni.sock")
+
+    @cni_socket.setter
+    def cni_socket(self, path: str) -> None:
+        self._cni_socket = path
+
     def config(self, name: str = "podnet-test", version: str = "1.1.0", **extra) -> dict:
-        return {"cniVersion": version, "name": name, "type": "podnet", "socket": self.socket, **extra}
+        return {"cniVersion": version, "name": name, "type": "podnet", "socket": self.cni_socket,
+                **extra}
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

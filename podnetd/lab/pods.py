@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from ..config import cni_socket_for
 from . import netops, state
 from .lab import Lab, LabError
 
@@ -19,11 +20,13 @@ def plugin_path() -> str:
     return spec.origin
 
 
-def cni(command: str, socket: str, container_id: str, netns: str, ifname: str = "eth0") -> dict:
+def cni(command: str, api_socket: str, container_id: str, netns: str, ifname: str = "eth0") -> dict:
+    """One CNI call on the node whose podnetd serves api_socket (its CNI relay is next to it)."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
            "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
            "CNI_PATH": "/usr/lib/cni"}
-    config = {"cniVersion": "1.1.0", "name": NETWORK, "type": "podnet", "socket": socket}
+    config = {"cniVersion": "1.1.0", "name": NETWORK, "type": "podnet",
+              "socket": cni_socket_for(api_socket)}
     proc = subprocess.run([sys.executable, "-I", "-S", plugin_path()], input=json.dumps(config),
                           env=env, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:

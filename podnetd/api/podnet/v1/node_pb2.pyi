@@ -153,29 +153,3 @@ class NodeInfo(_message.Message):
     version: str
     pod_gso_max_size: int
     def __init__(self, node_name: _Optional[str] = ..., pod_cidr: _Optional[str] = ..., gateway: _Optional[str] = ..., bridge: _Optional[str] = ..., mtu: _Optional[int] = ..., allocated: _Optional[int] = ..., capacity: _Optional[int] = ..., version: _Optional[str] = ..., pod_gso_max_size: _Optional[int] = ...) -> None: ...
-
-class CniRequest(_message.Message):
-    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "config")
-    COMMAND_FIELD_NUMBER: _ClassVar[int]
-    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
-    NETNS_FIELD_NUMBER: _ClassVar[int]
-    IFNAME_FIELD_NUMBER: _ClassVar[int]
-    ARGS_FIELD_NUMBER: _ClassVar[int]
-    PATH_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_FIELD_NUMBER: _ClassVar[int]
-    command: str
-    container_id: str
-    netns: str
-    ifname: str
-    args: str
-    path: str
-    config: bytes
-    def __init__(self, command: _Optional[str] = ..., container_id: _Optional[str] = ..., netns: _Optional[str] = ..., ifname: _Optional[str] = ..., args: _Optional[str] = ..., path: _Optional[str] = ..., config: _Optional[bytes] = ...) -> None: ...
-
-class CniResponse(_message.Message):
-    __slots__ = ("exit_code", "stdout")
-    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
-    STDOUT_FIELD_NUMBER: _ClassVar[int]
-    exit_code: int
-    stdout: bytes
-    def __init__(self, exit_code: _Optional[int] = ..., stdout: _Optional[bytes] = ...) -> None: ...
