@@ -51,16 +51,19 @@ class HostileServer(cluster_pb2_grpc.PeerServicer):
     line per call: the caller's sender name."""
 
     def __init__(self, answers: list[dict]):
-        self.answers, self.calls = answers, 0
+        self.calls = 0
+        self.answers = []  # built once: a slow answer on a busy machine would just time out
+        for a in answers:
+            records = [cluster_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
+            if a.get("pad"):
+                records.append(cluster_pb2.NodeRecord(name="p" * a["pad"]))
+            self.answers.append(cluster_pb2.ExchangeResponse(records=records))
 
     def Exchange(self, request, context):
-        a = self.answers[self.calls % len(self.answers)]
+        answer = self.answers[self.calls % len(self.answers)]
         self.calls += 1
         print(json.dumps({"call": self.calls, "sender": request.sender}), flush=True)
-        records = [cluster_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
-        if a.get("pad"):
-            records.append(cluster_pb2.NodeRecord(name="p" * a["pad"]))
-        return cluster_pb2.ExchangeResponse(records=records)
+        return answer
 
 
 def serve(config: dict) -> None:

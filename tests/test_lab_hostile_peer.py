@@ -209,6 +209,8 @@ def test_forged_answers_from_a_hostile_server_change_nothing(lab, attacker):
         except queue.Empty:
             raise AssertionError(f"the nodes stopped gossiping after {calls}") from None
         assert {c["sender"] for c in calls} <= set(n), calls
+        probe.until(lambda: all("mallory" in view(lab, node) for node in n), 20,
+                    "every node has heard of mallory")
         attacked_at = time.monotonic()
         for node in n:
             seen = view(lab, node)
