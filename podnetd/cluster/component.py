@@ -1,9 +1,9 @@
 """The cluster component of podnetd: store + routing backend + reconcile loop (which also keeps
 the node firewall's VXLAN senders, podnetd/firewall.py, in step with the peers).
 
-Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the node is set up
-(it decides the underlay, the pod MTU and, with etcd, the pod CIDR); daemon.COMPONENTS starts
-it after; server.SERVICE_REGISTRARS serves podnet.v1.Cluster.
+Wiring (the cluster feature, podnetd/cluster/wire.py): prepare() runs before the node is set
+up (it decides the underlay, the pod MTU and, with etcd, the pod CIDR); the component starts
+after it; the feature serves podnet.v1.Cluster.
 """
 import asyncio
 import collections

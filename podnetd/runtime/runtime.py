@@ -165,10 +165,8 @@ class Runtime:
 
     async def _gc_when_serving(self) -> None:
         """CNI GC once the daemon serves (the podnet plugin calls back into it)."""
-        for _ in range(200):
-            if self.daemon._server is not None and os.path.exists(self.cfg.socket):
-                break
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.daemon.serving.wait(), 10)
         valid = [(p.pause_id, "eth0") for p in self.pods.values() if p.cni]
         for attempt in range(3):
             try:
