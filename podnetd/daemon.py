@@ -6,8 +6,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
-import stat
 
 from grpc_health.v1 import health_pb2
 
@@ -63,23 +61,10 @@ class Daemon:
         self._lock_fd = fd
 
     def _prepare_socket(self) -> None:
-        path = self.cfg.socket
         try:  # the sockets' 0700 directory (see socket_dir): checked before anything is bound
-            socket_dir.ensure(os.path.dirname(path) or "/")
-        except (socket_dir.InsecureSocketDir, OSError) as e:
-            raise StartupError(f"{e}: podnetd's sockets need a directory of their own, owned by "
-                               f"root with mode 0700") from None
-        if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise StartupError(f"socket {path}: something that is not a socket is there")
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(path)
-                raise StartupError(f"socket {path} is in use by a running daemon")
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(path)  # left by a daemon that died
-            finally:
-                probe.close()
+            socket_dir.prepare(self.cfg.socket, "socket")
+        except (socket_dir.InsecureSocketDir, socket_dir.SocketPathTaken) as e:
+            raise StartupError(str(e)) from None
 
     def setup_node(self) -> None:
         cfg = self.cfg
