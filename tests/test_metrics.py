@@ -138,6 +138,10 @@ def test_a_real_prometheus_scrapes_every_lab_node(lab):
         until(lambda: query(adds) == expected, 30, f"ADDs counted per node: {expected}", 0.5)
         peers = query('sum by (instance) (podnet_peers{state="ok"})')
         assert peers == {t: 2.0 for t in targets}, peers
+        rounds = query("podnet_gossip_rounds_total")
+        assert set(rounds) == set(targets) and all(v > 0 for v in rounds.values()), rounds
+        age = query('podnet_store_last_sync_age_seconds{store="static"}')
+        assert set(age) == set(targets) and all(0 <= v < 30 for v in age.values()), age
     finally:
         prom.terminate()
         try:

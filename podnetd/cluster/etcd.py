@@ -503,5 +503,8 @@ class EtcdStore(Store):
     def synced(self) -> bool:
         return self._synced
 
+    def last_sync(self) -> float | None:
+        return self._last_list if self._synced else None
+
     def problem(self) -> str | None:
         return self._error
