@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # e.g. --system-site-packages where the system Python already has the dependencies (the Vagrant box)
 VENV_FLAGS ?=
 
-.PHONY: deps apt venv test demo install proto bench clean-stamps
+.PHONY: deps apt venv test test-unit demo install proto bench clean-stamps
 
 deps: apt venv
 
@@ -38,6 +38,11 @@ $(VENV)/.stamp: pyproject.toml
 ## test: the whole suite (real namespaces, real peers); needs root
 test: deps .stamp-apt-test
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+## test-unit: the tests that need no root (pure logic, parsers, plans, plugin builds against fake
+## relays): any user, no kernel state, well under a minute; the `root` marker is set in tests/conftest.py
+test-unit: venv
+	$(PY) -m pytest -q -m "not root" $(PYTEST_ARGS) tests
 
 ## demo: a local lab with pods pinging across nodes, then teardown
 demo: deps

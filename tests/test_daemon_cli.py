@@ -115,6 +115,7 @@ def test_installed_plugin_layout_runs_with_system_python(tmp_path):
     assert list((tmp_path / ".podnet" / "__pycache__").glob("podnet_plugin.*.pyc"))
 
 
+@pytest.mark.root
 def test_make_install_lays_out_plugin_and_commands(tmp_path):
     cni_dir, bin_dir = tmp_path / "cni", tmp_path / "bin"
     proc = subprocess.run(["make", "-s", "install", f"CNI_BIN_DIR={cni_dir}", f"BIN_DIR={bin_dir}",

@@ -79,6 +79,7 @@ def _ctl(socket: str, *args, timeout: float = 60) -> subprocess.CompletedProcess
                           capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
+@pytest.mark.root
 def test_pod_events_are_listed_and_watched_with_kubectls_columns():
     with runtime_node("ev", "10.78.51.0/24") as node:
         node.run(pod("evpod", [container("c", "exec sleep 3600")]))
@@ -110,6 +111,7 @@ def test_pod_events_are_listed_and_watched_with_kubectls_columns():
             node.rm("evpod")
 
 
+@pytest.mark.root
 def test_the_fabric_records_a_lost_peer_and_repaired_drift():
     lab = Lab.up(3, "l2", "static", name=unique("ev"), node_timeout=3, reconcile_interval=1,
                  wait=30)
