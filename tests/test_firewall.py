@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from podnetd import firewall, firewall_rules as rules
 from podnetd.kernel import netns as kernel_netns
-from testlib import PY, REPO, Daemon, in_ns, ns_path, plugin, wait_for
+from testlib import PY, REPO, Daemon, cni_add, cni_del, in_ns, ns_path, wait_for
 
 SINGLE = rules.Policy(bridge="podnet0", gateway="10.77.0.1", pod_cidr="10.77.0.0/24")
 CLUSTER = rules.Policy(bridge="podnet0", gateway="10.99.1.1", pod_cidr="10.99.1.0/24",
@@ -141,8 +141,7 @@ def test_single_node_daemon_repairs_its_tables(netns):
     d = Daemon(node, "10.77.3.0/24", extra=["--reconcile-interval", "1"]).start()
     try:
         pod = netns.add("p")
-        rc, r, err = plugin("ADD", config=d.config(), container_id="c1", netns=ns_path(pod),
-                            ifname="eth0")
+        rc, r, err = cni_add(d, pod, "c1")
         assert rc == 0, (r, err)
         mac = r["interfaces"][2]["mac"]
         in_ns(node, "nft", "flush", "chain", "bridge", "podnet", "from_pod")
@@ -158,8 +157,7 @@ def test_single_node_daemon_repairs_its_tables(netns):
             cwd=REPO).stdout)["items"]
         assert any(e["reason"] == "DriftRepaired" and "firewall" in e["message"]
                    for e in events), events
-        rc, _, _ = plugin("DEL", config=d.config(), container_id="c1", netns=ns_path(pod),
-                          ifname="eth0")
+        rc, _, _ = cni_del(d, pod, "c1")
         assert rc == 0
         wait_for(lambda: mac not in in_ns(node, "nft", "list", "set", "bridge", "podnet",
                                           "pods").stdout, 10, what="element removed")
