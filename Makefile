@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 CNI_BIN_DIR ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
 BIN_DIR ?= /usr/local/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
 	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl \
@@ -48,9 +49,10 @@ test-unit: venv
 demo: deps
 	$(PY) -m podnetd.demo
 
-## install: the plugin to $(CNI_BIN_DIR)/podnet and the commands to $(BIN_DIR)
+## install: the plugin to $(CNI_BIN_DIR)/podnet, the commands to $(BIN_DIR) and, unless podnet is
+## configured there already, a default $(CNI_CONF_DIR)/10-podnet.conflist
 install: deps
-	$(PY) -m podnetd.install --cni-bin-dir $(CNI_BIN_DIR)
+	$(PY) -m podnetd.install --cni-bin-dir $(CNI_BIN_DIR) --cni-conf-dir $(CNI_CONF_DIR)
 	install -d $(BIN_DIR)
 	for cmd in podnetd podnetctl; do ln -sf $(abspath $(VENV))/bin/$$cmd $(BIN_DIR)/$$cmd; done
 

@@ -117,11 +117,13 @@ def test_installed_plugin_layout_runs_with_system_python(tmp_path):
 
 @pytest.mark.root
 def test_make_install_lays_out_plugin_and_commands(tmp_path):
-    cni_dir, bin_dir = tmp_path / "cni", tmp_path / "bin"
+    cni_dir, bin_dir, conf_dir = tmp_path / "cni", tmp_path / "bin", tmp_path / "net.d"
     proc = subprocess.run(["make", "-s", "install", f"CNI_BIN_DIR={cni_dir}", f"BIN_DIR={bin_dir}",
-                           f"VENV={pathlib.Path(PY).parent.parent}"],
+                           f"CNI_CONF_DIR={conf_dir}", f"VENV={pathlib.Path(PY).parent.parent}"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    conflist = json.loads((conf_dir / "10-podnet.conflist").read_text())  # tests/test_install.py
+    assert conflist["plugins"][0] == {"type": "podnet", "socket": "/run/podnet/cni.sock"}
     version = subprocess.run([cni_dir / "podnet"], env={"CNI_COMMAND": "VERSION"},
                              capture_output=True, text=True)
     assert version.returncode == 0 and "1.1.0" in version.stdout
