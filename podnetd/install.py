@@ -125,7 +125,7 @@ class ConflistError(Exception):
     pass
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
@@ -139,7 +139,7 @@ def highest_common_version(supported: dict[str, list[str]]) -> str:
     if not common:
         raise ConflistError("no CNI version supported by every plugin: "
                             + "; ".join(f"{t}: {', '.join(v) or 'none'}" for t, v in supported.items()))
-    return max(common, key=_version_key)
+    return max(common, key=version_key)
 
 
 def default_conflist(version: str, chained: list[dict], socket: str = DEFAULT_RELAY_SOCKET) -> dict:

@@ -70,7 +70,7 @@ def test_without_portmap_the_conflist_is_podnet_alone(dirs, tmp_path):
     conflist = json.load(open(path))
     assert written and [p["type"] for p in conflist["plugins"]] == ["podnet"]
     assert conflist["cniVersion"] == max(install.plugin_versions(os.path.join(bin_dir, "podnet")),
-                                         key=install._version_key)
+                                         key=install.version_key)
 
 
 def test_a_configuration_of_podnets_is_kept(dirs):
