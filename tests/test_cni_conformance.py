@@ -7,7 +7,8 @@ import pytest
 
 from podnetd.endpoints import host_veth_name
 from cni_chain import podnet_endpoints as endpoints
-from testlib import cni_add, cni_del, links_in, ns_path, ping, plugin, unique, wait_for
+from testlib import (cni_add, cni_del, ipam_allocations, links_in, ns_path, ping, plugin, unique,
+                     wait_for)
 
 
 def held_by(daemon, cid: str) -> list[dict]:
@@ -86,7 +87,7 @@ def test_bad_container_id_or_ifname_refused_without_leaking(daemon, netns):
         rc, out, err = cni_add(daemon, pod, cid, ifname=ifname)
         assert rc != 0 and out["code"] == 4 and env in out["msg"], (cid, ifname, out, err)
         assert "Traceback" not in err
-    assert endpoints(daemon) == []
+    assert endpoints(daemon) == [] and ipam_allocations(daemon) == set()
     assert node_links(daemon) == before
     assert [link["ifname"] for link in links_in(pod)] == ["lo"]
 
