@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from podnetd.ctl.main import parse
-from testlib import cni_add
+from testlib import cni_add, podnetctl
 
 
 @pytest.mark.parametrize("argv", [
@@ -67,9 +67,7 @@ def test_status_exits_1_when_the_daemon_is_not_ready(daemons, netns):
     daemon = daemons("10.77.8.0/30")            # one address for pods
 
     def status() -> tuple[int, dict]:
-        proc = subprocess.run([sys.executable, "-m", "podnetd.ctl.main", "status", "--socket",
-                               daemon.socket, "-o", "json"], capture_output=True, text=True,
-                              timeout=60)
+        proc = podnetctl("status", "-o", "json", socket=daemon.socket)
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc.returncode, json.loads(proc.stdout)
 

@@ -12,7 +12,7 @@ import pytest
 
 from podnetd.events import EventRecorder, ObjectRef, parse_ref
 from podnetd.lab import Lab
-from testlib import PY, REPO, in_ns, unique, wait_for
+from testlib import PY, REPO, in_ns, podnetctl, unique, wait_for
 from runtime_lib import container, pod, runtime_node
 
 
@@ -75,8 +75,7 @@ def test_for_refuses_anything_else(text):
 
 
 def _ctl(socket: str, *args, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "podnetd.ctl.main", *args, "--socket", socket],
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    return podnetctl(*args, socket=socket, timeout=timeout)
 
 
 @pytest.mark.root

@@ -5,14 +5,13 @@ cluster's view is complete, hostile peer addresses never reach nft. Plus the sin
 daemon repairing its tables."""
 import json
 import re
-import subprocess
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from podnetd import firewall, firewall_rules as rules
 from podnetd.kernel import netns as kernel_netns
-from testlib import PY, REPO, cni_add, cni_del, in_ns, ns_path, wait_for
+from testlib import cni_add, cni_del, in_ns, ns_path, podnetctl, wait_for
 
 SINGLE = rules.Policy(bridge="podnet0", gateway="10.77.0.1", pod_cidr="10.77.0.0/24")
 CLUSTER = rules.Policy(bridge="podnet0", gateway="10.99.1.1", pod_cidr="10.99.1.0/24",
@@ -150,10 +149,8 @@ def test_single_node_daemon_repairs_its_tables(daemons, netns):
         tables = in_ns(node, "nft", "list", "ruleset").stdout
         return "pod_to_node" in tables and "forged IPv4 source" in tables and mac in tables
     wait_for(repaired, 15, what="nft tables repaired")
-    events = json.loads(subprocess.run(
-        [PY, "-m", "podnetd.ctl.main", "get", "events", "--for", f"node/{d.node_name}", "-o",
-         "json", "--socket", d.socket], capture_output=True, text=True, check=True,
-        cwd=REPO).stdout)["items"]
+    events = json.loads(podnetctl("get", "events", "--for", f"node/{d.node_name}", "-o", "json",
+                                  socket=d.socket, check=True).stdout)["items"]
     assert any(e["reason"] == "DriftRepaired" and "firewall" in e["message"]
                for e in events), events
     rc, _, _ = cni_del(d, pod, "c1")

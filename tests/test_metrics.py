@@ -13,7 +13,7 @@ import pytest
 from podnetd import metrics
 from podnetd.lab import Lab, pods
 from podnetd.lab.probe import until
-from testlib import PY, cni_add, in_ns, unique
+from testlib import PY, cni_add, in_ns, podnetctl, unique
 
 PROMETHEUS = shutil.which("prometheus")
 
@@ -97,8 +97,7 @@ def test_grpc_calls_are_counted(daemon):
     """The CNI relay is not gRPC (docs/cni-relay.md): the API's calls are what is counted."""
     before = _grpc_status_calls(daemon)
     for _ in range(2):
-        proc = subprocess.run([PY, "-m", "podnetd.ctl.main", "status", "--socket", daemon.socket],
-                              capture_output=True, text=True, timeout=60)
+        proc = podnetctl("status", socket=daemon.socket)
         assert proc.returncode == 0, proc.stderr
     assert _grpc_status_calls(daemon) - before == 2
 

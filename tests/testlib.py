@@ -244,10 +244,17 @@ def veths_on_bridge(daemon: "Daemon", bridge: str = "podnet0") -> set[str]:
     return {link["ifname"] for link in links_in(daemon.netns) if link.get("master") == bridge}
 
 
+def podnetctl(*args: str, socket: str, netns: str | None = None, timeout: float = 60,
+              check: bool = False) -> subprocess.CompletedProcess:
+    """podnetctl ARGS --socket SOCKET as a person runs it (in a node netns when given)."""
+    enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+    return subprocess.run([*enter, PY, "-m", "podnetd.ctl.main", *args, "--socket", socket],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout, check=check)
+
+
 def endpoints(daemon: "Daemon") -> list[dict]:
     """The daemon's endpoint records, through podnetctl as a person would get them."""
-    proc = subprocess.run([PY, "-m", "podnetd.ctl.main", "endpoints", "--socket", daemon.socket,
-                           "-o", "json"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    proc = podnetctl("endpoints", "-o", "json", socket=daemon.socket, timeout=30)
     if proc.returncode != 0:
         raise AssertionError(f"podnetctl endpoints failed: {proc.stderr}")
     return json.loads(proc.stdout)
