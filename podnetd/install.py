@@ -209,7 +209,7 @@ def install_conflist(conf_dir: str, bin_dir: str, reference_dirs: list[str] | No
     if podnet is None:
         raise ConflistError(f"no podnet plugin in {bin_dir}: install the plugin first")
     supported = {"podnet": plugin_versions(podnet)}
-    chained = []
+    chained, links = [], []
     for plugin in CHAINED:
         where = find_plugin(plugin["type"], [bin_dir, *reference_dirs])
         if where is None:
@@ -218,9 +218,11 @@ def install_conflist(conf_dir: str, bin_dir: str, reference_dirs: list[str] | No
             continue
         supported[plugin["type"]] = plugin_versions(where)
         if os.path.dirname(where) != os.path.normpath(bin_dir):
-            os.symlink(where, os.path.join(bin_dir, plugin["type"]))
+            links.append((where, os.path.join(bin_dir, plugin["type"])))
         chained.append(dict(plugin))
     conflist = default_conflist(highest_common_version(supported), chained, socket)
+    for target, link in links:     # only once the conflist that needs them is settled
+        os.symlink(target, link)
     os.makedirs(conf_dir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(conflist, f, indent=2)

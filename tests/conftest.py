@@ -20,7 +20,7 @@ ROOT_MODULES = frozenset({
     "test_cluster_overlap", "test_cluster_static", "test_cni_conformance", "test_cni_netns_reuse",
     "test_doctor", "test_firewall", "test_kernel", "test_lab_churn", "test_lab_cli",
     "test_lab_connectivity", "test_lab_etcd", "test_pod_isolation", "test_podman",
-    "test_resilience", "test_single_node",
+    "test_resilience", "test_single_node", "test_lab_hostile_peer",
     "test_runtime_cni_gc", "test_runtime_examples", "test_runtime_hostile",
     "test_runtime_image_attacks", "test_runtime_images", "test_runtime_lifecycle",
     "test_runtime_network", "test_runtime_paths", "test_runtime_pods", "test_runtime_podsec",
