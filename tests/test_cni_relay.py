@@ -773,3 +773,14 @@ def test_venv_podnet_is_a_direct_launcher(tmp_path):
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert "podnet" not in scripts, "a pip wrapper would replace the launcher"
     assert "--dev-launcher $(VENV)/bin/podnet" in (REPO / "Makefile").read_text()
+
+
+
+@pytest.mark.parametrize("build", ["native", "python"])
+def test_both_builds_answer_version_with_the_daemons_supported_versions(build):
+    """The plugin builds cannot import podnetd (C; python -IS), so each keeps its own list of
+    CNI versions: they must be the daemon's, in its order, with its latest."""
+    from podnetd import cni
+    rc, out, err = testlib.plugin("VERSION", argv=testlib.PLUGIN_ARGV[build])
+    assert rc == 0, err
+    assert out == {"cniVersion": cni.LATEST, "supportedVersions": list(cni.SUPPORTED_VERSIONS)}
