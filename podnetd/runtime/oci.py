@@ -183,14 +183,3 @@ async def exec_(runtime: str, cid: str, argv: list[str], *, stdin: bytes = b"",
     return await _call([*runtime_argv(runtime), "exec", cid, *argv],
                        f"{runtime} exec {cid}", stdin=stdin, timeout=timeout, check=False,
                        max_output=max_output)
-
-
-async def list_ids(runtime: str) -> list[str]:
-    rc, out, _ = await _call([*runtime_argv(runtime), "list", "-f", "json"], f"{runtime} list",
-                             check=False)
-    if rc != 0:
-        return []
-    try:
-        return [c["id"] for c in json.loads(out or b"null") or []]
-    except (ValueError, KeyError, TypeError):
-        return []
