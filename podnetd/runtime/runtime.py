@@ -4,7 +4,7 @@ attached through CNI, init/sidecar/app containers under runc, kubelet's lifecycl
 This is the facade the daemon and the Pods service use; the work is cut as the kubelet's
 kuberuntime and CRI-O cut it:
   store.py       the pod store (persisted JSON)          sandbox.py   netns, pause, CNI
-  containers.py  a container's OCI config and mounts     supervisor.py shims, exits, restarts
+  containers.py  a container's OCI config and mounts     supervisor.py conmon, exits, restarts
   prober.py      startup/liveness/readiness workers      lifecycle.py the pod's stages
   model.py       pod and container data, Kubernetes status
 
@@ -79,7 +79,7 @@ class Runtime:
         self._spawn(self._gc_when_serving())
         self._spawn(eviction.watch_local_storage(
             self.ctx, self.pods, lambda pod: self._spawn(self.stop_pod(pod, 0, "Evicted"))))
-        self.supervisor.refill()
+        self._spawn(self.supervisor.rotator.run())
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
                  self.cfg.cni_bin_dir)
@@ -104,7 +104,7 @@ class Runtime:
         yield gauge("podnet_pods", "Pods of this node's runtime, by phase", ["phase"], phases)
 
     async def stop(self) -> None:
-        """podnetd stops: the pods keep running (their shims and runc are in other sessions);
+        """podnetd stops: the pods keep running (their conmons are in other sessions);
         only our watchers go."""
         runs = list(self.ctx.runs.values())
         tasks = [r.task for r in runs if r.task] + \

@@ -1,8 +1,10 @@
-"""The container supervisor (kubelet's container restart loop, CRI-O's conmon side): each
-attempt of a container runs under a shim (shim.py, its own session, so it outlives podnetd)
-that owns the foreground `runc run`, writes the CRI log and the exit file. Here: the shim
-pool, starting an attempt, waiting for its exit, recording how it ended, killing (preStop,
-SIGTERM, grace, SIGKILL), and the restart policy with kubelet's back-off."""
+"""The container supervisor (kubelet's container restart loop, CRI-O's container_server side):
+each attempt of a container runs under conmon (oci.py: it runs `runc create`, leaves podnetd's
+session, writes the CRI log, the exit file and the OOM fact), then podnetd `runc start`s it.
+Here: starting an attempt, waiting for its exit (conmon's pidfd), recording how it ended,
+killing (preStop, SIGTERM, grace, SIGKILL), log rotation (logrotate.py), and the restart
+policy with kubelet's back-off. Attempts started by an older podnetd under shim.py are still
+watched to their end (their pid is "shim_pid", their exit file holds "code time")."""
 import asyncio
 import contextlib
 import logging
@@ -16,12 +18,13 @@ from .context import Context
 from .errors import ContainerError
 from .images import ImageError, ImageStore
 from .model import Ctr, Stage
+from .logrotate import Rotator
 from .prober import Prober
 from .sandbox import Sandboxes
 from ..timestamps import rfc3339
 
 log = logging.getLogger(__name__)
-SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a shim did not outlive its container
+SHIM_CHECK_INTERVAL = 2.0  # seconds between checks that a legacy shim did not outlive its container
 STARTUP_TIMEOUT = 30.0
 
 
@@ -54,37 +57,12 @@ class Supervisor:
         self.prober = Prober(ctx, self.kill)
         self.backoff_base = ctx.cfg.restart_backoff
         self.backoff_max = ctx.cfg.restart_backoff_max
-        self._idle: oci.IdleShim | None = None
-
-    # -- the shim pool ------------------------------------------------------------------
-
-    def _shim_log(self) -> str:
-        return os.path.join(self.ctx.layout.root, "shim.log")
-
-    def _shim(self, argv: list[str]) -> int:
-        """Hand the job to the idle shim and pre-start the next one."""
-        idle, self._idle = self._idle, None
-        if idle is not None and host.pid_alive(idle.pid, "shim.py"):
-            pid = idle.run(argv)
-        else:
-            if idle is not None:
-                idle.discard()
-            pid = oci.spawn_shim(argv, self._shim_log())
-        self.refill()
-        return pid
-
-    def refill(self) -> None:
-        try:
-            self._idle = oci.IdleShim(self._shim_log())
-        except OSError as e:
-            log.warning("cannot pre-start a shim: %s", e)
-            self._idle = None
+        cfg = ctx.cfg
+        self.rotator = Rotator(cfg.container_log_max_size, cfg.container_log_max_files)
+        self._runtime_path = ""
 
     def close(self) -> None:
-        if self._idle is not None:
-            self._idle.discard()
-            host.reap(self._idle.pid)
-            self._idle = None
+        pass
 
     # -- the restart loop ---------------------------------------------------------------
 
@@ -157,26 +135,37 @@ class Supervisor:
         log_file = ctx.layout.log_path(c, attempt)
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
         self._prune_logs(c, attempt)
-        exit_file, pid_file = ctx.layout.ctr_dir(c, "exit"), ctx.layout.ctr_dir(c, "pid")
-        for p in (exit_file, pid_file):
+        exit_dir, persist = ctx.layout.ctr_dir(c, "exits"), ctx.layout.ctr_dir(c, "persist")
+        exit_file, pid_file = os.path.join(exit_dir, c.cid), ctx.layout.ctr_dir(c, "pid")
+        for d in (exit_dir, persist):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        for p in (exit_file, pid_file, os.path.join(persist, "oom"),
+                  os.path.join(persist, "exit"), os.path.join(bundle, "oom")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         if os.path.exists(f"/run/{ctx.oci}/{c.cid}"):  # left by a crash between exit and delete
             await oci.delete(ctx.oci, c.cid)
-        shim = self._shim(["--log-max-size", str(ctx.cfg.container_log_max_size),
-                           "--log-max-files", str(ctx.cfg.container_log_max_files),
-                           *oci.shim_argv(ctx.oci, c.cid, bundle, log_file, exit_file,
-                                          pid_file)])
-        c.attempt = {"shim_pid": shim, "started_at": time.time(), "log": log_file,
-                     "exit": exit_file, "n": attempt}
+        if not self._runtime_path:
+            self._runtime_path = oci.runtime_binary(ctx.oci, ctx.layout.root)
+        t0 = time.monotonic()
+        conmon_pid_file = ctx.layout.ctr_dir(c, "conmon.pid")
+        await oci.create_under_conmon(
+            oci.conmon_argv(self._runtime_path, c.cid, bundle, log_file, exit_dir, persist,
+                            pid_file, conmon_pid_file),
+            ctx.layout.ctr_dir(c, "conmon.log"), STARTUP_TIMEOUT)
+        with open(conmon_pid_file) as f:
+            conmon_pid = int(f.read().strip())
+        c.attempt = {"pid": conmon_pid, "started_at": time.time(), "log": log_file,
+                     "exit": exit_file, "persist": persist, "n": attempt}
         cr = ctx.ctr(c)
         cr.exited = asyncio.Event()
         cr.kill_reason = None
-        t0 = time.monotonic()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not os.path.exists(pid_file) and not os.path.exists(exit_file) \
-                and time.monotonic() < deadline:
-            await asyncio.sleep(0.003)
+        try:
+            await oci.start(ctx.oci, c.cid)
+        except oci.OciError:
+            # created but not started: conmon sees the exit of the kill and writes it
+            await oci.kill(ctx.oci, c.cid, signal.SIGKILL, all_=True)
+            raise
         log.debug("pod %s: container %s started in %.3fs", pod.key, c.name, time.monotonic() - t0)
         c.state = {"running": {"startedAt": rfc3339()}}
         c.ready = False
@@ -196,8 +185,10 @@ class Supervisor:
                     os.unlink(os.path.join(log_dir, name))
 
     async def _wait_exit(self, c: Ctr) -> None:
-        pid = c.attempt["shim_pid"]
-        if os.path.exists(c.attempt["exit"]) or not host.pid_alive(pid, "shim.py"):
+        legacy = "shim_pid" in c.attempt   # started by an older podnetd under shim.py
+        pid = c.attempt["shim_pid"] if legacy else c.attempt["pid"]
+        if os.path.exists(c.attempt["exit"]) \
+                or not host.pid_alive(pid, "shim.py" if legacy else "conmon"):
             host.reap(pid)
             return
         fd = host.pidfd_open(pid)
@@ -213,17 +204,18 @@ class Supervisor:
                     await asyncio.wait_for(asyncio.shield(fut), SHIM_CHECK_INTERVAL)
                     break
                 except asyncio.TimeoutError:
-                    stopped_checks = self._shim_outlived_container(c, pid, stopped_checks)
+                    if legacy:
+                        stopped_checks = self._shim_outlived_container(c, pid, stopped_checks)
         finally:
             loop.remove_reader(fd)
             os.close(fd)
         host.reap(pid)
 
     def _shim_outlived_container(self, c: Ctr, shim_pid: int, stopped_checks: int) -> int:
-        """Watchdog for a shim whose `runc run` did not return although the container's init is
-        dead (seen rarely, right after a kill during a probe's `runc exec`): after two checks in
-        a row that find init gone, end the shim's process group so the exit is noticed and the
-        restart policy runs. Cheap while init lives (one /proc read). Returns the new count."""
+        """(Attempts of an older podnetd's shim.py only.) Watchdog for a shim whose `runc run`
+        did not return although the container's init is dead (seen rarely, right after a kill
+        during a probe's `runc exec`): after two checks in a row that find init gone, end the
+        shim's process group so the exit is noticed and the restart policy runs. Cheap while init lives (one /proc read). Returns the new count."""
         if _init_alive(self.ctx.layout.ctr_dir(c, "pid")):
             return 0
         if stopped_checks + 1 < 2:
@@ -242,9 +234,12 @@ class Supervisor:
         if cr.exited is None:
             cr.exited = asyncio.Event()
         probing = asyncio.get_running_loop().create_task(self.prober.run(c))
+        if "pid" in c.attempt:   # under conmon: podnetd rotates its log
+            self.rotator.watch(c.attempt["log"], ctx.layout.ctr_dir(c, "ctl"))
         try:
             await self._wait_exit(c)
         finally:
+            self.rotator.unwatch(c.attempt["log"])
             probing.cancel()
             with contextlib.suppress(BaseException):
                 await probing
@@ -252,14 +247,18 @@ class Supervisor:
         try:
             with open(c.attempt["exit"]) as f:
                 parts = f.read().split()
-                code, finished = int(parts[0]), float(parts[1])
+                # conmon writes the code only (the file's time is the exit's); shim.py both
+                code = int(parts[0])
+                finished = float(parts[1]) if len(parts) > 1 else os.fstat(f.fileno()).st_mtime
         except (OSError, ValueError, IndexError):
             if cr.kill_reason:  # we killed it (the watchdog may have ended its shim too)
                 code = 128 + signal.SIGKILL
             else:
                 ctx.event(pod, "Warning", "ExitUnknown", "the container's exit status was lost",
                           c.name)
-        oom = host.oom_killed(c.cgroups_path)
+        oom = host.oom_killed(c.cgroups_path) or ("persist" in c.attempt and any(
+            os.path.exists(os.path.join(d, "oom"))   # conmon: persist dir, or its cwd (v1)
+            for d in (c.attempt["persist"], ctx.layout.ctr_dir(c))))
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         started = c.attempt["started_at"]
         term = {"exitCode": code, "reason": reason, "startedAt": rfc3339(started),
