@@ -7,7 +7,7 @@ CNI_BIN_DIR ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 BIN_DIR ?= /usr/local/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
-	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl \
+	runc crun podman conmon catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl \
 	libjansson-dev golang-github-containers-common
 # Only the host's test suite needs these (it validates the Vagrantfile, whose provider is
 # libvirt, and scrapes a lab with a real Prometheus); a node, and so the lab's VM box, does not.

@@ -78,11 +78,11 @@ def make_component(d):
     from .runtime import Runtime
     if d.cfg.no_pod_runtime:
         return None
-    if shutil.which(d.cfg.oci_runtime) is None:
-        # the network keeps working on a host without an OCI runtime; pods are not offered
-        logging.getLogger(__name__).warning("pod runtime off: %s is not installed",
-                                            d.cfg.oci_runtime)
-        return None
+    for needed in (d.cfg.oci_runtime, "conmon"):
+        if shutil.which(needed) is None:
+            # the network keeps working on a host without an OCI runtime; pods are not offered
+            logging.getLogger(__name__).warning("pod runtime off: %s is not installed", needed)
+            return None
     rt = Runtime(d)
     d.pod_runtime = rt
     return rt
