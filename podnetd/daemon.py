@@ -13,6 +13,7 @@ from . import __version__, cni_relay, node, server, socket_dir
 from .api.podnet.v1 import node_pb2
 from .cni import CniHandler
 from .endpoints import Endpoints, NodeNet
+from .errors import StartupError
 from .ipam import Ipam
 from .kernel import ip_lib
 from .kernel.errors import KernelError
@@ -20,10 +21,6 @@ from .events import EventRecorder, ObjectRef
 from .metrics import GrpcMetricsInterceptor, InstrumentedCni, Metrics, gauge
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    pass
 
 
 class Daemon:

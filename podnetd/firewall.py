@@ -13,6 +13,7 @@ import logging
 import threading
 
 from . import firewall_rules as rules
+from .errors import StartupError
 from .events import ObjectRef
 from .features import Feature
 from .kernel import nft
@@ -238,7 +239,6 @@ class FirewallComponent:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        from .daemon import StartupError
         d = self.daemon
         net = d.endpoints.node
         try:

@@ -15,6 +15,7 @@ import time
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
+from ..errors import StartupError
 from ..events import ObjectRef
 from ..metrics import counter, gauge
 from . import backends, records as rec, routing
@@ -58,7 +59,6 @@ class ClusterComponent:
     # -- before node setup -----------------------------------------------------------------
 
     async def prepare(self) -> None:
-        from ..daemon import StartupError
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
@@ -102,7 +102,6 @@ class ClusterComponent:
     # -- start / stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        from ..daemon import StartupError
         try:
             await self._start()
         except (KernelError, OSError, RuntimeError) as e:
