@@ -204,26 +204,31 @@ class Supervisor:
                     await asyncio.wait_for(asyncio.shield(fut), SHIM_CHECK_INTERVAL)
                     break
                 except asyncio.TimeoutError:
-                    if legacy:
-                        stopped_checks = self._shim_outlived_container(c, pid, stopped_checks)
+                    stopped_checks = self._supervisor_outlived_container(c, pid, stopped_checks,
+                                                                         legacy)
         finally:
             loop.remove_reader(fd)
             os.close(fd)
         host.reap(pid)
 
-    def _shim_outlived_container(self, c: Ctr, shim_pid: int, stopped_checks: int) -> int:
-        """(Attempts of an older podnetd's shim.py only.) Watchdog for a shim whose `runc run`
-        did not return although the container's init is dead (seen rarely, right after a kill
-        during a probe's `runc exec`): after two checks in a row that find init gone, end the
-        shim's process group so the exit is noticed and the restart policy runs. Cheap while init lives (one /proc read). Returns the new count."""
+    def _supervisor_outlived_container(self, c: Ctr, pid: int, stopped_checks: int,
+                                       legacy: bool) -> int:
+        """Watchdog for a supervisor (conmon, or an older podnetd's shim.py) that does not
+        finish although the container's init is dead (seen rarely, right after a kill during a
+        probe's `runc exec`): after two checks in a row that find init gone, end the supervisor
+        so the exit is noticed and the restart policy runs, instead of a pod that never
+        restarts. Cheap while init lives (one /proc read). Returns the new count."""
         if _init_alive(self.ctx.layout.ctr_dir(c, "pid")):
             return 0
         if stopped_checks + 1 < 2:
             return stopped_checks + 1
-        log.warning("pod %s: container %s has exited but its shim %d did not finish; ending it",
-                    c.pod.key, c.name, shim_pid)
+        log.warning("pod %s: container %s has exited but its supervisor %d did not finish; "
+                    "ending it", c.pod.key, c.name, pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(shim_pid, signal.SIGKILL)
+            if legacy:
+                os.killpg(pid, signal.SIGKILL)   # the shim led its own process group
+            else:
+                os.kill(pid, signal.SIGKILL)
         return 0
 
     async def _watch(self, c: Ctr) -> tuple[int, float]:
