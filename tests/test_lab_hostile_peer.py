@@ -1,8 +1,8 @@
 """A hostile peer in the lab (real namespaces, real podnetds with the lab's mutual TLS): a process
-that speaks podnet.v1.Peer/Exchange sends forged, malformed and oversized records with and without
-a client certificate, with a certificate from another CA, and with a valid lab certificate for a
-name other than the one it claims. Routing keeps working, pods keep talking across nodes, and no
-forged data is installed."""
+that speaks podnet.peer.v1.PeerService/Exchange sends forged, malformed and oversized records
+with and without a client certificate, with a certificate from another CA, and with a valid lab
+certificate for a name other than the one it claims. Routing keeps working, pods keep talking
+across nodes, and no forged data is installed."""
 import json
 import os
 import queue

@@ -3,7 +3,7 @@ the node firewall's VXLAN senders, podnetd/firewall.py, in step with the peers).
 
 Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the node is set up
 (it decides the underlay, the pod MTU and, with etcd, the pod CIDR); daemon.COMPONENTS starts
-it after; server.SERVICE_REGISTRARS serves podnet.v1.Cluster.
+it after; server.SERVICE_REGISTRARS serves podnet.v1.ClusterService.
 """
 import asyncio
 import collections

@@ -1,7 +1,7 @@
 """The pod runtime: Kubernetes Pod manifests run by runc/crun with the network through CNI.
 
 Importing this package wires it into podnetd: flags (config.EXTENSIONS/VALIDATORS), the
-component (daemon.COMPONENTS) and the podnet.v1.Pods service (server.SERVICE_REGISTRARS).
+component (daemon.COMPONENTS) and the podnet.v1.PodService service (server.SERVICE_REGISTRARS).
 The runtime is created lazily on daemon start, so podnetd with only the network flags works
 as before (the runtime needs nothing until a pod is run)."""
 import logging
@@ -101,8 +101,8 @@ def register_service(srv, d) -> list[str]:
         return []
     from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
     from .service import PodsService
-    pods_pb2_grpc.add_PodsServicer_to_server(PodsService(rt), srv)
-    return [pods_pb2.DESCRIPTOR.services_by_name["Pods"].full_name]
+    pods_pb2_grpc.add_PodServiceServicer_to_server(PodsService(rt), srv)
+    return [pods_pb2.DESCRIPTOR.services_by_name["PodService"].full_name]
 
 
 if add_flags not in config.EXTENSIONS:
