@@ -82,3 +82,19 @@ def test_message_dict_prints_words():
     assert (entry["kind"], entry["mode"], entry["state"], entry["node"]) == ("fdb", "vxlan", "missing", "n2")
     node = apiconv.message_dict(cluster_pb2.ClusterNode(heartbeat_age=apiconv.duration(1.5)))
     assert node["heartbeat_age"] == "1.500s" and node["mode"] == ""
+
+
+def test_podnetctl_refuses_durations_the_api_cannot_carry():
+    """A Duration holds about 10,000 years: podnetctl says so instead of a protobuf traceback."""
+    import argparse
+
+    from podnetd.ctl import pods
+    from podnetd.ctl.client import CtlError
+    for text in ("1e300", "inf", "nan", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="give seconds, 0 or more"):
+            pods.grace_seconds(text)
+    assert pods.grace_seconds("30") == 30
+    args = argparse.Namespace(cmd=["true"], stdin=False, timeout=1e300, name="p", namespace="default",
+                              container="", socket="/nonexistent/podnetd.sock")
+    with pytest.raises(CtlError, match="pod exec: --timeout 1e\\+300 s: not a duration"):
+        pods.cmd_exec(args)
