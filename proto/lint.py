@@ -4,9 +4,8 @@ not packaged in Debian; tests/test_api_style.py runs this over every .proto unde
 Rules (buf's names): PACKAGE_VERSION_SUFFIX, PACKAGE_DIRECTORY_MATCH, SERVICE_SUFFIX,
 RPC_REQUEST_STANDARD_NAME, RPC_RESPONSE_STANDARD_NAME, RPC_REQUEST_RESPONSE_UNIQUE,
 ENUM_ZERO_VALUE_SUFFIX, ENUM_VALUE_PREFIX, ENUM_VALUE_UPPER_SNAKE_CASE, FIELD_LOWER_SNAKE_CASE,
-MESSAGE_PASCAL_CASE, SERVICE_PASCAL_CASE, RPC_PASCAL_CASE. Plus podnet's own TIME_WELL_KNOWN_TYPE:
-in the node-local API (podnet.v1) a time is a google.protobuf.Timestamp or Duration, never a
-number named *_unix, *_seconds or *_ms.
+MESSAGE_PASCAL_CASE, SERVICE_PASCAL_CASE, RPC_PASCAL_CASE. Plus podnet's own TIME_WELL_KNOWN_TYPE: a time is a
+google.protobuf.Timestamp or Duration, never a number named *_unix, *_seconds or *_ms.
 Usage: python proto/lint.py (exit 1 and one line per violation when any).
 """
 import pathlib
@@ -23,9 +22,6 @@ NUMERIC_TIME = re.compile(r"_(unix|seconds|ms)$")
 NUMBERS = {descriptor_pb2.FieldDescriptorProto.TYPE_INT32, descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
            descriptor_pb2.FieldDescriptorProto.TYPE_UINT32, descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
            descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE, descriptor_pb2.FieldDescriptorProto.TYPE_FLOAT}
-# The node-to-node protocol keeps integer milliseconds: records.py bounds them as numbers, and a
-# hostile value must reach that check as sent (proto/podnet/peer/v1/peer.proto says why).
-NUMERIC_TIME_PACKAGES = ("podnet.peer.",)
 
 
 def upper_snake(pascal: str) -> str:
@@ -95,8 +91,7 @@ def violations(f: descriptor_pb2.FileDescriptorProto) -> list[str]:
             where = f"{path}.{field.name}"
             if not LOWER_SNAKE.match(field.name):
                 bad(where, "FIELD_LOWER_SNAKE_CASE", "field names are lower_snake_case")
-            if (NUMERIC_TIME.search(field.name) and field.type in NUMBERS
-                    and not f.package.startswith(NUMERIC_TIME_PACKAGES)):
+            if NUMERIC_TIME.search(field.name) and field.type in NUMBERS:
                 bad(where, "TIME_WELL_KNOWN_TYPE",
                     "a time is a google.protobuf.Timestamp or Duration, not a number")
     return out

@@ -3,7 +3,8 @@ test asks for. As a client: reads a JSON list of attempts on stdin, prints a JSO
 outcomes. As a server (`hostile_peer.py serve CONFIG`): answers Exchanges with forged records.
 
 An attempt: {"target": "IP:PORT", "transport": "plain" | "tls", "ca": path, "cert": path|null,
-"key": path|null, "sender": str, "cluster_cidr": str, "records": [record dicts],
+"key": path|null, "sender": str, "cluster_cidr": str, "records": [record dicts: records.py's
+field names, heartbeat_ms/started_ms as integers, sent as the wire's Timestamps],
 "copies": n (the records repeated n times), "pad": n (a name of n bytes in one extra record)}.
 An outcome: {"code": "OK" | grpc status name, "details": str, "records": [names answered]}.
 """
@@ -12,7 +13,20 @@ import sys
 
 import grpc
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from podnetd.api.podnet.peer.v1 import peer_pb2, peer_pb2_grpc
+from podnetd.cluster.records import WIRE_TIMES
+
+
+def record(fields: dict) -> peer_pb2.NodeRecord:
+    """A NodeRecord from records.py's field names, any integer milliseconds as sent."""
+    fields = dict(fields)
+    for name, wire in WIRE_TIMES.items():
+        if name in fields:
+            ms = fields.pop(name)
+            fields[wire] = Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+    return peer_pb2.NodeRecord(**fields)
 
 
 def read(path):
@@ -32,10 +46,10 @@ def channel(a: dict) -> grpc.Channel:
 
 
 def attempt(a: dict) -> dict:
-    records = [peer_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
+    records = [record(r) for r in a.get("records", [])] * a.get("copies", 1)
     if a.get("pad"):
-        records.append(peer_pb2.NodeRecord(name="p" * a["pad"], underlay_ip="10.250.0.200",
-                                              pod_cidr="10.244.77.0/24", heartbeat_ms=1))
+        records.append(record({"name": "p" * a["pad"], "underlay_ip": "10.250.0.200",
+                               "pod_cidr": "10.244.77.0/24", "heartbeat_ms": 1}))
     request = peer_pb2.ExchangeRequest(sender=a.get("sender", ""), records=records,
                                           cluster_cidr=a.get("cluster_cidr", ""))
     with channel(a) as ch:
@@ -54,7 +68,7 @@ class HostileServer(peer_pb2_grpc.PeerServiceServicer):
         self.calls = 0
         self.answers = []  # built once: a slow answer on a busy machine would just time out
         for a in answers:
-            records = [peer_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
+            records = [record(r) for r in a.get("records", [])] * a.get("copies", 1)
             if a.get("pad"):
                 records.append(peer_pb2.NodeRecord(name="p" * a["pad"]))
             self.answers.append(peer_pb2.ExchangeResponse(records=records))

@@ -42,7 +42,7 @@ MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 
 
 def to_pb(r: NodeRecord) -> peer_pb2.NodeRecord:
-    return peer_pb2.NodeRecord(**r.to_dict())
+    return peer_pb2.NodeRecord(**rec.to_wire(r))
 
 
 def from_pb(m) -> NodeRecord:

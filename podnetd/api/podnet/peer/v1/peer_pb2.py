@@ -22,21 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19podnet/peer/v1/peer.proto\x12\x0epodnet.peer.v1\"\x93\x01\n\nNodeRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\x12\x10\n\x08vtep_mac\x18\x04 \x01(\t\x12\x14\n\x0cheartbeat_ms\x18\x05 \x01(\x03\x12\x14\n\x0cpeer_address\x18\x06 \x01(\t\x12\x12\n\nstarted_ms\x18\x07 \x01(\x03\"d\n\x0f\x45xchangeRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12+\n\x07records\x18\x02 \x03(\x0b\x32\x1a.podnet.peer.v1.NodeRecord\x12\x14\n\x0c\x63luster_cidr\x18\x03 \x01(\t\"?\n\x10\x45xchangeResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.podnet.peer.v1.NodeRecord2\\\n\x0bPeerService\x12M\n\x08\x45xchange\x12\x1f.podnet.peer.v1.ExchangeRequest\x1a .podnet.peer.v1.ExchangeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19podnet/peer/v1/peer.proto\x12\x0epodnet.peer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x01\n\nNodeRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\x12\x10\n\x08vtep_mac\x18\x04 \x01(\t\x12\x14\n\x0cpeer_address\x18\x06 \x01(\t\x12\x32\n\x0eheartbeat_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x05\x10\x06J\x04\x08\x07\x10\x08R\x0cheartbeat_msR\nstarted_ms\"d\n\x0f\x45xchangeRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12+\n\x07records\x18\x02 \x03(\x0b\x32\x1a.podnet.peer.v1.NodeRecord\x12\x14\n\x0c\x63luster_cidr\x18\x03 \x01(\t\"?\n\x10\x45xchangeResponse\x12+\n\x07records\x18\x01 \x03(\x0b\x32\x1a.podnet.peer.v1.NodeRecord2\\\n\x0bPeerService\x12M\n\x08\x45xchange\x12\x1f.podnet.peer.v1.ExchangeRequest\x1a .podnet.peer.v1.ExchangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podnet.peer.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODERECORD']._serialized_start=46
-  _globals['_NODERECORD']._serialized_end=193
-  _globals['_EXCHANGEREQUEST']._serialized_start=195
-  _globals['_EXCHANGEREQUEST']._serialized_end=295
-  _globals['_EXCHANGERESPONSE']._serialized_start=297
-  _globals['_EXCHANGERESPONSE']._serialized_end=360
-  _globals['_PEERSERVICE']._serialized_start=362
-  _globals['_PEERSERVICE']._serialized_end=454
+  _globals['_NODERECORD']._serialized_start=79
+  _globals['_NODERECORD']._serialized_end=322
+  _globals['_EXCHANGEREQUEST']._serialized_start=324
+  _globals['_EXCHANGEREQUEST']._serialized_end=424
+  _globals['_EXCHANGERESPONSE']._serialized_start=426
+  _globals['_EXCHANGERESPONSE']._serialized_end=489
+  _globals['_PEERSERVICE']._serialized_start=491
+  _globals['_PEERSERVICE']._serialized_end=583
 # @@protoc_insertion_point(module_scope)
