@@ -220,7 +220,8 @@ def test_forged_answers_from_a_hostile_server_change_nothing(lab, attacker):
             # a new name by hearsay may be held, but its backdated claim loses to n3's
             assert "thief" not in seen or "overlaps node n3's" in seen["thief"].problem, seen["thief"]
             assert seen["mallory"].pod_cidr == own_cidr  # a node with a valid certificate
-            assert seen[node].mode == cluster_pb2.PEER_MODE_SELF and not seen[node].problem, (node, seen[node])
+            assert seen[node].mode == cluster_pb2.PEER_MODE_SELF and not seen[node].problem, \
+                (node, seen[node])
             gw = gateways(lab, node)
             assert {d for d, g in gw.items() if g == attacker["ip"]} <= {own_cidr}, (node, gw)
         # the loops live on, and pods keep talking

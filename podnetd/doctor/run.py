@@ -72,7 +72,8 @@ def read_fabric(ch) -> Fabric:
     nodes, routes = _cluster_view(cluster_pb2_grpc.ClusterServiceStub(ch))
     f = Fabric(info)
     if nodes is not None:
-        f.cluster, f.store, f.cluster_cidr = True, enum_word(cluster_pb2.Store, nodes.store), nodes.cluster_cidr
+        f.cluster, f.cluster_cidr = True, nodes.cluster_cidr
+        f.store = enum_word(cluster_pb2.Store, nodes.store)
         for n in nodes.nodes:
             mode = enum_word(cluster_pb2.PeerMode, n.mode)
             if mode == "self":

@@ -21,7 +21,8 @@ def collect(lab: Lab) -> dict:
             problem = listing.problem
             for peer in listing.nodes:
                 if peer.name != name:
-                    peers[peer.name] = enum_word(cluster_pb2.PeerMode, peer.mode) + (f" ({peer.problem})" if peer.problem else "")
+                    mode = enum_word(cluster_pb2.PeerMode, peer.mode)
+                    peers[peer.name] = mode + (f" ({peer.problem})" if peer.problem else "")
         nodes.append({"node": name, "netns": n["netns"], "underlay_ip": n["ip"],
                       "segment": n["segment"], "pod_cidr": n.get("pod_cidr") or "",
                       "daemon": f"pid {record['pid']}" if running else "DOWN",
