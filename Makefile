@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 CNI_BIN_DIR ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
 BIN_DIR ?= /usr/local/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
-	runc crun podman catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl \
+	runc crun podman conmon catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl \
 	libjansson-dev golang-github-containers-common
 # Only the host's test suite needs these (it validates the Vagrantfile, whose provider is
 # libvirt, and scrapes a lab with a real Prometheus); a node, and so the lab's VM box, does not.
@@ -15,7 +16,7 @@ PYTEST_ARGS ?=
 # e.g. --system-site-packages where the system Python already has the dependencies (the Vagrant box)
 VENV_FLAGS ?=
 
-.PHONY: deps apt venv test demo install proto bench clean-stamps
+.PHONY: deps apt venv test test-unit demo install proto bench clean-stamps
 
 deps: apt venv
 
@@ -39,13 +40,19 @@ $(VENV)/.stamp: pyproject.toml
 test: deps .stamp-apt-test
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+## test-unit: the tests that need no root (pure logic, parsers, plans, plugin builds against fake
+## relays): any user, no kernel state, well under a minute; the `root` marker is set in tests/conftest.py
+test-unit: venv
+	$(PY) -m pytest -q -m "not root" $(PYTEST_ARGS) tests
+
 ## demo: a local lab with pods pinging across nodes, then teardown
 demo: deps
 	$(PY) -m podnetd.demo
 
-## install: the plugin to $(CNI_BIN_DIR)/podnet and the commands to $(BIN_DIR)
+## install: the plugin to $(CNI_BIN_DIR)/podnet, the commands to $(BIN_DIR) and, unless podnet is
+## configured there already, a default $(CNI_CONF_DIR)/10-podnet.conflist
 install: deps
-	$(PY) -m podnetd.install --cni-bin-dir $(CNI_BIN_DIR)
+	$(PY) -m podnetd.install --cni-bin-dir $(CNI_BIN_DIR) --cni-conf-dir $(CNI_CONF_DIR)
 	install -d $(BIN_DIR)
 	for cmd in podnetd podnetctl; do ln -sf $(abspath $(VENV))/bin/$$cmd $(BIN_DIR)/$$cmd; done
 

@@ -28,11 +28,14 @@
 
 #define DEFAULT_SOCKET "/run/podnet/cni.sock"
 #define LATEST "1.1.0"
-#define VERSIONS "[\"0.3.0\", \"0.3.1\", \"0.4.0\", \"1.0.0\", \"1.1.0\"]"
 #define MAGIC "PNR1"                  /* podnet relay protocol, version 1 */
 #define MAX_ENV 4096                  /* per CNI_* value */
 #define MAX_CONFIG (4u << 20)         /* the network config on stdin */
 #define MAX_ANSWER (1u + (1u << 20))  /* exit code + stdout */
+
+/* The CNI versions podnetd speaks (podnetd/cni.py SUPPORTED_VERSIONS; a test compares them). */
+static const char *const SUPPORTED[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
+#define N_SUPPORTED (sizeof SUPPORTED / sizeof *SUPPORTED)
 #define MAX_DEPTH 64                  /* levels of arrays and objects, as podnetd (jansson: 2048) */
 #define CONNECT_TIMEOUT_MS 2000       /* connect, send, the relay's greeting: down or wedged fails fast */
 #define CALL_TIMEOUT_MS 60000         /* the answer, once the relay has accepted the request */
@@ -228,10 +231,9 @@ static json_t *parse_config(const unsigned char *data, size_t len, plugin_error 
 
 /* The top-level cniVersion when we support it (errors are written in it), else the latest. */
 static const char *requested_version(json_t *config) {
-    static const char *const known[] = {"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
     const char *version = json_string_value(json_object_get(config, "cniVersion"));
-    for (size_t i = 0; version && i < sizeof known / sizeof *known; i++)
-        if (!strcmp(version, known[i])) return known[i];
+    for (size_t i = 0; version && i < N_SUPPORTED; i++)
+        if (!strcmp(version, SUPPORTED[i])) return SUPPORTED[i];
     return LATEST;
 }
 
@@ -435,7 +437,10 @@ out:
 int main(void) {
     const char *command = getenv("CNI_COMMAND");
     if (command && !strcmp(command, "VERSION")) {
-        printf("{\"cniVersion\": \"" LATEST "\", \"supportedVersions\": " VERSIONS "}\n");
+        printf("{\"cniVersion\": \"" LATEST "\", \"supportedVersions\": [");
+        for (size_t i = 0; i < N_SUPPORTED; i++)
+            printf("%s\"%s\"", i ? ", " : "", SUPPORTED[i]);
+        printf("]}\n");
         return 0;
     }
     plugin_error e = {0};

@@ -74,8 +74,13 @@ def shown(value, limit: int = 64) -> str:
     return f"{text[:limit]}... ({size} long)"
 
 
-def _version_tuple(v: str) -> tuple:
-    return tuple(int(x) for x in v.split("."))
+def version_tuple(version) -> tuple:
+    """"1.0.0" -> (1, 0, 0) for ordering CNI versions; () for anything that is not one (it
+    sorts below every version)."""
+    try:
+        return tuple(int(x) for x in version.split("."))
+    except (ValueError, AttributeError):
+        return ()
 
 
 def error_output(err: CniError, version: str) -> bytes:
@@ -291,7 +296,7 @@ def validate_env(command: str, container_id: str, netns: str, ifname: str) -> No
 def format_result(record: Record, version: str, bridge: dict, gateway: str) -> dict:
     """The ADD result in the shape of the requested version (0.3.x/0.4.0 or 1.x)."""
     ip_entry = {"address": record.address, "gateway": gateway, "interface": 2}
-    if _version_tuple(version) < (1, 0, 0):
+    if version_tuple(version) < (1, 0, 0):
         ip_entry = {"version": "4", **ip_entry}
     return {
         "cniVersion": version,
@@ -352,7 +357,7 @@ class CniHandler:
                 self.endpoints.detach(container_id, ifname, netns)
                 return b""
             if command == "CHECK":
-                if _version_tuple(version) < (0, 4, 0):
+                if version_tuple(version) < (0, 4, 0):
                     raise CniError(INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {version}")
                 expected = prev_result_addresses(config)
                 record = self.endpoints.check(container_id, ifname, netns)

@@ -16,7 +16,6 @@ import logging
 import os
 import select
 import socket
-import stat
 import struct
 
 from . import socket_dir
@@ -155,25 +154,9 @@ def bind_socket(path: str) -> socket.socket:
     (socket_dir). A leftover socket of a dead daemon is replaced; a live one, or anything that
     is not a socket, is refused."""
     try:
-        socket_dir.ensure(os.path.dirname(path) or "/")
-    except (socket_dir.InsecureSocketDir, OSError) as e:
-        raise RelaySocketError(f"CNI relay: {e}: podnetd's sockets need a directory of their "
-                               f"own, owned by root with mode 0700") from None
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise RelaySocketError(f"CNI relay socket {path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.connect(path)
-            raise RelaySocketError(f"CNI relay socket {path} is in use by a running daemon")
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)
-        finally:
-            probe.close()
+        socket_dir.prepare(path, "CNI relay socket")
+    except (socket_dir.InsecureSocketDir, socket_dir.SocketPathTaken) as e:
+        raise RelaySocketError(str(e)) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with socket_dir.private_umask():  # born 0600: no moment where others may connect

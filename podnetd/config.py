@@ -11,10 +11,6 @@ CNI_SOCKET_NAME = "cni.sock"  # the CNI relay's socket, next to --socket unless 
 DEFAULT_STATE_DIR = "/var/lib/podnet"
 DEFAULT_BRIDGE = "podnet0"
 
-# Modules that add flags (routing, pod runtime) append a function(parser) here before parse().
-EXTENSIONS: list = []
-# ...and a function(namespace) -> None that raises ConfigError for their own checks.
-VALIDATORS: list = []
 
 
 class ConfigError(Exception):
@@ -27,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(features=()) -> argparse.ArgumentParser:
     p = _Parser(prog="podnetd", description="podnet node daemon")
     p.add_argument("--config", help="config file (YAML or JSON) whose keys mirror these flags")
     p.add_argument("--node-name", help="this node's name (default: the hostname)")
@@ -41,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default="127.0.0.1:9633",
                    help="HOST:PORT of the Prometheus metrics endpoint ('' turns it off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    for extend in EXTENSIONS:
-        extend(p)
+    for feature in features:
+        if feature.add_flags:
+            feature.add_flags(p)
     return p
 
 
@@ -87,7 +84,7 @@ def cni_socket_for(api_socket: str) -> str:
     return os.path.join(os.path.dirname(api_socket), CNI_SOCKET_NAME)
 
 
-def validate(ns: argparse.Namespace) -> None:
+def validate(ns: argparse.Namespace, features=()) -> None:
     if not ns.node_name:
         ns.node_name = os.uname().nodename
     if not ns.pod_cidr and not getattr(ns, "allow_leased_cidr", False):
@@ -115,18 +112,23 @@ def validate(ns: argparse.Namespace) -> None:
     ns.cni_socket = ns.cni_socket or cni_socket_for(ns.socket)
     if not os.path.isabs(ns.cni_socket) or ns.cni_socket == ns.socket:
         raise ConfigError(f"--cni-socket {ns.cni_socket}: must be an absolute path other than --socket")
-    for check in VALIDATORS:
-        check(ns)
+    for feature in features:
+        if feature.validate:
+            feature.validate(ns)
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
+def parse(argv: list[str] | None = None, features=None) -> argparse.Namespace:
+    """The command line (and --config file) checked by the core and by every feature."""
+    if features is None:
+        from .features import all_features
+        features = all_features()
+    parser = build_parser(features)
     first = parser.parse_args(argv)
     try:
         if first.config:
             parser.set_defaults(**_load_file(first.config, parser))
             first = parser.parse_args(argv)
-        validate(first)
+        validate(first, features)
     except ConfigError as e:
         parser.error(str(e))
     return first

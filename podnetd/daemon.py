@@ -6,8 +6,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
-import stat
 
 from grpc_health.v1 import health_pb2
 
@@ -15,7 +13,6 @@ from . import __version__, cni_relay, node, server, socket_dir
 from .api.podnet.v1 import node_pb2
 from .cni import CniHandler
 from .endpoints import Endpoints, NodeNet
-from .firewall import FirewallComponent
 from .ipam import Ipam
 from .kernel import ip_lib
 from .kernel.errors import KernelError
@@ -29,20 +26,12 @@ class StartupError(Exception):
     pass
 
 
-# Features that run beside the core (routing backends, pod runtime) append a factory
-# function(daemon) -> object with async start() and async stop(); they start after the node is set up.
-# The firewall comes first in every mode: anti-spoofing and the node's input limits exist before
-# anything attaches a pod (it sets daemon.firewall).
-COMPONENTS: list = [FirewallComponent]
-# ...and async function(daemon) hooks that run before node setup and may decide cfg.pod_cidr
-# (leased from a store), cfg.mtu (e.g. underlay MTU - VXLAN overhead) and cfg.pod_gso_limit
-# (the underlay's IPv4 GSO limit, or 64 KiB when pods may be routed into VXLAN).
-PRE_SETUP: list = []
-
-
 class Daemon:
-    def __init__(self, cfg):
+    def __init__(self, cfg, features=()):
+        """features: podnetd.features.all_features() (or fewer, as a test may want)."""
         self.cfg = cfg
+        self.features = tuple(features)
+        self.serving = asyncio.Event()   # set once the API and the CNI relay answer
         self.ipam: Ipam | None = None
         self.endpoints: Endpoints | None = None
         self.cni: CniHandler | None = None
@@ -72,23 +61,10 @@ class Daemon:
         self._lock_fd = fd
 
     def _prepare_socket(self) -> None:
-        path = self.cfg.socket
         try:  # the sockets' 0700 directory (see socket_dir): checked before anything is bound
-            socket_dir.ensure(os.path.dirname(path) or "/")
-        except (socket_dir.InsecureSocketDir, OSError) as e:
-            raise StartupError(f"{e}: podnetd's sockets need a directory of their own, owned by "
-                               f"root with mode 0700") from None
-        if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise StartupError(f"socket {path}: something that is not a socket is there")
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(path)
-                raise StartupError(f"socket {path} is in use by a running daemon")
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(path)  # left by a daemon that died
-            finally:
-                probe.close()
+            socket_dir.prepare(self.cfg.socket, "socket")
+        except (socket_dir.InsecureSocketDir, socket_dir.SocketPathTaken) as e:
+            raise StartupError(str(e)) from None
 
     def setup_node(self) -> None:
         cfg = self.cfg
@@ -115,13 +91,15 @@ class Daemon:
         self.events.bind_loop(asyncio.get_running_loop())
         self._lock_state_dir()
         self._prepare_socket()
-        for hook in PRE_SETUP:
-            await hook(self)
+        for feature in self.features:
+            if feature.prepare:
+                await feature.prepare(self)
         await asyncio.get_running_loop().run_in_executor(None, self.setup_node)
-        for factory in COMPONENTS:
-            component = factory(self)
-            await component.start()
-            self.components.append(component)
+        for feature in self.features:
+            component = feature.component(self) if feature.component else None
+            if component is not None:
+                await component.start()
+                self.components.append(component)
         # the relay before the API: whoever waits for the API socket finds CNI working too
         self._relay = cni_relay.CniRelay(self.cfg.cni_socket, self.cni.handle)
         try:
@@ -136,6 +114,7 @@ class Daemon:
         os.chmod(self.cfg.socket, 0o600)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving.set()
         log.info("podnetd %s serving on %s, CNI relay on %s", __version__, self.cfg.socket,
                  self.cfg.cni_socket)
         self.events.record(ObjectRef("Node", self.cfg.node_name), "Normal", "Starting",

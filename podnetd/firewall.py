@@ -14,6 +14,7 @@ import threading
 
 from . import firewall_rules as rules
 from .events import ObjectRef
+from .features import Feature
 from .kernel import nft
 from .kernel.errors import KernelError, NotFound
 
@@ -225,7 +226,7 @@ def remove_tables() -> list[str]:
 
 
 class FirewallComponent:
-    """The daemon component (first in daemon.COMPONENTS): builds the policy once the node is
+    """The daemon component (the first feature, podnetd/features.py): builds the policy once the node is
     set up, writes the tables, hooks attach/detach, and repairs drift every interval. The
     cluster's part of the policy comes from `daemon.firewall_cluster` (set by cluster/wire.py
     before node setup); the cluster's reconcile keeps `vxlan_peers` in step with its peers."""
@@ -304,3 +305,6 @@ class FirewallComponent:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.firewall:
             await asyncio.get_running_loop().run_in_executor(None, self.firewall.close)
+
+
+FEATURE = Feature("firewall", component=FirewallComponent)

@@ -10,20 +10,20 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from . import config
 from .daemon import Daemon, StartupError
+from .features import all_features
 from .ipam import IpamError
-from .cluster import wire as _cluster  # noqa: F401 - registers cluster flags, hooks, services
-from . import runtime as _runtime  # noqa: F401 - registers the pod runtime (issue 4)
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config.parse(argv)
+    features = all_features()
+    cfg = config.parse(argv, features)
     if getattr(cfg, "cleanup", False):
         from .cluster import cleanup
         return cleanup.run(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(Daemon(cfg).run())
+        asyncio.run(Daemon(cfg, features).run())
     except (StartupError, IpamError) as e:
         sys.stderr.write(f"podnetd: error: {e}\n")
         return 1

@@ -20,7 +20,7 @@ import time
 import grpc
 from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
                                start_http_server)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ def gauge(name: str, documentation: str, labels: list[str], values: dict) -> Gau
     family = GaugeMetricFamily(name, documentation, labels=labels)
     for label_values, value in sorted(values.items()):
         family.add_metric(list(label_values), value)
+    return family
+
+
+def counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    """A counter read from a component at scrape time (exposed as name_total)."""
+    family = CounterMetricFamily(name, documentation)
+    family.add_metric([], value)
     return family
 
 

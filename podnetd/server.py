@@ -115,18 +115,15 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         return node_pb2.GetNodeInfoResponse(node_info=await _off_loop(self.d.node_info))
 
 
-# Other features (routing, pod runtime) append a function(server, daemon) -> [service names].
-SERVICE_REGISTRARS: list = []
-
-
 def build(daemon, address: str, interceptors: list | None = None) -> tuple:
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [],
                              maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(daemon), server)
     names = [node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name]
     names += events_service.register(server, daemon.events)
-    for register in SERVICE_REGISTRARS:
-        names += register(server, daemon)
+    for feature in daemon.features:
+        if feature.services:
+            names += feature.services(server, daemon)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

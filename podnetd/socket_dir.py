@@ -9,6 +9,7 @@ anything in their place. Every socket of the daemon (the API's, the CNI relay's)
 import contextlib
 import logging
 import os
+import socket
 import stat
 
 log = logging.getLogger(__name__)
@@ -72,3 +73,31 @@ def private_umask():
         yield
     finally:
         os.umask(old)
+
+
+class SocketPathTaken(Exception):
+    pass
+
+
+def prepare(path: str, what: str) -> None:
+    """Make path ready for bind(2): its directory ensured (InsecureSocketDir, with what to do),
+    a socket left by a daemon that died removed. SocketPathTaken when a live daemon answers
+    there, or when something that is not a socket is in the way."""
+    try:
+        ensure(os.path.dirname(path) or "/")
+    except (InsecureSocketDir, OSError) as e:
+        raise InsecureSocketDir(f"{what}: {e}: podnetd's sockets need a directory of their own, "
+                                f"owned by root with mode 0700") from None
+    st = _lstat(path)
+    if st is None:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathTaken(f"{what} {path}: something that is not a socket is there")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+        raise SocketPathTaken(f"{what} {path} is in use by a running daemon")
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)   # left by a daemon that died
+    finally:
+        probe.close()

@@ -1,3 +1,6 @@
+"""The suite's two tiers: tests that need root (namespaces, veth, runc, a podnetd) carry the `root`
+marker, set here; the rest is the unit tier, `make test-unit` (`pytest -m "not root"`), which runs
+as any user in seconds. Root is checked, and the C plugin compiled, only when a root test runs."""
 import os
 import shutil
 import tempfile
@@ -7,19 +10,62 @@ import pytest
 import testlib
 from testlib import Daemon, Netns
 
-_native_dir = tempfile.mkdtemp(prefix="pt-native-")
+# Fixtures that create kernel state or start podnetd: a test that uses one, directly or through
+# another fixture, is a root test.
+ROOT_FIXTURES = frozenset({"netns", "daemons", "daemon", "plugin_build", "pod_ns", "lab"})
+# Modules whose tests all need root although not every test reaches it through a fixture above
+# (module-level labs, runtimes, nft tables, the installed reference plugins run for real).
+ROOT_MODULES = frozenset({
+    "test_big_tcp", "test_chaining", "test_cluster_dataplane", "test_cluster_etcd",
+    "test_cluster_overlap", "test_cluster_static", "test_cni_conformance", "test_cni_netns_reuse",
+    "test_doctor", "test_firewall", "test_kernel", "test_lab_churn", "test_lab_cli",
+    "test_lab_connectivity", "test_lab_etcd", "test_pod_isolation", "test_podman",
+    "test_resilience", "test_single_node", "test_lab_hostile_peer",
+    "test_runtime_cni_gc", "test_runtime_examples", "test_runtime_hostile",
+    "test_runtime_image_attacks", "test_runtime_images", "test_runtime_lifecycle",
+    "test_runtime_network", "test_runtime_paths", "test_runtime_pods", "test_runtime_podsec",
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    root = pytest.mark.root
+    for item in items:
+        module = item.module.__name__ if getattr(item, "module", None) else ""
+        if module in ROOT_MODULES or ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(root)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.fail("this test needs root (network namespaces, veth, runc); "
+                    "run `make test` as root, or `make test-unit` for the tests that do not",
+                    pytrace=False)
+
+
+class _PluginArgv(dict):
+    """testlib.PLUGIN_ARGV with the native build compiled on first use, once per session."""
+
+    def __init__(self, initial: dict):
+        super().__init__(initial)
+        self.build_dir: str | None = None
+
+    def __missing__(self, build: str) -> list[str]:
+        if build != "native":
+            raise KeyError(build)
+        from podnetd.install import build_native
+        self.build_dir = tempfile.mkdtemp(prefix="pt-native-")
+        self[build] = [build_native(os.path.join(self.build_dir, "podnet"))]
+        return self[build]
 
 
 def pytest_configure(config):
-    if os.geteuid() != 0:
-        raise pytest.UsageError("the podnet suite needs root (network namespaces, veth, runc)")
-    from podnetd.install import build_native
-    testlib.PLUGIN_ARGV["native"] = [build_native(os.path.join(_native_dir, "podnet"))]
+    testlib.PLUGIN_ARGV = _PluginArgv(testlib.PLUGIN_ARGV)
     testlib.PLUGIN_BUILD["current"] = "native"
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_native_dir, ignore_errors=True)
+    if isinstance(testlib.PLUGIN_ARGV, _PluginArgv) and testlib.PLUGIN_ARGV.build_dir:
+        shutil.rmtree(testlib.PLUGIN_ARGV.build_dir, ignore_errors=True)
 
 
 @pytest.fixture(params=["native", "python"])

@@ -12,7 +12,7 @@ from podnetd.kernel import errors, ip_lib, netns as kernel_netns
 from podnetd.lab import Lab, pods
 from podnetd.lab.lab import BIG_TCP_GSO_SIZE
 from podnetd.lab.netops import nsenter
-from testlib import PY, REPO, in_ns, ns_path, plugin, unique
+from testlib import in_ns, ns_path, plugin, podnetctl, unique
 
 DEFAULT = ip_lib.LEGACY_GSO_MAX_SIZE
 
@@ -66,8 +66,7 @@ def test_a_pod_gets_the_uplinks_gso_limit_on_its_whole_path(daemons, netns, big)
     assert gso(daemon.netns, host_veth) == want
     assert gso(daemon.netns, DEFAULT_BRIDGE) == want
     assert ("pod gso 196608 (BIG TCP)" in daemon.log()) == big
-    node = subprocess.run([PY, "-m", "podnetd.ctl.main", "node", "--socket", daemon.socket,
-                           "-o", "json"], capture_output=True, text=True, cwd=REPO, check=True)
+    node = podnetctl("node", "-o", "json", socket=daemon.socket, check=True)
     assert json.loads(node.stdout)["pod_gso_max_size"] == want
 
 

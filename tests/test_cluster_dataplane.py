@@ -1,7 +1,7 @@
 """What crosses the wire, seen with scapy: VXLAN encapsulation on the underlay, pod sources
 never rewritten between pods, egress masquerade, and spoofed frames from a pod dropped."""
 from test_cluster_lib import Sniffer, Underlay, add_pod, cluster, routes, send_frame  # noqa: F401
-from testlib import in_ns, ns_path, ping, plugin, wait_for
+from testlib import cni_add, cni_del, in_ns, ping, wait_for
 
 
 def test_vxlan_encapsulation_and_sources_on_the_underlay(netns, cluster):
@@ -40,7 +40,7 @@ def test_spoofed_frames_from_a_pod_are_dropped(netns, cluster):
     p1, p2 = netns.add("p"), netns.add("p")
     results = []
     for pod, cid in ((p1, "c1"), (p2, "c2")):
-        rc, r, err = plugin("ADD", config=d1.config(), container_id=cid, netns=ns_path(pod), ifname="eth0")
+        rc, r, err = cni_add(d1, pod, cid)
         assert rc == 0, (r, err)
         results.append(r)
     a1, a2 = (r["ips"][0]["address"].split("/")[0] for r in results)
@@ -75,7 +75,7 @@ def test_spoofed_frames_from_a_pod_are_dropped(netns, cluster):
         return "drop" in bridge and mac2 in bridge and "inet podnet" in inet
     wait_for(repaired, 10, what="nft tables repaired")
     # detach removes the pod's entry
-    rc, _, _ = plugin("DEL", config=d1.config(), container_id="c1", netns=ns_path(p1), ifname="eth0")
+    rc, _, _ = cni_del(d1, p1, "c1")
     assert rc == 0
     def removed():
         table = in_ns(n1, "nft", "-j", "list", "table", "bridge", "podnet").stdout

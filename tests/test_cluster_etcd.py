@@ -163,6 +163,34 @@ def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
     assert f"leased {cidr}" in d1.log()
 
 
+def test_a_lease_revoked_while_running_is_re_granted_and_the_key_re_made(lab, nodes, netns):
+    """Revoking a node's lease deletes its key at once (as an expiry would, e.g. etcd stalled
+    past --node-timeout): the node grants a new lease and writes its key again at its next
+    renewal, keeps its routes to the others meanwhile, and its pods stay reachable."""
+    _, etcd = lab
+    d1, d2 = nodes(), nodes()
+    (c1, lease1), (c2, _) = etcd.blocks()[d1.node_name], etcd.blocks()[d2.node_name]
+    wait_for(lambda: c2 in routes(d1.netns) and c1 in routes(d2.netns), 10, what="routes")
+    p1, p2 = netns.add("p"), netns.add("p")
+    a1, a2 = add_pod(d1, p1, "c1"), add_pod(d2, p2, "c2")
+    route_before = routes(d1.netns)[c2]
+    etcd.ctl("lease", "revoke", format(lease1, "x"))
+    assert d1.node_name not in etcd.blocks(), "revoking the lease did not delete the key"
+
+    def re_made():
+        block = etcd.blocks().get(d1.node_name)
+        return block if block and block[1] != lease1 else None
+    c1_again, lease2 = wait_for(re_made, 15, what="the key re-made with a new lease")
+    assert c1_again == c1 and etcd.lease_ttl(lease2)[0] > 0
+    assert f"re-published {c1} (lease {lease2})" in d1.log(), d1.log()[-2000:]
+    assert etcd.lease_ttl(lease1)[0] == -1          # the revoked lease stays gone
+    # the node withdrew nothing of its own; its peer routes to it again
+    assert routes(d1.netns).get(c2) == route_before
+    wait_for(lambda: c1 in routes(d2.netns), 15, what="the peer's route back to the node")
+    assert ping(p1, a2) and ping(p2, a1)
+    assert "Traceback" not in d1.log()
+
+
 def test_etcd_outage_keeps_routes_and_a_later_join_is_seen(lab, nodes, netns):
     underlay, etcd = lab
     d1, d2 = nodes(), nodes()

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from testlib import PY, REPO, Daemon, in_ns, ns_path, plugin, sh, unique, wait_for
+from testlib import PY, REPO, Daemon, cni_add, in_ns, sh, unique, wait_for
 
 PROTO = 0x6E
 
@@ -138,8 +138,7 @@ def fdb(node: str, dev: str = "podnet.vxlan") -> dict:
 
 def add_pod(daemon, pod_ns: str, cid: str) -> str:
     """Attach a pod through the real plugin; return its address (no prefix)."""
-    rc, result, err = plugin("ADD", config=daemon.config(), container_id=cid,
-                             netns=ns_path(pod_ns), ifname="eth0")
+    rc, result, err = cni_add(daemon, pod_ns, cid)
     assert rc == 0, (result, err, daemon.log()[-3000:])
     return result["ips"][0]["address"].split("/")[0]
 

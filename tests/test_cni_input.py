@@ -415,6 +415,7 @@ def test_socket_dir_with_access_for_others_is_refused(tmp_path, mode):
     assert stat.S_IMODE(directory.stat().st_mode) == mode  # left as it was
 
 
+@pytest.mark.root
 def test_socket_dir_symlink_or_file_or_foreign_owner_is_refused(tmp_path):
     real = tmp_path / "real"
     real.mkdir(mode=0o700)

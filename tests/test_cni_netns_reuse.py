@@ -2,7 +2,7 @@
 must get its ADD: DEL's background veth deletion may not leave the old eth0 in the way."""
 import concurrent.futures
 
-from testlib import endpoints, ns_path, plugin, unique, wait_for
+from testlib import cni_add, cni_del, endpoints, unique, wait_for
 
 WORKERS, CYCLES = 4, 60
 
@@ -11,13 +11,11 @@ def _cycle_in(daemon, ns: str) -> list[str]:
     failures = []
     for i in range(CYCLES):
         cid = unique("c") + f"x{i}"
-        rc, out, err = plugin("ADD", config=daemon.config(), container_id=cid,
-                              netns=ns_path(ns), ifname="eth0")
+        rc, out, err = cni_add(daemon, ns, cid)
         if rc != 0:
             failures.append(f"ADD {i}: {out or err}")
             continue
-        rc, out, err = plugin("DEL", config=daemon.config(), container_id=cid,
-                              netns=ns_path(ns), ifname="eth0")
+        rc, out, err = cni_del(daemon, ns, cid)
         if rc != 0:
             failures.append(f"DEL {i}: {out or err}")
     return failures

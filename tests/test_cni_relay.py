@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import testlib
-from testlib import REPO, Daemon, ns_path, unique
+from testlib import REPO, Daemon, assert_one_clear_line, ns_path, unique
 from podnetd import cni_relay
 from podnetd.install import build_native
 
@@ -572,7 +572,8 @@ def test_daemon_relay_socket_is_root_only_and_grpc_cni_is_gone(daemon):
 def test_cni_socket_flag_is_checked(flags, message):
     proc = subprocess.run([testlib.PY, "-m", "podnetd.main", "--pod-cidr", "10.94.0.0/24", *flags],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert_one_clear_line(proc.stderr, message, prefix="podnetd: error:")
 
 
 def test_cni_socket_flag(netns, tmp_path):
@@ -772,3 +773,14 @@ def test_venv_podnet_is_a_direct_launcher(tmp_path):
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert "podnet" not in scripts, "a pip wrapper would replace the launcher"
     assert "--dev-launcher $(VENV)/bin/podnet" in (REPO / "Makefile").read_text()
+
+
+
+@pytest.mark.parametrize("build", ["native", "python"])
+def test_both_builds_answer_version_with_the_daemons_supported_versions(build):
+    """The plugin builds cannot import podnetd (C; python -IS), so each keeps its own list of
+    CNI versions: they must be the daemon's, in its order, with its latest."""
+    from podnetd import cni
+    rc, out, err = testlib.plugin("VERSION", argv=testlib.PLUGIN_ARGV[build])
+    assert rc == 0, err
+    assert out == {"cniVersion": cni.LATEST, "supportedVersions": list(cni.SUPPORTED_VERSIONS)}

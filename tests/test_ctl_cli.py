@@ -1,11 +1,13 @@
 """podnetctl's command line as a kubectl user types it: global flags anywhere before `--`,
 the command to run after `--`, and a closed pipe ending the output quietly."""
+import json
 import subprocess
 import sys
 
 import pytest
 
 from podnetd.ctl.main import parse
+from testlib import cni_add, podnetctl
 
 
 @pytest.mark.parametrize("argv", [
@@ -57,3 +59,22 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(daemon):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_status_exits_1_when_the_daemon_is_not_ready(daemons, netns):
+    """`podnetctl status` is a readiness check for scripts: exit 0 when ready, 1 (with the
+    reason) when not, here a pod CIDR with no free address left."""
+    daemon = daemons("10.77.8.0/30")            # one address for pods
+
+    def status() -> tuple[int, dict]:
+        proc = podnetctl("status", "-o", "json", socket=daemon.socket)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    rc, ready = status()
+    assert rc == 0 and ready["ready"] is True and ready["free_addresses"] == 1, ready
+    rc, out, err = cni_add(daemon, netns.add("p"), "full")
+    assert rc == 0, (out, err)
+    rc, full = status()
+    assert rc == 1 and full["ready"] is False, full
+    assert "no free address" in full["message"], full

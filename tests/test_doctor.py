@@ -11,15 +11,14 @@ import sys
 import pytest
 
 from podnetd.lab import Lab, netops
-from testlib import unique, wait_for
+from testlib import assert_one_clear_line, cni_add, podnetctl, unique, wait_for
 
 RECONCILE = 3600  # the daemons must not repair the faults while the doctor looks at them
 
 
 def doctor(lab, node="n1", *args, timeout=60) -> tuple[int, dict]:
-    proc = subprocess.run([*netops.nsenter(lab.netns(node)), sys.executable, "-m", "podnetd.ctl.main",
-                           "doctor", "--socket", lab.socket(node), "-o", "json", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = podnetctl("doctor", "-o", "json", *args, socket=lab.socket(node), netns=lab.netns(node),
+                     timeout=timeout)
     try:
         report = json.loads(proc.stdout)
     except ValueError:
@@ -41,8 +40,7 @@ def find(report, family, target, name_part="") -> dict:
 def probe_leftovers(lab, node="n1") -> tuple[list[str], list[str]]:
     """Namespaces and endpoints a doctor run could have left behind."""
     spaces = [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
-    out = subprocess.run([sys.executable, "-m", "podnetd.ctl.main", "endpoints", "--socket",
-                          lab.socket(node), "-o", "json"], capture_output=True, text=True, check=True)
+    out = podnetctl("endpoints", "-o", "json", socket=lab.socket(node), check=True)
     endpoints = [e["container_id"] for e in json.loads(out.stdout) if e.get("network") == "podnet-doctor"]
     return spaces, endpoints
 
@@ -203,10 +201,9 @@ def test_zz_stopped_peer_with_its_underlay_down_is_named(routed):
 
 
 def test_unreachable_daemon_is_one_line_and_exit_1(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "podnetd.ctl.main", "doctor", "--socket",
-                           str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=60)
+    proc = podnetctl("doctor", socket=str(tmp_path / "none.sock"))
     assert proc.returncode == 1
-    assert proc.stderr.startswith("podnetctl: cannot reach podnetd") and "Traceback" not in proc.stderr
+    assert_one_clear_line(proc.stderr, prefix="podnetctl: cannot reach podnetd")
     assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
 
 
@@ -225,39 +222,27 @@ def test_stale_antispoofing_element_is_named(routed):
     assert c["status"] == "FAIL" and "10.244.1.250" in c["detail"]
 
 
-def test_single_node_daemon_passes_the_antispoofing_self_test(netns):
-    from testlib import Daemon
-    ns = netns.add("dn")
-    d = Daemon(ns, "10.77.9.0/24").start()
-    try:
-        proc = subprocess.run([*netops.nsenter(ns), sys.executable, "-m", "podnetd.ctl.main", "doctor",
-                               "--socket", d.socket, "-o", "json"], capture_output=True, text=True, timeout=60)
-        report = json.loads(proc.stdout)
-        # the firewall runs in every mode: both forgeries are dropped
-        assert find(report, "antispoof", "", "forged source IP")["status"] == "PASS", report
-        assert find(report, "antispoof", "", "forged source MAC")["status"] == "PASS", report
-        assert find(report, "drift", "", "routes and firewall")["status"] == "SKIP"
-        assert find(report, "node", "podnet0", "bridge")["status"] == "PASS"
-        assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
-    finally:
-        d.cleanup()
+def test_single_node_daemon_passes_the_antispoofing_self_test(daemons):
+    d = daemons("10.77.9.0/24")
+    proc = podnetctl("doctor", "-o", "json", socket=d.socket, netns=d.netns)
+    report = json.loads(proc.stdout)
+    # the firewall runs in every mode: both forgeries are dropped
+    assert find(report, "antispoof", "", "forged source IP")["status"] == "PASS", report
+    assert find(report, "antispoof", "", "forged source MAC")["status"] == "PASS", report
+    assert find(report, "drift", "", "routes and firewall")["status"] == "SKIP"
+    assert find(report, "node", "podnet0", "bridge")["status"] == "PASS"
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
 
 
-def test_full_pool_is_a_named_failure_and_the_rest_still_runs(netns):
-    from testlib import Daemon, plugin
-    ns, pod = netns.add("dn"), netns.add("dp")
-    d = Daemon(ns, "10.77.8.0/30").start()     # one address for pods
-    try:
-        rc, _, err = plugin("ADD", config=d.config(), container_id=unique("c"), netns=f"/run/netns/{pod}",
-                            ifname="eth0")
-        assert rc == 0, err
-        proc = subprocess.run([*netops.nsenter(ns), sys.executable, "-m", "podnetd.ctl.main", "doctor",
-                               "--socket", d.socket, "-o", "json"], capture_output=True, text=True, timeout=60)
-        report = json.loads(proc.stdout)
-        assert proc.returncode == 1
-        c = find(report, "antispoof", "", "probe endpoint")
-        assert c["status"] == "FAIL" and "attach probe endpoint" in c["detail"] and "full" in c["cause"]
-        assert find(report, "node", "", "IP forwarding")["status"] == "PASS"
-        assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]
-    finally:
-        d.cleanup()
+def test_full_pool_is_a_named_failure_and_the_rest_still_runs(daemons, netns):
+    d = daemons("10.77.8.0/30")                 # one address for pods
+    pod = netns.add("dp")
+    rc, _, err = cni_add(d, pod, unique("c"))
+    assert rc == 0, err
+    proc = podnetctl("doctor", "-o", "json", socket=d.socket, netns=d.netns)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    c = find(report, "antispoof", "", "probe endpoint")
+    assert c["status"] == "FAIL" and "attach probe endpoint" in c["detail"] and "full" in c["cause"]
+    assert find(report, "node", "", "IP forwarding")["status"] == "PASS"
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("podnet-doctor-")]

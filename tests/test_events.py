@@ -12,7 +12,7 @@ import pytest
 
 from podnetd.events import EventRecorder, ObjectRef, parse_ref
 from podnetd.lab import Lab
-from testlib import PY, REPO, in_ns, unique, wait_for
+from testlib import PY, REPO, in_ns, podnetctl, unique, wait_for
 from runtime_lib import container, pod, runtime_node
 
 
@@ -75,10 +75,10 @@ def test_for_refuses_anything_else(text):
 
 
 def _ctl(socket: str, *args, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "podnetd.ctl.main", *args, "--socket", socket],
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    return podnetctl(*args, socket=socket, timeout=timeout)
 
 
+@pytest.mark.root
 def test_pod_events_are_listed_and_watched_with_kubectls_columns():
     with runtime_node("ev", "10.78.51.0/24") as node:
         node.run(pod("evpod", [container("c", "exec sleep 3600")]))
@@ -110,6 +110,7 @@ def test_pod_events_are_listed_and_watched_with_kubectls_columns():
             node.rm("evpod")
 
 
+@pytest.mark.root
 def test_the_fabric_records_a_lost_peer_and_repaired_drift():
     lab = Lab.up(3, "l2", "static", name=unique("ev"), node_timeout=3, reconcile_interval=1,
                  wait=30)

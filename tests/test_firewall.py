@@ -5,14 +5,13 @@ cluster's view is complete, hostile peer addresses never reach nft. Plus the sin
 daemon repairing its tables."""
 import json
 import re
-import subprocess
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from podnetd import firewall, firewall_rules as rules
 from podnetd.kernel import netns as kernel_netns
-from testlib import PY, REPO, Daemon, in_ns, ns_path, plugin, wait_for
+from testlib import cni_add, cni_del, in_ns, ns_path, podnetctl, wait_for
 
 SINGLE = rules.Policy(bridge="podnet0", gateway="10.77.0.1", pod_cidr="10.77.0.0/24")
 CLUSTER = rules.Policy(bridge="podnet0", gateway="10.99.1.1", pod_cidr="10.99.1.0/24",
@@ -136,35 +135,28 @@ def test_vxlan_senders_follow_the_peers_and_survive_a_restart(nftns):
     fw.close()
 
 
-def test_single_node_daemon_repairs_its_tables(netns):
-    node = netns.add("nd")
-    d = Daemon(node, "10.77.3.0/24", extra=["--reconcile-interval", "1"]).start()
-    try:
-        pod = netns.add("p")
-        rc, r, err = plugin("ADD", config=d.config(), container_id="c1", netns=ns_path(pod),
-                            ifname="eth0")
-        assert rc == 0, (r, err)
-        mac = r["interfaces"][2]["mac"]
-        in_ns(node, "nft", "flush", "chain", "bridge", "podnet", "from_pod")
-        in_ns(node, "nft", "delete", "table", "inet", "podnet")
+def test_single_node_daemon_repairs_its_tables(daemons, netns):
+    d = daemons("10.77.3.0/24", extra=["--reconcile-interval", "1"])
+    node = d.netns
+    pod = netns.add("p")
+    rc, r, err = cni_add(d, pod, "c1")
+    assert rc == 0, (r, err)
+    mac = r["interfaces"][2]["mac"]
+    in_ns(node, "nft", "flush", "chain", "bridge", "podnet", "from_pod")
+    in_ns(node, "nft", "delete", "table", "inet", "podnet")
 
-        def repaired():
-            tables = in_ns(node, "nft", "list", "ruleset").stdout
-            return "pod_to_node" in tables and "forged IPv4 source" in tables and mac in tables
-        wait_for(repaired, 15, what="nft tables repaired")
-        events = json.loads(subprocess.run(
-            [PY, "-m", "podnetd.ctl.main", "get", "events", "--for", f"node/{d.node_name}", "-o",
-             "json", "--socket", d.socket], capture_output=True, text=True, check=True,
-            cwd=REPO).stdout)["items"]
-        assert any(e["reason"] == "DriftRepaired" and "firewall" in e["message"]
-                   for e in events), events
-        rc, _, _ = plugin("DEL", config=d.config(), container_id="c1", netns=ns_path(pod),
-                          ifname="eth0")
-        assert rc == 0
-        wait_for(lambda: mac not in in_ns(node, "nft", "list", "set", "bridge", "podnet",
-                                          "pods").stdout, 10, what="element removed")
-    finally:
-        d.cleanup()
+    def repaired():
+        tables = in_ns(node, "nft", "list", "ruleset").stdout
+        return "pod_to_node" in tables and "forged IPv4 source" in tables and mac in tables
+    wait_for(repaired, 15, what="nft tables repaired")
+    events = json.loads(podnetctl("get", "events", "--for", f"node/{d.node_name}", "-o", "json",
+                                  socket=d.socket, check=True).stdout)["items"]
+    assert any(e["reason"] == "DriftRepaired" and "firewall" in e["message"]
+               for e in events), events
+    rc, _, _ = cni_del(d, pod, "c1")
+    assert rc == 0
+    wait_for(lambda: mac not in in_ns(node, "nft", "list", "set", "bridge", "podnet",
+                                      "pods").stdout, 10, what="element removed")
 
 
 def test_learned_macs_survive_a_restart_and_leave_with_their_port(nftns):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from podnetd.lab import probe, procs, state
-from testlib import REPO, sh, unique
+from testlib import REPO, assert_one_clear_line, sh, unique
 
 CTL = [str(REPO / ".venv" / "bin" / "podnetctl")]
 
@@ -101,8 +101,7 @@ def test_down_after_the_cli_was_killed_mid_up(name):
 def test_bad_input_is_one_clear_line(args, needle):
     proc = ctl(*args, check=False)
     assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert_one_clear_line(proc.stderr, needle)
 
 
 def test_a_second_lab_of_the_same_name_is_refused(name):

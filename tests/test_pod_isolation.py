@@ -19,7 +19,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from isolation_lib import (Capture, Listener, send_frames, send_packets, tcp_connect, udp_send,
                            with_marker)
 from test_cluster_lib import Underlay, add_pod, cluster, routes  # noqa: F401 - fixture
-from testlib import in_ns, ns_path, ping, plugin, wait_for
+from testlib import cni_add, in_ns, ping, wait_for
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 FORGED_MAC = "02:de:ad:be:ef:01"
@@ -27,8 +27,7 @@ FORGED_MAC = "02:de:ad:be:ef:01"
 
 def attach(daemon, pod_ns: str, cid: str) -> dict:
     """Attach through the real plugin: {ip, mac, port, gateway}."""
-    rc, r, err = plugin("ADD", config=daemon.config(), container_id=cid, netns=ns_path(pod_ns),
-                        ifname="eth0")
+    rc, r, err = cni_add(daemon, pod_ns, cid)
     assert rc == 0, (r, err, daemon.log()[-2000:])
     return {"ip": r["ips"][0]["address"].split("/")[0], "gateway": r["ips"][0]["gateway"],
             "mac": r["interfaces"][2]["mac"], "port": r["interfaces"][1]["name"]}

@@ -1,5 +1,6 @@
 """Paths inside trees a container or an image controls (host.py), the image's user database
-(userdb.py), the shim's log rotation and the log reader (logs.py): real files, no runc."""
+(userdb.py), podnetd's log rotation (logrotate.py) and the log reader (logs.py): real files,
+no runc."""
 import asyncio
 import errno
 import os
@@ -8,8 +9,35 @@ import stat
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from podnetd.runtime import host, logs, userdb
-from podnetd.runtime.shim import LogFile
+from podnetd.runtime import host, logrotate, logs, userdb
+
+
+class LogFile:
+    """A container log as conmon writes it and podnetd rotates it: records are appended to
+    FILE; after each write the Rotator checks the size (a real logrotate.Rotator, asking
+    through a real FIFO, read here as conmon reads its ctl FIFO) and FILE is reopened when
+    asked."""
+
+    def __init__(self, path: str, max_size: int, max_files: int):
+        self.path = path
+        self.rotator = logrotate.Rotator(max_size, max_files)
+        ctl = path + ".ctl"
+        os.mkfifo(ctl)
+        self.ctl = os.open(ctl, os.O_RDONLY | os.O_NONBLOCK)
+        self.rotator.watch(path, ctl)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, records: list[bytes]) -> None:
+        os.write(self.fd, b"".join(records))
+        self.rotator.check()
+        try:
+            asked = os.read(self.ctl, 100)
+        except BlockingIOError:
+            asked = b""
+        if asked:
+            assert asked == logrotate.REOPEN_LOGS
+            os.close(self.fd)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 @pytest.fixture(params=["openat2", "per-component"])
@@ -162,7 +190,7 @@ def _records(n, width=40, start=0):
             for i in range(start, start + n)]
 
 
-def test_shim_rotates_at_the_size_and_keeps_max_files(tmp_path):
+def test_rotator_renames_at_the_size_keeps_max_files_and_asks_for_a_reopen(tmp_path):
     path = str(tmp_path / "0.log")
     log = LogFile(path, max_size=4096, max_files=3)
     records = _records(1000)
@@ -170,7 +198,8 @@ def test_shim_rotates_at_the_size_and_keeps_max_files(tmp_path):
         log.write(records[i:i + 7])
     files = logs.rotated(path)
     assert [os.path.basename(f) for f in files] == ["0.log.2", "0.log.1", "0.log"]
-    assert all(os.path.getsize(f) <= 4096 for f in files)
+    # rotated once past the size: at most one write (7 records) over it
+    assert all(os.path.getsize(f) < 4096 + len(b"".join(records[:7])) for f in files)
     kept = b"".join(open(f, "rb").read() for f in files)
     assert records[-1] in kept and records[0] not in kept
     assert kept == b"".join(records)[-len(kept):]  # whole records, none lost in between
@@ -217,7 +246,7 @@ def test_follow_reads_across_rotations_without_loss(tmp_path):
 
 def test_carriage_returns_stay_in_the_text(tmp_path):
     path = str(tmp_path / "0.log")
-    LogFile(path).write([b"2026-01-01T00:00:00Z stdout F 10%\r50%\r100%\n"])
+    LogFile(path, 2**20, 2).write([b"2026-01-01T00:00:00Z stdout F 10%\r50%\r100%\n"])
     raw = _collect(path, follow=False, running=lambda: False)
     assert [logs.parse_line(r, False) for r in logs.records(raw)] == [b"10%\r50%\r100%\n"]
 
@@ -332,3 +361,9 @@ def test_log_rotation_flags():
                             container_log_max_files=1)
     with pytest.raises(config.ConfigError, match="between 2 and 1000"):
         check_flags(ns)
+
+
+def test_conmon_utc_offset_is_shown_as_z():
+    line = b"2026-01-01T00:00:00.000000001+00:00 stdout F x\n"
+    assert logs.parse_line(line, True) == b"2026-01-01T00:00:00.000000001Z x\n"
+    assert logs.parse_line(line, False) == b"x\n"

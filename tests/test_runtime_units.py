@@ -5,8 +5,8 @@ import json
 import pytest
 
 from podnetd.runtime import cni_client, images
-from podnetd.runtime.model import Pod
-from podnetd.runtime.runtime import _expand
+from podnetd.runtime.model import Pod, Stage
+from podnetd.runtime.containers import expand as _expand
 from podnetd.runtime.service import _parse_line
 
 
@@ -64,15 +64,15 @@ def _pod(**spec):
 def test_status_reasons():
     p = _pod(initContainers=[{"name": "i", "image": "busybox"}])
     assert p.phase() == "Pending" and p.display_status() == "ContainerCreating"
-    p.sandbox = True
+    p.sandbox, p.stage = True, Stage.INITIALIZING
     assert p.display_status() == "Init:0/1"
     p.containers["i"].state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
-    p.initialized = True
+    p.stage, p.initialized_at = Stage.RUNNING, 1.0
     a = p.containers["a"]
     a.state = {"waiting": {"reason": "CrashLoopBackOff"}}
     assert p.phase() == "Running" and p.display_status() == "CrashLoopBackOff"
     a.state = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
-    p.finished = True
+    p.stage = Stage.COMPLETED
     assert p.phase() == "Failed" and p.display_status() == "OOMKilled"
     a.state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
     assert p.phase() == "Succeeded"
@@ -102,3 +102,49 @@ def test_image_names_and_expansion():
     assert images.normalize("localhost:5000/x") == "localhost:5000/x:latest"
     env = {"A": "1"}
     assert _expand("$(A)-$(B)-$$(A)", env) == "1-$(B)-$(A)"
+
+
+def test_probe_thresholds_one_state_machine():
+    from podnetd.runtime.prober import Thresholds
+    # liveness: success until failureThreshold failures in a row; a success resets the run
+    live = Thresholds(1, 3, True)
+    assert [live.observe(ok) for ok in (False, False, True, False, False)] == [None] * 5
+    assert live.observe(False) is False and live.result is False
+    # readiness: failure until successThreshold successes in a row, then flips back
+    ready = Thresholds(2, 2, False)
+    assert [ready.observe(ok) for ok in (True, False, True)] == [None, None, None]
+    assert ready.observe(True) is True
+    assert ready.observe(False) is None and ready.observe(False) is False
+    # startup: unknown until decided either way
+    startup = Thresholds(1, 2, None)
+    assert startup.observe(False) is None and startup.observe(True) is True
+
+
+def test_old_state_files_migrate_to_the_stage():
+    p = _pod()
+    data = p.to_json()
+    del data["stage"], data["initializedAt"]
+    for flags, stage in [({}, Stage.CREATING), ({"sandbox": True}, Stage.INITIALIZING),
+                         ({"sandbox": True, "initialized": True}, Stage.RUNNING),
+                         ({"initialized": True, "finished": True}, Stage.COMPLETED),
+                         ({"finished": True, "stopping": True}, Stage.TERMINATING),
+                         ({"finished": True, "stopped": True}, Stage.TERMINATED)]:
+        q = Pod.from_json(json.loads(json.dumps({**data, **flags})))
+        assert q.stage is stage, flags
+        assert q.initialized == bool(flags.get("initialized")), flags
+    p.stage, p.initialized_at = Stage.RUNNING, 5.0
+    q = Pod.from_json(json.loads(json.dumps(p.to_json())))
+    assert q.stage is Stage.RUNNING and q.initialized_at == 5.0
+
+
+def test_backoffs_and_error_types():
+    from podnetd.runtime.errors import ContainerError, PodError
+    from podnetd.runtime.lifecycle import sandbox_backoff
+    from podnetd.runtime.supervisor import restart_backoff
+    assert [restart_backoff(s, 10, 300) for s in (1, 2, 3, 7)] == [0, 10, 20, 300]
+    assert [sandbox_backoff(n, 10, 300) for n in (1, 2, 3, 9)] == [10, 20, 40, 300]
+    assert PodError("x", "not_found").status == "not_found"
+    with pytest.raises(ValueError):
+        PodError("x", "CreateContainerConfigError")   # a reason is not an API status
+    assert ContainerError("CreateContainerConfigError", "m").reason == \
+        "CreateContainerConfigError"

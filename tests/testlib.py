@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -173,6 +174,30 @@ def ns_path(name: str) -> str:
     return f"/run/netns/{name}"
 
 
+def cni_add(daemon: "Daemon", pod_ns: str, container_id: str, ifname: str = "eth0",
+            **config) -> tuple[int, dict | str, str]:
+    """CNI ADD of a pod's named netns through the plugin, as a runtime calls it; extra keyword
+    arguments go into the network config (e.g. version="1.0.0")."""
+    return plugin("ADD", config=daemon.config(**config), container_id=container_id,
+                  netns=ns_path(pod_ns), ifname=ifname)
+
+
+def cni_del(daemon: "Daemon", pod_ns: str, container_id: str, ifname: str = "eth0",
+            **config) -> tuple[int, dict | str, str]:
+    """CNI DEL, the counterpart of cni_add()."""
+    return plugin("DEL", config=daemon.config(**config), container_id=container_id,
+                  netns=ns_path(pod_ns), ifname=ifname)
+
+
+def assert_one_clear_line(stderr: str, needle: str = "", prefix: str = "") -> str:
+    """A refused input is reported as exactly one line holding needle (and starting with prefix),
+    never a traceback; returns that line."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert needle in lines[0] and lines[0].startswith(prefix), stderr
+    return lines[0]
+
+
 def ping(ns: str, address: str, count: int = 1, timeout: int = 2, size: int | None = None,
          dont_fragment: bool = False) -> bool:
     cmd = ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout)]
@@ -203,10 +228,33 @@ def wait_for(condition, timeout: float = 10, interval: float = 0.05, what: str =
         time.sleep(interval)
 
 
+def ipam_allocations(daemon: "Daemon") -> set[tuple[str, str]]:
+    """(container id, ifname) of every address podnetd's IPAM holds, read from its database
+    directly (read-only), not through podnetd: a leak check must not go through code that
+    would clean the leak up."""
+    db = sqlite3.connect(f"file:{daemon.state_dir}/ipam.db?mode=ro", uri=True, timeout=10)
+    try:
+        return set(db.execute("SELECT container_id, ifname FROM endpoints").fetchall())
+    finally:
+        db.close()
+
+
+def veths_on_bridge(daemon: "Daemon", bridge: str = "podnet0") -> set[str]:
+    """The host ends of pod veths, as the node's kernel lists them."""
+    return {link["ifname"] for link in links_in(daemon.netns) if link.get("master") == bridge}
+
+
+def podnetctl(*args: str, socket: str, netns: str | None = None, timeout: float = 60,
+              check: bool = False) -> subprocess.CompletedProcess:
+    """podnetctl ARGS --socket SOCKET as a person runs it (in a node netns when given)."""
+    enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+    return subprocess.run([*enter, PY, "-m", "podnetd.ctl.main", *args, "--socket", socket],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout, check=check)
+
+
 def endpoints(daemon: "Daemon") -> list[dict]:
     """The daemon's endpoint records, through podnetctl as a person would get them."""
-    proc = subprocess.run([PY, "-m", "podnetd.ctl.main", "endpoints", "--socket", daemon.socket,
-                           "-o", "json"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    proc = podnetctl("endpoints", "-o", "json", socket=daemon.socket, timeout=30)
     if proc.returncode != 0:
         raise AssertionError(f"podnetctl endpoints failed: {proc.stderr}")
     return json.loads(proc.stdout)

@@ -1,9 +1,9 @@
 """The cluster component of podnetd: store + routing backend + reconcile loop (which also keeps
 the node firewall's VXLAN senders, podnetd/firewall.py, in step with the peers).
 
-Wiring (podnetd/cluster/wire.py): daemon.PRE_SETUP runs prepare() before the node is set up
-(it decides the underlay, the pod MTU and, with etcd, the pod CIDR); daemon.COMPONENTS starts
-it after; server.SERVICE_REGISTRARS serves podnet.v1.ClusterService.
+Wiring (the cluster feature, podnetd/cluster/wire.py): prepare() runs before the node is set
+up (it decides the underlay, the pod MTU and, with etcd, the pod CIDR); the component starts
+after it; the feature serves podnet.v1.ClusterService.
 """
 import asyncio
 import collections
@@ -11,11 +11,12 @@ import contextlib
 import json
 import logging
 import os
+import time
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
 from ..events import ObjectRef
-from ..metrics import gauge
+from ..metrics import counter, gauge
 from . import backends, records as rec, routing
 from .backends import Context, Entry
 from .records import NodeRecord
@@ -51,7 +52,7 @@ class ClusterComponent:
         self._task = None
         self._lock = asyncio.Lock()
         self._problems_logged: set = set()
-        self._metrics_snapshot: tuple = ({}, {}, 0, 0)
+        self._metrics_snapshot: tuple = ({}, {}, 0, 0, None, 0)
         self._mode_problems_logged: set = set()
 
     # -- before node setup -----------------------------------------------------------------
@@ -124,7 +125,7 @@ class ClusterComponent:
 
     def _metrics(self):
         """Read by the metrics thread: the snapshot the reconcile loop last left."""
-        peers, desired, store_up, synced = self._metrics_snapshot
+        peers, desired, store_up, synced, last_sync, rounds = self._metrics_snapshot
         yield gauge("podnet_peers", "Other nodes of the cluster, by backend mode (host-gw, "
                     "vxlan, unreachable) and state (ok, problem, refused)", ["mode", "state"],
                     peers)
@@ -134,6 +135,12 @@ class ClusterComponent:
                     "static peer heard from), 0 otherwise", ["store"], {(self.cfg.store,): store_up})
         yield gauge("podnet_store_synced", "1 once the store has given a complete view (routes "
                     "are only removed then)", ["store"], {(self.cfg.store,): synced})
+        if last_sync is not None:
+            yield gauge("podnet_store_last_sync_age_seconds", "Seconds since the last complete "
+                        "exchange with the store (etcd: a listing; static: a peer's exchange)",
+                        ["store"], {(self.cfg.store,): time.monotonic() - last_sync})
+        if self.cfg.store == "static":
+            yield counter("podnet_gossip_rounds", "Gossip rounds of the static store", rounds)
 
     def _take_metrics_snapshot(self) -> None:
         peers: collections.Counter = collections.Counter()
@@ -145,7 +152,8 @@ class ClusterComponent:
         desired = collections.Counter((e.kind,) for e in self.desired)
         # one assignment: the metrics thread sees the old snapshot or the new one, never half
         self._metrics_snapshot = (peers, desired, 0 if self.store.problem() else 1,
-                                  1 if self.store.synced() else 0)
+                                  1 if self.store.synced() else 0, self.store.last_sync(),
+                                  self.store.rounds())
 
     async def stop(self) -> None:
         # Kernel state stays: pods keep talking across a daemon restart.

@@ -60,10 +60,6 @@ class BadRecord(ValueError):
 
 # Bounds on what a record may hold. A record is ~250 bytes of JSON; anything far larger is not one.
 MAX_VALUE_BYTES = 4096
-MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last millisecond a timestamp may name
-MAX_PEER_ADDRESS = 64
-_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
-_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 
 def block_key(cidr: str) -> str:
@@ -87,21 +83,6 @@ def key_block(key) -> ipaddress.IPv4Network:
     if block_key(str(block)) != key:
         raise BadRecord("the key is not the canonical key of its block")
     return block
-
-
-def _field(d: dict, name: str, kind: type, default=None):
-    value = d.get(name, default)
-    # bool is an int in Python, never in a record
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise BadRecord(f"field {name!r}: expected {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _millis(d: dict, name: str) -> int:
-    value = _field(d, name, int, 0)
-    if not 0 <= value <= MAX_MS:
-        raise BadRecord(f"field {name!r}: {value} is out of range (0..{MAX_MS})")
-    return value
 
 
 def parse_value(value: bytes) -> dict:
@@ -129,38 +110,18 @@ def record_from_kv(key, value: bytes, cluster_cidr: str, block_size: int) -> Nod
     cluster = ipaddress.IPv4Network(cluster_cidr)
     if block.prefixlen != block_size or not block.subnet_of(cluster):
         raise BadRecord(f"{block} is not a /{block_size} block of the cluster CIDR {cluster_cidr}")
-    d = parse_value(value)
-    name = _field(d, "name", str)
-    if not _NAME.match(name):
-        raise BadRecord(f"field 'name': {name[:64]!r} is not a node name")
-    pod_cidr = _field(d, "pod_cidr", str)
+    data = parse_value(value)
+    if data.get("pod_cidr") != str(block):   # a value names the block of its own key
+        raise BadRecord(f"field 'pod_cidr': {str(data.get('pod_cidr'))[:64]} is not the key's "
+                        f"block {block}")
     try:
-        net = ipaddress.IPv4Network(pod_cidr)
-    except ValueError:
-        raise BadRecord(f"field 'pod_cidr': {pod_cidr[:64]!r} is not an IPv4 network") from None
-    if net != block:
-        raise BadRecord(f"field 'pod_cidr': {net} is not the key's block {block}")
-    underlay = _field(d, "underlay_ip", str)
-    try:
-        ip = ipaddress.IPv4Address(underlay)
-    except ValueError:
-        raise BadRecord(f"field 'underlay_ip': {underlay[:64]!r} is not an IPv4 address") from None
-    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
-        raise BadRecord(f"field 'underlay_ip': {ip} is not a unicast address")
-    if ip in cluster:
-        raise BadRecord(f"field 'underlay_ip': {ip} lies inside the cluster CIDR {cluster_cidr}")
-    mac = _field(d, "vtep_mac", str, "").lower()
-    if mac and (not _MAC.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00"):
-        raise BadRecord(f"field 'vtep_mac': {mac[:64]!r} is not a unicast MAC address")
-    if mac and mac != rec.vtep_mac(name):
-        # A node's VTEP MAC follows from its name: another one would take over a peer's FDB entry.
-        raise BadRecord(f"field 'vtep_mac': {mac} is not node {name}'s VTEP MAC {rec.vtep_mac(name)}")
-    peer_address = _field(d, "peer_address", str, "")
-    if len(peer_address) > MAX_PEER_ADDRESS or not peer_address.isprintable():
-        raise BadRecord("field 'peer_address': too long or not printable")
-    return NodeRecord(name=name, underlay_ip=str(ip), pod_cidr=str(net), vtep_mac=mac,
-                      heartbeat_ms=_millis(d, "heartbeat_ms"), peer_address=peer_address,
-                      started_ms=_millis(d, "started_ms"))
+        record = rec.validate_record(data, cluster_cidr=cluster_cidr, cidr_size=block_size)
+    except rec.RecordError as e:
+        raise BadRecord(f"field {e.field!r}: {e.why}") from None
+    if ipaddress.IPv4Address(record.underlay_ip) in cluster:
+        raise BadRecord(f"field 'underlay_ip': {record.underlay_ip} lies inside the cluster CIDR "
+                        f"{cluster_cidr}")
+    return record
 
 
 def _revision(meta: dict, name: str) -> int:
@@ -255,7 +216,7 @@ class EtcdStore(Store):
         self._watch_cancel = None
         self._state_file = os.path.join(cfg.state_dir, "etcd-block.json")
         self._lock = threading.Lock()
-        self._ignored_logged: dict[str, tuple[int, str]] = {}  # key -> (mod revision, reason)
+        self._ignored_logged: dict[str, int] = {}  # key -> the mod revision logged
         if any(u.startswith("http://") for u in self.endpoints):
             log.warning("etcd store over plain http (%s): anyone on the path can read and write "
                         "node records; use https:// with --etcd-cafile/--etcd-certfile/--etcd-keyfile",
@@ -475,12 +436,12 @@ class EtcdStore(Store):
     def _list(self) -> dict[str, NodeRecord]:
         found, ignored = records_from_listing(self._call(lambda c: c.get_prefix(PREFIX)),
                                               self.cfg.cluster_cidr, self.cfg.node_cidr_size)
-        # Logged once per key and revision (the listing repeats every second).
-        now = {key: (mod, reason) for key, mod, reason in ignored}
-        for key, (mod, reason) in now.items():
-            if self._ignored_logged.get(key) != (mod, reason):
+        # Logged once per key and revision (the listing repeats every second; the reason may
+        # name the current time, so it is not part of what is remembered).
+        for key, mod, reason in ignored:
+            if self._ignored_logged.get(key) != mod:
                 log.warning("etcd store: ignoring %s: %s", key, reason)
-        self._ignored_logged = now
+        self._ignored_logged = {key: mod for key, mod, _ in ignored}
         return found
 
     async def _loop(self) -> None:
@@ -541,6 +502,9 @@ class EtcdStore(Store):
 
     def synced(self) -> bool:
         return self._synced
+
+    def last_sync(self) -> float | None:
+        return self._last_list if self._synced else None
 
     def problem(self) -> str | None:
         return self._error

@@ -1,4 +1,4 @@
-"""podnetd's cluster flags, registered through config.EXTENSIONS/VALIDATORS.
+"""podnetd's cluster flags (the cluster feature's add_flags and validate, podnetd/cluster/wire.py).
 
 Cluster mode is on when any of --cluster-cidr, --peers, --listen, --node-ip, --store etcd or
 --etcd-endpoints is given; then --cluster-cidr is required. Without them podnetd stays the
@@ -172,6 +172,3 @@ def validate(ns) -> None:
                                      "--tls-cert, --tls-key and --tls-ca (or --insecure-peers, "
                                      "for labs only)")
 
-
-config.EXTENSIONS.append(add_flags)
-config.VALIDATORS.append(validate)

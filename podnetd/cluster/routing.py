@@ -12,7 +12,7 @@ import logging
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import Exists, KernelError
-from .backends import ROUTE_PROTO, Entry, diff, same
+from .backends import KIND_ORDER, ROUTE_PROTO, Entry, diff, same
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,6 @@ def sync(desired: list[Entry], vxlan_dev: str, allow_removal: bool) -> dict:
     return {"installed": installed, "removed": removed, "errors": errors, "foreign": foreign}
 
 
-def _order(e: Entry) -> int:
-    return {"fdb": 0, "neigh": 1, "route": 2}[e.kind]
-
-
 def present(desired: list[Entry], vxlan_dev: str) -> list[tuple[Entry, bool]]:
     have = {e.key: e for e in owned_entries(vxlan_dev)}
     return [(e, same(have.get(e.key), e)) for e in desired]
@@ -142,7 +138,7 @@ def underlay(node_ip: str) -> dict:
 def remove_all(vxlan_dev: str) -> list[str]:
     """Remove every owned entry and the VXLAN device; keep going past failures."""
     errors = []
-    for e in sorted(owned_entries(vxlan_dev), key=lambda e: -_order(e)):
+    for e in sorted(owned_entries(vxlan_dev), key=lambda e: -KIND_ORDER[e.kind]):
         try:
             remove(e)
         except KernelError as err:

@@ -179,6 +179,8 @@ class StaticStore(Store):
         self._refused_by: str | None = None
         self._accepted_at: float | None = None  # monotonic time a peer last took our Exchange
         self._contacted = False
+        self._last_contact: float | None = None   # time.monotonic() of the last exchange
+        self._rounds = 0
         self._start_time = 0.0
         self._peer_errors = LruDict(MAX_CHANNELS)  # target -> last error
         self._announced_to: set[str] = set()  # peers this process has told about itself directly
@@ -253,7 +255,14 @@ class StaticStore(Store):
         if not self._contacted:
             log.info("static store: joined the cluster: %s has our record", peer)
         self._contacted = True
+        self._last_contact = time.monotonic()
         self.members.joined = True
+
+    def last_sync(self) -> float | None:
+        return self._last_contact
+
+    def rounds(self) -> int:
+        return self._rounds
 
     def refusal(self) -> str | None:
         """A peer's refusal counts while no peer has taken our Exchange for a node timeout:
@@ -411,6 +420,7 @@ class StaticStore(Store):
                         self.cfg.node_timeout)
             self.on_change()
         self._prune()
+        self._rounds += 1
         await self._save_claims()
 
     async def _save_claims(self) -> None:

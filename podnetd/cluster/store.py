@@ -35,6 +35,15 @@ class Store:
         node (before that, e.g. right after a restart, nothing is removed)."""
         return True
 
+    def last_sync(self) -> float | None:
+        """time.monotonic() of the last complete exchange with the store (etcd: a listing;
+        static: a peer that answered or called), None before the first."""
+        return None
+
+    def rounds(self) -> int:
+        """Gossip rounds made (the static store; 0 for others)."""
+        return 0
+
     def problem(self) -> str | None:
         return None
 

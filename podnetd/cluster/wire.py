@@ -1,7 +1,8 @@
-"""Plugs the cluster feature into podnetd's extension points (imported by podnetd.main)."""
-from .. import daemon, server
+"""The cluster feature of podnetd (podnetd/features.py): its flags, the step before node setup
+that decides the underlay, the pod MTU and (etcd) the pod CIDR, the component, the service."""
+from ..features import Feature
 from ..firewall_rules import ClusterRules
-from . import flags, service  # noqa: F401 - flags registers itself with podnetd.config
+from . import flags, service
 from .component import ClusterComponent
 
 
@@ -18,17 +19,8 @@ async def _prepare(d) -> None:
 
 
 def _component(d):
-    return d.cluster if d.cluster is not None else _Idle()
+    return d.cluster
 
 
-class _Idle:
-    async def start(self):
-        pass
-
-    async def stop(self):
-        pass
-
-
-daemon.PRE_SETUP.append(_prepare)
-daemon.COMPONENTS.append(_component)
-server.SERVICE_REGISTRARS.append(service.register)
+FEATURE = Feature("cluster", add_flags=flags.add_flags, validate=flags.validate,
+                  prepare=_prepare, component=_component, services=service.register)

@@ -1,14 +1,15 @@
 """The pod runtime: Kubernetes Pod manifests run by runc/crun with the network through CNI.
 
-Importing this package wires it into podnetd: flags (config.EXTENSIONS/VALIDATORS), the
-component (daemon.COMPONENTS) and the podnet.v1.PodService service (server.SERVICE_REGISTRARS).
+FEATURE (podnetd/features.py) gives podnetd its flags, the component and the podnet.v1.PodService
+service.
 The runtime is created lazily on daemon start, so podnetd with only the network flags works
 as before (the runtime needs nothing until a pod is run)."""
 import logging
 import os
 import shutil
 
-from .. import config, daemon, server
+from .. import config
+from ..features import Feature
 
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
@@ -76,23 +77,15 @@ def log_size(value) -> int:
 def make_component(d):
     from .runtime import Runtime
     if d.cfg.no_pod_runtime:
-        return _Off()
-    if shutil.which(d.cfg.oci_runtime) is None:
-        # the network keeps working on a host without an OCI runtime; pods are not offered
-        logging.getLogger(__name__).warning("pod runtime off: %s is not installed",
-                                            d.cfg.oci_runtime)
-        return _Off()
+        return None
+    for needed in (d.cfg.oci_runtime, "conmon"):
+        if shutil.which(needed) is None:
+            # the network keeps working on a host without an OCI runtime; pods are not offered
+            logging.getLogger(__name__).warning("pod runtime off: %s is not installed", needed)
+            return None
     rt = Runtime(d)
     d.pod_runtime = rt
     return rt
-
-
-class _Off:
-    async def start(self):
-        pass
-
-    async def stop(self):
-        pass
 
 
 def register_service(srv, d) -> list[str]:
@@ -105,8 +98,5 @@ def register_service(srv, d) -> list[str]:
     return [pods_pb2.DESCRIPTOR.services_by_name["PodService"].full_name]
 
 
-if add_flags not in config.EXTENSIONS:
-    config.EXTENSIONS.append(add_flags)
-    config.VALIDATORS.append(check_flags)
-    daemon.COMPONENTS.append(make_component)
-    server.SERVICE_REGISTRARS.append(register_service)
+FEATURE = Feature("runtime", add_flags=add_flags, validate=check_flags, component=make_component,
+                  services=register_service)

@@ -7,18 +7,13 @@ import json
 import os
 import subprocess
 
+from ..cni import version_tuple
+
 CONF_EXTENSIONS = (".conflist", ".conf", ".json")
 
 
 class CniClientError(Exception):
     pass
-
-
-def _vt(version: str) -> tuple:
-    try:
-        return tuple(int(x) for x in version.split("."))
-    except (ValueError, AttributeError):
-        return (0,)
 
 
 def load_conflist(conf_dir: str) -> dict:
@@ -181,7 +176,7 @@ class CniClient:
         except CniClientError:
             return None
         version = conflist.get("cniVersion", "0")
-        if _vt(version) < (1, 1):
+        if version_tuple(version) < (1, 1):
             return None
         attachments = [{"containerID": c, "ifname": i} for c, i in valid]
         skipped = []

@@ -20,6 +20,8 @@ def parse_line(line: bytes, timestamps: bool) -> bytes:
     if len(parts) < 4:
         return line
     ts, _, tag, text = parts
+    if timestamps and ts.endswith(b"+00:00"):   # conmon's UTC offset: shown as kubectl does
+        ts = ts[:-6] + b"Z"
     return (ts + b" " if timestamps else b"") + text + (b"\n" if tag == b"F" else b"")
 
 

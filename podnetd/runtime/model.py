@@ -1,7 +1,8 @@
 """Pod and container state as the runtime keeps it (persisted as JSON) and as Kubernetes shows
 it (status.phase, conditions, containerStatuses with state/lastState/ready/restartCount).
-Pure logic: no kernel, no processes."""
-import asyncio
+Pure data and logic: no kernel, no processes, no asyncio tasks, events or locks (the runtime
+keeps those in its own bookkeeping, lifecycle.PodRun)."""
+import enum
 import time
 
 from .. import timestamps
@@ -9,6 +10,36 @@ from .. import timestamps
 from . import manifest
 
 MAX_EVENTS = 200
+
+
+class Stage(enum.Enum):
+    """Where the pod is in its life, as the runtime drives it (kubelet's pod workers: sync,
+    terminating, terminated). The Kubernetes status.phase is derived from it (Pod.phase)."""
+    CREATING = "Creating"          # no sandbox yet (being made, or retried with back-off)
+    INITIALIZING = "Initializing"  # sandbox up: init containers and sidecars, in order
+    RUNNING = "Running"            # initialized: the app containers run under their policy
+    COMPLETED = "Completed"        # every app container is done for good, or an init failed
+    TERMINATING = "Terminating"    # a stop is under way (grace period, then the sandbox)
+    TERMINATED = "Terminated"      # the stop ran to its end: nothing of the pod runs
+
+    @property
+    def stopping_or_stopped(self) -> bool:
+        return self in (Stage.TERMINATING, Stage.TERMINATED)
+
+
+def stage_from_flags(data: dict) -> Stage:
+    """The stage of a state file written before the stage existed (its booleans)."""
+    if data.get("stopped"):
+        return Stage.TERMINATED
+    if data.get("stopping"):
+        return Stage.TERMINATING
+    if data.get("finished"):
+        return Stage.COMPLETED
+    if data.get("initialized"):
+        return Stage.RUNNING
+    if data.get("sandbox"):
+        return Stage.INITIALIZING
+    return Stage.CREATING
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -33,11 +64,6 @@ class Ctr:
         self.started = False        # startup probe passed (or none)
         self.attempt: dict | None = None   # {"shim_pid", "started_at", "log", "exit"}
         self.image_id = ""
-        # runtime-only
-        self.exited: asyncio.Event | None = None
-        self.started_event = asyncio.Event()
-        self.task: asyncio.Task | None = None
-        self.kill_reason: str | None = None
 
     @property
     def cid(self) -> str:
@@ -68,8 +94,6 @@ class Ctr:
         self.started = data.get("started", False)
         self.attempt = data.get("attempt")
         self.image_id = data.get("imageID", "")
-        if self.started:
-            self.started_event.set()
 
     def status(self) -> dict:
         return {"name": self.name, "image": self.spec["image"],
@@ -97,18 +121,23 @@ class Pod:
         self.ip = ""
         self.cni: dict = {}         # {"conflist", "result"} kept for DEL
         self.sandbox = False        # pause running and network attached
-        self.initialized = False
-        self.finished = False       # every app container is done (or the pod was stopped)
-        self.stopped = False        # pod stop ran to the end
-        self.stopping = False
+        self.stage = Stage.CREATING
+        self.initialized_at: float | None = None   # the Initialized condition's transition
         self.start_time: float | None = None
         self.events: list[dict] = []
         self.reason = ""
-        # runtime-only
-        self.task: asyncio.Task | None = None
-        self.on_event = None        # also tell the node's event recorder (set by the runtime)
-        self.stop_event = asyncio.Event()
-        self.lock = asyncio.Lock()
+
+    @property
+    def initialized(self) -> bool:
+        return self.initialized_at is not None
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stage.stopping_or_stopped
+
+    @property
+    def stopped(self) -> bool:
+        return self.stage is Stage.TERMINATED
 
     @property
     def key(self) -> str:
@@ -132,30 +161,33 @@ class Pod:
         return self.of_kind("app")
 
     def event(self, kind: str, reason: str, message: str, container: str = "") -> None:
+        """Keep an event in the pod's own list (the runtime also tells the node's recorder)."""
         self.events.append({"time": time.time(), "type": kind, "reason": reason,
                             "message": message, "container": container})
         del self.events[:-MAX_EVENTS]
-        if self.on_event is not None:
-            self.on_event(self, kind, reason, message, container)
 
     # -- persistence --------------------------------------------------------------------
 
     def to_json(self) -> dict:
         return {"doc": self.doc, "uid": self.uid, "created": self.created, "netns": self.netns,
                 "ip": self.ip, "cni": self.cni, "sandbox": self.sandbox,
-                "initialized": self.initialized, "finished": self.finished,
-                "stopped": self.stopped, "stopping": self.stopping,
+                "stage": self.stage.value, "initializedAt": self.initialized_at,
                 "startTime": self.start_time, "events": self.events, "reason": self.reason,
                 "containers": {n: c.to_json() for n, c in self.containers.items()}}
 
     @classmethod
     def from_json(cls, data: dict) -> "Pod":
+        """A persisted pod; a state file of an older podnetd (booleans initialized, finished,
+        stopping, stopped instead of the stage) is read too, so its running pods are adopted."""
         pod = cls(data["doc"], data["uid"], data["created"])
-        for key in ("netns", "ip", "cni", "sandbox", "initialized", "finished", "stopped",
-                    "stopping", "events", "reason"):
+        for key in ("netns", "ip", "cni", "sandbox", "events", "reason"):
             if key in data:
                 setattr(pod, key, data[key])
+        pod.stage = Stage(data["stage"]) if "stage" in data else stage_from_flags(data)
         pod.start_time = data.get("startTime")
+        pod.initialized_at = data.get("initializedAt")
+        if pod.initialized_at is None and data.get("initialized"):
+            pod.initialized_at = pod.start_time or pod.created
         for name, c in (data.get("containers") or {}).items():
             if name in pod.containers:
                 pod.containers[name].load(c)
@@ -164,7 +196,9 @@ class Pod:
     # -- Kubernetes view ----------------------------------------------------------------
 
     def phase(self) -> str:
-        if self.finished or self.stopped:
+        apps_done = all(c.exit_code() is not None for c in self.apps())
+        if self.stage in (Stage.COMPLETED, Stage.TERMINATED) \
+                or (self.stage is Stage.TERMINATING and apps_done and self.initialized):
             codes = [c.exit_code() for c in self.apps()]
             if codes and all(code == 0 for code in codes):
                 return "Succeeded"
@@ -179,9 +213,9 @@ class Pod:
 
     def display_status(self) -> str:
         """What kubectl prints in STATUS."""
-        if self.stopping and not self.stopped:
+        if self.stage is Stage.TERMINATING:
             return "Terminating"
-        if self.stopped and self.reason:
+        if self.stage is Stage.TERMINATED and self.reason:
             return self.reason
         inits = self.init_order()
         if not self.initialized and self.sandbox:
@@ -205,7 +239,8 @@ class Pod:
                 reason = waiting
             elif term and not reason:
                 reason = term
-        if not self.sandbox and not self.finished:
+        if not self.sandbox and self.stage in (Stage.CREATING, Stage.INITIALIZING,
+                                               Stage.RUNNING):
             return self.reason or "ContainerCreating"
         if self.phase() == "Running" and not reason:
             return "Running"

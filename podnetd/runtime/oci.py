@@ -1,21 +1,28 @@
-"""Invocations of the OCI runtime (runc by default, crun selectable) and of the per-container
-shim. Flat async functions; everything here forks runc/crun.
+"""Invocations of the OCI runtime (runc by default, crun selectable) and of conmon, the
+per-container monitor. Flat async functions; everything here forks runc/crun or conmon.
 
 Containers are never children that die with podnetd: the pause container is started with
-`runc run -d` in a new session, app containers under shim.py (a new session too) that owns the
-foreground `runc run` so that it learns the exit status, and writes the logs to files.
+`runc run -d` in a new session, app containers under conmon (as CRI-O and podman run them):
+conmon runs `runc create`, double-forks away from podnetd and stays the container's parent
+(subreaper) to learn its exit status; it writes the CRI log, the exit file and the OOM fact.
+podnetd then `runc start`s the container. runc does not stay resident.
 """
 import asyncio
 import contextlib
 import json
 import os
 import signal as _signal
+import shutil
 import subprocess
-import sys
 
 from ..kernel.errors import KernelError
 
-SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
+CONMON = "conmon"
+CRUN_WRAPPER = """#!/bin/sh
+# crun 1.8 refuses the hybrid cgroup v1 layout: run it without /sys/fs/cgroup/unified
+exec unshare -m --propagation private sh -c \
+    'umount /sys/fs/cgroup/unified 2>/dev/null; exec crun "$@"' crun "$@"
+"""
 
 
 class OciError(KernelError):
@@ -104,50 +111,81 @@ def _tail(path: str) -> str:
         return ""
 
 
-def shim_argv(runtime: str, cid: str, bundle: str, log_path: str, exit_path: str,
-              pid_path: str) -> list[str]:
-    """The shim's job: runc run --keep (foreground) with logs and the exit file.
-    (crun has no --keep: it removes the cgroup on exit, so an OOM kill under crun shows as exit
-    137 "Error", not "OOMKilled".)"""
-    return ["--log", log_path, "--exit", exit_path, "--",
-            *runtime_argv(runtime), "run", *(["--keep"] if runtime == "runc" else []),
-            "--bundle", bundle, "--pid-file", pid_path, cid]
+def runtime_binary(name: str, wrapper_dir: str) -> str:
+    """The path conmon runs as the OCI runtime (-r): the binary, or for crun on a hybrid
+    cgroup layout a wrapper script (see runtime_argv) written into wrapper_dir."""
+    if name == "crun" and os.path.ismount("/sys/fs/cgroup/unified"):
+        path = os.path.join(wrapper_dir, "crun-wrapper")
+        if not os.path.exists(path):
+            with open(path + ".tmp", "w") as f:
+                f.write(CRUN_WRAPPER)
+            os.chmod(path + ".tmp", 0o755)
+            os.rename(path + ".tmp", path)
+        return path
+    found = shutil.which(name)
+    if found is None:
+        raise OciError(f"{name} is not installed")
+    return found
 
 
-class IdleShim:
-    """A shim started ahead of need (new session, stdio to a file), waiting for its job on a
-    pipe; handing it a job costs a write instead of an interpreter start-up."""
+def conmon_argv(runtime_path: str, cid: str, bundle: str, log_path: str, exit_dir: str,
+                persist_dir: str, pid_file: str, conmon_pid_file: str) -> list[str]:
+    """conmon for one container attempt: `runc create` of the bundle, the CRI log (k8s-file),
+    the exit file in exit_dir (named after cid), the OOM fact in persist_dir; attach sockets
+    and the ctl FIFO (log reopen) live in the bundle."""
+    return [CONMON, "--api-version", "1", "-c", cid, "-u", cid, "-n", cid, "-r", runtime_path,
+            "-b", bundle, "-p", pid_file, "-P", conmon_pid_file, "-l", f"k8s-file:{log_path}",
+            "--exit-dir", exit_dir, "--persist-dir", persist_dir, "--socket-dir-path", bundle,
+            "--log-level", "warning"]
 
-    def __init__(self, shim_log: str):
-        r, self._w = os.pipe()
-        with open(shim_log, "ab") as slog:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", SHIM, "--job-on-stdin"],
-                                    stdin=r, stdout=slog, stderr=slog, start_new_session=True,
-                                    close_fds=True)
+
+def _conmon_create(argv: list[str], log_path: str, timeout: float) -> int:
+    """Blocking: start conmon and wait for its report on the sync pipe (the container's pid,
+    or the runtime's error). conmon's first process exits at once; the monitor lives on."""
+    import select
+    r, w = os.pipe()
+    try:
+        env = dict(os.environ, _OCI_SYNCPIPE=str(w), TZ="UTC")  # log times in UTC
+        with open(log_path, "ab") as out:
+            # cwd: conmon (cgroup v1) writes an "oom" file in its working directory
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    pass_fds=(w,), env=env, start_new_session=True,
+                                    cwd=argv[argv.index("-b") + 1])
+        os.close(w)
+        w = -1
+        proc.wait()
+        data = b""
+        while not data.endswith(b"\n"):
+            ready, _, _ = select.select([r], [], [], timeout)
+            if not ready:
+                raise OciError(f"conmon {argv[argv.index('-c') + 1]}: no answer in {timeout:g}s")
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
         os.close(r)
-        os.set_inheritable(self._w, False)
-        proc.returncode = 0  # reaped by host.reap, not by subprocess
-        self.pid = proc.pid
+        if w >= 0:
+            os.close(w)
+    try:
+        msg = json.loads(data.splitlines()[0]) if data else {}
+    except ValueError:
+        msg = {}
+    pid = msg.get("data") if isinstance(msg, dict) else None
+    if not isinstance(pid, int) or pid <= 0:
+        why = (msg.get("message") if isinstance(msg, dict) else None) or _tail(log_path) \
+            or f"conmon exit {proc.returncode}"
+        raise OciError(f"create {argv[argv.index('-c') + 1]}: {str(why).strip()[-400:]}")
+    return pid
 
-    def run(self, argv: list[str]) -> int:
-        try:
-            os.write(self._w, (json.dumps(argv) + "\n").encode())
-        finally:
-            os.close(self._w)
-        return self.pid
 
-    def discard(self) -> None:
-        os.close(self._w)  # EOF: the idle shim exits
+async def create_under_conmon(argv: list[str], log_path: str, timeout: float = 30) -> int:
+    """The container created under its conmon (not started); returns its init's pid."""
+    return await asyncio.to_thread(_conmon_create, argv, log_path, timeout)
 
 
-def spawn_shim(argv: list[str], shim_log: str) -> int:
-    """Start a shim for this job now (no idle one at hand); returns its pid."""
-    with open(shim_log, "ab") as slog:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", SHIM, *argv],
-                                stdin=subprocess.DEVNULL, stdout=slog, stderr=slog,
-                                start_new_session=True, close_fds=True)
-    proc.returncode = 0
-    return proc.pid
+async def start(runtime: str, cid: str) -> None:
+    await _call([*runtime_argv(runtime), "start", cid], f"{runtime} start {cid}")
 
 
 async def kill(runtime: str, cid: str, sig: int = _signal.SIGTERM, *, all_: bool = False) -> bool:

@@ -20,7 +20,7 @@ async def _guard(context, coro):
     try:
         return await coro
     except PodError as e:
-        await context.abort(_CODES.get(e.code, grpc.StatusCode.INTERNAL), str(e))
+        await context.abort(_CODES.get(e.status, grpc.StatusCode.INTERNAL), str(e))
     except ImageError as e:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
@@ -92,7 +92,7 @@ class PodsService(pods_pb2_grpc.PodServiceServicer):
             if request.HasField("tail_lines") and request.tail_lines < -1:
                 raise PodError(f"tail_lines {request.tail_lines}: give -1 (all) or more")
         except PodError as e:
-            await context.abort(_CODES.get(e.code, grpc.StatusCode.INTERNAL), str(e))
+            await context.abort(_CODES.get(e.status, grpc.StatusCode.INTERNAL), str(e))
         attempt = c.attempt["n"] if c.attempt else \
             (c.restart_count if logs.rotated(self.rt.log_path(c, c.restart_count))
              else c.restart_count - 1)
