@@ -60,6 +60,11 @@ install: deps
 proto: venv
 	$(PY) proto/generate.py
 
+## proto-lint: buf's STANDARD rules over proto/ (buf is not in Debian; proto/lint.py checks them)
+.PHONY: proto-lint
+proto-lint: venv
+	$(PY) proto/lint.py
+
 ## bench: the CNI latency benchmark (numbers go in the issue notes, not in tests)
 bench: deps
 	$(PY) bench/cni_latency.py

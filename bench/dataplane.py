@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from podnetd.api.podnet.v1 import cluster_pb2
+from podnetd.apiconv import enum_word
 from podnetd.lab import Lab, netops, pods
 
 PORT = 5201
@@ -87,7 +89,7 @@ def measure_lab(label, topology, backend, src, dst, seconds, pairs, underlays, b
             raise SystemExit(f"{label}: lab did not converge")
         a, b = pods.add_pod(lab, src), pods.add_pod(lab, dst)
         ps = pods.pods(lab)
-        mode = {n.name: n.mode for n in lab.cluster_view(src)[0].nodes}[dst]
+        mode = {n.name: enum_word(cluster_pb2.PeerMode, n.mode) for n in lab.cluster_view(src)[0].nodes}[dst]
         # `ip`, not /sys: nsenter --net keeps the caller's /sys mount
         mtu = json.loads(subprocess.run([*netops.nsenter(ps[a]["netns"]), "ip", "-j", "link", "show",
                                          "eth0"], capture_output=True, text=True).stdout)[0]["mtu"]

@@ -52,7 +52,7 @@ def bench_podnet(n: int) -> tuple[list[float], list[float], str]:
     try:
         node = RuntimeNode(spaces.add("bn"), "10.79.0.0/24").start()
         node.ctl("image", "import", "busybox", busybox_archive())
-        stub = pods_pb2_grpc.PodsStub(channel(node.socket))
+        stub = pods_pb2_grpc.PodServiceStub(channel(node.socket))
         stub.ListPods(pods_pb2.ListPodsRequest(), timeout=10)  # warm the channel
         starts, stops = [], []
         for i in range(n):
@@ -64,7 +64,7 @@ def bench_podnet(n: int) -> tuple[list[float], list[float], str]:
             assert status["podIP"] and status["containerStatuses"][0]["state"].get("running"), status
         for i in range(n):
             t0 = time.perf_counter()
-            stub.RemovePod(pods_pb2.PodRef(name=f"bench{i}"), timeout=120)
+            stub.RemovePod(pods_pb2.RemovePodRequest(name=f"bench{i}"), timeout=120)
             stops.append(time.perf_counter() - t0)
         rootfs = node.ctl("image", "list", "-o", "json").stdout
         return starts, stops, rootfs

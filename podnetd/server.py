@@ -1,4 +1,5 @@
-"""gRPC services of podnet.v1 on the daemon's unix socket (grpc.aio)."""
+"""gRPC services of podnet.v1 on the daemon's unix socket (grpc.aio): NodeService here, the
+others registered by their features (SERVICE_REGISTRARS)."""
 import asyncio
 import logging
 
@@ -6,7 +7,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import cni, events_service, socket_dir
+from . import apiconv, cni, events_service, socket_dir
 from .api.podnet.v1 import node_pb2, node_pb2_grpc
 from .endpoints import AttachError, CheckFailed, InterfaceExists, InvalidNetns, UnknownContainer
 from .ipam import IpamError, PoolExhausted, Record
@@ -35,8 +36,8 @@ def endpoint_pb(record: Record, gateway: str) -> node_pb2.Endpoint:
     return node_pb2.Endpoint(
         container_id=record.container_id, ifname=record.ifname, netns=record.netns,
         address=record.address, gateway=gateway, host_ifname=record.host_ifname, mac=record.mac,
-        mtu=record.mtu, network=record.network, created_unix=int(record.created),
-        state=record.state)
+        mtu=record.mtu, network=record.network, create_time=apiconv.timestamp(record.created),
+        state=apiconv.enum_value(node_pb2.EndpointState, record.state))
 
 
 async def _off_loop(fn, *args):
@@ -66,7 +67,7 @@ async def _check_attachment(context, command: str, request) -> None:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{e.msg}: {e.details}")
 
 
-class NodeService(node_pb2_grpc.NodeServicer):
+class NodeService(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, daemon):
         self.d = daemon
 
@@ -111,14 +112,14 @@ class NodeService(node_pb2_grpc.NodeServicer):
                                        free_addresses=await _off_loop(self.d.ipam.free_count))
 
     async def GetNodeInfo(self, request, context):
-        return await _off_loop(self.d.node_info)
+        return node_pb2.GetNodeInfoResponse(node_info=await _off_loop(self.d.node_info))
 
 
 def build(daemon, address: str, interceptors: list | None = None) -> tuple:
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [],
                              maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
-    node_pb2_grpc.add_NodeServicer_to_server(NodeService(daemon), server)
-    names = [node_pb2.DESCRIPTOR.services_by_name["Node"].full_name]
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(daemon), server)
+    names = [node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name]
     names += events_service.register(server, daemon.events)
     for feature in daemon.features:
         if feature.services:

@@ -8,19 +8,23 @@ import pathlib
 import re
 import sys
 
+import grpc_tools
 from grpc_tools import protoc
 
 PROTO_ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = PROTO_ROOT.parent / "podnetd" / "api"
-# protoc writes imports relative to the proto root ("from podnet.v1 import x_pb2"); the stubs
-# live inside the podnetd package, so the imports are rewritten to absolute ones.
-IMPORT_FIX = (re.compile(r"^from podnet\.v1 import", re.M), "from podnetd.api.podnet.v1 import")
+# google/protobuf/{timestamp,duration}.proto ship with grpcio-tools (their stubs with protobuf).
+WELL_KNOWN = pathlib.Path(grpc_tools.__file__).resolve().parent / "_proto"
+# protoc writes imports relative to the proto root ("from podnet.v1 import x_pb2", "from
+# podnet.peer.v1 import ..."); the stubs live inside the podnetd package, so the imports are
+# rewritten to absolute ones.
+IMPORT_FIX = (re.compile(r"^from podnet\.([\w.]+) import", re.M), r"from podnetd.api.podnet.\1 import")
 
 
 def generate(out: pathlib.Path) -> list[pathlib.Path]:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     out.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={out}", f"--pyi_out={out}",
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{WELL_KNOWN}", f"--python_out={out}", f"--pyi_out={out}",
             f"--grpc_python_out={out}", *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")

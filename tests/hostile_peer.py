@@ -1,9 +1,10 @@
-"""A hostile peer: speaks podnet.v1.Peer/Exchange (grpcio, the generated stubs) with whatever a
+"""A hostile peer: speaks podnet.peer.v1.PeerService/Exchange (grpcio, the generated stubs) with whatever a
 test asks for. As a client: reads a JSON list of attempts on stdin, prints a JSON list of
 outcomes. As a server (`hostile_peer.py serve CONFIG`): answers Exchanges with forged records.
 
 An attempt: {"target": "IP:PORT", "transport": "plain" | "tls", "ca": path, "cert": path|null,
-"key": path|null, "sender": str, "cluster_cidr": str, "records": [record dicts],
+"key": path|null, "sender": str, "cluster_cidr": str, "records": [record dicts: records.py's
+field names, heartbeat_ms/started_ms as integers, sent as the wire's Timestamps],
 "copies": n (the records repeated n times), "pad": n (a name of n bytes in one extra record)}.
 An outcome: {"code": "OK" | grpc status name, "details": str, "records": [names answered]}.
 """
@@ -12,7 +13,20 @@ import sys
 
 import grpc
 
-from podnetd.api.podnet.v1 import cluster_pb2, cluster_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from podnetd.api.podnet.peer.v1 import peer_pb2, peer_pb2_grpc
+from podnetd.cluster.records import WIRE_TIMES
+
+
+def record(fields: dict) -> peer_pb2.NodeRecord:
+    """A NodeRecord from records.py's field names, any integer milliseconds as sent."""
+    fields = dict(fields)
+    for name, wire in WIRE_TIMES.items():
+        if name in fields:
+            ms = fields.pop(name)
+            fields[wire] = Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+    return peer_pb2.NodeRecord(**fields)
 
 
 def read(path):
@@ -32,21 +46,21 @@ def channel(a: dict) -> grpc.Channel:
 
 
 def attempt(a: dict) -> dict:
-    records = [cluster_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
+    records = [record(r) for r in a.get("records", [])] * a.get("copies", 1)
     if a.get("pad"):
-        records.append(cluster_pb2.NodeRecord(name="p" * a["pad"], underlay_ip="10.250.0.200",
-                                              pod_cidr="10.244.77.0/24", heartbeat_ms=1))
-    request = cluster_pb2.ExchangeRequest(sender=a.get("sender", ""), records=records,
+        records.append(record({"name": "p" * a["pad"], "underlay_ip": "10.250.0.200",
+                               "pod_cidr": "10.244.77.0/24", "heartbeat_ms": 1}))
+    request = peer_pb2.ExchangeRequest(sender=a.get("sender", ""), records=records,
                                           cluster_cidr=a.get("cluster_cidr", ""))
     with channel(a) as ch:
         try:
-            response = cluster_pb2_grpc.PeerStub(ch).Exchange(request, timeout=10)
+            response = peer_pb2_grpc.PeerServiceStub(ch).Exchange(request, timeout=10)
         except grpc.RpcError as e:
             return {"code": e.code().name, "details": e.details() or "", "records": []}
     return {"code": "OK", "details": "", "records": [r.name for r in response.records]}
 
 
-class HostileServer(cluster_pb2_grpc.PeerServicer):
+class HostileServer(peer_pb2_grpc.PeerServiceServicer):
     """Answers every Exchange with the next of the configured answers (cycled), and prints one
     line per call: the caller's sender name."""
 
@@ -54,10 +68,10 @@ class HostileServer(cluster_pb2_grpc.PeerServicer):
         self.calls = 0
         self.answers = []  # built once: a slow answer on a busy machine would just time out
         for a in answers:
-            records = [cluster_pb2.NodeRecord(**r) for r in a.get("records", [])] * a.get("copies", 1)
+            records = [record(r) for r in a.get("records", [])] * a.get("copies", 1)
             if a.get("pad"):
-                records.append(cluster_pb2.NodeRecord(name="p" * a["pad"]))
-            self.answers.append(cluster_pb2.ExchangeResponse(records=records))
+                records.append(peer_pb2.NodeRecord(name="p" * a["pad"]))
+            self.answers.append(peer_pb2.ExchangeResponse(records=records))
 
     def Exchange(self, request, context):
         answer = self.answers[self.calls % len(self.answers)]
@@ -72,7 +86,7 @@ def serve(config: dict) -> None:
     from concurrent import futures
     server = grpc.server(futures.ThreadPoolExecutor(4),
                          options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    cluster_pb2_grpc.add_PeerServicer_to_server(HostileServer(config["answers"]), server)
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(HostileServer(config["answers"]), server)
     creds = grpc.ssl_server_credentials([(read(config["key"]), read(config["cert"]))],
                                         root_certificates=read(config["ca"]), require_client_auth=True)
     server.add_secure_port(config["listen"], creds)

@@ -202,7 +202,7 @@ def test_etcd_outage_keeps_routes_and_a_later_join_is_seen(lab, nodes, netns):
     try:
         wait_for(lambda: "unreachable" in d1.ctl("nodes").get("problem", ""), 10, what="outage noticed")
         # past --node-timeout (3 s) without the store: nothing withdrawn, pods keep talking
-        wait_for(lambda: d1.nodes()[d2.node_name].get("heartbeat_age_seconds", 0) > 4, 15,
+        wait_for(lambda: float(d1.nodes()[d2.node_name].get("heartbeat_age", "0s").rstrip("s")) > 4, 15,
                  what="an outage longer than the node timeout")
         assert c2 in routes(d1.netns) and c1 in routes(d2.netns)
         assert ping(p1, a2) and ping(p2, a1)

@@ -101,17 +101,18 @@ class ClusterDaemon(Daemon):
         return self.ctl("routes").get("entries", [])
 
 
-# A tiny client of podnet.v1.Cluster (the lab engineer's podnetctl may not exist yet).
+# A tiny client of podnet.v1.ClusterService: the views as podnetctl -o json prints them (enums as
+# words, heartbeat_age as a Duration string).
 CTL = r"""
 import json, sys, grpc
-from google.protobuf.json_format import MessageToDict
 from podnetd.api.podnet.v1 import cluster_pb2, cluster_pb2_grpc
-stub = cluster_pb2_grpc.ClusterStub(grpc.insecure_channel("unix://" + sys.argv[1]))
+from podnetd.apiconv import message_dict
+stub = cluster_pb2_grpc.ClusterServiceStub(grpc.insecure_channel("unix://" + sys.argv[1]))
 if sys.argv[2] == "nodes":
     r = stub.ListNodes(cluster_pb2.ListNodesRequest(), timeout=10)
 else:
     r = stub.ListRoutes(cluster_pb2.ListRoutesRequest(), timeout=10)
-print(json.dumps(MessageToDict(r, preserving_proto_field_name=True)))
+print(json.dumps(message_dict(r, defaults=False)))
 """
 
 

@@ -1,6 +1,7 @@
 """Peer records are untrusted input (pure logic, no kernel, no network): every field validated,
 one bad record dropped without stopping the others, hearsay never overriding what a node says
 itself, claim times chosen by the receiver, and bounded state under a flood of forged names."""
+import dataclasses
 import logging
 from types import SimpleNamespace
 
@@ -384,3 +385,18 @@ def test_a_flood_of_bad_records_is_a_few_log_lines(caplog):
     assert store.dropped == 20 * 2 * 200
     lines = [r.getMessage() for r in caplog.records]
     assert 2 <= len(lines) <= 6, lines  # per source and field, not per record or connection
+
+
+def test_wire_times_round_trip_and_a_malformed_timestamp_is_refused():
+    """On the wire (podnet.peer.v1) the times are Timestamps; records.py bounds them in ms."""
+    from podnetd.api.podnet.peer.v1 import peer_pb2
+    from podnetd.cluster.static import from_pb, to_pb
+    r = rec("n2", "10.1.2.0/24", ip="192.168.1.2", hb=NOW + 1)
+    message = peer_pb2.NodeRecord.FromString(to_pb(r).SerializeToString())
+    assert message.heartbeat_time.ToMilliseconds() == NOW + 1
+    assert from_pb(message) == r
+    huge = records.to_wire(dataclasses.replace(r, heartbeat_ms=2 ** 63 - 1))["heartbeat_time"]
+    assert records.wire_fields(peer_pb2.NodeRecord(heartbeat_time=huge))["heartbeat_ms"] == 2 ** 63 - 1
+    message.heartbeat_time.nanos = -5  # no valid Timestamp has it
+    with pytest.raises(RecordError, match="heartbeat_ms: -1 is not a time"):
+        validate_record(records.wire_fields(message), cluster_cidr=CLUSTER, now=NOW)

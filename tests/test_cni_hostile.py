@@ -182,7 +182,7 @@ def netns_for_fuzz(netns):
 def _attach(socket: str, container_id: str, **options):
     async def call():
         async with grpc.aio.insecure_channel(f"unix://{socket}", options=list(options.items())) as ch:
-            return await node_pb2_grpc.NodeStub(ch).Attach(
+            return await node_pb2_grpc.NodeServiceStub(ch).Attach(
                 node_pb2.AttachRequest(container_id=container_id, ifname="eth0", netns="/n"),
                 timeout=60)
     return asyncio.run(call())

@@ -71,14 +71,19 @@ def test_socket_is_root_only_and_serves_health_and_reflection(daemon):
     assert mode == 0o600
     with grpc.insecure_channel(f"unix://{daemon.socket}") as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        for service in ("", "podnet.v1.Node"):
+        for service in ("", "podnet.v1.NodeService", "podnet.v1.EventService"):
             resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         answers = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                             timeout=5)
         names = {s.name for a in answers for s in a.list_services_response.service}
-    assert {"podnet.v1.Node", "grpc.health.v1.Health"} <= names
+    assert {"podnet.v1.NodeService", "podnet.v1.EventService", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    # renamed to buf's STANDARD style (README: "API names"); the old names are gone
+    assert not names & {"podnet.v1.Node", "podnet.v1.Cluster", "podnet.v1.Pods"}
+    # the node-to-node protocol is not served on the node-local socket
+    assert not any(n.startswith("podnet.peer.") for n in names)
     assert "podnet.v1.Cni" not in names  # the plugin has its own relay socket (tests/test_cni_relay.py)
 
 

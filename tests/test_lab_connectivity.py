@@ -6,6 +6,8 @@ import ipaddress
 
 import pytest
 
+from podnetd.api.podnet.v1 import cluster_pb2
+from podnetd.apiconv import enum_word
 from podnetd.lab import Lab, pods, probe
 from podnetd.lab.netops import ip_batch
 from testlib import unique
@@ -46,7 +48,7 @@ def test_mode_per_peer_follows_the_topology(lab):
     for node in lab.node_names():
         listing, _ = lab.cluster_view(node)
         assert listing is not None, f"{node}: no cluster view"
-        modes[node] = {n.name: n.mode for n in listing.nodes}
+        modes[node] = {n.name: enum_word(cluster_pb2.PeerMode, n.mode) for n in listing.nodes}
     if lab.st.topology == "l2":
         expected = {a: {b: "self" if a == b else "host-gw" for b in modes} for a in modes}
     else:  # n1, n2 on subnet a; n3 behind the router on subnet b

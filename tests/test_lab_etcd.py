@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from podnetd.api.podnet.v1 import cluster_pb2
 from podnetd.lab import netops, pods, probe
 from testlib import routed_lab_with_pods
 
@@ -103,9 +104,11 @@ def test_a_route_podnet_did_not_make_is_left_alone(lab):
     try:
         def reported():
             nodes, routes = lab.cluster_view("n1")
-            entry = [e for e in routes.entries if e.destination == cidr and e.kind == "route"]
+            entry = [e for e in routes.entries
+                     if e.destination == cidr and e.kind == cluster_pb2.ENTRY_KIND_ROUTE]
             n2 = [n for n in nodes.nodes if n.name == "n2"]
-            return entry and entry[0].state == "foreign" and n2 and "proto boot" in n2[0].problem
+            return (entry and entry[0].state == cluster_pb2.ENTRY_STATE_FOREIGN
+                    and n2 and "proto boot" in n2[0].problem)
         probe.until(reported, 20, "the foreign route reported by n1")
         assert [r.get("protocol", "boot") for r in _route(ns, cidr)] == ["boot"]
         ps = pods.pods(lab)  # still routed, by the admin's route

@@ -1,8 +1,8 @@
 """A hostile peer in the lab (real namespaces, real podnetds with the lab's mutual TLS): a process
-that speaks podnet.v1.Peer/Exchange sends forged, malformed and oversized records with and without
-a client certificate, with a certificate from another CA, and with a valid lab certificate for a
-name other than the one it claims. Routing keeps working, pods keep talking across nodes, and no
-forged data is installed."""
+that speaks podnet.peer.v1.PeerService/Exchange sends forged, malformed and oversized records
+with and without a client certificate, with a certificate from another CA, and with a valid lab
+certificate for a name other than the one it claims. Routing keeps working, pods keep talking
+across nodes, and no forged data is installed."""
 import json
 import os
 import queue
@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from podnetd.api.podnet.v1 import cluster_pb2
 from podnetd.cluster import records
 from podnetd.lab import Lab, netops, pki, plan, pods, probe, procs, state
 from testlib import PY, REPO, unique
@@ -134,8 +135,8 @@ def test_forged_malformed_and_oversized_records_change_nothing(lab, attacker):
         seen = view(lab, node)
         assert seen["n2"].underlay_ip == ips["n2"], (node, seen["n2"])
         assert not {"v6", "badip", "huge", "bad name", "mcast", "outside"} & set(seen), (node, sorted(seen))
-        assert seen.get("mallory") is None or seen["mallory"].mode == "unreachable"
-        assert seen[node].mode == "self" and not seen[node].problem, (node, seen[node])
+        assert seen.get("mallory") is None or seen["mallory"].mode == cluster_pb2.PEER_MODE_UNREACHABLE
+        assert seen[node].mode == cluster_pb2.PEER_MODE_SELF and not seen[node].problem, (node, seen[node])
         assert attacker["ip"] not in gateways(lab, node).values(), (node, gateways(lab, node))
     assert gateways(lab, "n1")[cidrs["n2"]] == ips["n2"]
     assert "mallory" in view(lab, "n1") and "overlaps node n2's" in view(lab, "n1")["mallory"].problem
@@ -219,7 +220,8 @@ def test_forged_answers_from_a_hostile_server_change_nothing(lab, attacker):
             # a new name by hearsay may be held, but its backdated claim loses to n3's
             assert "thief" not in seen or "overlaps node n3's" in seen["thief"].problem, seen["thief"]
             assert seen["mallory"].pod_cidr == own_cidr  # a node with a valid certificate
-            assert seen[node].mode == "self" and not seen[node].problem, (node, seen[node])
+            assert seen[node].mode == cluster_pb2.PEER_MODE_SELF and not seen[node].problem, \
+                (node, seen[node])
             gw = gateways(lab, node)
             assert {d for d, g in gw.items() if g == attacker["ip"]} <= {own_cidr}, (node, gw)
         # the loops live on, and pods keep talking

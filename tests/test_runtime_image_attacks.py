@@ -368,7 +368,7 @@ def test_import_runs_off_the_event_loop(node, clean, tmp_path):
             return [e for e in os.listdir(images_dir(node)) if e.startswith(".import-")]
         wait_for(importing, timeout=60, what="the import to start unpacking")
         with grpc.insecure_channel(f"unix:{node.socket}") as channel:
-            pods_pb2_grpc.PodsStub(channel).ListImages(pods_pb2.ListImagesRequest(), timeout=30)
+            pods_pb2_grpc.PodServiceStub(channel).ListImages(pods_pb2.ListImagesRequest(), timeout=30)
         assert importing(), "the import was over before the daemon answered"
     finally:
         _, err = proc.communicate(timeout=300)

@@ -3,7 +3,7 @@ the node firewall's VXLAN senders, podnetd/firewall.py, in step with the peers).
 
 Wiring (the cluster feature, podnetd/cluster/wire.py): prepare() runs before the node is set
 up (it decides the underlay, the pod MTU and, with etcd, the pod CIDR); the component starts
-after it; the feature serves podnet.v1.Cluster.
+after it; the feature serves podnet.v1.ClusterService.
 """
 import asyncio
 import collections

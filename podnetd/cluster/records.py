@@ -8,6 +8,8 @@ import re
 import time
 from typing import Mapping
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 # -- limits on what a peer may send ----------------------------------------------------------
 MAX_NAME_LENGTH = 253            # a DNS subdomain, as Kubernetes node names
 MAX_FIELD_LENGTH = 64            # any other string field (an IPv6 [host]:port fits)
@@ -189,9 +191,32 @@ def _peer_address(name: str, text: str) -> str:
     return text
 
 
+# On the wire (podnet.peer.v1.NodeRecord) a record's times are google.protobuf.Timestamps; here
+# they stay integer milliseconds, compared and bounded as numbers (validate_record).
+WIRE_TIMES = {"heartbeat_ms": "heartbeat_time", "started_ms": "start_time"}
+
+
+def _wire_millis(ts) -> int:
+    """A Timestamp as milliseconds; -1 (refused by validate_record's range check) when its nanos
+    are outside [0, 10^9), which no valid Timestamp has."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        return -1
+    return ts.seconds * 1000 + ts.nanos // 1_000_000
+
+
 def wire_fields(message) -> dict:
-    """A protobuf NodeRecord's fields as a dict for validate_record."""
-    return {f: getattr(message, f) for f in FIELDS}
+    """A protobuf NodeRecord's fields as a dict for validate_record (times in milliseconds)."""
+    return {f: _wire_millis(getattr(message, WIRE_TIMES[f])) if f in WIRE_TIMES
+            else getattr(message, f) for f in FIELDS}
+
+
+def to_wire(r: NodeRecord) -> dict:
+    """A record's fields for a protobuf NodeRecord (times as Timestamps)."""
+    out = r.to_dict()
+    for field, wire in WIRE_TIMES.items():
+        ms = out.pop(field)
+        out[wire] = Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+    return out
 
 
 # -- identity --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The static store: podnetds exchange records over a gRPC Peer service (push-pull gossip).
+"""The static store: podnetds exchange records over podnet.peer.v1.PeerService (push-pull gossip).
 
 Each round a node sends everything it knows to its seeds and to a few random known nodes and
 merges what they answer, so records spread transitively. A change starts a round at once
@@ -21,7 +21,7 @@ import time
 
 import grpc
 
-from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc
+from ..api.podnet.peer.v1 import peer_pb2, peer_pb2_grpc
 from . import records as rec
 from .bounded import LruDict, RateLimitedLog
 from .records import Membership, NodeRecord, RecordError, Verdict
@@ -41,8 +41,8 @@ MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 
 
-def to_pb(r: NodeRecord) -> cluster_pb2.NodeRecord:
-    return cluster_pb2.NodeRecord(**r.to_dict())
+def to_pb(r: NodeRecord) -> peer_pb2.NodeRecord:
+    return peer_pb2.NodeRecord(**rec.to_wire(r))
 
 
 def from_pb(m) -> NodeRecord:
@@ -91,7 +91,7 @@ def _shown(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-class PeerService(cluster_pb2_grpc.PeerServicer):
+class PeerService(peer_pb2_grpc.PeerServiceServicer):
     def __init__(self, store: "StaticStore"):
         self.store = store
 
@@ -127,7 +127,7 @@ class PeerService(cluster_pb2_grpc.PeerServicer):
             store.contacted(sender)  # our answer carries our record to it
         if refusal:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
-        return cluster_pb2.ExchangeResponse(records=[to_pb(r) for r in store.records()])
+        return peer_pb2.ExchangeResponse(records=[to_pb(r) for r in store.records()])
 
 
 CLAIMS_FILE = "cluster-peer-claims.json"
@@ -193,7 +193,7 @@ class StaticStore(Store):
         self.members.set_self(self._own)
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *MESSAGE_OPTIONS],
                                        maximum_concurrent_rpcs=MAX_CONCURRENT_EXCHANGES)
-        cluster_pb2_grpc.add_PeerServicer_to_server(PeerService(self), self._server)
+        peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerService(self), self._server)
         try:
             if self.tls.enabled:
                 bound = self._server.add_secure_port(self.listen, self.tls.server())
@@ -369,13 +369,13 @@ class StaticStore(Store):
             channel = grpc.aio.secure_channel(target, self.tls.channel(), options=MESSAGE_OPTIONS)
         else:
             channel = grpc.aio.insecure_channel(target, options=MESSAGE_OPTIONS)
-        entry = (channel, cluster_pb2_grpc.PeerStub(channel))
+        entry = (channel, peer_pb2_grpc.PeerServiceStub(channel))
         for _, evicted in self._channels.put(target, entry):
             self._close(evicted)
         return entry[1]
 
     async def _exchange(self, target: str) -> None:
-        request = cluster_pb2.ExchangeRequest(
+        request = peer_pb2.ExchangeRequest(
             sender=self.cfg.node_name, cluster_cidr=self.cfg.cluster_cidr or "",
             records=[to_pb(r) for r in self.members.all()])
         try:

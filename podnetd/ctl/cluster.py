@@ -1,13 +1,12 @@
-"""podnetctl nodes | routes: the cluster as this node's podnetd sees it (podnet.v1.Cluster)."""
-from google.protobuf import json_format
-
+"""podnetctl nodes | routes: the cluster as this node's podnetd sees it (podnet.v1.ClusterService)."""
 from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc
+from ..apiconv import message_dict, seconds
 from . import output
 from .client import CtlError, call, channel
 
 
 def _stub(args):
-    return cluster_pb2_grpc.ClusterStub(channel(args.socket))
+    return cluster_pb2_grpc.ClusterServiceStub(channel(args.socket))
 
 
 def _call(method, request):
@@ -15,24 +14,22 @@ def _call(method, request):
         return call(method, request)
     except CtlError as e:
         if str(e).startswith("unimplemented"):
-            raise CtlError("this podnetd serves no cluster view (podnet.v1.Cluster)") from None
+            raise CtlError("this podnetd serves no cluster view (podnet.v1.ClusterService)") from None
         raise
 
 
-def _dict(message) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+_dict = message_dict
 
 
-def _age(seconds: float, mode: str) -> str:
-    return "-" if mode == "self" else f"{seconds:.1f}s"
+def _age(node) -> str:
+    return "-" if node.mode == cluster_pb2.PEER_MODE_SELF else f"{seconds(node.heartbeat_age):.1f}s"
 
 
 def cmd_nodes(args) -> int:
     resp = _call(_stub(args).ListNodes, cluster_pb2.ListNodesRequest())
     rows = [_dict(n) for n in resp.nodes]
     for row, n in zip(rows, resp.nodes):
-        row["heartbeat"] = _age(n.heartbeat_age_seconds, n.mode)
+        row["heartbeat"] = _age(n)
         row["vtep"] = n.vtep_mac or "-"
     output.emit(rows, [("NAME", "name"), ("UNDERLAY", "underlay_ip"), ("POD-CIDR", "pod_cidr"),
                        ("MODE", "mode"), ("VTEP-MAC", "vtep"), ("HEARTBEAT", "heartbeat"),

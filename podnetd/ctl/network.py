@@ -1,18 +1,17 @@
 """podnetctl endpoints | node | status."""
-from google.protobuf import json_format
-
 from ..api.podnet.v1 import node_pb2, node_pb2_grpc
+from ..apiconv import message_dict
 from . import output
 from .client import call, channel
 
 
 def _node_stub(args):
-    return node_pb2_grpc.NodeStub(channel(args.socket))
+    return node_pb2_grpc.NodeServiceStub(channel(args.socket))
 
 
 def cmd_endpoints(args) -> int:
     resp = call(_node_stub(args).ListEndpoints, node_pb2.ListEndpointsRequest())
-    rows = [json_format.MessageToDict(e, preserving_proto_field_name=True) for e in resp.endpoints]
+    rows = [message_dict(e, defaults=False) for e in resp.endpoints]
     for row in rows:
         row["container"] = row.get("container_id", "")[:12]
     output.emit(rows, [("CONTAINER", "container"), ("IFNAME", "ifname"), ("ADDRESS", "address"),
@@ -22,9 +21,8 @@ def cmd_endpoints(args) -> int:
 
 
 def cmd_node(args) -> int:
-    info = call(_node_stub(args).GetNodeInfo, node_pb2.GetNodeInfoRequest())
-    row = json_format.MessageToDict(info, preserving_proto_field_name=True,
-                                    always_print_fields_with_no_presence=True)
+    info = call(_node_stub(args).GetNodeInfo, node_pb2.GetNodeInfoRequest()).node_info
+    row = message_dict(info)
     output.emit([row], [("NODE", "node_name"), ("POD-CIDR", "pod_cidr"), ("GATEWAY", "gateway"),
                         ("BRIDGE", "bridge"), ("MTU", "mtu"), ("POD-GSO", "pod_gso_max_size"),
                         ("ALLOCATED", "allocated"), ("CAPACITY", "capacity")], args.output, raw=row)

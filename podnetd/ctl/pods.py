@@ -7,16 +7,18 @@ import sys
 import grpc
 
 from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
+from ..apiconv import MAX_DURATION_SECONDS, duration, unix_seconds
 from . import output
 from .client import CtlError, call, channel
 
 
 def _stub(args):
-    return pods_pb2_grpc.PodsStub(channel(args.socket))
+    return pods_pb2_grpc.PodServiceStub(channel(args.socket))
 
 
-def _ref(args) -> pods_pb2.PodRef:
-    return pods_pb2.PodRef(name=args.name, namespace=args.namespace)
+def _ref(args, request_type):
+    """The request of a call about one pod (GetPodRequest, StopPodRequest, ...)."""
+    return request_type(name=args.name, namespace=args.namespace)
 
 
 def _print_pod(doc: dict, fmt: str) -> None:
@@ -53,7 +55,7 @@ def cmd_ls(args) -> int:
     resp = call(_stub(args).ListPods, pods_pb2.ListPodsRequest())
     rows = [{"namespace": p.namespace, "name": p.name, "phase": p.phase, "status": p.status,
              "ready": p.ready, "restarts": p.restarts, "ip": p.ip, "node": p.node,
-             "age": output.age(p.created_unix)} for p in resp.pods]
+             "age": output.age(unix_seconds(p.create_time))} for p in resp.pods]
     output.emit(rows, [("NAME", "name"), ("PHASE", "phase"), ("READY", "ready"),
                        ("STATUS", "status"), ("RESTARTS", "restarts"), ("IP", "ip"),
                        ("NODE", "node"), ("AGE", "age")], args.output)
@@ -61,7 +63,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_get(args) -> int:
-    resp = call(_stub(args).GetPod, _ref(args))
+    resp = call(_stub(args).GetPod, _ref(args, pods_pb2.GetPodRequest))
     doc = json.loads(resp.pod_json)
     if args.output == "table":
         st = doc["status"]
@@ -84,7 +86,7 @@ def _state_line(state: dict) -> str:
 
 
 def cmd_describe(args) -> int:
-    resp = call(_stub(args).DescribePod, _ref(args))
+    resp = call(_stub(args).DescribePod, _ref(args, pods_pb2.DescribePodRequest))
     doc, events = json.loads(resp.pod_json), json.loads(resp.events_json)
     meta, spec, st = doc["metadata"], doc["spec"], doc["status"]
     out = [f"Name:         {meta['name']}", f"Namespace:    {meta['namespace']}",
@@ -145,9 +147,13 @@ def cmd_exec(args) -> int:
     if not command:
         raise CtlError("pod exec: a command is required after --")
     stdin = b"" if sys.stdin.isatty() or not args.stdin else sys.stdin.buffer.read()
+    try:
+        timeout = duration(args.timeout)
+    except ValueError as e:
+        raise CtlError(f"pod exec: --timeout {e}") from None
     resp = call(_stub(args).ExecInPod, pods_pb2.ExecInPodRequest(
         name=args.name, namespace=args.namespace, container=args.container or "",
-        command=command, stdin=stdin, timeout_seconds=args.timeout), timeout=None)
+        command=command, stdin=stdin, timeout=timeout), timeout=None)
     sys.stdout.buffer.write(resp.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(resp.stderr)
@@ -161,7 +167,7 @@ def cmd_stop(args) -> int:
             raise CtlError("pod stop: give a pod name or --all, not both")
         request = pods_pb2.StopAllPodsRequest()
         if args.grace_period is not None:
-            request.max_grace_period_seconds = args.grace_period
+            request.max_grace_period.CopyFrom(duration(args.grace_period))
         resp = call(_stub(args).StopAllPods, request, timeout=None)
         for key in resp.stopped:
             print(f"pod/{key} stopped")
@@ -171,7 +177,7 @@ def cmd_stop(args) -> int:
     if args.grace_period is not None:
         raise CtlError("pod stop: --grace-period goes with --all (a single pod stops with its "
                        "own terminationGracePeriodSeconds)")
-    resp = call(_stub(args).StopPod, _ref(args), timeout=None)
+    resp = call(_stub(args).StopPod, _ref(args, pods_pb2.StopPodRequest), timeout=None)
     print(f"pod/{args.name} stopped: {json.loads(resp.pod_json)['status']['phase']}")
     return 0
 
@@ -181,7 +187,7 @@ def grace_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1
-    if not 0 <= value < float("inf"):  # also NaN
+    if not 0 <= value <= MAX_DURATION_SECONDS:  # also NaN and infinity
         raise argparse.ArgumentTypeError(f"{text!r}: give seconds, 0 or more")
     return value
 
@@ -197,7 +203,7 @@ def tail_lines(text: str) -> int:
 
 
 def cmd_rm(args) -> int:
-    call(_stub(args).RemovePod, _ref(args), timeout=None)
+    call(_stub(args).RemovePod, _ref(args, pods_pb2.RemovePodRequest), timeout=None)
     print(f"pod/{args.name} removed")
     return 0
 
@@ -213,7 +219,7 @@ def cmd_image_import(args) -> int:
 def cmd_image_list(args) -> int:
     resp = call(_stub(args).ListImages, pods_pb2.ListImagesRequest())
     rows = [{"name": i.name, "id": i.id[:12], "size": f"{i.size / 2**20:.1f}MiB",
-             "layers": i.layers, "age": output.age(i.created_unix)} for i in resp.images]
+             "layers": i.layers, "age": output.age(unix_seconds(i.create_time))} for i in resp.images]
     output.emit(rows, [("IMAGE", "name"), ("ID", "id"), ("SIZE", "size"),
                        ("LAYERS", "layers"), ("AGE", "age")], args.output)
     return 0

@@ -11,6 +11,7 @@ import time
 import grpc
 
 from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc, node_pb2, node_pb2_grpc
+from ..apiconv import enum_word, seconds
 from ..ctl.client import CtlError, call
 from ..kernel.netns import run_in_netns
 from . import antispoof, drift, facts, mtu, node, peers as peer_checks, probe, vxlan
@@ -61,28 +62,32 @@ def _cluster_view(stub):
         if str(e).startswith("unimplemented"):
             return None, None
         raise
-    if not nodes.store:               # "cluster mode is off on this node"
+    if nodes.store == cluster_pb2.STORE_UNSPECIFIED:  # "cluster mode is off on this node"
         return None, None
     return nodes, routes
 
 
 def read_fabric(ch) -> Fabric:
-    info = call(node_pb2_grpc.NodeStub(ch).GetNodeInfo, node_pb2.GetNodeInfoRequest())
-    nodes, routes = _cluster_view(cluster_pb2_grpc.ClusterStub(ch))
+    info = call(node_pb2_grpc.NodeServiceStub(ch).GetNodeInfo, node_pb2.GetNodeInfoRequest()).node_info
+    nodes, routes = _cluster_view(cluster_pb2_grpc.ClusterServiceStub(ch))
     f = Fabric(info)
     if nodes is not None:
-        f.cluster, f.store, f.cluster_cidr = True, nodes.store, nodes.cluster_cidr
+        f.cluster, f.cluster_cidr = True, nodes.cluster_cidr
+        f.store = enum_word(cluster_pb2.Store, nodes.store)
         for n in nodes.nodes:
-            if n.mode == "self":
+            mode = enum_word(cluster_pb2.PeerMode, n.mode)
+            if mode == "self":
                 f.self_ip = n.underlay_ip
                 continue
-            got = peer_checks.parse_peer(n.name, n.underlay_ip, n.pod_cidr, n.mode, n.problem,
-                                         n.vtep_mac, n.heartbeat_age_seconds)
+            got = peer_checks.parse_peer(n.name, n.underlay_ip, n.pod_cidr, mode, n.problem,
+                                         n.vtep_mac, seconds(n.heartbeat_age))
             (f.peers.append if isinstance(got, Peer) else f.record_checks.append)(got)
-        f.record_checks.insert(0, peer_checks.cluster(nodes.self_name, nodes.problem, nodes.store,
+        f.record_checks.insert(0, peer_checks.cluster(nodes.self_name, nodes.problem, f.store,
                                                       len(f.peers)))
-        f.entries = [{"kind": e.kind, "node": e.node, "mode": e.mode, "destination": e.destination,
-                      "via": e.via, "dev": e.dev, "state": e.state} for e in routes.entries]
+        f.entries = [{"kind": enum_word(cluster_pb2.EntryKind, e.kind), "node": e.node,
+                      "mode": enum_word(cluster_pb2.PeerMode, e.mode), "destination": e.destination,
+                      "via": e.via, "dev": e.dev, "state": enum_word(cluster_pb2.EntryState, e.state)}
+                     for e in routes.entries]
         f.route_proto = routes.route_protocol or ROUTE_PROTO
     if f.self_ip:
         f.uplink = facts.underlay_dev(f.self_ip)
@@ -130,14 +135,15 @@ def drift_checks(f: Fabric, node_stub) -> list[Check]:
     # read before the probe endpoint exists, so both views hold the same pods
     attached = call(node_stub.ListEndpoints, node_pb2.ListEndpointsRequest()).endpoints
     return out + drift.firewall([{"host_ifname": e.host_ifname, "mac": e.mac, "address": e.address,
-                                  "state": e.state or "active"} for e in attached],
+                                  "state": enum_word(node_pb2.EndpointState, e.state) or "active"}
+                                 for e in attached],
                                 facts.guard_elements(), facts.egress_table_present())
 
 
 def diagnose(socket_path: str, *, timeout: float = 1.0) -> Report:
     started = time.monotonic()
     with contextlib.closing(grpc.insecure_channel(f"unix://{socket_path}")) as ch:
-        node_stub = node_pb2_grpc.NodeStub(ch)
+        node_stub = node_pb2_grpc.NodeServiceStub(ch)
         f = read_fabric(ch)
         drifted, on_node = drift_checks(f, node_stub), node_checks(f)
         endpoint = ProbeEndpoint(node_stub)

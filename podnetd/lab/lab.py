@@ -331,7 +331,8 @@ class Lab:
     def _node_info(sock: str):
         with contextlib.closing(_grpc_channel(sock)) as ch:
             try:
-                return node_pb2_grpc.NodeStub(ch).GetNodeInfo(node_pb2.GetNodeInfoRequest(), timeout=2)
+                return node_pb2_grpc.NodeServiceStub(ch).GetNodeInfo(node_pb2.GetNodeInfoRequest(),
+                                                                     timeout=2).node_info
             except grpc.RpcError:
                 return None
 
@@ -389,7 +390,7 @@ class Lab:
         """(ListNodesResponse, ListRoutesResponse) from a node's daemon; None for a part the
         daemon does not offer (or when it is down)."""
         with contextlib.closing(_grpc_channel(self.socket(node))) as ch:
-            stub = cluster_pb2_grpc.ClusterStub(ch)
+            stub = cluster_pb2_grpc.ClusterServiceStub(ch)
             out = []
             for method, req in ((stub.ListNodes, cluster_pb2.ListNodesRequest()),
                                 (stub.ListRoutes, cluster_pb2.ListRoutesRequest())):

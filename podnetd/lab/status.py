@@ -1,16 +1,11 @@
 """What `podnetctl lab status` shows: nodes, their CIDRs, the mode chosen per peer, routes.
-Asks each daemon (podnet.v1.Cluster) and falls back to the kernel's routes when it can't."""
+Asks each daemon (podnet.v1.ClusterService) and falls back to the kernel's routes when it can't."""
 import ipaddress
 
-from google.protobuf import json_format
-
+from ..api.podnet.v1 import cluster_pb2
+from ..apiconv import enum_word, message_dict as _msg
 from . import plan, probe, procs
 from .lab import Lab
-
-
-def _msg(m) -> dict:
-    return json_format.MessageToDict(m, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
 
 
 def collect(lab: Lab) -> dict:
@@ -26,7 +21,8 @@ def collect(lab: Lab) -> dict:
             problem = listing.problem
             for peer in listing.nodes:
                 if peer.name != name:
-                    peers[peer.name] = peer.mode + (f" ({peer.problem})" if peer.problem else "")
+                    mode = enum_word(cluster_pb2.PeerMode, peer.mode)
+                    peers[peer.name] = mode + (f" ({peer.problem})" if peer.problem else "")
         nodes.append({"node": name, "netns": n["netns"], "underlay_ip": n["ip"],
                       "segment": n["segment"], "pod_cidr": n.get("pod_cidr") or "",
                       "daemon": f"pid {record['pid']}" if running else "DOWN",

@@ -1,6 +1,6 @@
 """The pod runtime: Kubernetes Pod manifests run by runc/crun with the network through CNI.
 
-FEATURE (podnetd/features.py) gives podnetd its flags, the component and the podnet.v1.Pods
+FEATURE (podnetd/features.py) gives podnetd its flags, the component and the podnet.v1.PodService
 service.
 The runtime is created lazily on daemon start, so podnetd with only the network flags works
 as before (the runtime needs nothing until a pod is run)."""
@@ -94,8 +94,8 @@ def register_service(srv, d) -> list[str]:
         return []
     from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
     from .service import PodsService
-    pods_pb2_grpc.add_PodsServicer_to_server(PodsService(rt), srv)
-    return [pods_pb2.DESCRIPTOR.services_by_name["Pods"].full_name]
+    pods_pb2_grpc.add_PodServiceServicer_to_server(PodsService(rt), srv)
+    return [pods_pb2.DESCRIPTOR.services_by_name["PodService"].full_name]
 
 
 FEATURE = Feature("runtime", add_flags=add_flags, validate=check_flags, component=make_component,

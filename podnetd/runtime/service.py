@@ -1,10 +1,11 @@
-"""podnet.v1.Pods: the gRPC face of the pod runtime."""
+"""podnet.v1.PodService: the gRPC face of the pod runtime."""
 import asyncio
 import json
 import time
 
 import grpc
 
+from .. import apiconv
 from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
 from . import logs
 from .images import ImageError
@@ -26,13 +27,14 @@ async def _guard(context, coro):
 
 def _image_pb(img: dict) -> pods_pb2.Image:
     return pods_pb2.Image(name=img["name"], id=img["id"], size=img.get("size", 0),
-                          created_unix=int(img.get("created", 0)), layers=img.get("layers", 0))
+                          create_time=apiconv.timestamp(img.get("created", 0)),
+                          layers=img.get("layers", 0))
 
 
 _parse_line = logs.parse_line
 
 
-class PodsService(pods_pb2_grpc.PodsServicer):
+class PodsService(pods_pb2_grpc.PodServiceServicer):
     def __init__(self, runtime: Runtime):
         self.rt = runtime
 
@@ -43,7 +45,7 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         async def run():
             pod = await self.rt.run_pod(request.manifest)
             await self.rt.wait_started(pod)
-            return pods_pb2.PodResponse(pod_json=self._pod_json(pod))
+            return pods_pb2.RunPodResponse(pod_json=self._pod_json(pod))
         return await _guard(context, run())
 
     async def ListPods(self, request, context):
@@ -53,13 +55,13 @@ class PodsService(pods_pb2_grpc.PodsServicer):
             out.append(pods_pb2.PodSummary(
                 name=pod.name, namespace=pod.namespace, phase=pod.phase(),
                 ready=f"{ready}/{total}", restarts=pod.restarts(), ip=pod.ip,
-                node=self.rt.cfg.node_name, created_unix=int(pod.created),
+                node=self.rt.cfg.node_name, create_time=apiconv.timestamp(pod.created),
                 status=pod.display_status()))
         return pods_pb2.ListPodsResponse(pods=out)
 
     async def GetPod(self, request, context):
         async def get():
-            return pods_pb2.PodResponse(pod_json=self._pod_json(
+            return pods_pb2.GetPodResponse(pod_json=self._pod_json(
                 self.rt.get(request.name, request.namespace)))
         return await _guard(context, get())
 
@@ -115,13 +117,13 @@ class PodsService(pods_pb2_grpc.PodsServicer):
                 out.append(text)
                 size += len(text)
                 if size >= logs.CHUNK:
-                    yield pods_pb2.PodLogsChunk(data=b"".join(out))
+                    yield pods_pb2.PodLogsResponse(data=b"".join(out))
                     out, size = [], 0
             if out and follow:  # a follower wants what came, not a full message
-                yield pods_pb2.PodLogsChunk(data=b"".join(out))
+                yield pods_pb2.PodLogsResponse(data=b"".join(out))
                 out, size = [], 0
         if out:
-            yield pods_pb2.PodLogsChunk(data=b"".join(out))
+            yield pods_pb2.PodLogsResponse(data=b"".join(out))
 
     async def ExecInPod(self, request, context):
         async def run():
@@ -135,9 +137,9 @@ class PodsService(pods_pb2_grpc.PodsServicer):
             try:
                 rc, out, err = await oci.exec_(self.rt.oci, c.cid, list(request.command),
                                                stdin=request.stdin,
-                                               timeout=request.timeout_seconds or None)
+                                               timeout=apiconv.seconds(request.timeout) or None)
             except asyncio.TimeoutError:
-                raise PodError(f"exec timed out after {request.timeout_seconds:g}s",
+                raise PodError(f"exec timed out after {apiconv.seconds(request.timeout):g}s",
                                "precondition") from None
             return pods_pb2.ExecInPodResponse(exit_code=rc, stdout=out, stderr=err)
         return await _guard(context, run())
@@ -146,16 +148,16 @@ class PodsService(pods_pb2_grpc.PodsServicer):
         async def stop():
             pod = self.rt.get(request.name, request.namespace)
             await self.rt.stop_pod(pod)
-            return pods_pb2.PodResponse(pod_json=self._pod_json(pod))
+            return pods_pb2.StopPodResponse(pod_json=self._pod_json(pod))
         return await _guard(context, stop())
 
     async def StopAllPods(self, request, context):
         async def stop_all():
             cap = None
-            if request.HasField("max_grace_period_seconds"):
-                cap = request.max_grace_period_seconds
-                if not cap >= 0:  # also NaN
-                    raise PodError("max_grace_period_seconds: must be 0 or more")
+            if request.HasField("max_grace_period"):
+                cap = apiconv.seconds(request.max_grace_period)
+                if not cap >= 0:
+                    raise PodError("max_grace_period: must be 0 or more")
             stopped = await self.rt.stop_all(cap)
             return pods_pb2.StopAllPodsResponse(stopped=stopped)
         return await _guard(context, stop_all())
@@ -180,7 +182,7 @@ class PodsService(pods_pb2_grpc.PodsServicer):
                 raise
             metrics.image_imports.labels("success").inc()
             metrics.image_import_duration.observe(time.monotonic() - started)
-            return pods_pb2.ImageResponse(image=_image_pb(img))
+            return pods_pb2.ImportImageResponse(image=_image_pb(img))
         return await _guard(context, imp())
 
     async def ListImages(self, request, context):

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ClusterStub:
+class ClusterServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,22 +35,22 @@ class ClusterStub:
             channel: A grpc.Channel.
         """
         self.ListNodes = channel.unary_unary(
-                '/podnet.v1.Cluster/ListNodes',
+                '/podnet.v1.ClusterService/ListNodes',
                 request_serializer=podnet_dot_v1_dot_cluster__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_cluster__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
         self.ListRoutes = channel.unary_unary(
-                '/podnet.v1.Cluster/ListRoutes',
+                '/podnet.v1.ClusterService/ListRoutes',
                 request_serializer=podnet_dot_v1_dot_cluster__pb2.ListRoutesRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_cluster__pb2.ListRoutesResponse.FromString,
                 _registered_method=True)
 
 
-class ClusterServicer:
+class ClusterServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListNodes(self, request, context):
-        """ListNodes: every node this daemon knows, itself included (mode "self").
+        """ListNodes: every node this daemon knows, itself included (mode PEER_MODE_SELF).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,7 +65,7 @@ class ClusterServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ClusterServicer_to_server(servicer, server):
+def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -79,13 +79,13 @@ def add_ClusterServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'podnet.v1.Cluster', rpc_method_handlers)
+            'podnet.v1.ClusterService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('podnet.v1.Cluster', rpc_method_handlers)
+    server.add_registered_method_handlers('podnet.v1.ClusterService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Cluster:
+class ClusterService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -102,7 +102,7 @@ class Cluster:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Cluster/ListNodes',
+            '/podnet.v1.ClusterService/ListNodes',
             podnet_dot_v1_dot_cluster__pb2.ListNodesRequest.SerializeToString,
             podnet_dot_v1_dot_cluster__pb2.ListNodesResponse.FromString,
             options,
@@ -129,90 +129,9 @@ class Cluster:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Cluster/ListRoutes',
+            '/podnet.v1.ClusterService/ListRoutes',
             podnet_dot_v1_dot_cluster__pb2.ListRoutesRequest.SerializeToString,
             podnet_dot_v1_dot_cluster__pb2.ListRoutesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-
-class PeerStub:
-    """---- node to node (static store) --------------------------------------------------------------
-
-    """
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.Exchange = channel.unary_unary(
-                '/podnet.v1.Peer/Exchange',
-                request_serializer=podnet_dot_v1_dot_cluster__pb2.ExchangeRequest.SerializeToString,
-                response_deserializer=podnet_dot_v1_dot_cluster__pb2.ExchangeResponse.FromString,
-                _registered_method=True)
-
-
-class PeerServicer:
-    """---- node to node (static store) --------------------------------------------------------------
-
-    """
-
-    def Exchange(self, request, context):
-        """Exchange: push-pull of records. The caller sends every record it knows (its own first); the
-        callee merges them and answers with every record it knows. A caller whose own pod CIDR
-        overlaps a known node's is refused with FAILED_PRECONDITION and a message naming that node.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_PeerServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'Exchange': grpc.unary_unary_rpc_method_handler(
-                    servicer.Exchange,
-                    request_deserializer=podnet_dot_v1_dot_cluster__pb2.ExchangeRequest.FromString,
-                    response_serializer=podnet_dot_v1_dot_cluster__pb2.ExchangeResponse.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'podnet.v1.Peer', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('podnet.v1.Peer', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class Peer:
-    """---- node to node (static store) --------------------------------------------------------------
-
-    """
-
-    @staticmethod
-    def Exchange(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/podnet.v1.Peer/Exchange',
-            podnet_dot_v1_dot_cluster__pb2.ExchangeRequest.SerializeToString,
-            podnet_dot_v1_dot_cluster__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,47 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14podnet/v1/node.proto\x12\tpodnet.v1\"5\n\rAttachmentKey\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\"\xc6\x01\n\x08\x45ndpoint\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x13\n\x0bhost_ifname\x18\x06 \x01(\t\x12\x0b\n\x03mac\x18\x07 \x01(\t\x12\x0b\n\x03mtu\x18\x08 \x01(\x05\x12\x0f\n\x07network\x18\t \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\n \x01(\x03\x12\r\n\x05state\x18\x0b \x01(\t\"U\n\rAttachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\"7\n\x0e\x41ttachResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"D\n\rDetachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"\"\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"C\n\x0c\x43heckRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"6\n\rCheckResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"\x16\n\x14ListEndpointsRequest\"?\n\x15ListEndpointsResponse\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"]\n\x15GarbageCollectRequest\x12\x33\n\x11valid_attachments\x18\x01 \x03(\x0b\x32\x18.podnet.v1.AttachmentKey\x12\x0f\n\x07network\x18\x02 \x01(\t\"?\n\x16GarbageCollectResponse\x12%\n\x08released\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"\x0f\n\rStatusRequest\"H\n\x0eStatusResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0e\x66ree_addresses\x18\x03 \x01(\x05\"\x14\n\x12GetNodeInfoRequest\"\xad\x01\n\x08NodeInfo\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\t\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\x12\x11\n\tallocated\x18\x06 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x18\n\x10pod_gso_max_size\x18\t \x01(\x05\x32\xed\x03\n\x04Node\x12=\n\x06\x41ttach\x12\x18.podnet.v1.AttachRequest\x1a\x19.podnet.v1.AttachResponse\x12=\n\x06\x44\x65tach\x12\x18.podnet.v1.DetachRequest\x1a\x19.podnet.v1.DetachResponse\x12:\n\x05\x43heck\x12\x17.podnet.v1.CheckRequest\x1a\x18.podnet.v1.CheckResponse\x12R\n\rListEndpoints\x12\x1f.podnet.v1.ListEndpointsRequest\x1a .podnet.v1.ListEndpointsResponse\x12U\n\x0eGarbageCollect\x12 .podnet.v1.GarbageCollectRequest\x1a!.podnet.v1.GarbageCollectResponse\x12=\n\x06Status\x12\x18.podnet.v1.StatusRequest\x1a\x19.podnet.v1.StatusResponse\x12\x41\n\x0bGetNodeInfo\x12\x1d.podnet.v1.GetNodeInfoRequest\x1a\x13.podnet.v1.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14podnet/v1/node.proto\x12\tpodnet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\rAttachmentKey\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\"\x8f\x02\n\x08\x45ndpoint\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x13\n\x0bhost_ifname\x18\x06 \x01(\t\x12\x0b\n\x03mac\x18\x07 \x01(\t\x12\x0b\n\x03mtu\x18\x08 \x01(\x05\x12\x0f\n\x07network\x18\t \x01(\t\x12\'\n\x05state\x18\x0b \x01(\x0e\x32\x18.podnet.v1.EndpointState\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\n\x10\x0bR\x0c\x63reated_unix\"U\n\rAttachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\"7\n\x0e\x41ttachResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"D\n\rDetachRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"\"\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"C\n\x0c\x43heckRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"6\n\rCheckResponse\x12%\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x13.podnet.v1.Endpoint\"\x16\n\x14ListEndpointsRequest\"?\n\x15ListEndpointsResponse\x12&\n\tendpoints\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"]\n\x15GarbageCollectRequest\x12\x33\n\x11valid_attachments\x18\x01 \x03(\x0b\x32\x18.podnet.v1.AttachmentKey\x12\x0f\n\x07network\x18\x02 \x01(\t\"?\n\x16GarbageCollectResponse\x12%\n\x08released\x18\x01 \x03(\x0b\x32\x13.podnet.v1.Endpoint\"\x0f\n\rStatusRequest\"H\n\x0eStatusResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0e\x66ree_addresses\x18\x03 \x01(\x05\"\x14\n\x12GetNodeInfoRequest\"=\n\x13GetNodeInfoResponse\x12&\n\tnode_info\x18\x01 \x01(\x0b\x32\x13.podnet.v1.NodeInfo\"\xad\x01\n\x08NodeInfo\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08pod_cidr\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x04 \x01(\t\x12\x0b\n\x03mtu\x18\x05 \x01(\x05\x12\x11\n\tallocated\x18\x06 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x07 \x01(\x05\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x18\n\x10pod_gso_max_size\x18\t \x01(\x05*h\n\rEndpointState\x12\x1e\n\x1a\x45NDPOINT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NDPOINT_STATE_ACTIVE\x10\x01\x12\x1c\n\x18\x45NDPOINT_STATE_RELEASING\x10\x02\x32\xff\x03\n\x0bNodeService\x12=\n\x06\x41ttach\x12\x18.podnet.v1.AttachRequest\x1a\x19.podnet.v1.AttachResponse\x12=\n\x06\x44\x65tach\x12\x18.podnet.v1.DetachRequest\x1a\x19.podnet.v1.DetachResponse\x12:\n\x05\x43heck\x12\x17.podnet.v1.CheckRequest\x1a\x18.podnet.v1.CheckResponse\x12R\n\rListEndpoints\x12\x1f.podnet.v1.ListEndpointsRequest\x1a .podnet.v1.ListEndpointsResponse\x12U\n\x0eGarbageCollect\x12 .podnet.v1.GarbageCollectRequest\x1a!.podnet.v1.GarbageCollectResponse\x12=\n\x06Status\x12\x18.podnet.v1.StatusRequest\x1a\x19.podnet.v1.StatusResponse\x12L\n\x0bGetNodeInfo\x12\x1d.podnet.v1.GetNodeInfoRequest\x1a\x1e.podnet.v1.GetNodeInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podnet.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ATTACHMENTKEY']._serialized_start=35
-  _globals['_ATTACHMENTKEY']._serialized_end=88
-  _globals['_ENDPOINT']._serialized_start=91
-  _globals['_ENDPOINT']._serialized_end=289
-  _globals['_ATTACHREQUEST']._serialized_start=291
-  _globals['_ATTACHREQUEST']._serialized_end=376
-  _globals['_ATTACHRESPONSE']._serialized_start=378
-  _globals['_ATTACHRESPONSE']._serialized_end=433
-  _globals['_DETACHREQUEST']._serialized_start=435
-  _globals['_DETACHREQUEST']._serialized_end=503
-  _globals['_DETACHRESPONSE']._serialized_start=505
-  _globals['_DETACHRESPONSE']._serialized_end=539
-  _globals['_CHECKREQUEST']._serialized_start=541
-  _globals['_CHECKREQUEST']._serialized_end=608
-  _globals['_CHECKRESPONSE']._serialized_start=610
-  _globals['_CHECKRESPONSE']._serialized_end=664
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=666
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=688
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=690
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=753
-  _globals['_GARBAGECOLLECTREQUEST']._serialized_start=755
-  _globals['_GARBAGECOLLECTREQUEST']._serialized_end=848
-  _globals['_GARBAGECOLLECTRESPONSE']._serialized_start=850
-  _globals['_GARBAGECOLLECTRESPONSE']._serialized_end=913
-  _globals['_STATUSREQUEST']._serialized_start=915
-  _globals['_STATUSREQUEST']._serialized_end=930
-  _globals['_STATUSRESPONSE']._serialized_start=932
-  _globals['_STATUSRESPONSE']._serialized_end=1004
-  _globals['_GETNODEINFOREQUEST']._serialized_start=1006
-  _globals['_GETNODEINFOREQUEST']._serialized_end=1026
-  _globals['_NODEINFO']._serialized_start=1029
-  _globals['_NODEINFO']._serialized_end=1202
-  _globals['_NODE']._serialized_start=1205
-  _globals['_NODE']._serialized_end=1698
+  _globals['_ENDPOINTSTATE']._serialized_start=1373
+  _globals['_ENDPOINTSTATE']._serialized_end=1477
+  _globals['_ATTACHMENTKEY']._serialized_start=68
+  _globals['_ATTACHMENTKEY']._serialized_end=121
+  _globals['_ENDPOINT']._serialized_start=124
+  _globals['_ENDPOINT']._serialized_end=395
+  _globals['_ATTACHREQUEST']._serialized_start=397
+  _globals['_ATTACHREQUEST']._serialized_end=482
+  _globals['_ATTACHRESPONSE']._serialized_start=484
+  _globals['_ATTACHRESPONSE']._serialized_end=539
+  _globals['_DETACHREQUEST']._serialized_start=541
+  _globals['_DETACHREQUEST']._serialized_end=609
+  _globals['_DETACHRESPONSE']._serialized_start=611
+  _globals['_DETACHRESPONSE']._serialized_end=645
+  _globals['_CHECKREQUEST']._serialized_start=647
+  _globals['_CHECKREQUEST']._serialized_end=714
+  _globals['_CHECKRESPONSE']._serialized_start=716
+  _globals['_CHECKRESPONSE']._serialized_end=770
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=772
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=794
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=796
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=859
+  _globals['_GARBAGECOLLECTREQUEST']._serialized_start=861
+  _globals['_GARBAGECOLLECTREQUEST']._serialized_end=954
+  _globals['_GARBAGECOLLECTRESPONSE']._serialized_start=956
+  _globals['_GARBAGECOLLECTRESPONSE']._serialized_end=1019
+  _globals['_STATUSREQUEST']._serialized_start=1021
+  _globals['_STATUSREQUEST']._serialized_end=1036
+  _globals['_STATUSRESPONSE']._serialized_start=1038
+  _globals['_STATUSRESPONSE']._serialized_end=1110
+  _globals['_GETNODEINFOREQUEST']._serialized_start=1112
+  _globals['_GETNODEINFOREQUEST']._serialized_end=1132
+  _globals['_GETNODEINFORESPONSE']._serialized_start=1134
+  _globals['_GETNODEINFORESPONSE']._serialized_end=1195
+  _globals['_NODEINFO']._serialized_start=1198
+  _globals['_NODEINFO']._serialized_end=1371
+  _globals['_NODESERVICE']._serialized_start=1480
+  _globals['_NODESERVICE']._serialized_end=1991
 # @@protoc_insertion_point(module_scope)

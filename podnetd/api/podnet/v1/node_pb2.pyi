@@ -1,10 +1,23 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class EndpointState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENDPOINT_STATE_UNSPECIFIED: _ClassVar[EndpointState]
+    ENDPOINT_STATE_ACTIVE: _ClassVar[EndpointState]
+    ENDPOINT_STATE_RELEASING: _ClassVar[EndpointState]
+ENDPOINT_STATE_UNSPECIFIED: EndpointState
+ENDPOINT_STATE_ACTIVE: EndpointState
+ENDPOINT_STATE_RELEASING: EndpointState
 
 class AttachmentKey(_message.Message):
     __slots__ = ("container_id", "ifname")
@@ -15,7 +28,7 @@ class AttachmentKey(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("container_id", "ifname", "netns", "address", "gateway", "host_ifname", "mac", "mtu", "network", "created_unix", "state")
+    __slots__ = ("container_id", "ifname", "netns", "address", "gateway", "host_ifname", "mac", "mtu", "network", "state", "create_time")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IFNAME_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
@@ -25,8 +38,8 @@ class Endpoint(_message.Message):
     MAC_FIELD_NUMBER: _ClassVar[int]
     MTU_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
-    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     ifname: str
     netns: str
@@ -36,9 +49,9 @@ class Endpoint(_message.Message):
     mac: str
     mtu: int
     network: str
-    created_unix: int
-    state: str
-    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., host_ifname: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., network: _Optional[str] = ..., created_unix: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    state: EndpointState
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., address: _Optional[str] = ..., gateway: _Optional[str] = ..., host_ifname: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., network: _Optional[str] = ..., state: _Optional[_Union[EndpointState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("container_id", "ifname", "netns", "network")
@@ -131,6 +144,12 @@ class StatusResponse(_message.Message):
 class GetNodeInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetNodeInfoResponse(_message.Message):
+    __slots__ = ("node_info",)
+    NODE_INFO_FIELD_NUMBER: _ClassVar[int]
+    node_info: NodeInfo
+    def __init__(self, node_info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_name", "pod_cidr", "gateway", "bridge", "mtu", "allocated", "capacity", "version", "pod_gso_max_size")

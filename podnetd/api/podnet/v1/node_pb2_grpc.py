@@ -25,8 +25,8 @@ if _version_not_supported:
     )
 
 
-class NodeStub:
-    """Node is the per-node network API: pod attachment, IPAM and node facts.
+class NodeServiceStub:
+    """NodeService is the per-node network API: pod attachment, IPAM and node facts.
     """
 
     def __init__(self, channel):
@@ -36,44 +36,44 @@ class NodeStub:
             channel: A grpc.Channel.
         """
         self.Attach = channel.unary_unary(
-                '/podnet.v1.Node/Attach',
+                '/podnet.v1.NodeService/Attach',
                 request_serializer=podnet_dot_v1_dot_node__pb2.AttachRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_node__pb2.AttachResponse.FromString,
                 _registered_method=True)
         self.Detach = channel.unary_unary(
-                '/podnet.v1.Node/Detach',
+                '/podnet.v1.NodeService/Detach',
                 request_serializer=podnet_dot_v1_dot_node__pb2.DetachRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_node__pb2.DetachResponse.FromString,
                 _registered_method=True)
         self.Check = channel.unary_unary(
-                '/podnet.v1.Node/Check',
+                '/podnet.v1.NodeService/Check',
                 request_serializer=podnet_dot_v1_dot_node__pb2.CheckRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_node__pb2.CheckResponse.FromString,
                 _registered_method=True)
         self.ListEndpoints = channel.unary_unary(
-                '/podnet.v1.Node/ListEndpoints',
+                '/podnet.v1.NodeService/ListEndpoints',
                 request_serializer=podnet_dot_v1_dot_node__pb2.ListEndpointsRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_node__pb2.ListEndpointsResponse.FromString,
                 _registered_method=True)
         self.GarbageCollect = channel.unary_unary(
-                '/podnet.v1.Node/GarbageCollect',
+                '/podnet.v1.NodeService/GarbageCollect',
                 request_serializer=podnet_dot_v1_dot_node__pb2.GarbageCollectRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_node__pb2.GarbageCollectResponse.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
-                '/podnet.v1.Node/Status',
+                '/podnet.v1.NodeService/Status',
                 request_serializer=podnet_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_node__pb2.StatusResponse.FromString,
                 _registered_method=True)
         self.GetNodeInfo = channel.unary_unary(
-                '/podnet.v1.Node/GetNodeInfo',
+                '/podnet.v1.NodeService/GetNodeInfo',
                 request_serializer=podnet_dot_v1_dot_node__pb2.GetNodeInfoRequest.SerializeToString,
-                response_deserializer=podnet_dot_v1_dot_node__pb2.NodeInfo.FromString,
+                response_deserializer=podnet_dot_v1_dot_node__pb2.GetNodeInfoResponse.FromString,
                 _registered_method=True)
 
 
-class NodeServicer:
-    """Node is the per-node network API: pod attachment, IPAM and node facts.
+class NodeServiceServicer:
+    """NodeService is the per-node network API: pod attachment, IPAM and node facts.
     """
 
     def Attach(self, request, context):
@@ -123,7 +123,7 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_NodeServicer_to_server(servicer, server):
+def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Attach': grpc.unary_unary_rpc_method_handler(
                     servicer.Attach,
@@ -158,18 +158,18 @@ def add_NodeServicer_to_server(servicer, server):
             'GetNodeInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNodeInfo,
                     request_deserializer=podnet_dot_v1_dot_node__pb2.GetNodeInfoRequest.FromString,
-                    response_serializer=podnet_dot_v1_dot_node__pb2.NodeInfo.SerializeToString,
+                    response_serializer=podnet_dot_v1_dot_node__pb2.GetNodeInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'podnet.v1.Node', rpc_method_handlers)
+            'podnet.v1.NodeService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('podnet.v1.Node', rpc_method_handlers)
+    server.add_registered_method_handlers('podnet.v1.NodeService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Node:
-    """Node is the per-node network API: pod attachment, IPAM and node facts.
+class NodeService:
+    """NodeService is the per-node network API: pod attachment, IPAM and node facts.
     """
 
     @staticmethod
@@ -186,7 +186,7 @@ class Node:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Node/Attach',
+            '/podnet.v1.NodeService/Attach',
             podnet_dot_v1_dot_node__pb2.AttachRequest.SerializeToString,
             podnet_dot_v1_dot_node__pb2.AttachResponse.FromString,
             options,
@@ -213,7 +213,7 @@ class Node:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Node/Detach',
+            '/podnet.v1.NodeService/Detach',
             podnet_dot_v1_dot_node__pb2.DetachRequest.SerializeToString,
             podnet_dot_v1_dot_node__pb2.DetachResponse.FromString,
             options,
@@ -240,7 +240,7 @@ class Node:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Node/Check',
+            '/podnet.v1.NodeService/Check',
             podnet_dot_v1_dot_node__pb2.CheckRequest.SerializeToString,
             podnet_dot_v1_dot_node__pb2.CheckResponse.FromString,
             options,
@@ -267,7 +267,7 @@ class Node:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Node/ListEndpoints',
+            '/podnet.v1.NodeService/ListEndpoints',
             podnet_dot_v1_dot_node__pb2.ListEndpointsRequest.SerializeToString,
             podnet_dot_v1_dot_node__pb2.ListEndpointsResponse.FromString,
             options,
@@ -294,7 +294,7 @@ class Node:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Node/GarbageCollect',
+            '/podnet.v1.NodeService/GarbageCollect',
             podnet_dot_v1_dot_node__pb2.GarbageCollectRequest.SerializeToString,
             podnet_dot_v1_dot_node__pb2.GarbageCollectResponse.FromString,
             options,
@@ -321,7 +321,7 @@ class Node:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Node/Status',
+            '/podnet.v1.NodeService/Status',
             podnet_dot_v1_dot_node__pb2.StatusRequest.SerializeToString,
             podnet_dot_v1_dot_node__pb2.StatusResponse.FromString,
             options,
@@ -348,9 +348,9 @@ class Node:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Node/GetNodeInfo',
+            '/podnet.v1.NodeService/GetNodeInfo',
             podnet_dot_v1_dot_node__pb2.GetNodeInfoRequest.SerializeToString,
-            podnet_dot_v1_dot_node__pb2.NodeInfo.FromString,
+            podnet_dot_v1_dot_node__pb2.GetNodeInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

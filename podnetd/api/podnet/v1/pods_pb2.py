@@ -22,57 +22,69 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14podnet/v1/pods.proto\x12\tpodnet.v1\"!\n\rRunPodRequest\x12\x10\n\x08manifest\x18\x01 \x01(\t\")\n\x06PodRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x1f\n\x0bPodResponse\x12\x10\n\x08pod_json\x18\x01 \x01(\t\"\x11\n\x0fListPodsRequest\"X\n\x12StopAllPodsRequest\x12%\n\x18max_grace_period_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x1b\n\x19_max_grace_period_seconds\"&\n\x13StopAllPodsResponse\x12\x0f\n\x07stopped\x18\x01 \x03(\t\"\x9d\x01\n\nPodSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\t\x12\x10\n\x08restarts\x18\x05 \x01(\x05\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x08 \x01(\x03\x12\x0e\n\x06status\x18\t \x01(\t\"7\n\x10ListPodsResponse\x12#\n\x04pods\x18\x01 \x03(\x0b\x32\x15.podnet.v1.PodSummary\"<\n\x13\x44\x65scribePodResponse\x12\x10\n\x08pod_json\x18\x01 \x01(\t\x12\x13\n\x0b\x65vents_json\x18\x02 \x01(\t\"\xa2\x01\n\x0ePodLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x10\n\x08previous\x18\x05 \x01(\x08\x12\x12\n\ntimestamps\x18\x06 \x01(\x08\x12\x17\n\ntail_lines\x18\x07 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_tail_lines\"\x1c\n\x0cPodLogsChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x7f\n\x10\x45xecInPodRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\r\n\x05stdin\x18\x05 \x01(\x0c\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\"F\n\x11\x45xecInPodResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x0e\n\x06stderr\x18\x03 \x01(\x0c\"$\n\x11RemovePodResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"3\n\x12ImportImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61rchive\x18\x02 \x01(\t\"U\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x14\n\x0c\x63reated_unix\x18\x04 \x01(\x03\x12\x0e\n\x06layers\x18\x05 \x01(\x05\"0\n\rImageResponse\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.podnet.v1.Image\"\x13\n\x11ListImagesRequest\"6\n\x12ListImagesResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.podnet.v1.Image\"\"\n\x12RemoveImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x13RemoveImageResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\x32\xaa\x06\n\x04Pods\x12:\n\x06RunPod\x12\x18.podnet.v1.RunPodRequest\x1a\x16.podnet.v1.PodResponse\x12\x43\n\x08ListPods\x12\x1a.podnet.v1.ListPodsRequest\x1a\x1b.podnet.v1.ListPodsResponse\x12\x33\n\x06GetPod\x12\x11.podnet.v1.PodRef\x1a\x16.podnet.v1.PodResponse\x12@\n\x0b\x44\x65scribePod\x12\x11.podnet.v1.PodRef\x1a\x1e.podnet.v1.DescribePodResponse\x12?\n\x07PodLogs\x12\x19.podnet.v1.PodLogsRequest\x1a\x17.podnet.v1.PodLogsChunk0\x01\x12\x46\n\tExecInPod\x12\x1b.podnet.v1.ExecInPodRequest\x1a\x1c.podnet.v1.ExecInPodResponse\x12\x34\n\x07StopPod\x12\x11.podnet.v1.PodRef\x1a\x16.podnet.v1.PodResponse\x12L\n\x0bStopAllPods\x12\x1d.podnet.v1.StopAllPodsRequest\x1a\x1e.podnet.v1.StopAllPodsResponse\x12<\n\tRemovePod\x12\x11.podnet.v1.PodRef\x1a\x1c.podnet.v1.RemovePodResponse\x12\x46\n\x0bImportImage\x12\x1d.podnet.v1.ImportImageRequest\x1a\x18.podnet.v1.ImageResponse\x12I\n\nListImages\x12\x1c.podnet.v1.ListImagesRequest\x1a\x1d.podnet.v1.ListImagesResponse\x12L\n\x0bRemoveImage\x12\x1d.podnet.v1.RemoveImageRequest\x1a\x1e.podnet.v1.RemoveImageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14podnet/v1/pods.proto\x12\tpodnet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"!\n\rRunPodRequest\x12\x10\n\x08manifest\x18\x01 \x01(\t\"0\n\rGetPodRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"5\n\x12\x44\x65scribePodRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"1\n\x0eStopPodRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"3\n\x10RemovePodRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\"\n\x0eRunPodResponse\x12\x10\n\x08pod_json\x18\x01 \x01(\t\"\"\n\x0eGetPodResponse\x12\x10\n\x08pod_json\x18\x01 \x01(\t\"#\n\x0fStopPodResponse\x12\x10\n\x08pod_json\x18\x01 \x01(\t\"\x11\n\x0fListPodsRequest\"i\n\x12StopAllPodsRequest\x12\x33\n\x10max_grace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x01\x10\x02R\x18max_grace_period_seconds\"&\n\x13StopAllPodsResponse\x12\x0f\n\x07stopped\x18\x01 \x03(\t\"\xcc\x01\n\nPodSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\t\x12\x10\n\x08restarts\x18\x05 \x01(\x05\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x08\x10\tR\x0c\x63reated_unix\"7\n\x10ListPodsResponse\x12#\n\x04pods\x18\x01 \x03(\x0b\x32\x15.podnet.v1.PodSummary\"<\n\x13\x44\x65scribePodResponse\x12\x10\n\x08pod_json\x18\x01 \x01(\t\x12\x13\n\x0b\x65vents_json\x18\x02 \x01(\t\"\xa2\x01\n\x0ePodLogsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x10\n\x08previous\x18\x05 \x01(\x08\x12\x12\n\ntimestamps\x18\x06 \x01(\x08\x12\x17\n\ntail_lines\x18\x07 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_tail_lines\"\x1f\n\x0fPodLogsResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xa9\x01\n\x10\x45xecInPodRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x11\n\tcontainer\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\r\n\x05stdin\x18\x05 \x01(\x0c\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x06\x10\x07R\x0ftimeout_seconds\"F\n\x11\x45xecInPodResponse\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06stdout\x18\x02 \x01(\x0c\x12\x0e\n\x06stderr\x18\x03 \x01(\x0c\"$\n\x11RemovePodResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"3\n\x12ImportImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61rchive\x18\x02 \x01(\t\"\x84\x01\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06layers\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x04\x10\x05R\x0c\x63reated_unix\"6\n\x13ImportImageResponse\x12\x1f\n\x05image\x18\x01 \x01(\x0b\x32\x10.podnet.v1.Image\"\x13\n\x11ListImagesRequest\"6\n\x12ListImagesResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.podnet.v1.Image\"\"\n\x12RemoveImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x13RemoveImageResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\x32\xe8\x06\n\nPodService\x12=\n\x06RunPod\x12\x18.podnet.v1.RunPodRequest\x1a\x19.podnet.v1.RunPodResponse\x12\x43\n\x08ListPods\x12\x1a.podnet.v1.ListPodsRequest\x1a\x1b.podnet.v1.ListPodsResponse\x12=\n\x06GetPod\x12\x18.podnet.v1.GetPodRequest\x1a\x19.podnet.v1.GetPodResponse\x12L\n\x0b\x44\x65scribePod\x12\x1d.podnet.v1.DescribePodRequest\x1a\x1e.podnet.v1.DescribePodResponse\x12\x42\n\x07PodLogs\x12\x19.podnet.v1.PodLogsRequest\x1a\x1a.podnet.v1.PodLogsResponse0\x01\x12\x46\n\tExecInPod\x12\x1b.podnet.v1.ExecInPodRequest\x1a\x1c.podnet.v1.ExecInPodResponse\x12@\n\x07StopPod\x12\x19.podnet.v1.StopPodRequest\x1a\x1a.podnet.v1.StopPodResponse\x12L\n\x0bStopAllPods\x12\x1d.podnet.v1.StopAllPodsRequest\x1a\x1e.podnet.v1.StopAllPodsResponse\x12\x46\n\tRemovePod\x12\x1b.podnet.v1.RemovePodRequest\x1a\x1c.podnet.v1.RemovePodResponse\x12L\n\x0bImportImage\x12\x1d.podnet.v1.ImportImageRequest\x1a\x1e.podnet.v1.ImportImageResponse\x12I\n\nListImages\x12\x1c.podnet.v1.ListImagesRequest\x1a\x1d.podnet.v1.ListImagesResponse\x12L\n\x0bRemoveImage\x12\x1d.podnet.v1.RemoveImageRequest\x1a\x1e.podnet.v1.RemoveImageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podnet.v1.pods_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNPODREQUEST']._serialized_start=35
-  _globals['_RUNPODREQUEST']._serialized_end=68
-  _globals['_PODREF']._serialized_start=70
-  _globals['_PODREF']._serialized_end=111
-  _globals['_PODRESPONSE']._serialized_start=113
-  _globals['_PODRESPONSE']._serialized_end=144
-  _globals['_LISTPODSREQUEST']._serialized_start=146
-  _globals['_LISTPODSREQUEST']._serialized_end=163
-  _globals['_STOPALLPODSREQUEST']._serialized_start=165
-  _globals['_STOPALLPODSREQUEST']._serialized_end=253
-  _globals['_STOPALLPODSRESPONSE']._serialized_start=255
-  _globals['_STOPALLPODSRESPONSE']._serialized_end=293
-  _globals['_PODSUMMARY']._serialized_start=296
-  _globals['_PODSUMMARY']._serialized_end=453
-  _globals['_LISTPODSRESPONSE']._serialized_start=455
-  _globals['_LISTPODSRESPONSE']._serialized_end=510
-  _globals['_DESCRIBEPODRESPONSE']._serialized_start=512
-  _globals['_DESCRIBEPODRESPONSE']._serialized_end=572
-  _globals['_PODLOGSREQUEST']._serialized_start=575
-  _globals['_PODLOGSREQUEST']._serialized_end=737
-  _globals['_PODLOGSCHUNK']._serialized_start=739
-  _globals['_PODLOGSCHUNK']._serialized_end=767
-  _globals['_EXECINPODREQUEST']._serialized_start=769
-  _globals['_EXECINPODREQUEST']._serialized_end=896
-  _globals['_EXECINPODRESPONSE']._serialized_start=898
-  _globals['_EXECINPODRESPONSE']._serialized_end=968
-  _globals['_REMOVEPODRESPONSE']._serialized_start=970
-  _globals['_REMOVEPODRESPONSE']._serialized_end=1006
-  _globals['_IMPORTIMAGEREQUEST']._serialized_start=1008
-  _globals['_IMPORTIMAGEREQUEST']._serialized_end=1059
-  _globals['_IMAGE']._serialized_start=1061
-  _globals['_IMAGE']._serialized_end=1146
-  _globals['_IMAGERESPONSE']._serialized_start=1148
-  _globals['_IMAGERESPONSE']._serialized_end=1196
-  _globals['_LISTIMAGESREQUEST']._serialized_start=1198
-  _globals['_LISTIMAGESREQUEST']._serialized_end=1217
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=1219
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=1273
-  _globals['_REMOVEIMAGEREQUEST']._serialized_start=1275
-  _globals['_REMOVEIMAGEREQUEST']._serialized_end=1309
-  _globals['_REMOVEIMAGERESPONSE']._serialized_start=1311
-  _globals['_REMOVEIMAGERESPONSE']._serialized_end=1349
-  _globals['_PODS']._serialized_start=1352
-  _globals['_PODS']._serialized_end=2162
+  _globals['_RUNPODREQUEST']._serialized_start=100
+  _globals['_RUNPODREQUEST']._serialized_end=133
+  _globals['_GETPODREQUEST']._serialized_start=135
+  _globals['_GETPODREQUEST']._serialized_end=183
+  _globals['_DESCRIBEPODREQUEST']._serialized_start=185
+  _globals['_DESCRIBEPODREQUEST']._serialized_end=238
+  _globals['_STOPPODREQUEST']._serialized_start=240
+  _globals['_STOPPODREQUEST']._serialized_end=289
+  _globals['_REMOVEPODREQUEST']._serialized_start=291
+  _globals['_REMOVEPODREQUEST']._serialized_end=342
+  _globals['_RUNPODRESPONSE']._serialized_start=344
+  _globals['_RUNPODRESPONSE']._serialized_end=378
+  _globals['_GETPODRESPONSE']._serialized_start=380
+  _globals['_GETPODRESPONSE']._serialized_end=414
+  _globals['_STOPPODRESPONSE']._serialized_start=416
+  _globals['_STOPPODRESPONSE']._serialized_end=451
+  _globals['_LISTPODSREQUEST']._serialized_start=453
+  _globals['_LISTPODSREQUEST']._serialized_end=470
+  _globals['_STOPALLPODSREQUEST']._serialized_start=472
+  _globals['_STOPALLPODSREQUEST']._serialized_end=577
+  _globals['_STOPALLPODSRESPONSE']._serialized_start=579
+  _globals['_STOPALLPODSRESPONSE']._serialized_end=617
+  _globals['_PODSUMMARY']._serialized_start=620
+  _globals['_PODSUMMARY']._serialized_end=824
+  _globals['_LISTPODSRESPONSE']._serialized_start=826
+  _globals['_LISTPODSRESPONSE']._serialized_end=881
+  _globals['_DESCRIBEPODRESPONSE']._serialized_start=883
+  _globals['_DESCRIBEPODRESPONSE']._serialized_end=943
+  _globals['_PODLOGSREQUEST']._serialized_start=946
+  _globals['_PODLOGSREQUEST']._serialized_end=1108
+  _globals['_PODLOGSRESPONSE']._serialized_start=1110
+  _globals['_PODLOGSRESPONSE']._serialized_end=1141
+  _globals['_EXECINPODREQUEST']._serialized_start=1144
+  _globals['_EXECINPODREQUEST']._serialized_end=1313
+  _globals['_EXECINPODRESPONSE']._serialized_start=1315
+  _globals['_EXECINPODRESPONSE']._serialized_end=1385
+  _globals['_REMOVEPODRESPONSE']._serialized_start=1387
+  _globals['_REMOVEPODRESPONSE']._serialized_end=1423
+  _globals['_IMPORTIMAGEREQUEST']._serialized_start=1425
+  _globals['_IMPORTIMAGEREQUEST']._serialized_end=1476
+  _globals['_IMAGE']._serialized_start=1479
+  _globals['_IMAGE']._serialized_end=1611
+  _globals['_IMPORTIMAGERESPONSE']._serialized_start=1613
+  _globals['_IMPORTIMAGERESPONSE']._serialized_end=1667
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1669
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1688
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1690
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1744
+  _globals['_REMOVEIMAGEREQUEST']._serialized_start=1746
+  _globals['_REMOVEIMAGEREQUEST']._serialized_end=1780
+  _globals['_REMOVEIMAGERESPONSE']._serialized_start=1782
+  _globals['_REMOVEIMAGERESPONSE']._serialized_end=1820
+  _globals['_PODSERVICE']._serialized_start=1823
+  _globals['_PODSERVICE']._serialized_end=2695
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -12,7 +16,7 @@ class RunPodRequest(_message.Message):
     manifest: str
     def __init__(self, manifest: _Optional[str] = ...) -> None: ...
 
-class PodRef(_message.Message):
+class GetPodRequest(_message.Message):
     __slots__ = ("name", "namespace")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -20,7 +24,43 @@ class PodRef(_message.Message):
     namespace: str
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
-class PodResponse(_message.Message):
+class DescribePodRequest(_message.Message):
+    __slots__ = ("name", "namespace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class StopPodRequest(_message.Message):
+    __slots__ = ("name", "namespace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class RemovePodRequest(_message.Message):
+    __slots__ = ("name", "namespace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class RunPodResponse(_message.Message):
+    __slots__ = ("pod_json",)
+    POD_JSON_FIELD_NUMBER: _ClassVar[int]
+    pod_json: str
+    def __init__(self, pod_json: _Optional[str] = ...) -> None: ...
+
+class GetPodResponse(_message.Message):
+    __slots__ = ("pod_json",)
+    POD_JSON_FIELD_NUMBER: _ClassVar[int]
+    pod_json: str
+    def __init__(self, pod_json: _Optional[str] = ...) -> None: ...
+
+class StopPodResponse(_message.Message):
     __slots__ = ("pod_json",)
     POD_JSON_FIELD_NUMBER: _ClassVar[int]
     pod_json: str
@@ -31,10 +71,10 @@ class ListPodsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StopAllPodsRequest(_message.Message):
-    __slots__ = ("max_grace_period_seconds",)
-    MAX_GRACE_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    max_grace_period_seconds: float
-    def __init__(self, max_grace_period_seconds: _Optional[float] = ...) -> None: ...
+    __slots__ = ("max_grace_period",)
+    MAX_GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    max_grace_period: _duration_pb2.Duration
+    def __init__(self, max_grace_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StopAllPodsResponse(_message.Message):
     __slots__ = ("stopped",)
@@ -43,7 +83,7 @@ class StopAllPodsResponse(_message.Message):
     def __init__(self, stopped: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PodSummary(_message.Message):
-    __slots__ = ("name", "namespace", "phase", "ready", "restarts", "ip", "node", "created_unix", "status")
+    __slots__ = ("name", "namespace", "phase", "ready", "restarts", "ip", "node", "status", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -51,8 +91,8 @@ class PodSummary(_message.Message):
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
-    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     phase: str
@@ -60,9 +100,9 @@ class PodSummary(_message.Message):
     restarts: int
     ip: str
     node: str
-    created_unix: int
     status: str
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., phase: _Optional[str] = ..., ready: _Optional[str] = ..., restarts: _Optional[int] = ..., ip: _Optional[str] = ..., node: _Optional[str] = ..., created_unix: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., phase: _Optional[str] = ..., ready: _Optional[str] = ..., restarts: _Optional[int] = ..., ip: _Optional[str] = ..., node: _Optional[str] = ..., status: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListPodsResponse(_message.Message):
     __slots__ = ("pods",)
@@ -96,27 +136,27 @@ class PodLogsRequest(_message.Message):
     tail_lines: int
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., container: _Optional[str] = ..., follow: _Optional[bool] = ..., previous: _Optional[bool] = ..., timestamps: _Optional[bool] = ..., tail_lines: _Optional[int] = ...) -> None: ...
 
-class PodLogsChunk(_message.Message):
+class PodLogsResponse(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class ExecInPodRequest(_message.Message):
-    __slots__ = ("name", "namespace", "container", "command", "stdin", "timeout_seconds")
+    __slots__ = ("name", "namespace", "container", "command", "stdin", "timeout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     container: str
     command: _containers.RepeatedScalarFieldContainer[str]
     stdin: bytes
-    timeout_seconds: float
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., container: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bytes] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    timeout: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., container: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., stdin: _Optional[bytes] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ExecInPodResponse(_message.Message):
     __slots__ = ("exit_code", "stdout", "stderr")
@@ -143,20 +183,20 @@ class ImportImageRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., archive: _Optional[str] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("name", "id", "size", "created_unix", "layers")
+    __slots__ = ("name", "id", "size", "layers", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
-    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     size: int
-    created_unix: int
     layers: int
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., size: _Optional[int] = ..., created_unix: _Optional[int] = ..., layers: _Optional[int] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., size: _Optional[int] = ..., layers: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
-class ImageResponse(_message.Message):
+class ImportImageResponse(_message.Message):
     __slots__ = ("image",)
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     image: Image

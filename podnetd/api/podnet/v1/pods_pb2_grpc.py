@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class PodsStub:
+class PodServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,68 +35,68 @@ class PodsStub:
             channel: A grpc.Channel.
         """
         self.RunPod = channel.unary_unary(
-                '/podnet.v1.Pods/RunPod',
+                '/podnet.v1.PodService/RunPod',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.RunPodRequest.SerializeToString,
-                response_deserializer=podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
+                response_deserializer=podnet_dot_v1_dot_pods__pb2.RunPodResponse.FromString,
                 _registered_method=True)
         self.ListPods = channel.unary_unary(
-                '/podnet.v1.Pods/ListPods',
+                '/podnet.v1.PodService/ListPods',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.ListPodsRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.ListPodsResponse.FromString,
                 _registered_method=True)
         self.GetPod = channel.unary_unary(
-                '/podnet.v1.Pods/GetPod',
-                request_serializer=podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
-                response_deserializer=podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
+                '/podnet.v1.PodService/GetPod',
+                request_serializer=podnet_dot_v1_dot_pods__pb2.GetPodRequest.SerializeToString,
+                response_deserializer=podnet_dot_v1_dot_pods__pb2.GetPodResponse.FromString,
                 _registered_method=True)
         self.DescribePod = channel.unary_unary(
-                '/podnet.v1.Pods/DescribePod',
-                request_serializer=podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
+                '/podnet.v1.PodService/DescribePod',
+                request_serializer=podnet_dot_v1_dot_pods__pb2.DescribePodRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.DescribePodResponse.FromString,
                 _registered_method=True)
         self.PodLogs = channel.unary_stream(
-                '/podnet.v1.Pods/PodLogs',
+                '/podnet.v1.PodService/PodLogs',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.PodLogsRequest.SerializeToString,
-                response_deserializer=podnet_dot_v1_dot_pods__pb2.PodLogsChunk.FromString,
+                response_deserializer=podnet_dot_v1_dot_pods__pb2.PodLogsResponse.FromString,
                 _registered_method=True)
         self.ExecInPod = channel.unary_unary(
-                '/podnet.v1.Pods/ExecInPod',
+                '/podnet.v1.PodService/ExecInPod',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.ExecInPodRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.ExecInPodResponse.FromString,
                 _registered_method=True)
         self.StopPod = channel.unary_unary(
-                '/podnet.v1.Pods/StopPod',
-                request_serializer=podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
-                response_deserializer=podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
+                '/podnet.v1.PodService/StopPod',
+                request_serializer=podnet_dot_v1_dot_pods__pb2.StopPodRequest.SerializeToString,
+                response_deserializer=podnet_dot_v1_dot_pods__pb2.StopPodResponse.FromString,
                 _registered_method=True)
         self.StopAllPods = channel.unary_unary(
-                '/podnet.v1.Pods/StopAllPods',
+                '/podnet.v1.PodService/StopAllPods',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.StopAllPodsRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.StopAllPodsResponse.FromString,
                 _registered_method=True)
         self.RemovePod = channel.unary_unary(
-                '/podnet.v1.Pods/RemovePod',
-                request_serializer=podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
+                '/podnet.v1.PodService/RemovePod',
+                request_serializer=podnet_dot_v1_dot_pods__pb2.RemovePodRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.RemovePodResponse.FromString,
                 _registered_method=True)
         self.ImportImage = channel.unary_unary(
-                '/podnet.v1.Pods/ImportImage',
+                '/podnet.v1.PodService/ImportImage',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.ImportImageRequest.SerializeToString,
-                response_deserializer=podnet_dot_v1_dot_pods__pb2.ImageResponse.FromString,
+                response_deserializer=podnet_dot_v1_dot_pods__pb2.ImportImageResponse.FromString,
                 _registered_method=True)
         self.ListImages = channel.unary_unary(
-                '/podnet.v1.Pods/ListImages',
+                '/podnet.v1.PodService/ListImages',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.ListImagesRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.ListImagesResponse.FromString,
                 _registered_method=True)
         self.RemoveImage = channel.unary_unary(
-                '/podnet.v1.Pods/RemoveImage',
+                '/podnet.v1.PodService/RemoveImage',
                 request_serializer=podnet_dot_v1_dot_pods__pb2.RemoveImageRequest.SerializeToString,
                 response_deserializer=podnet_dot_v1_dot_pods__pb2.RemoveImageResponse.FromString,
                 _registered_method=True)
 
 
-class PodsServicer:
+class PodServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RunPod(self, request, context):
@@ -148,7 +148,7 @@ class PodsServicer:
 
     def StopAllPods(self, request, context):
         """StopAllPods stops every running pod of the node at once, as before a node shutdown: each
-        pod's grace period, capped at max_grace_period_seconds when that is given (0: no grace).
+        pod's grace period, capped at max_grace_period when that is given (0: no grace).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,12 +180,12 @@ class PodsServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_PodsServicer_to_server(servicer, server):
+def add_PodServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RunPod': grpc.unary_unary_rpc_method_handler(
                     servicer.RunPod,
                     request_deserializer=podnet_dot_v1_dot_pods__pb2.RunPodRequest.FromString,
-                    response_serializer=podnet_dot_v1_dot_pods__pb2.PodResponse.SerializeToString,
+                    response_serializer=podnet_dot_v1_dot_pods__pb2.RunPodResponse.SerializeToString,
             ),
             'ListPods': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPods,
@@ -194,18 +194,18 @@ def add_PodsServicer_to_server(servicer, server):
             ),
             'GetPod': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPod,
-                    request_deserializer=podnet_dot_v1_dot_pods__pb2.PodRef.FromString,
-                    response_serializer=podnet_dot_v1_dot_pods__pb2.PodResponse.SerializeToString,
+                    request_deserializer=podnet_dot_v1_dot_pods__pb2.GetPodRequest.FromString,
+                    response_serializer=podnet_dot_v1_dot_pods__pb2.GetPodResponse.SerializeToString,
             ),
             'DescribePod': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribePod,
-                    request_deserializer=podnet_dot_v1_dot_pods__pb2.PodRef.FromString,
+                    request_deserializer=podnet_dot_v1_dot_pods__pb2.DescribePodRequest.FromString,
                     response_serializer=podnet_dot_v1_dot_pods__pb2.DescribePodResponse.SerializeToString,
             ),
             'PodLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.PodLogs,
                     request_deserializer=podnet_dot_v1_dot_pods__pb2.PodLogsRequest.FromString,
-                    response_serializer=podnet_dot_v1_dot_pods__pb2.PodLogsChunk.SerializeToString,
+                    response_serializer=podnet_dot_v1_dot_pods__pb2.PodLogsResponse.SerializeToString,
             ),
             'ExecInPod': grpc.unary_unary_rpc_method_handler(
                     servicer.ExecInPod,
@@ -214,8 +214,8 @@ def add_PodsServicer_to_server(servicer, server):
             ),
             'StopPod': grpc.unary_unary_rpc_method_handler(
                     servicer.StopPod,
-                    request_deserializer=podnet_dot_v1_dot_pods__pb2.PodRef.FromString,
-                    response_serializer=podnet_dot_v1_dot_pods__pb2.PodResponse.SerializeToString,
+                    request_deserializer=podnet_dot_v1_dot_pods__pb2.StopPodRequest.FromString,
+                    response_serializer=podnet_dot_v1_dot_pods__pb2.StopPodResponse.SerializeToString,
             ),
             'StopAllPods': grpc.unary_unary_rpc_method_handler(
                     servicer.StopAllPods,
@@ -224,13 +224,13 @@ def add_PodsServicer_to_server(servicer, server):
             ),
             'RemovePod': grpc.unary_unary_rpc_method_handler(
                     servicer.RemovePod,
-                    request_deserializer=podnet_dot_v1_dot_pods__pb2.PodRef.FromString,
+                    request_deserializer=podnet_dot_v1_dot_pods__pb2.RemovePodRequest.FromString,
                     response_serializer=podnet_dot_v1_dot_pods__pb2.RemovePodResponse.SerializeToString,
             ),
             'ImportImage': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportImage,
                     request_deserializer=podnet_dot_v1_dot_pods__pb2.ImportImageRequest.FromString,
-                    response_serializer=podnet_dot_v1_dot_pods__pb2.ImageResponse.SerializeToString,
+                    response_serializer=podnet_dot_v1_dot_pods__pb2.ImportImageResponse.SerializeToString,
             ),
             'ListImages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListImages,
@@ -244,13 +244,13 @@ def add_PodsServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'podnet.v1.Pods', rpc_method_handlers)
+            'podnet.v1.PodService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('podnet.v1.Pods', rpc_method_handlers)
+    server.add_registered_method_handlers('podnet.v1.PodService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Pods:
+class PodService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -267,9 +267,9 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/RunPod',
+            '/podnet.v1.PodService/RunPod',
             podnet_dot_v1_dot_pods__pb2.RunPodRequest.SerializeToString,
-            podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
+            podnet_dot_v1_dot_pods__pb2.RunPodResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -294,7 +294,7 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/ListPods',
+            '/podnet.v1.PodService/ListPods',
             podnet_dot_v1_dot_pods__pb2.ListPodsRequest.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.ListPodsResponse.FromString,
             options,
@@ -321,9 +321,9 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/GetPod',
-            podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
-            podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
+            '/podnet.v1.PodService/GetPod',
+            podnet_dot_v1_dot_pods__pb2.GetPodRequest.SerializeToString,
+            podnet_dot_v1_dot_pods__pb2.GetPodResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -348,8 +348,8 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/DescribePod',
-            podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
+            '/podnet.v1.PodService/DescribePod',
+            podnet_dot_v1_dot_pods__pb2.DescribePodRequest.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.DescribePodResponse.FromString,
             options,
             channel_credentials,
@@ -375,9 +375,9 @@ class Pods:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/podnet.v1.Pods/PodLogs',
+            '/podnet.v1.PodService/PodLogs',
             podnet_dot_v1_dot_pods__pb2.PodLogsRequest.SerializeToString,
-            podnet_dot_v1_dot_pods__pb2.PodLogsChunk.FromString,
+            podnet_dot_v1_dot_pods__pb2.PodLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -402,7 +402,7 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/ExecInPod',
+            '/podnet.v1.PodService/ExecInPod',
             podnet_dot_v1_dot_pods__pb2.ExecInPodRequest.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.ExecInPodResponse.FromString,
             options,
@@ -429,9 +429,9 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/StopPod',
-            podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
-            podnet_dot_v1_dot_pods__pb2.PodResponse.FromString,
+            '/podnet.v1.PodService/StopPod',
+            podnet_dot_v1_dot_pods__pb2.StopPodRequest.SerializeToString,
+            podnet_dot_v1_dot_pods__pb2.StopPodResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -456,7 +456,7 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/StopAllPods',
+            '/podnet.v1.PodService/StopAllPods',
             podnet_dot_v1_dot_pods__pb2.StopAllPodsRequest.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.StopAllPodsResponse.FromString,
             options,
@@ -483,8 +483,8 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/RemovePod',
-            podnet_dot_v1_dot_pods__pb2.PodRef.SerializeToString,
+            '/podnet.v1.PodService/RemovePod',
+            podnet_dot_v1_dot_pods__pb2.RemovePodRequest.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.RemovePodResponse.FromString,
             options,
             channel_credentials,
@@ -510,9 +510,9 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/ImportImage',
+            '/podnet.v1.PodService/ImportImage',
             podnet_dot_v1_dot_pods__pb2.ImportImageRequest.SerializeToString,
-            podnet_dot_v1_dot_pods__pb2.ImageResponse.FromString,
+            podnet_dot_v1_dot_pods__pb2.ImportImageResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -537,7 +537,7 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/ListImages',
+            '/podnet.v1.PodService/ListImages',
             podnet_dot_v1_dot_pods__pb2.ListImagesRequest.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.ListImagesResponse.FromString,
             options,
@@ -564,7 +564,7 @@ class Pods:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/podnet.v1.Pods/RemoveImage',
+            '/podnet.v1.PodService/RemoveImage',
             podnet_dot_v1_dot_pods__pb2.RemoveImageRequest.SerializeToString,
             podnet_dot_v1_dot_pods__pb2.RemoveImageResponse.FromString,
             options,
