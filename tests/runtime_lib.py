@@ -115,7 +115,8 @@ class RuntimeNode:
             time.sleep(0.1)
         raise AssertionError(f"pod {name}: {what} not reached in {timeout}s; last:\n"
                              f"{json.dumps(pod and pod['status'], indent=1)}\n"
-                             f"{self.ctl('pod', 'describe', name, check=False).stdout}")
+                             f"{self.ctl('pod', 'describe', name, check=False).stdout}\n"
+                             f"--- podnetd log ---\n{self.daemon.log()[-4000:]}")
 
     def logs(self, name: str, *args) -> str:
         return self.ctl("pod", "logs", name, *args).stdout
