@@ -88,7 +88,9 @@ bench-metrics: deps
 	$(PY) bench/metrics_scrape.py
 bench-lab: bench-convergence bench-dataplane bench-memory bench-metrics
 
-## bench-pods: pod start/stop latency of the pod runtime vs podman (issue 4; opt-in, root)
+## bench-pods: pod start/stop latency and the memory a running pod costs its node, the pod
+## runtime vs podman (opt-in, root)
 .PHONY: bench-pods
 bench-pods: deps
 	$(PY) bench/pod_start.py
+	$(PY) bench/pod_memory.py
