@@ -224,3 +224,22 @@ def test_a_peer_with_another_cluster_cidr_is_refused_on_both_sides(netns, cluste
     assert "cluster CIDR 10.98.0.0/16 differs from ours (10.99.0.0/16)" in out["details"], out
     assert "refused" in d1.log() and n2 not in d1.nodes()
     assert routes(n1) == {} and routes(n2) == {}
+
+
+def test_a_client_refuses_a_peer_whose_certificate_does_not_name_its_underlay_address(netns,
+                                                                                       cluster):
+    """The client side of the mutual TLS: a peer serving a certificate of the cluster's CA whose
+    SAN holds another address than the one dialled is not talked to (the TLS error, not any
+    failure, is what the log names)."""
+    u = Underlay(netns)
+    (n1, ip1), (n2, ip2) = u.add_node(), u.add_node()
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = make_pki(tmp, [(n1, ip1), (n2, "192.0.2.99")])     # n2's SAN: not its address
+        d1 = cluster(n1, "10.99.1.0/24", node_ip=ip1, extra=pki[n1],
+                     peers=[f"{ip2}:7946"])
+        cluster(n2, "10.99.2.0/24", node_ip=ip2, extra=pki[n2])
+        wait_for(lambda: "Hostname Verification Check failed" in
+                 d1.ctl("nodes").get("problem", ""), 20, what="n1 to refuse n2's certificate")
+        assert n2 not in d1.nodes()
+        assert "10.99.2.0/24" not in routes(n1)
+        assert "10.99.2.0/24" not in routes(n1)
