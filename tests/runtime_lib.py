@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -229,3 +230,22 @@ def busybox_variant(out: str, top, user: str = "", tag: str = "variant:latest") 
         bb.add_entry(tar, "manifest.json", data=json.dumps([{
             "Config": f"{sha(cfg)}.json", "RepoTags": [tag], "Layers": names}]).encode())
     return out
+
+
+def state_of(p: dict, name: str) -> dict:
+    """The status of container `name` (init or app) of pod document p."""
+    for c in p["status"].get("initContainerStatuses", []) + p["status"]["containerStatuses"]:
+        if c["name"] == name:
+            return c
+    raise KeyError(name)
+
+
+@contextlib.contextmanager
+def shared_host_dir(tag: str):
+    """A 0777 host directory for a hostPath volume pods write to; removed afterwards."""
+    d = tempfile.mkdtemp(prefix=f"{unique(tag)}-")
+    os.chmod(d, 0o777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from testlib import PY, REPO, unique
-from runtime_lib import busybox_variant, container, pod, runc_ids, runtime_node
+from runtime_lib import busybox_variant, container, pod, runc_ids, runtime_node, state_of
 from podnetd.runtime import busybox_image as bb
 
 
@@ -32,13 +32,6 @@ def host_dir():
     os.chmod(os.path.join(d, "shared"), 0o777)
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-def state_of(p, name):
-    for c in p["status"].get("initContainerStatuses", []) + p["status"]["containerStatuses"]:
-        if c["name"] == name:
-            return c
-    raise KeyError(name)
 
 
 def waiting(p, name) -> dict:

@@ -6,14 +6,12 @@ containers, adoption after kill -9 and of a container that exited while podnetd 
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
-from testlib import PY, REPO, sh, unique, wait_for
-from runtime_lib import container, pod, runtime_node
+from testlib import PY, REPO, sh, wait_for
+from runtime_lib import container, pod, runtime_node, shared_host_dir, state_of
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +22,8 @@ def node():
 
 @pytest.fixture
 def shared_dir():
-    d = tempfile.mkdtemp(prefix=f"{unique('lc')}-")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def state_of(p, name):
-    for c in p["status"].get("initContainerStatuses", []) + p["status"]["containerStatuses"]:
-        if c["name"] == name:
-            return c
-    raise KeyError(name)
+    with shared_host_dir("lc") as d:
+        yield d
 
 
 def backoff_delays(node, name: str) -> list[float]:

@@ -1,14 +1,12 @@
 """The pod runtime end to end: real runc, real CNI (podnet + portmap), one podnetd per module."""
 import json
 import os
-import shutil
-import tempfile
 
 import pytest
 import yaml
 
-from testlib import PY, REPO, ping, sh, unique
-from runtime_lib import container, pod, runc_ids, runtime_node
+from testlib import PY, REPO, ping, sh
+from runtime_lib import container, pod, runc_ids, runtime_node, shared_host_dir, state_of
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +17,12 @@ def node():
 
 @pytest.fixture
 def shared_dir():
-    d = tempfile.mkdtemp(prefix=f"{unique('hp')}-")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with shared_host_dir("hp") as d:
+        yield d
 
 
 def running(p) -> bool:
     return all("running" in c["state"] for c in p["status"]["containerStatuses"])
-
-
-def state_of(p, name):
-    for c in p["status"].get("initContainerStatuses", []) + p["status"]["containerStatuses"]:
-        if c["name"] == name:
-            return c
-    raise KeyError(name)
 
 
 def test_pod_basics_localhost_emptydir_shm(node):
