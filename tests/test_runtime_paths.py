@@ -353,7 +353,8 @@ def test_log_rotation_flags():
     from podnetd.runtime import check_flags, log_size
     assert log_size("10Mi") == 10 * 2**20 and log_size("512Ki") == 512 * 1024
     assert log_size(1048576) == 2**20 and log_size("2M") == 2 * 10**6
-    for bad in ("", "10Q", "-1Mi", "1e9", "0", "100", "2Ti", "1" * 40, "Mi"):
+    assert log_size("1e9") == 10**9                  # any Kubernetes quantity, as the kubelet
+    for bad in ("", "10Q", "-1Mi", "0", "100", "2Ti", "1" * 40, "Mi", "0.5Ki", "1e400"):
         with pytest.raises(config.ConfigError, match="give a size from 1Ki"):
             log_size(bad)
     ns = argparse.Namespace(no_pod_runtime=False, runtime_dir=None, restart_backoff=1.0,

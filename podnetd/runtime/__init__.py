@@ -10,6 +10,7 @@ import shutil
 
 from .. import config
 from ..features import Feature
+from . import manifest
 
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
@@ -58,20 +59,17 @@ def check_flags(ns) -> None:
                                  "must be between 2 and 1000 (the current file counts)")
 
 
-_LOG_SIZE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20,
-                   "Gi": 2**30}
-
-
 def log_size(value) -> int:
-    """kubelet's containerLogMaxSize: a quantity like 10Mi; 1 KiB to 1 TiB (bytes)."""
-    text = str(value).strip()
-    digits = len(text) - len(text.lstrip("0123456789"))
-    number, unit = text[:digits], text[digits:]
-    if not number or len(number) > 13 or unit not in _LOG_SIZE_UNITS \
-            or not 1024 <= int(number) * _LOG_SIZE_UNITS[unit] <= 2**40:
+    """kubelet's containerLogMaxSize: a Kubernetes quantity (10Mi, 512Ki, 1e9), 1 KiB to 1 TiB,
+    in bytes."""
+    try:
+        size = manifest.parse_quantity(str(value).strip())
+    except ValueError:
+        size = None
+    if size is None or size != size.to_integral_value() or not 1024 <= size <= 2**40:
         raise config.ConfigError(f"--container-log-max-size {value!r}: give a size from 1Ki "
                                  "to 1Ti, e.g. 10Mi")
-    return int(number) * _LOG_SIZE_UNITS[unit]
+    return int(size)
 
 
 def make_component(d):
