@@ -184,7 +184,7 @@ class Registry:
             if expected_revision is not None and kv.mod_revision != expected_revision:
                 raise objects.conflict(kind, name)
             current = _with_rv(kv)
-            new = change(current)
+            new = change(copy.deepcopy(current))
             if new is None:
                 return current
             new["metadata"].pop("resourceVersion", None)
