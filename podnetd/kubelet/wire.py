@@ -6,6 +6,7 @@ import dataclasses
 from .. import config
 from ..features import Feature
 from . import facts, node_object
+from .pod_sync import PodSync
 from .registration import NodeRegistration
 
 
@@ -72,11 +73,19 @@ class KubeletComponent:
                                 system_reserved=kc.system_reserved, max_pods=kc.max_pods,
                                 api_port=port)
         self.registration = NodeRegistration(self.client, gather, d.status, kc.lease_renew)
+        runtime = getattr(d, "pod_runtime", None)
+        self.pods = PodSync(self.client, runtime, cfg.node_name) if runtime else None
+        if runtime is not None:
+            runtime.listeners.append(self.pods.poke)
 
     async def start(self) -> None:
         await self.registration.start()
+        if self.pods is not None:
+            await self.pods.start()
 
     async def stop(self) -> None:
+        if self.pods is not None:
+            await self.pods.stop()
         await self.registration.stop()
 
 
