@@ -523,3 +523,21 @@ def test_etcd_endpoint_failover(shared_etcd):
         revision = await s.create("/pods/ns/a", b"1")
         assert (await s.get("/pods/ns/a")).mod_revision == revision
     run(body, store)
+
+
+def test_etcd_tls_parts_may_be_missing(shared_etcd, tmp_path):
+    """(CA, None, None): etcd asks for a client certificate and refuses the connection; (None,
+    cert, key): the server's certificate is not signed by a system CA and is refused. Neither
+    turns verification off."""
+    async def body(store):
+        with pytest.raises(StoreUnavailable):
+            await store.start()
+        await store.close()
+    no_cert = EtcdObjectStore([shared_etcd.url], tls=(shared_etcd.ca, None, None), timeout=2.0)
+    asyncio.run(body(no_cert))
+    no_ca = EtcdObjectStore([shared_etcd.url], tls=(None, shared_etcd.client_cert,
+                                                    shared_etcd.client_key), timeout=2.0)
+    assert no_ca._session().verify is True
+    asyncio.run(body(no_ca))
+    with pytest.raises(ValueError, match="key"):
+        EtcdObjectStore([shared_etcd.url], tls=(shared_etcd.ca, shared_etcd.client_cert, None))

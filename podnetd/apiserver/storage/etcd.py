@@ -104,7 +104,8 @@ class EtcdObjectStore(ObjectStore):
                  watch_backlog: int = 10000, watch_backlog_bytes: int = 64 * 1024 * 1024,
                  watch_probe: float = 10.0):
         """endpoints: etcd client URLs (http:// or https://); tls: (CA file, client certificate
-        file, client key file) for https endpoints, or None; timeout: one request's."""
+        file, client key file) for https endpoints, any of them None (no CA file: the system's
+        CAs; no certificate: no client certificate), or None; timeout: one request's."""
         if isinstance(endpoints, str):
             endpoints = [u.strip() for u in endpoints.split(",") if u.strip()]
         if not endpoints:
@@ -112,6 +113,12 @@ class EtcdObjectStore(ObjectStore):
         root = check_key(prefix.rstrip("/") or "/", "etcd prefix")
         self._root = root.rstrip(b"/")  # "" keeps the API keys as they are
         self.prefix = self._root.decode()
+        if tls is not None:
+            ca, cert, key = tls
+            if bool(cert) != bool(key):
+                raise ValueError("etcd store: a client certificate needs its key, and a key its "
+                                 "certificate")
+            tls = (ca, cert, key) if (ca or cert) else None
         self.tls = tls
         self.timeout = timeout
         self.watch_backlog = watch_backlog
@@ -138,8 +145,10 @@ class EtcdObjectStore(ObjectStore):
         session.trust_env = False
         if self.tls:
             ca, cert, key = self.tls
-            session.verify = ca
-            session.cert = (cert, key)
+            if ca:  # never None: requests takes verify=None as "do not verify"
+                session.verify = ca
+            if cert:
+                session.cert = (cert, key)
         return session
 
     def _client(self, url: str, session: requests.Session | None = None) -> etcd3gw.Etcd3Client:
