@@ -807,3 +807,62 @@ def test_audit_concurrent_writers_never_interleave(tmp):
         lines = [json.loads(line) for line in f]
     assert len(lines) == 800
     assert {line["user"] for line in lines} == {"u0", "u1", "u2", "u3"}
+
+
+# ---- escalation prevention ----------------------------------------------------------------------
+
+def test_nobody_grants_what_they_do_not_hold():
+    objs = rbac.bootstrap_objects() + [
+        binding("ann-admin", "team", "ClusterRole", "admin", [{"kind": "User", "name": "ann"}])]
+    auth = authz.Authorizer(rbac.RbacIndex(objs)).authorize
+    ann = user("ann")
+    rb = lambda name, ref_kind, ref: binding(name, "team", ref_kind, ref,  # noqa: E731
+                                             [{"kind": "User", "name": "bo"}])
+    create_rb = A(ann, "create", "rolebindings", "team", group=rbac.GROUP)
+    # a namespace admin may hand out view/edit/admin in the namespace: it holds all of it there
+    assert auth(create_rb, rb("bo-edit", "ClusterRole", "edit")).allowed
+    assert auth(create_rb, rb("bo-admin", "ClusterRole", "admin")).allowed
+    # but not cluster-admin (which would let bo delete the namespace itself, or read nodes)
+    v = auth(create_rb, rb("bo-root", "ClusterRole", "cluster-admin"))
+    assert not v.allowed
+    assert v.message.startswith(
+        'rolebindings.rbac.authorization.k8s.io "bo-root" is forbidden: user "ann" '
+        '(groups=["system:authenticated"]) is attempting to grant RBAC permissions not '
+        'currently held:\n{APIGroups:["*"], Resources:["*"], Verbs:["*"]}')
+    assert not auth(create_rb, rb("bo-x", "ClusterRole", "no-such")).allowed
+    # nor write a role with more than it has
+    create_role = A(ann, "create", "roles", "team", group=rbac.GROUP)
+    ok = role("pods-rw", "team", [rule(["get"], ["pods", "pods/log"]), rule(["delete"], ["pods"])])
+    assert auth(create_role, ok).allowed
+    # admin may read logs, not delete them: such a rule is more than ann holds
+    assert not auth(create_role, role("r", "team", [rule(["delete"], ["pods/log"])])).allowed
+    too_much = role("sneaky", "team", [rule(["get"], ["pods"]), rule(["delete"], ["namespaces"])])
+    v = auth(create_role, too_much)
+    assert v.message.endswith('{APIGroups:[""], Resources:["namespaces"], Verbs:["delete"]}')
+    # with the escalate / bind verbs it may
+    idx = rbac.RbacIndex(objs + [
+        role("esc", "team", [rule(["escalate", "bind"], ["roles", "clusterroles"],
+                                  groups=[rbac.GROUP])]),
+        binding("ann-esc", "team", "Role", "esc", [{"kind": "User", "name": "ann"}])])
+    auth2 = authz.Authorizer(idx).authorize
+    assert auth2(create_role, too_much).allowed
+    assert auth2(create_rb, rb("bo-root", "ClusterRole", "cluster-admin")).allowed
+    # system:masters needs nothing
+    root = user("root", ["system:masters"])
+    assert authz.Authorizer(rbac.RbacIndex()).authorize(
+        A(root, "create", "clusterrolebindings", group=rbac.GROUP),
+        binding("x", "", "ClusterRole", "cluster-admin", [{"kind": "User", "name": "z"}])).allowed
+
+
+def test_ungranted_rule_coverage():
+    owner = [rule(["get", "list"], ["pods", "*/status"]), rule(["*"], ["leases"], ["coord"]),
+             rule(["get"], ["secrets"], names=["a", "b"]),
+             {"nonResourceURLs": ["/healthz/*"], "verbs": ["get"]}]
+    assert rbac.ungranted(owner, [rule(["get"], ["pods", "nodes/status"])]) == []
+    assert rbac.ungranted(owner, [rule(["update", "get"], ["leases"], ["coord"])]) == []
+    assert rbac.ungranted(owner, [rule(["get"], ["secrets"], names=["a"])]) == []
+    assert rbac.ungranted(owner, [rule(["get"], ["secrets"])]) == [rule(["get"], ["secrets"])]
+    assert rbac.ungranted(owner, [rule(["*"], ["pods"])]) == [rule(["*"], ["pods"])]
+    assert rbac.ungranted(owner, [rule(["get"], ["pods/log"])]) == [rule(["get"], ["pods/log"])]
+    assert rbac.ungranted(owner, [{"nonResourceURLs": ["/healthz/ready"], "verbs": ["get"]}]) == []
+    assert rbac.ungranted(owner, [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]) != []

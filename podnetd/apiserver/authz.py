@@ -4,7 +4,10 @@
 1. group system:masters may do everything;
 2. the Node authorizer (node_authz.authorize_node) for nodes;
 3. RBAC (rbac.RbacIndex);
-4. for an allowed write by a node, NodeRestriction (node_authz.admit_node) on the object.
+4. for an allowed write by a node, NodeRestriction (node_authz.admit_node) on the object;
+5. for an allowed write of a Role, ClusterRole or binding, RBAC's escalation prevention: nobody
+   grants permissions they do not hold, unless allowed to `escalate` (roles) or `bind` (the
+   referenced role), as Kubernetes.
 
 The first authorizer that allows wins; when none does, the request is denied with
 kube-apiserver's message and the authorizers' reasons (rbac.forbidden_message).
@@ -77,10 +80,38 @@ class Authorizer:
         if not decision.allowed:
             return Verdict(False, decision.reason,
                            rbac.forbidden_message(attrs, decision.reason))
-        refusal = node_authz.admit_node(attrs, obj, old)
+        refusal = node_authz.admit_node(attrs, obj, old) or self._escalation(attrs, obj)
         if refusal:
             return Verdict(False, refusal, admission_message(attrs, obj, refusal))
         return Verdict(True, decision.reason)
+
+    def _escalation(self, attrs: Attributes, obj: dict | None) -> str | None:
+        if attrs.api_group != rbac.GROUP or attrs.verb not in ("create", "update", "patch") or \
+                attrs.subresource or not isinstance(obj, dict) or \
+                rbac.MASTERS_GROUP in attrs.user.groups:
+            return None
+        user, ns = attrs.user, attrs.namespace
+        name = ((obj.get("metadata") or {}).get("name")) or attrs.name
+        if attrs.resource in ("roles", "clusterroles"):
+            escalate = Attributes(user, "escalate", attrs.resource, "", ns, name, rbac.GROUP)
+            if self.decide(escalate).allowed:
+                return None
+            servant = obj.get("rules") or []
+        elif attrs.resource in ("rolebindings", "clusterrolebindings"):
+            ref = obj.get("roleRef") if isinstance(obj.get("roleRef"), dict) else {}
+            ref_resource = "clusterroles" if ref.get("kind") == "ClusterRole" else "roles"
+            bind = Attributes(user, "bind", ref_resource, "", ns, ref.get("name", ""), rbac.GROUP)
+            if self.decide(bind).allowed:
+                return None
+            servant = self.rbac.role_rules(ref, ns)
+            if servant is None:
+                kind = "clusterrole" if ref_resource == "clusterroles" else "role"
+                return (f'{kind}.{rbac.GROUP} "{ref.get("name", "")}" not found: a binding to '
+                        "it needs the bind verb on it")
+        else:
+            return None
+        missing = rbac.ungranted(self.rbac.rules_for(user, ns), servant)
+        return rbac.escalation_message(user, missing) if missing else None
 
 
 def admission_message(attrs: Attributes, obj: dict | None, reason: str) -> str:

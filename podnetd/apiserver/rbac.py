@@ -30,7 +30,7 @@ API_VERSION = GROUP + "/v1"
 MASTERS_GROUP = "system:masters"
 KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection",
-         "impersonate")
+         "impersonate", "bind", "escalate")
 
 # The API group of each resource podnet serves or will serve, for messages and the bootstrap
 # policy; everything not listed here is in the core group "".
@@ -251,6 +251,13 @@ class RbacIndex:
                 return Decision(True, f"RBAC: allowed by {how}")
         return Decision(False, "RBAC: " + ", ".join(errors) if errors else "")
 
+    def role_rules(self, ref: dict, namespace: str) -> list | None:
+        """The rules of a binding's roleRef (a RoleBinding's in its namespace), None if the role
+        does not exist."""
+        with self._lock:
+            rules, _, err = self._role_rules(ref if isinstance(ref, dict) else {}, namespace)
+        return None if err else rules
+
     def rules_for(self, user: "UserInfo", namespace: str) -> list[dict]:
         """Every rule that applies to the user in the namespace (kubectl auth can-i --list)."""
         out: list[dict] = []
@@ -258,6 +265,95 @@ class RbacIndex:
             if rules:
                 out.extend(r for r in rules if isinstance(r, dict))
         return out
+
+
+# ---- escalation prevention (Kubernetes' ConfirmNoEscalation) -----------------------------------
+
+def _has(values, want: str) -> bool:
+    return "*" in values or want in values
+
+
+def _resource_covered(owned: list, resource: str) -> bool:
+    if _has(owned, resource):
+        return True
+    _, slash, sub = resource.partition("/")
+    return bool(slash) and "*/" + sub in owned
+
+
+def _url_covered(owned: list, url: str) -> bool:
+    return any(o == "*" or o == url or (o.endswith("*") and url.startswith(o[:-1]))
+               for o in owned)
+
+
+def _rule_covers(owner: dict, servant_atom: tuple) -> bool:
+    kind, group, resource, verb, name = servant_atom
+    if not _has(owner.get("verbs") or [], verb):
+        return False
+    if kind == "url":
+        return _url_covered(owner.get("nonResourceURLs") or [], resource)
+    if owner.get("nonResourceURLs"):
+        return False
+    if not _has(owner.get("apiGroups") or [], group) or \
+            not _resource_covered(owner.get("resources") or [], resource):
+        return False
+    names = owner.get("resourceNames") or []
+    return not names or (name is not None and name in names)
+
+
+def _atoms(rule: dict):
+    verbs = rule.get("verbs") or []
+    for url in rule.get("nonResourceURLs") or []:
+        for verb in verbs:
+            yield ("url", "", url, verb, None)
+    names = rule.get("resourceNames") or [None]
+    for group in rule.get("apiGroups") or []:
+        for resource in rule.get("resources") or []:
+            for verb in verbs:
+                for name in names:
+                    yield ("resource", group, resource, verb, name)
+
+
+def ungranted(owner_rules: list[dict], servant_rules: list) -> list[dict]:
+    """The parts of servant_rules that owner_rules do not cover, one small rule each, in the
+    servant's order (empty: the owner holds everything it would grant)."""
+    missing = []
+    for rule in servant_rules:
+        if not isinstance(rule, dict):
+            continue
+        for atom in _atoms(rule):
+            if any(_rule_covers(o, atom) for o in owner_rules if isinstance(o, dict)):
+                continue
+            kind, group, resource, verb, name = atom
+            if kind == "url":
+                r = {"nonResourceURLs": [resource], "verbs": [verb]}
+            else:
+                r = {"apiGroups": [group], "resources": [resource], "verbs": [verb]}
+                if name is not None:
+                    r["resourceNames"] = [name]
+            if r not in missing:
+                missing.append(r)
+    return missing
+
+
+def _go_strings(values) -> str:
+    return "[" + " ".join(f'"{v}"' for v in values) + "]"
+
+
+def escalation_message(user: "UserInfo", missing: list[dict]) -> str:
+    """kube-apiserver's words (after `roles.rbac.authorization.k8s.io "x" is forbidden: `)."""
+    def show(r: dict) -> str:
+        if "nonResourceURLs" in r:
+            return f"{{NonResourceURLs:{_go_strings(r['nonResourceURLs'])}, " \
+                   f"Verbs:{_go_strings(r['verbs'])}}}"
+        names = (f", ResourceNames:{_go_strings(r['resourceNames'])}"
+                 if r.get("resourceNames") else "")
+        return (f"{{APIGroups:{_go_strings(r['apiGroups'])}, "
+                f"Resources:{_go_strings(r['resources'])}{names}, Verbs:{_go_strings(r['verbs'])}}}")
+    shown = [show(r) for r in missing[:20]]
+    if len(missing) > 20:
+        shown.append(f"... and {len(missing) - 20} more")
+    return (f'user "{user.name}" (groups={_go_strings(user.groups)}) is attempting to grant RBAC '
+            "permissions not currently held:\n" + "\n".join(shown))
 
 
 # ---- validation (Kubernetes' rbac validation, with its field paths and words) ------------------
