@@ -866,3 +866,12 @@ def test_ungranted_rule_coverage():
     assert rbac.ungranted(owner, [rule(["get"], ["pods/log"])]) == [rule(["get"], ["pods/log"])]
     assert rbac.ungranted(owner, [{"nonResourceURLs": ["/healthz/ready"], "verbs": ["get"]}]) == []
     assert rbac.ungranted(owner, [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]) != []
+
+
+def test_can_i_resource_argument():
+    assert rbac.parse_resource("pods/log") == ("pods", "log", "")
+    assert rbac.parse_resource("deployments.apps") == ("deployments", "", "apps")
+    assert rbac.parse_resource("leases") == ("leases", "", "coordination.k8s.io")
+    assert rbac.parse_resource("Roles.rbac.authorization.k8s.io") == ("roles", "", rbac.GROUP)
+    assert rbac.parse_resource("widgets", {"widgets": "example.com"}) == \
+        ("widgets", "", "example.com")

@@ -63,6 +63,18 @@ class Attributes:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
 
+def parse_resource(text: str, groups: dict[str, str] | None = None) -> tuple[str, str, str]:
+    """kubectl auth can-i's RESOURCE[.GROUP][/SUBRESOURCE] -> (resource, subresource, api group):
+    "pods/log" -> ("pods", "log", ""), "deployments.apps" -> ("deployments", "", "apps"). Without
+    a group, `groups` (resource -> group, e.g. from the kinds the server serves; default
+    RESOURCE_GROUPS) supplies it, as kubectl's discovery does."""
+    head, _, sub = text.strip().lower().partition("/")
+    resource, _, group = head.partition(".")
+    if not group:
+        group = (RESOURCE_GROUPS if groups is None else groups).get(resource, "")
+    return resource, sub, group
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     allowed: bool
