@@ -147,7 +147,8 @@ def _restricted_labels(labels: dict) -> set[str]:
 
 def _only_finalizers_removed(obj: dict, old: dict) -> bool:
     new_meta, old_meta = dict(_meta(obj)), dict(_meta(old))
-    new_fin, old_fin = new_meta.pop("finalizers", None) or [], old_meta.pop("finalizers", None) or []
+    new_fin = new_meta.pop("finalizers", None) or []
+    old_fin = old_meta.pop("finalizers", None) or []
     if not set(new_fin) <= set(old_fin):
         return False
     for volatile in ("resourceVersion", "managedFields", "generation"):

@@ -360,7 +360,8 @@ def escalation_message(user: "UserInfo", missing: list[dict]) -> str:
         names = (f", ResourceNames:{_go_strings(r['resourceNames'])}"
                  if r.get("resourceNames") else "")
         return (f"{{APIGroups:{_go_strings(r['apiGroups'])}, "
-                f"Resources:{_go_strings(r['resources'])}{names}, Verbs:{_go_strings(r['verbs'])}}}")
+                f"Resources:{_go_strings(r['resources'])}{names}, "
+                f"Verbs:{_go_strings(r['verbs'])}}}")
     shown = [show(r) for r in missing[:20]]
     if len(missing) > 20:
         shown.append(f"... and {len(missing) - 20} more")
