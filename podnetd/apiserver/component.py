@@ -11,7 +11,9 @@ import dataclasses
 import logging
 import os
 
-from . import bootstrap
+from . import bootstrap, rbac
+from .access import Access
+from .audit import AuditLog
 from .api import Api
 from .registry import Registry
 from .storage import StoreUnavailable
@@ -50,12 +52,14 @@ def make_store(cfg: ApiServerConfig):
 
 
 class ApiServerComponent:
-    def __init__(self, cfg: ApiServerConfig, authorize, audit=None, policy=()):
+    def __init__(self, cfg: ApiServerConfig):
         self.cfg = cfg
         self.store = make_store(cfg)
         self.registry = Registry(self.store)
-        self.api = Api(self.registry, authorize, audit)
-        self.policy = list(policy)
+        self.access = Access(cfg.token_auth_file)
+        self.audit = AuditLog(cfg.audit_log) if cfg.audit_log else None
+        self.api = Api(self.registry, self.access.authorizer, self.audit)
+        self.policy = rbac.bootstrap_objects()
         self.ready = asyncio.Event()       # set once the store answered and bootstrap ran
         self._task: asyncio.Task | None = None
         self._problem: str | None = f"{cfg.store_kind} store: not yet reached"
@@ -82,6 +86,7 @@ class ApiServerComponent:
                 await self.store.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+        await self.access.start(self.api)
         self._problem = None
         self.ready.set()
         log.info("cluster API: serving from the %s store", self.cfg.store_kind)
@@ -92,6 +97,7 @@ class ApiServerComponent:
         return self._problem
 
     async def stop(self) -> None:
+        await self.access.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
