@@ -36,6 +36,14 @@ port (loopback reuses TIME_WAIT ports at once) can never inherit the old client'
 front dials again when it is handed a quarantined port, and a direct connection on such a port
 gets PeerGone too, never someone else's identity.
 
+Call `identity()` first thing in a call (an interceptor): a port says who the client is only while
+its connection is open. One race remains that the front alone cannot close: a local process that
+dials the backend directly, sends a call and resets the connection at once frees its port, and if
+the front is handed that very port for a new client before the backend's handler has called
+identity(), that call is attributed to the new client. Keep other local users off the backend
+port (an nftables `meta skuid != 0` reject on it), or have the front dial from privileged source
+ports (below 1024, which only root can bind) and refuse unmapped ones below 1024.
+
 Limits: at most `max_connections` connections (counted from accept, so handshakes in progress
 count; beyond, a new connection is closed at once), `handshake_timeout` seconds for the TLS
 handshake (a client that connects and says nothing cannot hold a slot), and a connection that
