@@ -54,7 +54,9 @@ slow reader slows its writer instead of filling memory: about 4 x CHUNK per dire
 """
 import asyncio
 import dataclasses
+import errno
 import ipaddress
+import random
 import logging
 import socket
 import ssl
@@ -69,7 +71,8 @@ X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
 CHUNK = 32 * 1024
 _BACKEND_CONNECT_TIMEOUT = 5.0
-_BACKEND_DIAL_ATTEMPTS = 8
+PRIVILEGED_PORTS = (512, 1024)   # the front's source ports to the backend (root only)
+_BACKEND_DIAL_ATTEMPTS = 64
 
 _Key = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
 
@@ -249,7 +252,7 @@ class TlsFront:
     backend call; stop() closes everything."""
 
     def __init__(self, listen: str, cert: str, key: str, client_ca: str | None, backend: str, *,
-                 max_connections: int = 1024, handshake_timeout: float = 10.0,
+                 max_connections: int = 480, handshake_timeout: float = 10.0,
                  idle_timeout: float = 600.0, port_quarantine: float = 120.0):
         self.listen_host, self.listen_port = parse_host_port(listen, "--api-listen")
         self.backend_host, self.backend_port = parse_host_port(backend, "API backend")
@@ -434,14 +437,26 @@ class TlsFront:
             issuer_not_before=issuer_window[0], issuer_not_after=issuer_window[1])
 
     async def _dial_backend(self, conn: _Conn):
-        """A fresh TCP connection to the backend on a port that no client (live or recently
+        """A fresh TCP connection to the backend from a privileged source port (below 1024:
+        only root can bind one, so no local user can dial the backend from a port the front
+        might map; identity() ignores every other port) that no client (live or recently
         closed) is mapped to: (reader, writer, local key), or None after logging why."""
         for _ in range(_BACKEND_DIAL_ATTEMPTS):
+            port = random.randrange(PRIVILEGED_PORTS[0], PRIVILEGED_PORTS[1])
+            if (ipaddress.ip_address(self.backend_host), port) in self._ids:
+                continue
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.backend_host, self.backend_port, limit=CHUNK),
+                    asyncio.open_connection(self.backend_host, self.backend_port, limit=CHUNK,
+                                            local_addr=(self.backend_host, port)),
                     _BACKEND_CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError) as e:
+            except OSError as e:
+                if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                    continue              # that source port is taken: another
+                self._log.debug("API TLS front: connect to the API backend %s:%d for %s: %s",
+                                self.backend_host, self.backend_port, conn.remote, _why(e))
+                return None
+            except asyncio.TimeoutError as e:
                 self._log.debug("API TLS front: connect to the API backend %s:%d for %s: %s",
                                 self.backend_host, self.backend_port, conn.remote, _why(e))
                 return None
