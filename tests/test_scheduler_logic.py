@@ -56,7 +56,7 @@ def place(snap, p):
     """Schedule and assume, as the loop does; returns the result."""
     r = schedule(p, snap)
     if r.node_name:
-        snap.assume(p, r.node_name)
+        snap.assume(r.pod, r.node_name)
     return r
 
 
@@ -711,3 +711,36 @@ def _sum_requests(pods) -> dict:
         for k, v in pod_info(p).requests.items():
             out[k] = out.get(k, 0) + v
     return {k: v for k, v in out.items()}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True)
+    | st.sampled_from(["", "1", "-1", "1Gi", "x", "In", "Exists", "Always", "n1", "a=b"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(
+        ["metadata", "spec", "status", "name", "uid", "labels", "containers", "resources",
+         "requests", "limits", "cpu", "memory", "nodeName", "affinity", "podAntiAffinity",
+         "requiredDuringSchedulingIgnoredDuringExecution", "labelSelector", "topologyKey",
+         "matchExpressions", "key", "operator", "values", "taints", "effect", "allocatable",
+         "tolerations", "topologySpreadConstraints", "maxSkew", "whenUnsatisfiable", "ports",
+         "hostPort", "nodeSelector", "initContainers", "restartPolicy", "overhead"]),
+        inner, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, json_values)
+def test_hostile_objects_give_clear_errors_not_tracebacks(junk_pod, junk_node):
+    snap = Snapshot([node("n1")])
+    for call in (lambda: snap.set_node(junk_node), lambda: snap.set_pod(junk_pod),
+                 lambda: snap.remove_pod(junk_pod if isinstance(junk_pod, dict) else "x")):
+        try:
+            call()
+        except InvalidObject as e:
+            assert str(e)
+    r = schedule(junk_pod, snap)
+    assert r.message and (r.node_name is None or r.node_name in snap.nodes)
+
+
+def test_negative_requests_are_refused():
+    r = schedule(pod("neg", cpu="-1"), Snapshot([node("n1")]))
+    assert r.error and "must be greater than or equal to 0" in r.message
