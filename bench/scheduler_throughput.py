@@ -16,7 +16,8 @@ groups (one owner uid, one app label) of a mix of kinds:
     tolerant   tolerates the dedicated taint, prefers the GPU nodes
     ports      a hostPort
 
-Printed: the rate over all pods (wall clock, and per CPU second: the machine may be shared), the latency percentiles of one decision, how many pods found
+Printed: the rate over all pods (wall clock, and per CPU second: the machine may be shared),
+the latency percentiles of one decision, how many pods found
 no node (and kube-scheduler's message for the first of them), and the snapshot build time. The
 whole scheduler's figure (>= 100 pods/s incl. the binding call) is measured by the loop's own
 bench; this is the logic's share of it.
@@ -147,7 +148,8 @@ def run(nodes: list[dict], pods: list[dict]) -> dict:
     latencies.sort()
     q = statistics.quantiles(latencies, n=100)
     return {"pods": len(pods), "nodes": len(nodes), "seconds": total,
-            "rate": len(pods) / total, "cpu_rate": len(pods) / cpu, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
+            "rate": len(pods) / total, "cpu_rate": len(pods) / cpu,
+            "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
             "max_ms": latencies[-1] * 1000, "unschedulable": failed,
             "first_failure": first_failure, "build_ms": build * 1000,
             "bound": len(snap.pods)}
@@ -172,7 +174,8 @@ def main(argv=None) -> int:
             prof.disable()
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
         print(f"{res['pods']} pods on {res['nodes']} nodes: {res['rate']:.0f} pods/s "
-              f"({res['seconds']:.2f} s; {res['cpu_rate']:.0f} pods per CPU second); one decision p50 {res['p50_ms']:.2f} ms, "
+              f"({res['seconds']:.2f} s; {res['cpu_rate']:.0f} pods per CPU second); "
+              f"one decision p50 {res['p50_ms']:.2f} ms, "
               f"p99 {res['p99_ms']:.2f} ms, max {res['max_ms']:.2f} ms; "
               f"{res['bound']} bound, {res['unschedulable']} unschedulable; "
               f"snapshot built in {res['build_ms']:.1f} ms")

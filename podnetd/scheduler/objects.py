@@ -113,7 +113,7 @@ class PodInfo:
     node_name: str
     terminating: bool
     requests: dict              # resource -> amount (cpu in millicores), as filtered
-    checked: tuple              # (resource, amount > 0) to check against a node, in fitsRequest's order
+    checked: tuple              # (resource, amount > 0) to check, in fitsRequest's order
     nonzero_cpu: int            # as scored: a container without a request counts the default
     nonzero_memory: int
     host_ports: tuple           # (ip, protocol, port); ip "0.0.0.0" for any
@@ -342,8 +342,8 @@ class _Reader:
         required = None
         if req is not None:
             try:
-                required = sel.node_selector(
-                    req, "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution")
+                required = sel.node_selector(req, "spec.affinity.nodeAffinity."
+                                                  "requiredDuringSchedulingIgnoredDuringExecution")
             except sel.SelectorError as e:
                 if self.strict:
                     self.fail(str(e))
@@ -352,7 +352,8 @@ class _Reader:
         for i, t in enumerate(_l(aff.get("preferredDuringSchedulingIgnoredDuringExecution"))):
             t = _d(t)
             w = t.get("weight")
-            path = f"spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
+            path = ("spec.affinity.nodeAffinity."
+                    f"preferredDuringSchedulingIgnoredDuringExecution[{i}]")
             try:
                 if not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= 100:
                     raise sel.SelectorError(f"{path}.weight: must be in the range 1-100")

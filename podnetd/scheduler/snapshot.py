@@ -19,7 +19,7 @@ import copy
 import dataclasses
 from typing import Iterable
 
-from podnetd.scheduler.objects import (CPU, MEMORY, PODS, AffinityTerm, NodeSpec, PodInfo,
+from podnetd.scheduler.objects import (AffinityTerm, NodeSpec, PodInfo,
                                        node_spec, pod_info, _d)
 
 TERM_KINDS = ("required_affinity", "required_anti_affinity", "preferred_affinity",
