@@ -23,17 +23,19 @@ How podnetd starts (podnetd/main.py, podnetd/daemon.py):
     off, so a service can still answer (ClusterService: "cluster mode is off on this node").
 
 To add a feature (e.g. podnetd/apiserver/):
- - in its package, a frozen dataclass for its configuration (e.g. `ApiServerConfig`), and
+ - in its package (`from ..config import ConfigError, DaemonConfig`,
+   `from ..wiring import DaemonContext, Feature`), a frozen dataclass for its configuration
+   (e.g. `ApiServerConfig`; its flags also work as `--config` file keys with no more work), and
      def add_flags(parser): group = parser.add_argument_group("api server"); group.add_argument(...)
      def config(ns, daemon: DaemonConfig) -> ApiServerConfig | None:
-         # check ns.<your flags>; raise config.ConfigError("--api-listen X: why") (one line, the
+         # check ns.<your flags>; raise ConfigError("--api-listen X: why") (one line, the
          # flag first: podnetd prints "podnetd: error: <message>" and exits 2); return None when
          # the feature is off for these flags; parse values here (sizes to ints, lists to
          # tuples), so nothing downstream reads the Namespace
      def component(ctx: DaemonContext, cfg: ApiServerConfig): return ApiServer(ctx, cfg)
      def services(server, ctx, component) -> list[str]: register servicers, return full names
-     FEATURE = wiring.Feature("apiserver", add_flags=add_flags, config=config,
-                              component=component, services=services)
+     FEATURE = Feature("apiserver", add_flags=add_flags, config=config, component=component,
+                       services=services)
  - import it below and add it to FEATURES where it must start (after what it uses).
  A component gets what it needs from its config and the context (ctx.config, ctx.events,
  ctx.metrics, ctx.serving, ctx.node after setup, ctx.component("name") for a component started
