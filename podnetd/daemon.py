@@ -99,7 +99,7 @@ class Daemon:
                                    self.metrics)
         self.metrics.add_source(self._ipam_metrics)
         self.ctx.node = Node(plan=plan, net=net, ipam=self.ipam, endpoints=self.endpoints,
-                             bridge_facts=self.bridge_facts)
+                             bridge_facts=self.bridge_facts, status=self.status)
         counts = self.endpoints.reconcile()
         log.info("node %s: bridge %s gateway %s/%d mtu %d%s; reconciled endpoints: %s",
                  cfg.node_name, cfg.bridge, net.gateway, net.prefixlen, mtu,

@@ -36,6 +36,7 @@ class Node:
     ipam: Any                       # ipam.Ipam
     endpoints: Any                  # endpoints.Endpoints (attach/detach hooks)
     bridge_facts: Callable[[], dict]  # () -> {"name", "mac"} of the bridge, read now
+    status: Callable[[], tuple[bool, str]]  # () -> (ready, message): CNI STATUS (blocking)
 
 
 @dataclass
