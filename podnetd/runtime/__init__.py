@@ -10,7 +10,7 @@ import shutil
 
 from .. import config
 from ..features import Feature
-from . import manifest
+from . import manifest, registry
 
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
@@ -39,6 +39,12 @@ def add_flags(p) -> None:
     g.add_argument("--seccomp-profile-root", default="/var/lib/podnet/seccomp",
                    help="where seccompProfile type Localhost profiles live (localhostProfile "
                         "is a path below it)")
+    g.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="pull from this registry over plain HTTP or unverified TLS (repeat it or "
+                        "give a comma-separated list)")
+    g.add_argument("--registry-auth-file", metavar="PATH",
+                   help="registry credentials for pulls (containers-auth.json, as podman login "
+                        "writes it; mode 0600 recommended)")
     g.add_argument("--no-pod-runtime", action="store_true",
                    help="do not run the pod runtime in this podnetd")
 
@@ -54,6 +60,10 @@ def check_flags(ns) -> None:
     if not 0 < ns.restart_backoff <= ns.restart_backoff_max:
         raise config.ConfigError("--restart-backoff must be > 0 and <= --restart-backoff-max")
     ns.container_log_max_size = log_size(ns.container_log_max_size)
+    try:
+        registry.RegistryConfig.from_flags(ns)
+    except ValueError as e:
+        raise config.ConfigError(str(e)) from None
     if not 2 <= ns.container_log_max_files <= 1000:
         raise config.ConfigError(f"--container-log-max-files {ns.container_log_max_files}: "
                                  "must be between 2 and 1000 (the current file counts)")
