@@ -51,7 +51,9 @@ def env():
         yield node, open_reg, auth_reg
     finally:
         if node:
+            log = node.daemon.log()
             node.cleanup()
+            assert "Traceback" not in log, log[-4000:]
             assert not leftovers(node.workdir), "mounts left behind"
         for reg in registries:
             reg.cleanup()
