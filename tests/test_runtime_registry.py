@@ -5,22 +5,25 @@ ErrImagePull then ImagePullBackOff (and a pull that succeeds once the image is p
 ErrImageNeverPull, a registry that is down, basic auth from --registry-auth-file, Always
 re-pulling a moved tag, concurrent pulls shared, and `image import` still serving short names."""
 import base64
+import contextlib
 import json
 import os
 import shutil
+import subprocess
+import time
 
 import pytest
 
 from registry_lib import Registry
 from runtime_lib import (RuntimeNode, busybox_archive, busybox_variant, leftovers, pod,
                          state_of)
-from testlib import Netns, unique
+from testlib import PY, REPO, Netns, unique
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-registry") is None
                                 or shutil.which("skopeo") is None,
                                 reason="docker-registry or skopeo is not installed")
 
-OPEN_PORT, AUTH_PORT, DOWN_PORT = 5000, 5001, 5009
+OPEN_PORT, AUTH_PORT, DOWN_PORT, SILENT_PORT = 5000, 5001, 5009, 5010
 USER, PASSWORD = "alice", f"pw-{unique('p')}-secret"
 
 
@@ -43,7 +46,8 @@ def env():
         os.chmod(auth_file, 0o600)
         insecure = f"{open_reg.host},{auth_reg.host},localhost:{AUTH_PORT}"
         node = RuntimeNode(ns, "10.79.0.0/24", extra=[
-            "--insecure-registry", insecure, "--insecure-registry", f"127.0.0.1:{DOWN_PORT}",
+            "--insecure-registry", insecure, "--insecure-registry",
+            f"127.0.0.1:{DOWN_PORT},127.0.0.1:{SILENT_PORT}",
             "--registry-auth-file", auth_file]).start()
         archive = busybox_archive()
         open_reg.push(f"docker-archive:{archive}", "busybox:1")
@@ -221,3 +225,61 @@ def test_pulled_layers_pass_the_store_checks(env, tmp_path):
     assert image not in node.ctl("image", "list").stdout
     r = node.ctl("image", "import", "badlocal:1", bad, check=False)
     assert r.returncode != 0 and "layer 3" in r.stderr
+
+
+@contextlib.contextmanager
+def silent_registry(netns: str, port: int):
+    """A TCP server in the netns that accepts and never answers (a registry that hangs)."""
+    code = ("import socket, time\n"
+            f"s = socket.create_server(('127.0.0.1', {port}))\n"
+            "conns = []\n"
+            "while True:\n"
+            "    conns.append(s.accept())\n")
+    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", PY, "-c", code],
+                            stdin=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def processes_with(text: str) -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(pid))
+    return pids
+
+
+def test_a_pod_removed_during_a_pull_ends_the_pull(env):
+    node, _, _ = env
+    image = f"127.0.0.1:{SILENT_PORT}/busybox:{unique('h')}"
+    images_dir = os.path.join(node.daemon.state_dir, "runtime", "images")
+    with silent_registry(node.netns, SILENT_PORT):
+        path = os.path.join(node.workdir, "hung.yaml")
+        with open(path, "w") as f:
+            json.dump(pod("hung", [app("c", image)]), f)
+        # `pod run` waits for the containers to start (at most a minute): in the background
+        run = subprocess.Popen([PY, "-m", "podnetd.ctl.main", "pod", "run", "--socket",
+                                node.socket, "-f", path], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while not processes_with(f"docker://{image}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_with(f"docker://{image}"), "skopeo never started"
+        p = node.get("hung")
+        assert waiting(p).get("reason") == "ContainerCreating" and p["status"]["phase"] == \
+            "Pending", p
+        node.rm("hung")
+        assert "hung" not in node.ctl("pod", "ls").stdout
+        out = run.communicate(timeout=60)[0]   # it answers once the pod is gone
+        assert out.startswith("pod/hung created: "), out
+        # the only waiter left: its pull is cancelled, skopeo killed, its directory removed
+        deadline = time.monotonic() + 20
+        while processes_with(f"docker://{image}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not processes_with(f"docker://{image}"), "skopeo outlived its pod"
+        assert not [e for e in os.listdir(images_dir) if e.startswith(".import-")]

@@ -78,11 +78,12 @@ class ImagePuller:
         self.images = images
         self.cfg = cfg
         self.backoff = Backoff(ctx.cfg.restart_backoff, ctx.cfg.restart_backoff_max)
-        self._pulls: dict[str, asyncio.Task] = {}   # by store name: the pull in flight
+        self._pulls: dict[str, _Pull] = {}   # by store name: the pull in flight
 
     async def close(self) -> None:
         """podnetd stops: pulls in flight end (their skopeo is killed)."""
-        tasks = list(self._pulls.values())
+        tasks = [p.task for p in self._pulls.values()]
+        self._pulls.clear()
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -112,7 +113,7 @@ class ImagePuller:
                 await self._sleep(stop, left)
                 continue
             try:
-                found = await self._ensure(c, ref)
+                found = await self._ensure(c, ref, stop)
             except registry.PullError as e:
                 delay = self.backoff.failed(key)
                 log.warning("pod %s: container %s: pull %s (next in %gs): %s", pod.key, c.name,
@@ -129,6 +130,8 @@ class ImagePuller:
                            event=("ErrImageNeverPull", "Warning"))
                 await self._sleep(stop, self.backoff.base)   # an import may come meanwhile
                 continue
+            if found is None:   # the pod is stopping
+                break
             self.backoff.forget(key)
             if c.state.get("waiting", {}).get("reason") in PULL_REASONS:
                 c.state = {"waiting": {"reason": "ContainerCreating"}}
@@ -136,7 +139,9 @@ class ImagePuller:
             return found
         return None
 
-    async def _ensure(self, c: Ctr, ref: registry.Reference) -> dict:
+    async def _ensure(self, c: Ctr, ref: registry.Reference,
+                      stop: asyncio.Event) -> dict | None:
+        """The image as the policy has it; None when the pod stops during a pull."""
         pod, ctx, image = c.pod, self.ctx, c.spec["image"]
         policy = pull_policy(c.spec, ref)
         present = await asyncio.to_thread(self.images.get, ref.store_name)
@@ -151,20 +156,45 @@ class ImagePuller:
         registry.check_pullable(ref)
         ctx.event(pod, "Normal", "Pulling", f'Pulling image "{image}"', c.name)
         started = time.monotonic()
-        task = self._pulls.get(ref.store_name)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._pull(ref))
-            # a pull every waiter left (their pods stopped) must not log an unread exception
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._pulls[ref.store_name] = task
-        # shielded: a pod stopped while it waits does not cancel the pull other pods share
-        pulled, pull_time = await asyncio.shield(task)
+        result = await self._join(ref, stop)
+        if result is None:
+            return None
+        pulled, pull_time = result
         waited = time.monotonic() - started
         ctx.event(pod, "Normal", "Pulled",
                   f'Successfully pulled image "{image}" in {duration(pull_time)} '
                   f'({duration(waited)} including waiting). Image size: '
                   f'{pulled.get("size", 0)} bytes.', c.name)
         return pulled
+
+    async def _join(self, ref: registry.Reference,
+                    stop: asyncio.Event) -> tuple[dict, float] | None:
+        """Wait for the pull of ref, starting it unless one is in flight (pods pulling one
+        image share it). None when stop is set first; the pull is cancelled (skopeo killed)
+        once nobody waits for it any more."""
+        name = ref.store_name
+        pull = self._pulls.get(name)
+        if pull is None:
+            pull = self._pulls[name] = _Pull(
+                asyncio.get_running_loop().create_task(self._pull(ref)))
+            # a pull every waiter left must not log an unread exception
+            pull.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        pull.waiters += 1
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([pull.task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            pull.waiters -= 1
+            if pull.waiters == 0 and not pull.task.done():
+                pull.task.cancel()
+                if self._pulls.get(name) is pull:
+                    del self._pulls[name]
+        if not pull.task.done():
+            return None
+        if pull.task.cancelled():   # podnetd stops (close)
+            raise asyncio.CancelledError()
+        return pull.task.result()   # or its PullError
 
     async def _pull(self, ref: registry.Reference) -> tuple[dict, float]:
         started = time.monotonic()
@@ -175,7 +205,9 @@ class ImagePuller:
         except OSError as e:   # the store's disk (full, read-only): one line, retried
             raise registry.PullError(f"{ref.pull_ref}: {e}") from None
         finally:
-            self._pulls.pop(ref.store_name, None)
+            pull = self._pulls.get(ref.store_name)
+            if pull is not None and pull.task is asyncio.current_task():
+                del self._pulls[ref.store_name]
 
     def _wait(self, c: Ctr, reason: str, message: str,
               event: tuple[str, str] | None = None) -> None:
@@ -199,3 +231,11 @@ class ImagePuller:
 
 class _NeverPull(Exception):
     pass
+
+
+class _Pull:
+    """A pull in flight and how many containers wait for it."""
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.waiters = 0
