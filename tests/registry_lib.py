@@ -41,7 +41,8 @@ class Registry:
             htpasswd = os.path.join(self.dir, "htpasswd")
             with open(htpasswd, "w") as f:
                 for user, password in self.users.items():
-                    f.write(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+                    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+                    f.write(f"{user}:{hashed}\n")
             cfg["auth"] = {"htpasswd": {"realm": "podnet-test", "path": htpasswd}}
         path = os.path.join(self.dir, "config.yml")
         with open(path, "w") as f:
