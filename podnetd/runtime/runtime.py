@@ -57,6 +57,9 @@ class Runtime:
         self.lifecycle = PodLifecycle(self.ctx, self.sandboxes, self.supervisor)
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
+        # listener(pod, type, reason, message, container) on every pod event (the node agent
+        # syncs status and forwards the cluster's pods' events to the API)
+        self.listeners: list = []
         self.metrics.add_source(self._pod_metrics)
 
     @property
@@ -91,6 +94,8 @@ class Runtime:
                       container: str) -> None:
         self.daemon.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
                                   message, f"spec.containers{{{container}}}" if container else "")
+        for listener in self.listeners:
+            listener(pod, kind, reason, message, container)
 
     def _pod_metrics(self):
         """Pods by phase, read by the metrics thread (a dict the loop changes meanwhile is
@@ -149,13 +154,18 @@ class Runtime:
             doc = await asyncio.to_thread(manifest.parse, text)
         except manifest.ManifestError as e:
             raise PodError(f"invalid manifest: {e}") from None
+        return await self.start_pod(doc, str(uuid.uuid4()))
+
+    async def start_pod(self, doc: dict, uid: str) -> Pod:
+        """Run a validated Pod document under the given uid (the cluster's pods keep the uid
+        the API gave them, so a restarted podnetd knows which object each pod is)."""
         meta = doc["metadata"]
         key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
         if key in self.pods:
             raise PodError(f"pod {key} already exists (pod rm it first)", "exists")
         # images are the containers' business (puller.py): pulled, or ErrImagePull, as the
         # kubelet does once the pod is accepted
-        pod = Pod(doc, str(uuid.uuid4()), time.time())
+        pod = Pod(doc, uid, time.time())
         self.ctx.event(pod, "Normal", "Scheduled", f"Assigned {key} to {self.cfg.node_name}")
         self.pods[key] = pod
         self.store.save(pod)
