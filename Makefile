@@ -8,10 +8,11 @@ CNI_CONF_DIR ?= /etc/cni/net.d
 BIN_DIR ?= /usr/local/bin
 APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv containernetworking-plugins \
 	runc crun podman conmon catatonit busybox-static etcd-server etcd-client iperf3 tcpdump openssl \
-	libjansson-dev golang-github-containers-common
+	libjansson-dev golang-github-containers-common skopeo
 # Only the host's test suite needs these (it validates the Vagrantfile, whose provider is
-# libvirt, and scrapes a lab with a real Prometheus); a node, and so the lab's VM box, does not.
-TEST_APT_PACKAGES := vagrant vagrant-libvirt prometheus
+# libvirt, scrapes a lab with a real Prometheus and pulls from a real registry); a node, and so
+# the lab's VM box, does not.
+TEST_APT_PACKAGES := vagrant vagrant-libvirt prometheus docker-registry
 PYTEST_ARGS ?=
 # e.g. --system-site-packages where the system Python already has the dependencies (the Vagrant box)
 VENV_FLAGS ?=

@@ -24,6 +24,7 @@ ROOT_MODULES = frozenset({
     "test_runtime_cni_gc", "test_runtime_examples", "test_runtime_hostile",
     "test_runtime_image_attacks", "test_runtime_images", "test_runtime_lifecycle",
     "test_runtime_network", "test_runtime_paths", "test_runtime_pods", "test_runtime_podsec",
+    "test_runtime_registry",
 })
 
 

@@ -68,7 +68,11 @@ def test_status_reasons():
     p.containers["i"].state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
     p.stage, p.initialized_at = Stage.RUNNING, 1.0
     a = p.containers["a"]
+    # kubelet: never ran yet (its image is being pulled, or cannot be): still Pending
+    a.state = {"waiting": {"reason": "ErrImagePull", "message": "x: not found"}}
+    assert p.phase() == "Pending" and p.display_status() == "ErrImagePull"
     a.state = {"waiting": {"reason": "CrashLoopBackOff"}}
+    a.last_state = {"terminated": {"exitCode": 1, "reason": "Error"}}
     assert p.phase() == "Running" and p.display_status() == "CrashLoopBackOff"
     a.state = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
     p.stage = Stage.COMPLETED

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .. import config
 from ..wiring import DaemonContext, Feature
-from . import manifest
+from . import manifest, registry
 
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
@@ -29,6 +29,7 @@ class RuntimeConfig:
     container_log_max_size: int     # bytes
     container_log_max_files: int
     seccomp_profile_root: str
+    registries: registry.RegistryConfig   # --insecure-registry, --registry-auth-file
 
 
 def add_flags(p) -> None:
@@ -54,6 +55,12 @@ def add_flags(p) -> None:
     g.add_argument("--seccomp-profile-root", default="/var/lib/podnet/seccomp",
                    help="where seccompProfile type Localhost profiles live (localhostProfile "
                         "is a path below it)")
+    g.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="pull from this registry over plain HTTP or unverified TLS (repeat it or "
+                        "give a comma-separated list)")
+    g.add_argument("--registry-auth-file", metavar="PATH",
+                   help="registry credentials for pulls (containers-auth.json, as podman login "
+                        "writes it; mode 0600 recommended)")
     g.add_argument("--no-pod-runtime", action="store_true",
                    help="do not run the pod runtime in this podnetd")
 
@@ -70,6 +77,10 @@ def runtime_config(ns, daemon: config.DaemonConfig) -> RuntimeConfig | None:
     if not 0 < ns.restart_backoff <= ns.restart_backoff_max:
         raise config.ConfigError("--restart-backoff must be > 0 and <= --restart-backoff-max")
     max_size = log_size(ns.container_log_max_size)
+    try:
+        registries = registry.RegistryConfig.from_flags(ns)
+    except ValueError as e:
+        raise config.ConfigError(str(e)) from None
     if not 2 <= ns.container_log_max_files <= 1000:
         raise config.ConfigError(f"--container-log-max-files {ns.container_log_max_files}: "
                                  "must be between 2 and 1000 (the current file counts)")
@@ -79,7 +90,7 @@ def runtime_config(ns, daemon: config.DaemonConfig) -> RuntimeConfig | None:
         runtime_dir=ns.runtime_dir or os.path.join(daemon.state_dir, "runtime"),
         restart_backoff=ns.restart_backoff, restart_backoff_max=ns.restart_backoff_max,
         container_log_max_size=max_size, container_log_max_files=ns.container_log_max_files,
-        seccomp_profile_root=ns.seccomp_profile_root)
+        seccomp_profile_root=ns.seccomp_profile_root, registries=registries)
 
 
 def log_size(value) -> int:

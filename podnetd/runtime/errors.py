@@ -3,7 +3,8 @@
 - PodError: a request cannot be served (unknown pod, bad manifest...); `status` is the API
   status it answers with (invalid, not_found, exists, precondition, internal).
 - ContainerError: a container cannot be created; `reason` is the kubelet's waiting reason the
-  container shows (CreateContainerConfigError, CreateContainerError, ErrImageNeverPull).
+  container shows (CreateContainerConfigError, CreateContainerError). Image pulls have their
+  own reasons (puller.py: ErrImagePull, ImagePullBackOff, ErrImageNeverPull).
 - SandboxError: the pod's sandbox (netns, pause container, CNI network) cannot be made; the
   pod stays Pending and the sandbox is tried again with back-off.
 """

@@ -233,20 +233,23 @@ class ImageStore:
     def _image_dir(self, image_id: str) -> str | None:
         return os.path.join(self.root, image_id) if IMAGE_ID_RE.match(image_id) else None
 
-    def import_archive(self, name: str, archive: str) -> dict:
+    def import_archive(self, name: str, archive: str, source: str = "") -> dict:
+        """Import the archive at path `archive` as `name`; `source` names where it came from
+        in messages (a registry pull's temporary archive is no use to a user)."""
         name = normalize(_check_name(name))
+        source = source or archive
         started = time.monotonic()
         try:
             image_id = self._import(archive)
         except ImageError as e:
-            raise ImageError(f"import image {name} from {archive}: {e}") from None
+            raise ImageError(f"import image {name} from {source}: {e}") from None
         except OSError as e:  # the store's own disk (full, read-only): still one clear line
-            raise ImageError(f"import image {name} from {archive}: {e}") from None
+            raise ImageError(f"import image {name} from {source}: {e}") from None
         with self._lock:
             index = self._index()
             index[name] = image_id
             self._write_index(index)
-        log.info("imported image %s (%s) from %s in %.2fs", name, image_id[:12], archive,
+        log.info("imported image %s (%s) from %s in %.2fs", name, image_id[:12], source,
                  time.monotonic() - started)
         return self.get(name)
 

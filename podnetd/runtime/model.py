@@ -209,6 +209,11 @@ class Pod:
                     and manifest.restart_policy(self.spec) == "Never":
                 return "Failed"
             return "Pending"
+        # kubelet: no app container running or ever ended, some still waiting (an image being
+        # pulled, ErrImagePull, a config error): the pod is still Pending
+        if not any(c.running() or c.exit_code() is not None or c.last_state
+                   for c in self.apps()):
+            return "Pending"
         return "Running"
 
     def display_status(self) -> str:

@@ -27,6 +27,7 @@ from .errors import ContainerError, PodError, SandboxError  # noqa: F401 (the AP
 from .images import ImageStore
 from .lifecycle import PodLifecycle
 from .model import Ctr, Pod, Stage
+from .puller import ImagePuller
 from .sandbox import Sandboxes
 from .store import PodStore
 from .supervisor import Supervisor
@@ -53,7 +54,9 @@ class Runtime:
         self.ctx = Context(cfg, self.oci, Layout(self.dir), self.store, self.metrics,
                            self._record_event)
         self.sandboxes = Sandboxes(self.ctx)
-        self.supervisor = Supervisor(self.ctx, self.images, self.sandboxes,
+        # the flags were checked at start-up (check_flags): this cannot fail here
+        self.puller = ImagePuller(self.ctx, self.images, cfg.registries)
+        self.supervisor = Supervisor(self.ctx, self.puller, self.sandboxes,
                                      ContainerFactory(self.ctx))
         self.lifecycle = PodLifecycle(self.ctx, self.sandboxes, self.supervisor)
         self.pods: dict[str, Pod] = {}
@@ -125,6 +128,7 @@ class Runtime:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        await self.puller.close()
         for pod in self.pods.values():
             self.store.save(pod)
         self.supervisor.close()
@@ -165,10 +169,8 @@ class Runtime:
         key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
         if key in self.pods:
             raise PodError(f"pod {key} already exists (pod rm it first)", "exists")
-        for c in [*(doc["spec"].get("initContainers") or []), *doc["spec"]["containers"]]:
-            if self.images.get(c["image"]) is None:
-                raise PodError(f"image {c['image']!r} of container {c['name']!r} is not in the "
-                               "image store (podnetctl image import NAME ARCHIVE)", "precondition")
+        # images are the containers' business (puller.py): pulled, or ErrImagePull, as the
+        # kubelet does once the pod is accepted
         pod = Pod(doc, uid, time.time())
         self.ctx.event(pod, "Normal", "Scheduled", f"Assigned {key} to {self.node_name}")
         self.pods[key] = pod

@@ -16,10 +16,11 @@ from . import host, manifest, oci, probes
 from .containers import ContainerFactory
 from .context import Context
 from .errors import ContainerError
-from .images import ImageError, ImageStore
+from .images import ImageError
 from .model import Ctr, Stage
 from .logrotate import Rotator
 from .prober import Prober
+from .puller import ImagePuller
 from .sandbox import Sandboxes
 from ..timestamps import rfc3339
 
@@ -48,10 +49,10 @@ def should_restart(c: Ctr, code: int) -> bool:
 
 
 class Supervisor:
-    def __init__(self, ctx: Context, images: ImageStore, sandboxes: Sandboxes,
+    def __init__(self, ctx: Context, puller: ImagePuller, sandboxes: Sandboxes,
                  factory: ContainerFactory):
         self.ctx = ctx
-        self.images = images
+        self.puller = puller
         self.sandboxes = sandboxes
         self.factory = factory
         self.prober = Prober(ctx, self.kill)
@@ -80,8 +81,13 @@ class Supervisor:
             if c.attempt is None:
                 if pod.stop_requested:
                     return
+                # the image first (pulled as its policy says, retried with the image back-off
+                # whatever the restart policy: the container never ran)
+                image = await self.puller.image_for(c)
+                if image is None:
+                    return
                 try:
-                    await self._start(c)
+                    await self._start(c, image)
                 except (ContainerError, ImageError, OSError, oci.OciError, ValueError) as e:
                     reason = e.reason if isinstance(e, ContainerError) else "CreateContainerError"
                     c.state = {"waiting": {"reason": reason, "message": str(e)}}
@@ -118,12 +124,8 @@ class Supervisor:
 
     # -- one attempt --------------------------------------------------------------------
 
-    async def _start(self, c: Ctr) -> None:
+    async def _start(self, c: Ctr, image: dict) -> None:
         pod, ctx = c.pod, self.ctx
-        image = self.images.get(c.spec["image"])
-        if image is None:
-            raise ContainerError("ErrImageNeverPull",
-                                 f"image {c.spec['image']!r} is not in the image store")
         c.image_id = f"sha256:{image['id']}"
         pause_pid = await self.sandboxes.pause_pid(pod)
         # off the event loop: the old writable layer holds whatever the container wrote (any
