@@ -16,18 +16,24 @@ import pytest
 
 from podnetd.lab import pki
 from test_cluster_lib import ClusterDaemon, Underlay, add_pod, routes
-from testlib import ContinuousPing, Netns, in_ns, ping, wait_for
+from testlib import ContinuousPing, Netns, in_ns, ping, podnetctl, wait_for
 
 ETCD_IP = "192.168.200.254"
 CLUSTER = "10.98.0.0/16"
 
 
 class Etcd:
-    def __init__(self, ns: str):
-        self.ns = ns
+    def __init__(self, ns: str, port: int = 2379, pki_of: "Etcd | None" = None):
+        """An etcd on ETCD_IP:port (its peer port: port + 1); pki_of shares another's CA and
+        certificates (the same podnetd flags reach both)."""
+        self.ns, self.port = ns, port
         self.dir = tempfile.mkdtemp(prefix="podnet-etcd-")
-        self.url = f"https://{ETCD_IP}:2379"
+        self.url = f"https://{ETCD_IP}:{port}"
         self.proc = None
+        if pki_of:
+            self.ca, self.cert, self.key = pki_of.ca, pki_of.cert, pki_of.key
+            self.client_flags = pki_of.client_flags
+            return
         self.ca, ca_key = pki.make_ca(os.path.join(self.dir, "ca"), "etcd-test")
         self.cert, self.key = pki.make_node_cert(os.path.join(self.dir, "server"), self.ca, ca_key,
                                                  "etcd", ETCD_IP)
@@ -39,12 +45,13 @@ class Etcd:
 
     def start(self):
         log = open(os.path.join(self.dir, "etcd.log"), "ab")
+        peer = f"http://127.0.0.1:{self.port + 1}"
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.ns}", "etcd", "--name", "podnet-test",
              "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", self.url,
-             "--advertise-client-urls", self.url, "--listen-peer-urls", "http://127.0.0.1:2380",
-             "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-             "--initial-cluster", "podnet-test=http://127.0.0.1:2380",
+             "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"podnet-test={peer}",
              "--cert-file", self.cert, "--key-file", self.key, "--trusted-ca-file", self.ca,
              "--client-cert-auth"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -66,17 +73,22 @@ class Etcd:
                      "--cert", self.cert, "--key", self.key, *args, check=check,
                      env={**os.environ, "ETCDCTL_API": "3"})
 
-    def blocks(self) -> dict:
-        """{node name: (pod cidr, lease id)} from the store itself."""
-        out = json.loads(self.ctl("get", "--prefix", "/podnet/nodes/", "-w", "json").stdout)
+    def blocks(self, prefix: str = "/podnet/nodes/") -> dict:
+        """{node name: (pod cidr, claim lease id)} from the store itself."""
+        out = json.loads(self.ctl("get", "--prefix", prefix, "-w", "json").stdout)
         found = {}
         for kv in out.get("kvs", []):
             try:
                 value = json.loads(base64.b64decode(kv["value"]))
-                found[value["name"]] = (value["pod_cidr"], kv.get("lease", 0))
+                block = base64.b64decode(kv["key"]).decode()[len(prefix):]
+                found[value["name"]] = (value.get("pod_cidr", block), kv.get("lease", 0))
             except (ValueError, TypeError, KeyError):
                 continue  # a malformed value a test put there
         return found
+
+    def alive(self) -> dict:
+        """{node name: liveness lease id} of the liveness keys."""
+        return {name: lease for name, (_, lease) in self.blocks("/podnet/alive/").items()}
 
     def lease_ttl(self, lease_id: int) -> tuple[int, int]:
         """(seconds left, seconds granted); seconds left is -1 once the lease has expired."""
@@ -136,26 +148,51 @@ def test_nodes_lease_distinct_blocks_and_route_to_each_other(lab, nodes, netns):
     assert ping(p1, a2) and ping(p2, a1)
     view = d1.ctl("nodes")
     assert view["store"] == "etcd" and {n["pod_cidr"] for n in view["nodes"]} == {c1, c2}
-    # a node that dies loses its lease after --node-timeout; the others drop its routes
+    # Ready from the first sight: the claim and the liveness key are written together
+    assert {n["status"] for n in view["nodes"]} == {"ready"}, view
+    assert "NodeNotReady" not in podnetctl("get", "events", socket=d1.socket).stdout
+    # A node that dies is NotReady once its liveness lease (--node-timeout, 3 s) lapses; its
+    # block stays claimed and routed (flannel's semantics: a node is not gone until deleted).
     d2.kill9()
-    wait_for(lambda: c2 not in routes(d1.netns), 15, what="dead node's routes removed")
+    wait_for(lambda: d1.nodes()[d2.node_name]["status"] == "not-ready", 15, what="d2 NotReady")
+    assert d2.node_name not in etcd.alive() and etcd.blocks()[d2.node_name] == (c2, lease2)
+    time.sleep(3)  # well past the node timeout
+    assert c2 in routes(d1.netns) and d1.nodes()[d2.node_name]["pod_cidr"] == c2
+    events = podnetctl("get", "events", "--for", f"node/{d2.node_name}", socket=d1.socket).stdout
+    assert f"Node {d2.node_name} status is now: NodeNotReady" in events, events
+    table = podnetctl("nodes", socket=d1.socket).stdout.splitlines()
+    assert table[0].split()[:2] == ["NAME", "STATUS"], table
+    assert [line.split()[1] for line in table[1:] if line.startswith(d2.node_name)] == ["NotReady"]
+    # Deleting the node (podnetd --cleanup on it, with its store flags) releases the claim:
+    # then every node withdraws its routes and the block is free.
+    proc = in_ns(d2.netns, sys.executable, "-m", "podnetd.main", "--cleanup", "--node-name",
+                 d2.node_name, "--store", "etcd", "--etcd-endpoints", etcd.url,
+                 *etcd.client_flags, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"released node {d2.node_name}'s claim on {c2}" in proc.stdout
+    wait_for(lambda: c2 not in routes(d1.netns), 15, what="deleted node's routes removed")
     assert d2.node_name not in etcd.blocks() and d2.node_name not in d1.nodes()
+    assert d2.node_name not in etcd.alive()
 
 
-def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
+def test_leases_are_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
     _, etcd = lab
     d1 = nodes()
-    cidr, lease = etcd.blocks()[d1.node_name]
-    # renewal: the lease outlives twice its granted TTL. (etcd reports whole seconds, floored, so
-    # a lease renewed on time reads the same value every time: watching it "go back up" is luck.)
-    left, granted = etcd.lease_ttl(lease)
+    cidr, claim = etcd.blocks()[d1.node_name]
+    alive = etcd.alive()[d1.node_name]
+    assert claim != alive and etcd.lease_ttl(claim)[1] == 24 * 3600
+    # renewal: the liveness lease outlives twice its granted TTL. (etcd reports whole seconds,
+    # floored, so a lease renewed on time reads the same value every time: watching it "go back
+    # up" is luck.)
+    left, granted = etcd.lease_ttl(alive)
     assert 0 < left <= granted == 3
     time.sleep(2 * granted + 0.5)
-    assert etcd.lease_ttl(lease)[0] > 0, "the node's lease expired: it is not renewed"
-    assert etcd.blocks()[d1.node_name] == (cidr, lease)
+    assert etcd.lease_ttl(alive)[0] > 0, "the node's liveness lease expired: it is not renewed"
+    assert etcd.blocks()[d1.node_name] == (cidr, claim) and etcd.alive()[d1.node_name] == alive
     d1.kill9()
-    d1.start()  # the key still names it
-    assert etcd.blocks()[d1.node_name][0] == cidr
+    d1.start()  # the key still names it: the node takes its claim lease over (none left behind)
+    assert etcd.blocks()[d1.node_name] == (cidr, claim)
+    assert d1.node_name in etcd.alive()
     d1.stop()
     etcd.ctl("del", "--prefix", "/podnet/nodes/")  # as if its lease had expired meanwhile
     d1.start()  # the state dir remembers the block, and it is free
@@ -164,9 +201,10 @@ def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
 
 
 def test_a_lease_revoked_while_running_is_re_granted_and_the_key_re_made(lab, nodes, netns):
-    """Revoking a node's lease deletes its key at once (as an expiry would, e.g. etcd stalled
-    past --node-timeout): the node grants a new lease and writes its key again at its next
-    renewal, keeps its routes to the others meanwhile, and its pods stay reachable."""
+    """Revoking a node's claim lease deletes its claim at once (as an expiry would): the node
+    grants a new lease and writes its key again at its next renewal, keeps its routes to the
+    others meanwhile, and its pods stay reachable. Its liveness lease revoked: it is NotReady
+    for a moment and writes its liveness key again."""
     _, etcd = lab
     d1, d2 = nodes(), nodes()
     (c1, lease1), (c2, _) = etcd.blocks()[d1.node_name], etcd.blocks()[d2.node_name]
@@ -182,12 +220,18 @@ def test_a_lease_revoked_while_running_is_re_granted_and_the_key_re_made(lab, no
         return block if block and block[1] != lease1 else None
     c1_again, lease2 = wait_for(re_made, 15, what="the key re-made with a new lease")
     assert c1_again == c1 and etcd.lease_ttl(lease2)[0] > 0
-    assert f"re-published {c1} (lease {lease2})" in d1.log(), d1.log()[-2000:]
+    assert f"re-published {c1} (claim lease {lease2})" in d1.log(), d1.log()[-2000:]
     assert etcd.lease_ttl(lease1)[0] == -1          # the revoked lease stays gone
     # the node withdrew nothing of its own; its peer routes to it again
     assert routes(d1.netns).get(c2) == route_before
     wait_for(lambda: c1 in routes(d2.netns), 15, what="the peer's route back to the node")
     assert ping(p1, a2) and ping(p2, a1)
+    alive1 = etcd.alive()[d1.node_name]
+    etcd.ctl("lease", "revoke", format(alive1, "x"))
+    wait_for(lambda: etcd.alive().get(d1.node_name, alive1) != alive1, 15,
+             what="the liveness key re-made with a new lease")
+    wait_for(lambda: d2.nodes()[d1.node_name]["status"] == "ready", 10, what="d1 Ready again")
+    assert c1 in routes(d2.netns)
     assert "Traceback" not in d1.log()
 
 

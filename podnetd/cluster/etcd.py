@@ -53,7 +53,7 @@ import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
-from etcd3gw.utils import _encode  # the client's transaction() takes base64 fields
+from etcd3gw.utils import _decode, _encode, _increment_last_byte  # its wire encoding
 
 from . import records as rec
 from .records import NodeRecord
@@ -248,6 +248,26 @@ def owner_name(value) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _range(client, key: str, prefix: bool = False) -> list[tuple[bytes, dict]]:
+    """[(value, metadata)] of key (or every key under it), as etcd3gw's get(metadata=True), but
+    only from an answer that is etcd's: one with a header revision. An empty answer decides
+    things (a free block, a departed node), so a proxy's or a half-started gateway's "{}" must
+    not pass for one."""
+    payload = {"key": _encode(key)}
+    if prefix:
+        payload["range_end"] = _encode(_increment_last_byte(key))
+    result = client.post(client.get_url("/kv/range"), json=payload)
+    header = result.get("header") if isinstance(result, dict) else None
+    if not isinstance(header, dict) or not _revision(header, "revision"):
+        raise etcd_errors.Etcd3Exception(f"not an etcd answer: {str(result)[:100]}")
+    out = []
+    for item in result.get("kvs", []):
+        item = dict(item)
+        item["key"] = _decode(item["key"])
+        out.append((_decode(item.pop("value", "")), item))
+    return out
+
+
 def blocks(cluster_cidr: str, size: int):
     return (str(b) for b in ipaddress.ip_network(cluster_cidr).subnets(new_prefix=size))
 
@@ -384,6 +404,11 @@ class EtcdStore(Store):
             self._claim_renewed = time.monotonic()
         return self._claim_lease
 
+    def _alive_lease_for(self, client) -> Lease:
+        if self._alive_lease is None:
+            self._alive_lease = client.lease(max(2, int(round(self.cfg.node_timeout))))
+        return self._alive_lease
+
     def _owner(self, key: str, data) -> str | None:
         try:
             return record_from_kv(key, data, self.cfg.cluster_cidr, self.cfg.node_cidr_size).name
@@ -392,16 +417,29 @@ class EtcdStore(Store):
 
     def _claim(self, cidr: str, value: str) -> bool:
         """Make the claim key of cidr ours with our claim lease: create it, or take it over when
-        it already names us. False only when etcd shows it held by another (or by garbage);
-        StoreUnavailable when etcd's answers do not add up (a create refused, yet no key)."""
+        it already names us; our liveness key is written in the same transaction (a node is
+        never seen claimed but not yet alive). False only when etcd shows the block held by
+        another (or by garbage); StoreUnavailable when etcd's answers do not add up (a create
+        refused, yet no key)."""
         key = block_key(cidr)
+        k = _encode(key)
+
+        def puts(client, lease):
+            alive = self._alive_lease_for(client)
+            return [{"request_put": {"key": k, "value": _encode(value), "lease": lease.id}},
+                    {"request_put": {"key": _encode(alive_key(cidr)), "lease": alive.id,
+                                     "value": _encode(json.dumps({"name": self.cfg.node_name}))}}]
 
         def txn(client):
-            got = client.get(key, metadata=True)
+            got = _range(client, key)
             if not got:
-                if client.create(key, value, lease=self._claim_lease_for(client)):
+                result = client.transaction({
+                    "compare": [{"key": k, "result": "EQUAL", "target": "CREATE",
+                                 "create_revision": 0}],
+                    "success": puts(client, self._claim_lease_for(client)), "failure": []})
+                if result.get("succeeded"):
                     return True
-                got = client.get(key, metadata=True)  # another node was quicker, or nonsense
+                got = _range(client, key)  # another node was quicker, or nonsense
                 if not got:
                     raise StoreUnavailable(f"etcd refused to create {key}, yet it does not exist")
             data, meta = got[0]
@@ -416,18 +454,14 @@ class EtcdStore(Store):
                     lease = self._claim_lease = Lease(held, client)
                     self._claim_renewed = time.monotonic()
             lease = lease or self._claim_lease_for(client)
-            if held == lease.id and bytes(data) == value.encode():
-                return True
-            k = _encode(key)
             result = client.transaction({
                 "compare": [{"key": k, "result": "EQUAL", "target": "MOD",
                              "mod_revision": meta["mod_revision"]}],
-                "success": [{"request_put": {"key": k, "value": _encode(value),
-                                             "lease": lease.id}}],
-                "failure": []})
+                "success": puts(client, lease), "failure": []})
             return bool(result.get("succeeded"))
         if not self._call(txn):
             return False
+        self._alive_published = True
         self._release(self.cfg.node_name, keep=cidr)
         return True
 
@@ -436,7 +470,7 @@ class EtcdStore(Store):
         only if the claim is unchanged since read, so a claim made meanwhile stays. The blocks
         released."""
         released = []
-        for data, meta in self._call(lambda c: c.get_prefix(PREFIX)):
+        for data, meta in self._call(lambda c: _range(c, PREFIX, prefix=True)):
             key = _key_text(meta)
             try:
                 cidr = str(key_block(key))
@@ -457,7 +491,7 @@ class EtcdStore(Store):
         return released
 
     def _lease_block(self, wanted: str | None, own_value) -> str:
-        listing = self._call(lambda c: c.get_prefix(PREFIX))
+        listing = self._call(lambda c: _range(c, PREFIX, prefix=True))
         taken, mine = set(), []
         for data, meta in listing:
             key = _key_text(meta)
@@ -577,36 +611,33 @@ class EtcdStore(Store):
         lease, or the node was deleted while running) and renew its lease now and then."""
         own = self._own
         value = json.dumps(own.to_dict())
-        alive_ttl = (self._call(lambda c: Lease(self._alive_lease.id, c).refresh())
-                     if self._alive_lease else -1)
-        got = self._call(lambda c: c.get(block_key(own.pod_cidr)))
-        if not (got and got[0] == value.encode()):
+        if self._alive_lease and self._call(
+                lambda c: Lease(self._alive_lease.id, c).refresh()) <= 0:
+            self._alive_lease, self._alive_published = None, False  # lapsed: a new one
+        got = self._call(lambda c: _range(c, block_key(own.pod_cidr)))
+        if not (got and got[0][0] == value.encode()):
             if self._claim_lease and self._call(
                     lambda c: Lease(self._claim_lease.id, c).refresh()) <= 0:
                 self._claim_lease = None  # revoked or expired: a new one with the new key
             if not self._claim(own.pod_cidr, value):
                 raise StoreUnavailable(f"our block {own.pod_cidr} was taken by another node")
-            self._alive_published = False
-            log.info("etcd store: re-published %s (claim lease %s)", own.pod_cidr,
-                     self._claim_lease.id)
+            if not got:  # (a value of ours that changed, e.g. after a restart, is no news)
+                log.info("etcd store: re-published %s (claim lease %s)", own.pod_cidr,
+                         self._claim_lease.id)
         elif time.monotonic() - self._claim_renewed >= CLAIM_RENEW:
             if self._call(lambda c: Lease(self._claim_lease.id, c).refresh()) <= 0:
                 self._claim_lease = None
                 self._claim(own.pod_cidr, value)  # the key went with the lease: re-made
             self._claim_renewed = time.monotonic()
-        if alive_ttl <= 0 or not self._alive_published:
-            if alive_ttl <= 0:
-                ttl = max(2, int(round(self.cfg.node_timeout)))
-                self._alive_lease = self._call(lambda c: c.lease(ttl))
-            lease = self._alive_lease
-            self._call(lambda c: c.put(alive_key(own.pod_cidr),
-                                       json.dumps({"name": own.name}), lease=lease))
+        if not self._alive_published:
+            self._call(lambda c: c.put(alive_key(own.pod_cidr), json.dumps({"name": own.name}),
+                                       lease=self._alive_lease_for(c)))
             self._alive_published = True
 
     def _list(self) -> tuple[dict[str, NodeRecord], set[str]]:
-        found, ignored = records_from_listing(self._call(lambda c: c.get_prefix(PREFIX)),
+        found, ignored = records_from_listing(self._call(lambda c: _range(c, PREFIX, prefix=True)),
                                               self.cfg.cluster_cidr, self.cfg.node_cidr_size)
-        alive_listing = self._call(lambda c: c.get_prefix(ALIVE_PREFIX))
+        alive_listing = self._call(lambda c: _range(c, ALIVE_PREFIX, prefix=True))
         alive, ignored_alive = alive_from_listing(alive_listing, found)
         ignored += ignored_alive
         # Our liveness key deleted under a lease that lives on: put again at the next renewal.
@@ -627,6 +658,7 @@ class EtcdStore(Store):
         loop = asyncio.get_running_loop()
         renew_every = max(0.5, self.cfg.node_timeout / 3)
         next_renew = 0.0
+        logged: set[str] = set()  # what this outage has said: one line per kind, not per try
         while True:
             self._wake.clear()
             try:
@@ -639,15 +671,18 @@ class EtcdStore(Store):
                 if self._error:
                     log.info("etcd reachable again")
                 self._error = None
+                logged.clear()
                 self._apply(found, alive, loop.time())
             except StoreUnavailable as e:
-                if self._error != str(e):
+                if str(e) not in logged:
+                    logged.add(str(e))
                     log.warning("%s; keeping the last view and retrying", e)
                 self._error = str(e)
                 self._cancel_watch()
                 next_renew = 0.0
             except Exception as e:  # noqa: BLE001 - the store loop must outlive any surprise
-                if self._error != f"etcd store: {e}":
+                if f"etcd store: {e}" not in logged:
+                    logged.add(f"etcd store: {e}")
                     log.exception("etcd store: %s; keeping the last view and retrying", e)
                 self._error = f"etcd store: {e}"
                 next_renew = 0.0
