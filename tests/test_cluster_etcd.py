@@ -82,7 +82,7 @@ class Etcd:
                 value = json.loads(base64.b64decode(kv["value"]))
                 block = base64.b64decode(kv["key"]).decode()[len(prefix):]
                 found[value["name"]] = (value.get("pod_cidr", block), kv.get("lease", 0))
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):
                 continue  # a malformed value a test put there
         return found
 
