@@ -33,7 +33,9 @@ def add_flags(p) -> None:
     g.add_argument("--listen", help="static store: ADDR:PORT of the peer gRPC service (default <node-ip>:7946)")
     g.add_argument("--peers", help="static store: seed peers, a:port,b:port")
     g.add_argument("--node-timeout", type=_positive_float, default=15.0,
-                   help="seconds after which a silent node is withdrawn (default 15)")
+                   help="seconds after which a silent node is withdrawn (static store) or "
+                        "NotReady (etcd store: its pod CIDR and routes stay until it is deleted) "
+                        "(default 15)")
     g.add_argument("--etcd-endpoints", help="etcd store: http(s)://host:port,...")
     g.add_argument("--etcd-cafile", help="etcd store: the CA that signs etcd's server certificate (PEM)")
     g.add_argument("--etcd-certfile", help="etcd store: this node's client certificate for etcd (PEM)")
