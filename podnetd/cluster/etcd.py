@@ -675,6 +675,8 @@ class EtcdStore(Store):
                 self._apply(found, alive, loop.time())
             except StoreUnavailable as e:
                 if str(e) not in logged:
+                    if len(logged) > 32:  # messages that vary: say again now and then
+                        logged.clear()
                     logged.add(str(e))
                     log.warning("%s; keeping the last view and retrying", e)
                 self._error = str(e)
