@@ -206,7 +206,18 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         try:
-            await self.start()
+            # A start may wait long (a pod CIDR from a store that does not answer yet): a
+            # signal meanwhile stops it rather than waiting for it.
+            starting = asyncio.ensure_future(self.start())
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                log.info("stopped while starting")
+                return
+            stopping.cancel()
+            starting.result()
             await self._stop.wait()
             log.info("stopping (pods and their network stay as they are)")
         finally:

@@ -16,18 +16,24 @@ import pytest
 
 from podnetd.lab import pki
 from test_cluster_lib import ClusterDaemon, Underlay, add_pod, routes
-from testlib import ContinuousPing, Netns, in_ns, ping, wait_for
+from testlib import REPO, ContinuousPing, Netns, in_ns, ping, podnetctl, wait_for
 
 ETCD_IP = "192.168.200.254"
 CLUSTER = "10.98.0.0/16"
 
 
 class Etcd:
-    def __init__(self, ns: str):
-        self.ns = ns
+    def __init__(self, ns: str, port: int = 2379, pki_of: "Etcd | None" = None):
+        """An etcd on ETCD_IP:port (its peer port: port + 1); pki_of shares another's CA and
+        certificates (the same podnetd flags reach both)."""
+        self.ns, self.port = ns, port
         self.dir = tempfile.mkdtemp(prefix="podnet-etcd-")
-        self.url = f"https://{ETCD_IP}:2379"
+        self.url = f"https://{ETCD_IP}:{port}"
         self.proc = None
+        if pki_of:
+            self.ca, self.cert, self.key = pki_of.ca, pki_of.cert, pki_of.key
+            self.client_flags = pki_of.client_flags
+            return
         self.ca, ca_key = pki.make_ca(os.path.join(self.dir, "ca"), "etcd-test")
         self.cert, self.key = pki.make_node_cert(os.path.join(self.dir, "server"), self.ca, ca_key,
                                                  "etcd", ETCD_IP)
@@ -39,12 +45,13 @@ class Etcd:
 
     def start(self):
         log = open(os.path.join(self.dir, "etcd.log"), "ab")
+        peer = f"http://127.0.0.1:{self.port + 1}"
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.ns}", "etcd", "--name", "podnet-test",
              "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", self.url,
-             "--advertise-client-urls", self.url, "--listen-peer-urls", "http://127.0.0.1:2380",
-             "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-             "--initial-cluster", "podnet-test=http://127.0.0.1:2380",
+             "--advertise-client-urls", self.url, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"podnet-test={peer}",
              "--cert-file", self.cert, "--key-file", self.key, "--trusted-ca-file", self.ca,
              "--client-cert-auth"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -66,17 +73,22 @@ class Etcd:
                      "--cert", self.cert, "--key", self.key, *args, check=check,
                      env={**os.environ, "ETCDCTL_API": "3"})
 
-    def blocks(self) -> dict:
-        """{node name: (pod cidr, lease id)} from the store itself."""
-        out = json.loads(self.ctl("get", "--prefix", "/podnet/nodes/", "-w", "json").stdout)
+    def blocks(self, prefix: str = "/podnet/nodes/") -> dict:
+        """{node name: (pod cidr, claim lease id)} from the store itself."""
+        out = json.loads(self.ctl("get", "--prefix", prefix, "-w", "json").stdout)
         found = {}
         for kv in out.get("kvs", []):
             try:
                 value = json.loads(base64.b64decode(kv["value"]))
-                found[value["name"]] = (value["pod_cidr"], kv.get("lease", 0))
-            except (ValueError, TypeError, KeyError):
+                block = base64.b64decode(kv["key"]).decode()[len(prefix):]
+                found[value["name"]] = (value.get("pod_cidr", block), kv.get("lease", 0))
+            except (ValueError, TypeError, KeyError, AttributeError):
                 continue  # a malformed value a test put there
         return found
+
+    def alive(self) -> dict:
+        """{node name: liveness lease id} of the liveness keys."""
+        return {name: lease for name, (_, lease) in self.blocks("/podnet/alive/").items()}
 
     def lease_ttl(self, lease_id: int) -> tuple[int, int]:
         """(seconds left, seconds granted); seconds left is -1 once the lease has expired."""
@@ -136,26 +148,51 @@ def test_nodes_lease_distinct_blocks_and_route_to_each_other(lab, nodes, netns):
     assert ping(p1, a2) and ping(p2, a1)
     view = d1.ctl("nodes")
     assert view["store"] == "etcd" and {n["pod_cidr"] for n in view["nodes"]} == {c1, c2}
-    # a node that dies loses its lease after --node-timeout; the others drop its routes
+    # Ready from the first sight: the claim and the liveness key are written together
+    assert {n["status"] for n in view["nodes"]} == {"ready"}, view
+    assert "NodeNotReady" not in podnetctl("get", "events", socket=d1.socket).stdout
+    # A node that dies is NotReady once its liveness lease (--node-timeout, 3 s) lapses; its
+    # block stays claimed and routed (flannel's semantics: a node is not gone until deleted).
     d2.kill9()
-    wait_for(lambda: c2 not in routes(d1.netns), 15, what="dead node's routes removed")
+    wait_for(lambda: d1.nodes()[d2.node_name]["status"] == "not-ready", 15, what="d2 NotReady")
+    assert d2.node_name not in etcd.alive() and etcd.blocks()[d2.node_name] == (c2, lease2)
+    time.sleep(3)  # well past the node timeout
+    assert c2 in routes(d1.netns) and d1.nodes()[d2.node_name]["pod_cidr"] == c2
+    events = podnetctl("get", "events", "--for", f"node/{d2.node_name}", socket=d1.socket).stdout
+    assert f"Node {d2.node_name} status is now: NodeNotReady" in events, events
+    table = podnetctl("nodes", socket=d1.socket).stdout.splitlines()
+    assert table[0].split()[:2] == ["NAME", "STATUS"], table
+    assert [line.split()[1] for line in table[1:] if line.startswith(d2.node_name)] == ["NotReady"]
+    # Deleting the node (podnetd --cleanup on it, with its store flags) releases the claim:
+    # then every node withdraws its routes and the block is free.
+    proc = in_ns(d2.netns, sys.executable, "-m", "podnetd.main", "--cleanup", "--node-name",
+                 d2.node_name, "--store", "etcd", "--etcd-endpoints", etcd.url,
+                 *etcd.client_flags, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"released node {d2.node_name}'s claim on {c2}" in proc.stdout
+    wait_for(lambda: c2 not in routes(d1.netns), 15, what="deleted node's routes removed")
     assert d2.node_name not in etcd.blocks() and d2.node_name not in d1.nodes()
+    assert d2.node_name not in etcd.alive()
 
 
-def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
+def test_leases_are_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
     _, etcd = lab
     d1 = nodes()
-    cidr, lease = etcd.blocks()[d1.node_name]
-    # renewal: the lease outlives twice its granted TTL. (etcd reports whole seconds, floored, so
-    # a lease renewed on time reads the same value every time: watching it "go back up" is luck.)
-    left, granted = etcd.lease_ttl(lease)
+    cidr, claim = etcd.blocks()[d1.node_name]
+    alive = etcd.alive()[d1.node_name]
+    assert claim != alive and etcd.lease_ttl(claim)[1] == 24 * 3600
+    # renewal: the liveness lease outlives twice its granted TTL. (etcd reports whole seconds,
+    # floored, so a lease renewed on time reads the same value every time: watching it "go back
+    # up" is luck.)
+    left, granted = etcd.lease_ttl(alive)
     assert 0 < left <= granted == 3
     time.sleep(2 * granted + 0.5)
-    assert etcd.lease_ttl(lease)[0] > 0, "the node's lease expired: it is not renewed"
-    assert etcd.blocks()[d1.node_name] == (cidr, lease)
+    assert etcd.lease_ttl(alive)[0] > 0, "the node's liveness lease expired: it is not renewed"
+    assert etcd.blocks()[d1.node_name] == (cidr, claim) and etcd.alive()[d1.node_name] == alive
     d1.kill9()
-    d1.start()  # the key still names it
-    assert etcd.blocks()[d1.node_name][0] == cidr
+    d1.start()  # the key still names it: the node takes its claim lease over (none left behind)
+    assert etcd.blocks()[d1.node_name] == (cidr, claim)
+    assert d1.node_name in etcd.alive()
     d1.stop()
     etcd.ctl("del", "--prefix", "/podnet/nodes/")  # as if its lease had expired meanwhile
     d1.start()  # the state dir remembers the block, and it is free
@@ -164,9 +201,10 @@ def test_lease_is_renewed_and_a_restarted_node_gets_its_block_back(lab, nodes):
 
 
 def test_a_lease_revoked_while_running_is_re_granted_and_the_key_re_made(lab, nodes, netns):
-    """Revoking a node's lease deletes its key at once (as an expiry would, e.g. etcd stalled
-    past --node-timeout): the node grants a new lease and writes its key again at its next
-    renewal, keeps its routes to the others meanwhile, and its pods stay reachable."""
+    """Revoking a node's claim lease deletes its claim at once (as an expiry would): the node
+    grants a new lease and writes its key again at its next renewal, keeps its routes to the
+    others meanwhile, and its pods stay reachable. Its liveness lease revoked: it is NotReady
+    for a moment and writes its liveness key again."""
     _, etcd = lab
     d1, d2 = nodes(), nodes()
     (c1, lease1), (c2, _) = etcd.blocks()[d1.node_name], etcd.blocks()[d2.node_name]
@@ -182,12 +220,18 @@ def test_a_lease_revoked_while_running_is_re_granted_and_the_key_re_made(lab, no
         return block if block and block[1] != lease1 else None
     c1_again, lease2 = wait_for(re_made, 15, what="the key re-made with a new lease")
     assert c1_again == c1 and etcd.lease_ttl(lease2)[0] > 0
-    assert f"re-published {c1} (lease {lease2})" in d1.log(), d1.log()[-2000:]
+    assert f"re-published {c1} (claim lease {lease2})" in d1.log(), d1.log()[-2000:]
     assert etcd.lease_ttl(lease1)[0] == -1          # the revoked lease stays gone
     # the node withdrew nothing of its own; its peer routes to it again
     assert routes(d1.netns).get(c2) == route_before
     wait_for(lambda: c1 in routes(d2.netns), 15, what="the peer's route back to the node")
     assert ping(p1, a2) and ping(p2, a1)
+    alive1 = etcd.alive()[d1.node_name]
+    etcd.ctl("lease", "revoke", format(alive1, "x"))
+    wait_for(lambda: etcd.alive().get(d1.node_name, alive1) != alive1, 15,
+             what="the liveness key re-made with a new lease")
+    wait_for(lambda: d2.nodes()[d1.node_name]["status"] == "ready", 10, what="d1 Ready again")
+    assert c1 in routes(d2.netns)
     assert "Traceback" not in d1.log()
 
 
@@ -404,3 +448,134 @@ def test_garbage_at_our_own_key_is_survived(lab, nodes):
              15, what="routes after recovery")
     assert "problem" not in d1.ctl("nodes")
     assert "Traceback" not in d1.log()
+
+
+# -- the store away or erring at start: podnetd waits, never exits ------------------------------
+
+def _spawn(d: ClusterDaemon) -> ClusterDaemon:
+    """Start a podnetd without waiting for it to serve (it may be waiting for a pod CIDR)."""
+    with open(d.log_path, "ab") as log:
+        d.proc = subprocess.Popen(d.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, cwd=str(REPO))
+    return d
+
+
+def test_podnetd_started_with_etcd_down_waits_and_joins_when_it_starts(lab, nodes):
+    """No --pod-cidr and nothing remembered: nothing to serve pods with until etcd answers. The
+    daemon waits (it used to exit after 10 s), retrying with a capped back-off and saying so in
+    one line, and takes a block once an etcd listens there."""
+    underlay, etcd = lab
+    later = Etcd(underlay.hub, port=2391, pki_of=etcd)  # not started: nothing listens yet
+    ns, ip = underlay.add_node()
+    d = ClusterDaemon(ns, None, node_ip=ip, cluster_cidr=CLUSTER,
+                      extra=["--store", "etcd", "--etcd-endpoints", later.url, "--node-timeout", "3",
+                             *etcd.client_flags])
+    try:
+        _spawn(d)
+        time.sleep(14)  # past the old give-up (10 s) and a few capped back-offs
+        assert d.proc.poll() is None, d.log()
+        waiting = [line for line in d.log().splitlines() if "no pod CIDR known yet" in line]
+        assert waiting and len(waiting) <= 2, d.log()  # one line per kind of failure
+        assert f"etcd {later.url} unreachable" in waiting[0]
+        later.start()
+        d.wait_ready(30)
+        cidr, _ = later.blocks()[d.node_name]
+        assert d.node_name in later.alive()
+        assert "etcd store: etcd answered after" in d.log() and f"leased {cidr}" in d.log()
+        assert "Traceback" not in d.log()
+        # stopped while waiting: a prompt, clean exit (SIGTERM is not lost in the wait)
+        d.cleanup()
+        later.stop()
+        ns2, ip2 = underlay.add_node()
+        d2 = ClusterDaemon(ns2, None, node_ip=ip2, cluster_cidr=CLUSTER,
+                           extra=["--store", "etcd", "--etcd-endpoints", later.url,
+                                  *etcd.client_flags])
+        try:
+            _spawn(d2)
+            wait_for(lambda: "no pod CIDR known yet" in d2.log(), 20, what="d2 waiting")
+            assert d2.stop(timeout=10) == 0, d2.log()
+            assert "stopped while starting" in d2.log()
+        finally:
+            d2.cleanup()
+    finally:
+        d.cleanup()
+        later.cleanup()
+
+
+GARBAGE_ETCD = r"""
+import http.server, itertools, ssl, sys
+ip, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+# what a half-started etcd, a proxy or a stranger answers: errors and things that are not etcd's
+answers = itertools.cycle([(404, b"Not Found"), (200, b"<html>hello</html>"), (200, b"{}"),
+                           (200, b'{"header": {}}'), (200, b"[1, 2]"),
+                           (500, b'{"error": "etcdserver: request timed out", "code": 14}'),
+                           (200, b'{"header": {"revision": "1"}, "kvs": "x", "result": [], "ID": "z"}')])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        code, body = next(answers)
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        print(code, self.path, flush=True)
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer((ip, port), Handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+def test_an_etcd_answering_garbage_at_start_does_not_stop_podnetd(lab, netns):
+    """Something answers at the etcd address, but not etcd's answers (the 45-node lab once lost
+    a node to "Etcd3Exception: Not Found" at start). A node with --pod-cidr comes up at once
+    and serves its pods; it never exits, never takes an empty answer for an empty store, and
+    publishes its claim once a real etcd answers there."""
+    underlay, etcd = lab
+    port, cidr = 2393, "10.98.200.0/24"
+    fake = subprocess.Popen(["nsenter", f"--net=/run/netns/{underlay.hub}", sys.executable, "-c",
+                             GARBAGE_ETCD, ETCD_IP, str(port), etcd.cert, etcd.key],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    real = Etcd(underlay.hub, port=port, pki_of=etcd)
+    ns, ip = underlay.add_node()
+    d = ClusterDaemon(ns, cidr, node_ip=ip, cluster_cidr=CLUSTER,
+                      extra=["--store", "etcd", "--etcd-endpoints", real.url, "--node-timeout", "3",
+                             *etcd.client_flags])
+    try:
+        assert fake.stdout.readline().strip() == "ready"
+        d.start(30)  # serving at once: CNI STATUS answers ready
+        p = netns.add("p")
+        address = add_pod(d, p, "c1")
+        assert address.startswith("10.98.200.") and ping(p, "10.98.200.1")
+        answered = 0
+        for line in fake.stdout:  # podnetd keeps asking through every kind of garbage
+            answered += 1
+            if answered >= 40:
+                break
+        assert d.proc.poll() is None, d.log()
+        problem = d.ctl("nodes").get("problem", "")
+        assert problem.startswith(f"etcd {real.url} unreachable"), problem
+        assert "Traceback" not in d.log()
+        # one line per kind of failure, not one per attempt
+        assert d.log().count("keeping the last view and retrying") <= 8, d.log()
+        fake.kill()
+        fake.wait()
+        real.start()
+        wait_for(lambda: real.blocks().get(d.node_name, ("",))[0] == cidr, 20,
+                 what="the claim published once etcd answers")
+        wait_for(lambda: "problem" not in d.ctl("nodes"), 10, what="the problem cleared")
+        assert d.node_name in real.alive()
+        assert ping(p, "10.98.200.1")
+    finally:
+        if fake.poll() is None:
+            fake.kill()
+            fake.wait()
+        d.cleanup()
+        real.cleanup()

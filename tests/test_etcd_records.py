@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from podnetd.cluster.records import vtep_mac
-from podnetd.cluster.etcd import (MAX_VALUE_BYTES, BadRecord, block_key, key_block,
-                                  record_from_kv, records_from_listing)
+from podnetd.cluster.etcd import (MAX_VALUE_BYTES, BadRecord, alive_from_listing, block_key,
+                                  key_block, owner_name, record_from_kv, records_from_listing)
 
 CLUSTER = "10.98.0.0/16"
 GOOD = {"name": "n2", "underlay_ip": "192.168.200.2", "pod_cidr": "10.98.2.0/24",
@@ -158,3 +158,53 @@ def test_fuzz_whole_listing(listing):
     assert len(found) + len(ignored) == len(listing)
     for name, r in found.items():
         assert r.name == name
+
+
+# -- liveness keys: a node is Ready when the holder of a claim has a current liveness key ----------
+
+def alive_meta(block_dashes: str, lease="99", mod="20") -> dict:
+    return {"key": f"/podnet/alive/{block_dashes}".encode(), "lease": lease, "mod_revision": mod}
+
+
+def test_liveness_counts_only_for_the_holder_of_the_claim():
+    claims, _ = records_from_listing([
+        (value(), meta("/podnet/nodes/10-98-2-0-24")),
+        (value(name="n5", pod_cidr="10.98.5.0/24"), meta("/podnet/nodes/10-98-5-0-24")),
+        (value(name="n6", pod_cidr="10.98.6.0/24"), meta("/podnet/nodes/10-98-6-0-24")),
+        (value(name="n7", pod_cidr="10.98.7.0/24"), meta("/podnet/nodes/10-98-7-0-24"))],
+        CLUSTER, 24)
+    listing = [
+        (b'{"name": "n2"}', alive_meta("10-98-2-0-24")),
+        # n6's block, but naming n5: a forger cannot make one node look alive by another's key
+        (b'{"name": "n5"}', alive_meta("10-98-6-0-24")),
+        (b'{"name": "n7"}', alive_meta("10-98-7-0-24", lease=None)),   # never expires
+        (b"garbage", alive_meta("10-98-5-0-24")),
+        (b'{"name": "n9"}', alive_meta("10-98-9-0-24")),   # nobody's claim: released, skipped
+        (b'{"name": "n2"}', alive_meta("10-98-2-0-024")),  # not a canonical block key
+    ]
+    alive, ignored = alive_from_listing(listing, claims)
+    assert alive == {"n2"}
+    reasons = {key: reason for key, _, reason in ignored}
+    assert set(reasons) == {"/podnet/alive/10-98-6-0-24", "/podnet/alive/10-98-7-0-24",
+                            "/podnet/alive/10-98-5-0-24", "/podnet/alive/10-98-2-0-024"}
+    assert "n6 does" in reasons["/podnet/alive/10-98-6-0-24"]
+    assert "no lease" in reasons["/podnet/alive/10-98-7-0-24"]
+    assert "not JSON" in reasons["/podnet/alive/10-98-5-0-24"]
+
+
+def test_owner_name_of_any_value():
+    assert owner_name(value()) == "n2"
+    assert owner_name(b'{"name": "n2"}') == "n2"   # no other field needed to release a claim
+    assert owner_name(b"[1]") is None and owner_name(b'{"name": 3}') is None
+    assert owner_name(b"\xff") is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(raw_values, st.one_of(
+    st.builds(alive_meta, st.sampled_from(["10-98-2-0-24", "10-98-3-0-24", "x"]),
+              st.one_of(st.none(), st.text(max_size=5), st.just("1"))),
+    json_any)), max_size=6))
+def test_fuzz_liveness_listing(listing):
+    claims, _ = records_from_listing([(value(), meta("/podnet/nodes/10-98-2-0-24"))], CLUSTER, 24)
+    alive, ignored = alive_from_listing(listing, claims)
+    assert alive <= {"n2"} and len(ignored) <= len(listing)

@@ -1,17 +1,18 @@
 """The etcd store in the lab (a real etcd 3.4 in its own namespace on a lab address, serving
 clients over TLS with client-certificate auth from the lab CA): leased pod CIDRs, pods keep
 talking while etcd is down, a node joining after etcd's return is seen, a restarted node keeps
-its block, a departed node's lease expires and its routes go, a route podnet did not make is
-left alone."""
+its block, a node cut from etcd alone is NotReady and stays routed, a departed node keeps its
+block until its claim goes, a route podnet did not make is left alone."""
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 
 from podnetd.api.podnet.v1 import cluster_pb2
-from podnetd.lab import netops, pods, probe
-from testlib import routed_lab_with_pods
+from podnetd.lab import netops, plan, pods, probe
+from testlib import routed_lab_with_pods, unique
 
 NODE_TIMEOUT = 3
 
@@ -60,14 +61,77 @@ def test_restarted_node_gets_its_block_back(lab):
     assert probe.ping(ps["n3/p1"]["netns"], ps["n2/p1"]["address"]).returncode == 0
 
 
-def test_departed_node_lease_expires(lab):
+def status(lab, viewer: str, node: str):
+    """node's status (cluster_pb2.NodeStatus) as viewer's podnetd sees it, None when unlisted."""
+    nodes, _ = lab.cluster_view(viewer)
+    return {n.name: n.status for n in nodes.nodes}.get(node) if nodes else None
+
+
+def etcdctl(lab, *args) -> str:
+    return subprocess.run([*netops.nsenter(f"{lab.st.name}-etcd"), "etcdctl", "--endpoints",
+                           lab.etcd_endpoint, *lab.etcdctl_tls(), *args], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_a_node_cut_from_etcd_alone_is_not_ready_and_stays_routed(lab):
+    """Only n3 loses etcd (its underlay works): an nftables rule in n3's namespace drops its TCP
+    to etcd for three node timeouts while a pod on n1 pings a pod on n3. n3 turns NotReady in
+    n1's view (and its own), nobody withdraws its route, no reply is lost; once the rule is
+    gone n3 is Ready again. (Before the claim/liveness split, n1 withdrew n3's route when n3's
+    lease expired and the ping lost every packet of the outage.)"""
+    ps, ns3 = pods.pods(lab), lab.netns("n3")
+    cidr = lab.st.nodes["n3"]["pod_cidr"]
+    table = unique("cut")
+    nft = [*netops.nsenter(ns3), "nft"]
+    etcd_ip = plan.etcd_address(lab.st.name, lab.st.topology)
+    probe.until(lambda: status(lab, "n1", "n3") == cluster_pb2.NODE_STATUS_READY, 20, "n3 Ready")
+    pinging = probe.ContinuousPing(ps["n1/p1"]["netns"], ps["n3/p1"]["address"])
+    try:
+        pinging.wait_replies(20)
+        subprocess.run([*nft, "-f", "-"], check=True, text=True, input=(
+            f"table inet {table} {{\n chain out {{\n  type filter hook output priority 0;\n"
+            f"  ip daddr {etcd_ip} tcp dport {plan.ETCD_PORT} drop\n }}\n}}\n"))
+        cut_at = time.monotonic()
+        try:
+            probe.until(lambda: status(lab, "n1", "n3") == cluster_pb2.NODE_STATUS_NOT_READY,
+                        NODE_TIMEOUT + 10, "n1 sees n3 NotReady")
+            probe.until(lambda: status(lab, "n3", "n3") == cluster_pb2.NODE_STATUS_NOT_READY,
+                        NODE_TIMEOUT + 10, "n3 sees itself NotReady")
+            while time.monotonic() - cut_at < 3 * NODE_TIMEOUT:
+                assert {"n1", "n2"} <= set(routed_by(lab, cidr)), "a route to n3 was withdrawn"
+                time.sleep(0.5)
+            assert "unreachable" in lab.cluster_view("n3")[0].problem
+        finally:
+            subprocess.run([*nft, "delete", "table", "inet", table], check=True)
+        probe.until(lambda: status(lab, "n1", "n3") == cluster_pb2.NODE_STATUS_READY, 20,
+                    "n3 Ready again in n1's view")
+        probe.until(lambda: not lab.cluster_view("n3")[0].problem, 20, "n3's store problem gone")
+        pinging.wait_replies(20)
+    finally:
+        result = pinging.stop()
+    assert result["lost"] == [] and result["errors"] == [], result
+    # at 100 pings a second over more than 3 node timeouts; far fewer would not show an outage
+    assert result["answered"] >= 300, result
+    assert lab.missing_routes() == {}
+
+
+def test_departed_node_stays_routed_until_its_claim_goes(lab):
     new = lab.add_node()
     cidr = lab.st.nodes[new]["pod_cidr"]
     probe.until(lambda: lab.missing_routes() == {}, 20, f"every node routes to {new}")
     lab.remove_node(new)
-    probe.until(lambda: not routed_by(lab, cidr), NODE_TIMEOUT + 15,
-                f"routes to departed {new} withdrawn once its lease expired")
-    assert lab.missing_routes() == {}
+    probe.until(lambda: status(lab, "n1", new) == cluster_pb2.NODE_STATUS_NOT_READY,
+                NODE_TIMEOUT + 10, f"departed {new} NotReady")
+    time.sleep(NODE_TIMEOUT)
+    assert routed_by(lab, cidr) == lab.node_names(), "a NotReady node's routes were withdrawn"
+    # its claim expires (here: its lease revoked, as 24 h without renewal would end it)
+    key = "/podnet/nodes/" + cidr.replace(".", "-").replace("/", "-")
+    lease = json.loads(etcdctl(lab, "get", key, "-w", "json"))["kvs"][0]["lease"]
+    etcdctl(lab, "lease", "revoke", format(lease, "x"))
+    probe.until(lambda: not routed_by(lab, cidr), 15,
+                f"routes to departed {new} withdrawn once its claim expired")
+    assert status(lab, "n1", new) is None and lab.missing_routes() == {}
+    assert json.loads(etcdctl(lab, "get", key, "-w", "json")).get("kvs") is None
 
 
 def test_etcd_serves_only_clients_with_a_lab_certificate(lab):

@@ -1,5 +1,7 @@
 """`podnetd --cleanup`: remove everything podnetd created on this node, keep going past
-failures, report each one on a line, exit 1 if any remained."""
+failures, report each one on a line, exit 1 if any remained. With --store etcd that includes
+the node's claim on its pod CIDR block: the node is deleted from the cluster, every other node
+withdraws its routes and the block is free for another node."""
 import sys
 
 from .. import firewall
@@ -19,6 +21,19 @@ def run(cfg: CleanupRequest) -> int:
             ip_lib.link_delete(cfg.bridge)
     except KernelError as e:
         errors.append(str(e))
+    if cfg.etcd is not None:
+        errors += _release_claim(cfg)
     for e in errors:
         sys.stderr.write(f"podnetd: cleanup: {e}\n")
     return 1 if errors else 0
+
+
+def _release_claim(cfg) -> list[str]:
+    from .etcd import StoreUnavailable, release_claim_now
+    try:
+        released = release_claim_now(cfg.etcd, cfg.node_name)
+    except StoreUnavailable as e:
+        return [f"release node {cfg.node_name}'s pod CIDR claim in etcd: {e}"]
+    for cidr in released:
+        sys.stdout.write(f"podnetd: cleanup: released node {cfg.node_name}'s claim on {cidr} in etcd\n")
+    return []

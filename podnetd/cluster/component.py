@@ -64,11 +64,12 @@ class ClusterComponent:
         self.refused: dict[str, str] = {}
         self.kernel_problem: str | None = None
         self.foreign: dict[str, str] = {}  # peer pod CIDR -> protocol of the route someone else made
+        self.readiness: dict[str, bool] = {}  # node -> Ready, as of the last pass (for events)
         self._wake: asyncio.Event | None = None
         self._task = None
         self._lock = asyncio.Lock()
         self._problems_logged: set = set()
-        self._metrics_snapshot: tuple = ({}, {}, 0, 0, None, 0)
+        self._metrics_snapshot: tuple = ({}, {}, 0, 0, None, 0, {})
         self._mode_problems_logged: set = set()
 
     # -- before node setup -----------------------------------------------------------------
@@ -150,10 +151,12 @@ class ClusterComponent:
 
     def _metrics(self):
         """Read by the metrics thread: the snapshot the reconcile loop last left."""
-        peers, desired, store_up, synced, last_sync, rounds = self._metrics_snapshot
+        peers, desired, store_up, synced, last_sync, rounds, statuses = self._metrics_snapshot
         yield gauge("podnet_peers", "Other nodes of the cluster, by backend mode (host-gw, "
                     "vxlan, unreachable) and state (ok, problem, refused)", ["mode", "state"],
                     peers)
+        yield gauge("podnet_nodes", "Nodes of the cluster this node knows, itself included, by "
+                    "status (Ready, NotReady: liveness lapsed, still routed)", ["status"], statuses)
         yield gauge("podnet_kernel_entries_desired", "Routes, neighbours and FDB entries the "
                     "store asks for", ["kind"], desired)
         yield gauge("podnet_store_up", "1 when the cluster store answers (etcd reachable, or a "
@@ -175,10 +178,12 @@ class ClusterComponent:
                          "problem" if node["problem"] else "ok")
                 peers[(node["mode"], state)] += 1
         desired = collections.Counter((e.kind,) for e in self.desired)
+        statuses = collections.Counter({("Ready",): 0, ("NotReady",): 0})
+        statuses.update((_status(ready),) for ready in self.readiness.values())
         # one assignment: the metrics thread sees the old snapshot or the new one, never half
         self._metrics_snapshot = (peers, desired, 0 if self.store.problem() else 1,
                                   1 if self.store.synced() else 0, self.store.last_sync(),
-                                  self.store.rounds())
+                                  self.store.rounds(), statuses)
 
     async def stop(self) -> None:
         # Kernel state stays: pods keep talking across a daemon restart.
@@ -235,7 +240,11 @@ class ClusterComponent:
         async with self._lock:
             loop = asyncio.get_running_loop()
             records = self.store.records()
-            before = (dict(self.modes), list(self.desired), dict(self.refused))
+            before = (dict(self.modes), list(self.desired), dict(self.refused),
+                      dict(self.readiness))
+            # Readiness is shown, never routed on: a NotReady node keeps its routes until its
+            # claim is deleted or expires (then its record leaves the store).
+            self.readiness = {r.name: self.store.ready(r.name) for r in records}
             self.refused = rec.conflicts(records, self.cfg.cluster_cidr)
             for r in records:
                 # A route via our own address is a kernel error on every pass (and fails CNI
@@ -261,13 +270,21 @@ class ClusterComponent:
                          result["installed"], result["removed"], len(peers))
             return result
 
-    def _record_events(self, modes: dict, desired: list, refused: dict, result: dict) -> None:
+    def _record_events(self, modes: dict, desired: list, refused: dict, readiness: dict,
+                       result: dict) -> None:
         """Events for what an operator must see, on the transitions between two passes."""
         record = self.events.record
         for name in sorted(set(modes) - set(self.modes) - {self.node_name}):
             record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
-                   f"node {name} left this node's view of the cluster (not heard from within "
-                   f"the node timeout, or withdrawn): its routes were removed")
+                   f"node {name} left this node's view of the cluster (etcd store: its claim "
+                   f"was deleted or expired; static store: not heard from within the node "
+                   f"timeout): its routes were removed")
+        for name, ready in sorted(self.readiness.items()):
+            # The node lifecycle controller's event (type, reason and message as Kubernetes');
+            # a node first seen NotReady is said so too.
+            if readiness.get(name, True) != ready:
+                reason = "NodeReady" if ready else "NodeNotReady"
+                record(ObjectRef("Node", name), "Normal", reason, f"Node {name} status is now: {reason}")
         for name, (mode, problem) in sorted(self.modes.items()):
             was = modes.get(name)
             if was == (mode, problem):
@@ -363,8 +380,15 @@ class ClusterComponent:
                 mode, problem = "unreachable", self.refused[r.name]
             else:
                 mode, problem = self.modes.get(r.name, ("unreachable", "not routed yet"))
-            out.append({**r.to_dict(), "age": self.store.age(r.name), "mode": mode, "problem": problem})
+            out.append({**r.to_dict(), "age": self.store.age(r.name), "mode": mode, "problem": problem,
+                        "status": _status(self.store.ready(r.name))})
         return out
+
+    async def release_claim(self, node_name: str) -> list[str]:
+        """The Node is deleted (the cluster API calls this): free its pod CIDR block in the store,
+        so every node withdraws its routes and another node may take the block. The blocks
+        released. Raises the store's error when it does not answer (the caller retries)."""
+        return await self.store.release_claim(node_name)
 
     def routes(self) -> list[tuple[Entry, str]]:
         """Each desired entry with its state: present, missing, or foreign (a route to its
@@ -372,3 +396,7 @@ class ClusterComponent:
         foreign = self.foreign
         return [(e, "present" if ok else "foreign" if e.kind == "route" and e.destination in foreign
                  else "missing") for e, ok in routing.present(self.desired, self.cfg.vxlan_dev)]
+
+
+def _status(ready: bool) -> str:
+    return "Ready" if ready else "NotReady"

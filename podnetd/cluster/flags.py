@@ -45,9 +45,12 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class CleanupRequest:
-    """`podnetd --cleanup`: remove what podnetd made on this node, then exit."""
+    """`podnetd --cleanup`: remove what podnetd made on this node, then exit (with --store etcd,
+    also release the node's claim on its pod CIDR block: `etcd` holds that store's settings)."""
     vxlan_dev: str
     bridge: str
+    node_name: str = ""
+    etcd: ClusterConfig | None = None
 
 
 def add_flags(p) -> None:
@@ -58,7 +61,9 @@ def add_flags(p) -> None:
     g.add_argument("--listen", help="static store: ADDR:PORT of the peer gRPC service (default <node-ip>:7946)")
     g.add_argument("--peers", help="static store: seed peers, a:port,b:port")
     g.add_argument("--node-timeout", type=config.positive_float, default=15.0,
-                   help="seconds after which a silent node is withdrawn (default 15)")
+                   help="seconds after which a silent node is withdrawn (static store) or "
+                        "NotReady (etcd store: its pod CIDR and routes stay until it is deleted) "
+                        "(default 15)")
     g.add_argument("--etcd-endpoints", help="etcd store: http(s)://host:port,...")
     g.add_argument("--etcd-cafile", help="etcd store: the CA that signs etcd's server certificate (PEM)")
     g.add_argument("--etcd-certfile", help="etcd store: this node's client certificate for etcd (PEM)")
@@ -131,7 +136,15 @@ def cluster_config(ns, daemon: config.DaemonConfig) -> ClusterConfig | CleanupRe
     """The cluster feature's config(): None when cluster mode is off."""
     store = ns.store or "static"
     if ns.cleanup:
-        return CleanupRequest(vxlan_dev=ns.vxlan_dev, bridge=daemon.bridge)
+        etcd = None
+        if store == "etcd" and ns.etcd_endpoints:
+            etcd = ClusterConfig(
+                cluster_cidr=ns.cluster_cidr or "0.0.0.0/0", store="etcd", backend="auto",
+                etcd_endpoints=tuple(u.strip() for u in ns.etcd_endpoints.split(",") if u.strip()),
+                etcd_cafile=ns.etcd_cafile, etcd_certfile=ns.etcd_certfile,
+                etcd_keyfile=ns.etcd_keyfile, node_cidr_size=ns.node_cidr_size)
+        return CleanupRequest(vxlan_dev=ns.vxlan_dev, bridge=daemon.bridge,
+                              node_name=daemon.node_name, etcd=etcd)
     enabled = cluster_enabled(ns)
     if not daemon.pod_cidr and not (enabled and store == "etcd"):
         raise config.ConfigError("--pod-cidr is required (or --store etcd to lease one)")

@@ -6,6 +6,9 @@ from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc
 from .backends import ROUTE_PROTO
 
 
+_STATUS_WORDS = {"Ready": "ready", "NotReady": "not-ready"}
+
+
 class ClusterService(cluster_pb2_grpc.ClusterServiceServicer):
     def __init__(self, component, node_name: str):
         self.c = component  # cluster.component.ClusterComponent, None when cluster mode is off
@@ -21,7 +24,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServiceServicer):
             name=n["name"], underlay_ip=n["underlay_ip"], pod_cidr=n["pod_cidr"],
             vtep_mac=n["vtep_mac"], heartbeat_age=apiconv.duration(round(n["age"], 3)),
             mode=apiconv.enum_value(cluster_pb2.PeerMode, n["mode"]),
-            problem=n["problem"], peer_address=n["peer_address"]) for n in c.nodes()]
+            problem=n["problem"], peer_address=n["peer_address"],
+            status=apiconv.enum_value(cluster_pb2.NodeStatus, _STATUS_WORDS[n["status"]]))
+            for n in c.nodes()]
         return cluster_pb2.ListNodesResponse(
             nodes=nodes, self_name=self.node_name, cluster_cidr=cfg.cluster_cidr,
             store=apiconv.enum_value(cluster_pb2.Store, cfg.store),

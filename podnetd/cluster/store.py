@@ -42,6 +42,17 @@ class Store:
         """Seconds since this node last heard of name's liveness."""
         return 0.0
 
+    def ready(self, name: str) -> bool:
+        """Whether name's liveness is current (Kubernetes' Ready). A node that is not stays
+        listed and routed: liveness never decides routing (the static store withdraws a silent
+        node instead, so whatever it lists is Ready)."""
+        return True
+
+    async def release_claim(self, node_name: str) -> list[str]:
+        """The node is deleted: free the pod CIDR block it claimed, so its routes go and another
+        node may take the block. The blocks released (none for a store without claims)."""
+        return []
+
     def synced(self) -> bool:
         """True once the store has a complete view, so that a missing record means a departed
         node (before that, e.g. right after a restart, nothing is removed)."""

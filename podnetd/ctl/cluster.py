@@ -25,13 +25,18 @@ def _age(node) -> str:
     return "-" if node.mode == cluster_pb2.PEER_MODE_SELF else f"{seconds(node.heartbeat_age):.1f}s"
 
 
+# kubectl's words for a node's status (a daemon that does not say: Unknown)
+_STATUS = {cluster_pb2.NODE_STATUS_READY: "Ready", cluster_pb2.NODE_STATUS_NOT_READY: "NotReady"}
+
+
 def cmd_nodes(args) -> int:
     resp = _call(_stub(args).ListNodes, cluster_pb2.ListNodesRequest())
     rows = [_dict(n) for n in resp.nodes]
     for row, n in zip(rows, resp.nodes):
         row["heartbeat"] = _age(n)
         row["vtep"] = n.vtep_mac or "-"
-    output.emit(rows, [("NAME", "name"), ("UNDERLAY", "underlay_ip"), ("POD-CIDR", "pod_cidr"),
+        row["status_shown"] = _STATUS.get(n.status, "Unknown")
+    output.emit(rows, [("NAME", "name"), ("STATUS", "status_shown"), ("UNDERLAY", "underlay_ip"), ("POD-CIDR", "pod_cidr"),
                        ("MODE", "mode"), ("VTEP-MAC", "vtep"), ("HEARTBEAT", "heartbeat"),
                        ("PROBLEM", "problem")], args.output, raw=_dict(resp))
     if args.output == "table" and resp.problem:

@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17podnet/v1/cluster.proto\x12\tpodnet.v1\x1a\x1egoogle/protobuf/duration.proto\"\x12\n\x10ListNodesRequest\"\xed\x01\n\x0b\x43lusterNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\x12\x10\n\x08vtep_mac\x18\x04 \x01(\t\x12!\n\x04mode\x18\x06 \x01(\x0e\x32\x13.podnet.v1.PeerMode\x12\x0f\n\x07problem\x18\x07 \x01(\t\x12\x14\n\x0cpeer_address\x18\x08 \x01(\t\x12\x30\n\rheartbeat_age\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x05\x10\x06R\x15heartbeat_age_seconds\"\xba\x01\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.podnet.v1.ClusterNode\x12\x11\n\tself_name\x18\x02 \x01(\t\x12\x14\n\x0c\x63luster_cidr\x18\x03 \x01(\t\x12\x1f\n\x05store\x18\x04 \x01(\x0e\x32\x10.podnet.v1.Store\x12#\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32\x12.podnet.v1.Backend\x12\x0f\n\x07problem\x18\x06 \x01(\t\"\x13\n\x11ListRoutesRequest\"\xbb\x01\n\x0fProgrammedEntry\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.podnet.v1.EntryKind\x12\x0c\n\x04node\x18\x02 \x01(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.podnet.v1.PeerMode\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x0b\n\x03via\x18\x05 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x06 \x01(\t\x12$\n\x05state\x18\x07 \x01(\x0e\x32\x15.podnet.v1.EntryState\"Y\n\x12ListRoutesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.podnet.v1.ProgrammedEntry\x12\x16\n\x0eroute_protocol\x18\x02 \x01(\x05*\x80\x01\n\x08PeerMode\x12\x19\n\x15PEER_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePEER_MODE_SELF\x10\x01\x12\x15\n\x11PEER_MODE_HOST_GW\x10\x02\x12\x13\n\x0fPEER_MODE_VXLAN\x10\x03\x12\x19\n\x15PEER_MODE_UNREACHABLE\x10\x04*@\n\x05Store\x12\x15\n\x11STORE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTORE_STATIC\x10\x01\x12\x0e\n\nSTORE_ETCD\x10\x02*\\\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x42\x41\x43KEND_AUTO\x10\x01\x12\x13\n\x0f\x42\x41\x43KEND_HOST_GW\x10\x02\x12\x11\n\rBACKEND_VXLAN\x10\x03*g\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_ROUTE\x10\x01\x12\x14\n\x10\x45NTRY_KIND_NEIGH\x10\x02\x12\x12\n\x0e\x45NTRY_KIND_FDB\x10\x03*t\n\nEntryState\x12\x1b\n\x17\x45NTRY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45NTRY_STATE_PRESENT\x10\x01\x12\x17\n\x13\x45NTRY_STATE_MISSING\x10\x02\x12\x17\n\x13\x45NTRY_STATE_FOREIGN\x10\x03\x32\xa3\x01\n\x0e\x43lusterService\x12\x46\n\tListNodes\x12\x1b.podnet.v1.ListNodesRequest\x1a\x1c.podnet.v1.ListNodesResponse\x12I\n\nListRoutes\x12\x1c.podnet.v1.ListRoutesRequest\x1a\x1d.podnet.v1.ListRoutesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17podnet/v1/cluster.proto\x12\tpodnet.v1\x1a\x1egoogle/protobuf/duration.proto\"\x12\n\x10ListNodesRequest\"\x94\x02\n\x0b\x43lusterNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bunderlay_ip\x18\x02 \x01(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\x12\x10\n\x08vtep_mac\x18\x04 \x01(\t\x12!\n\x04mode\x18\x06 \x01(\x0e\x32\x13.podnet.v1.PeerMode\x12\x0f\n\x07problem\x18\x07 \x01(\t\x12\x14\n\x0cpeer_address\x18\x08 \x01(\t\x12\x30\n\rheartbeat_age\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x06status\x18\n \x01(\x0e\x32\x15.podnet.v1.NodeStatusJ\x04\x08\x05\x10\x06R\x15heartbeat_age_seconds\"\xba\x01\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.podnet.v1.ClusterNode\x12\x11\n\tself_name\x18\x02 \x01(\t\x12\x14\n\x0c\x63luster_cidr\x18\x03 \x01(\t\x12\x1f\n\x05store\x18\x04 \x01(\x0e\x32\x10.podnet.v1.Store\x12#\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32\x12.podnet.v1.Backend\x12\x0f\n\x07problem\x18\x06 \x01(\t\"\x13\n\x11ListRoutesRequest\"\xbb\x01\n\x0fProgrammedEntry\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.podnet.v1.EntryKind\x12\x0c\n\x04node\x18\x02 \x01(\t\x12!\n\x04mode\x18\x03 \x01(\x0e\x32\x13.podnet.v1.PeerMode\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12\x0b\n\x03via\x18\x05 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x06 \x01(\t\x12$\n\x05state\x18\x07 \x01(\x0e\x32\x15.podnet.v1.EntryState\"Y\n\x12ListRoutesResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.podnet.v1.ProgrammedEntry\x12\x16\n\x0eroute_protocol\x18\x02 \x01(\x05*\x80\x01\n\x08PeerMode\x12\x19\n\x15PEER_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0ePEER_MODE_SELF\x10\x01\x12\x15\n\x11PEER_MODE_HOST_GW\x10\x02\x12\x13\n\x0fPEER_MODE_VXLAN\x10\x03\x12\x19\n\x15PEER_MODE_UNREACHABLE\x10\x04*[\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATUS_READY\x10\x01\x12\x19\n\x15NODE_STATUS_NOT_READY\x10\x02*@\n\x05Store\x12\x15\n\x11STORE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTORE_STATIC\x10\x01\x12\x0e\n\nSTORE_ETCD\x10\x02*\\\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x42\x41\x43KEND_AUTO\x10\x01\x12\x13\n\x0f\x42\x41\x43KEND_HOST_GW\x10\x02\x12\x11\n\rBACKEND_VXLAN\x10\x03*g\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NTRY_KIND_ROUTE\x10\x01\x12\x14\n\x10\x45NTRY_KIND_NEIGH\x10\x02\x12\x12\n\x0e\x45NTRY_KIND_FDB\x10\x03*t\n\nEntryState\x12\x1b\n\x17\x45NTRY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45NTRY_STATE_PRESENT\x10\x01\x12\x17\n\x13\x45NTRY_STATE_MISSING\x10\x02\x12\x17\n\x13\x45NTRY_STATE_FOREIGN\x10\x03\x32\xa3\x01\n\x0e\x43lusterService\x12\x46\n\tListNodes\x12\x1b.podnet.v1.ListNodesRequest\x1a\x1c.podnet.v1.ListNodesResponse\x12I\n\nListRoutes\x12\x1c.podnet.v1.ListRoutesRequest\x1a\x1d.podnet.v1.ListRoutesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podnet.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PEERMODE']._serialized_start=822
-  _globals['_PEERMODE']._serialized_end=950
-  _globals['_STORE']._serialized_start=952
-  _globals['_STORE']._serialized_end=1016
-  _globals['_BACKEND']._serialized_start=1018
-  _globals['_BACKEND']._serialized_end=1110
-  _globals['_ENTRYKIND']._serialized_start=1112
-  _globals['_ENTRYKIND']._serialized_end=1215
-  _globals['_ENTRYSTATE']._serialized_start=1217
-  _globals['_ENTRYSTATE']._serialized_end=1333
+  _globals['_PEERMODE']._serialized_start=861
+  _globals['_PEERMODE']._serialized_end=989
+  _globals['_NODESTATUS']._serialized_start=991
+  _globals['_NODESTATUS']._serialized_end=1082
+  _globals['_STORE']._serialized_start=1084
+  _globals['_STORE']._serialized_end=1148
+  _globals['_BACKEND']._serialized_start=1150
+  _globals['_BACKEND']._serialized_end=1242
+  _globals['_ENTRYKIND']._serialized_start=1244
+  _globals['_ENTRYKIND']._serialized_end=1347
+  _globals['_ENTRYSTATE']._serialized_start=1349
+  _globals['_ENTRYSTATE']._serialized_end=1465
   _globals['_LISTNODESREQUEST']._serialized_start=70
   _globals['_LISTNODESREQUEST']._serialized_end=88
   _globals['_CLUSTERNODE']._serialized_start=91
-  _globals['_CLUSTERNODE']._serialized_end=328
-  _globals['_LISTNODESRESPONSE']._serialized_start=331
-  _globals['_LISTNODESRESPONSE']._serialized_end=517
-  _globals['_LISTROUTESREQUEST']._serialized_start=519
-  _globals['_LISTROUTESREQUEST']._serialized_end=538
-  _globals['_PROGRAMMEDENTRY']._serialized_start=541
-  _globals['_PROGRAMMEDENTRY']._serialized_end=728
-  _globals['_LISTROUTESRESPONSE']._serialized_start=730
-  _globals['_LISTROUTESRESPONSE']._serialized_end=819
-  _globals['_CLUSTERSERVICE']._serialized_start=1336
-  _globals['_CLUSTERSERVICE']._serialized_end=1499
+  _globals['_CLUSTERNODE']._serialized_end=367
+  _globals['_LISTNODESRESPONSE']._serialized_start=370
+  _globals['_LISTNODESRESPONSE']._serialized_end=556
+  _globals['_LISTROUTESREQUEST']._serialized_start=558
+  _globals['_LISTROUTESREQUEST']._serialized_end=577
+  _globals['_PROGRAMMEDENTRY']._serialized_start=580
+  _globals['_PROGRAMMEDENTRY']._serialized_end=767
+  _globals['_LISTROUTESRESPONSE']._serialized_start=769
+  _globals['_LISTROUTESRESPONSE']._serialized_end=858
+  _globals['_CLUSTERSERVICE']._serialized_start=1468
+  _globals['_CLUSTERSERVICE']._serialized_end=1631
 # @@protoc_insertion_point(module_scope)

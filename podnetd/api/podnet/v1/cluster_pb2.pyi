@@ -18,6 +18,12 @@ class PeerMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PEER_MODE_VXLAN: _ClassVar[PeerMode]
     PEER_MODE_UNREACHABLE: _ClassVar[PeerMode]
 
+class NodeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATUS_UNSPECIFIED: _ClassVar[NodeStatus]
+    NODE_STATUS_READY: _ClassVar[NodeStatus]
+    NODE_STATUS_NOT_READY: _ClassVar[NodeStatus]
+
 class Store(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STORE_UNSPECIFIED: _ClassVar[Store]
@@ -49,6 +55,9 @@ PEER_MODE_SELF: PeerMode
 PEER_MODE_HOST_GW: PeerMode
 PEER_MODE_VXLAN: PeerMode
 PEER_MODE_UNREACHABLE: PeerMode
+NODE_STATUS_UNSPECIFIED: NodeStatus
+NODE_STATUS_READY: NodeStatus
+NODE_STATUS_NOT_READY: NodeStatus
 STORE_UNSPECIFIED: Store
 STORE_STATIC: Store
 STORE_ETCD: Store
@@ -70,7 +79,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterNode(_message.Message):
-    __slots__ = ("name", "underlay_ip", "pod_cidr", "vtep_mac", "mode", "problem", "peer_address", "heartbeat_age")
+    __slots__ = ("name", "underlay_ip", "pod_cidr", "vtep_mac", "mode", "problem", "peer_address", "heartbeat_age", "status")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     POD_CIDR_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +88,7 @@ class ClusterNode(_message.Message):
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_AGE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     underlay_ip: str
     pod_cidr: str
@@ -87,7 +97,8 @@ class ClusterNode(_message.Message):
     problem: str
     peer_address: str
     heartbeat_age: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., pod_cidr: _Optional[str] = ..., vtep_mac: _Optional[str] = ..., mode: _Optional[_Union[PeerMode, str]] = ..., problem: _Optional[str] = ..., peer_address: _Optional[str] = ..., heartbeat_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    status: NodeStatus
+    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., pod_cidr: _Optional[str] = ..., vtep_mac: _Optional[str] = ..., mode: _Optional[_Union[PeerMode, str]] = ..., problem: _Optional[str] = ..., peer_address: _Optional[str] = ..., heartbeat_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, str]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes", "self_name", "cluster_cidr", "store", "backend", "problem")
