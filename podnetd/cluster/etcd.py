@@ -321,7 +321,9 @@ class EtcdStore(Store):
         self._task = None
         self._wake = asyncio.Event()
         self._watch_cancel = None
-        self._state_file = os.path.join(node.state_dir, "etcd-block.json")
+        # where the leased block is remembered across restarts (none for --cleanup's release)
+        self._state_file = os.path.join(node.state_dir, "etcd-block.json") \
+            if node.state_dir else None
         self._lock = threading.Lock()
         self._ignored_logged: dict[str, int] = {}  # key -> the mod revision logged
         if any(u.startswith("http://") for u in self.endpoints):
@@ -393,6 +395,8 @@ class EtcdStore(Store):
             return None
 
     def _remember(self, cidr: str) -> None:
+        if self._state_file is None:
+            return
         tmp = self._state_file + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"pod_cidr": cidr}, f)
@@ -543,7 +547,7 @@ class EtcdStore(Store):
                     logged.add(str(e))
                     log.warning("etcd store: %s; no pod CIDR known yet (no --pod-cidr, none "
                                 "remembered in %s): retrying every %g s at most", e,
-                                self.cfg.state_dir, BACKOFF_CAP)
+                                self.node.state_dir, BACKOFF_CAP)
                 self._error = str(e)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # nodes out of step
                 delay = min(BACKOFF_CAP, delay * 2)
