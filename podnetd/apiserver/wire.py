@@ -64,15 +64,28 @@ def make_component(d):
         component = ApiServerComponent(d.cfg.apiserver)
     except (authn.TokenFileError, OSError, ValueError) as e:
         raise StartupError(f"cluster API: {e}") from None
+    component.podio = make_podio(d, component)
     d.apiserver = component
     return component
+
+
+def make_podio(d, component):
+    """Logs and exec of cluster pods: served from this node's runtime (made after this
+    component, hence the getter) or forwarded with this node's certificate."""
+    from .podio import PodIO
+    from .podio_dial import Dialer, NodeTls
+    cfg = d.cfg.apiserver
+    ca = getattr(d.cfg, "tls_ca", None) or cfg.client_ca
+    tls = NodeTls(cfg.tls_cert, cfg.tls_key, ca) if cfg.tls_cert and cfg.tls_key and ca else None
+    return PodIO(component.api, cfg.node_name, lambda: getattr(d, "pod_runtime", None),
+                 Dialer(tls))
 
 
 def register_service(server, d) -> list[str]:
     component = getattr(d, "apiserver", None)
     if component is None:
         return []
-    return service.register(server, component.api, component.access.local)
+    return service.register(server, component.api, component.access.local, component.podio)
 
 
 FEATURE = Feature("apiserver", add_flags=add_flags, validate=validate,
