@@ -60,6 +60,15 @@ class Api:
             self._audit(attrs, False, "PERMISSION_DENIED", verdict.reason)
             raise Forbidden(verdict.message)
 
+    def authorize(self, attrs: Attributes) -> None:
+        """A request outside the object verbs (pods/log, pods/exec: podio.py), authorized (and
+        audited when denied) as every other: raises Forbidden with kube-apiserver's message."""
+        self._check(attrs)
+
+    def record(self, attrs: Attributes, allowed: bool, code: str, reason: str = "") -> None:
+        """The audit line of such a request once it is done."""
+        self._audit(attrs, allowed, code, reason)
+
     def _audit(self, attrs: Attributes, allowed: bool, code: str, reason: str = "") -> None:
         if self.audit is not None:
             self.audit.record(attrs, allowed, code, reason=reason,

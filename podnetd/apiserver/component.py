@@ -31,6 +31,7 @@ class ApiServerConfig:
     api_listen: str | None = None          # HOST:PORT of the TLS listener
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_ca: str | None = None              # the nodes' CA (forwarded logs/exec dial with it)
     client_ca: str | None = None
     token_auth_file: str | None = None
     audit_log: str | None = None

@@ -130,10 +130,11 @@ class AccessService(api_pb2_grpc.AccessServiceServicer):
 
 
 def register(server, api: Api, authenticate: Authenticate, podio=None) -> list[str]:
+    """podio: a podio.PodIO, whose servicer for this door authenticates with `authenticate`."""
     api_pb2_grpc.add_ObjectServiceServicer_to_server(ObjectService(api, authenticate), server)
     api_pb2_grpc.add_AccessServiceServicer_to_server(AccessService(api, authenticate), server)
     names = ["ObjectService", "AccessService"]
     if podio is not None:
-        api_pb2_grpc.add_PodIOServiceServicer_to_server(podio, server)
+        api_pb2_grpc.add_PodIOServiceServicer_to_server(podio.servicer(authenticate), server)
         names.append("PodIOService")
     return [api_pb2.DESCRIPTOR.services_by_name[n].full_name for n in names]

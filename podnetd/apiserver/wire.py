@@ -52,7 +52,7 @@ def build_config(ns, daemon: config.DaemonConfig) -> ApiServerConfig | None:
             etcd_tls = (ns.etcd_cafile, ns.etcd_certfile, ns.etcd_keyfile)
     return ApiServerConfig(
         node_name=daemon.node_name, state_dir=daemon.state_dir, api_listen=ns.api_listen or None,
-        tls_cert=ns.tls_cert, tls_key=ns.tls_key,
+        tls_cert=ns.tls_cert, tls_key=ns.tls_key, tls_ca=ns.tls_ca,
         client_ca=_file(ns.client_ca, "--client-ca"),
         token_auth_file=_file(ns.token_auth_file, "--token-auth-file"),
         audit_log=ns.audit_log, etcd_endpoints=etcd, etcd_tls=etcd_tls)
@@ -60,15 +60,27 @@ def build_config(ns, daemon: config.DaemonConfig) -> ApiServerConfig | None:
 
 def make_component(ctx: DaemonContext, cfg: ApiServerConfig) -> ApiServerComponent:
     try:
-        return ApiServerComponent(cfg)
+        component = ApiServerComponent(cfg)
     except (authn.TokenFileError, OSError, ValueError) as e:
         raise StartupError(f"cluster API: {e}") from None
+    component.podio = make_podio(ctx, cfg, component)
+    return component
+
+
+def make_podio(ctx: DaemonContext, cfg: ApiServerConfig, component):
+    """Logs and exec of cluster pods: served from this node's runtime (made after this
+    component, hence the getter) or forwarded with this node's certificate."""
+    from .podio import PodIO
+    from .podio_dial import Dialer, NodeTls
+    ca = cfg.tls_ca or cfg.client_ca
+    tls = NodeTls(cfg.tls_cert, cfg.tls_key, ca) if cfg.tls_cert and cfg.tls_key and ca else None
+    return PodIO(component.api, cfg.node_name, lambda: ctx.component("runtime"), Dialer(tls))
 
 
 def register_service(server, ctx: DaemonContext, component) -> list[str]:
     if component is None:
         return []
-    return service.register(server, component.api, component.access.local)
+    return service.register(server, component.api, component.access.local, component.podio)
 
 
 FEATURE = Feature("apiserver", add_flags=add_flags, config=build_config,

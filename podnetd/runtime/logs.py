@@ -9,6 +9,8 @@ import asyncio
 import os
 import re
 
+from .errors import PodError
+
 CHUNK = 64 * 1024
 POLL = 0.1
 
@@ -158,3 +160,52 @@ def _complete(data: bytes) -> tuple[bytes, bytes]:
     if cut == 0 and len(data) > CHUNK:
         return data, b""
     return data[:cut], data[cut:]
+
+
+def _attempt(rt, c, previous: bool) -> int:
+    """Which attempt's log a request reads: the one running (or the last that ran), or with
+    previous the one before it; -1 when there is none."""
+    if previous:
+        attempt = (c.restart_count - 1) if c.attempt or c.restart_count else -1
+        return attempt if attempt >= 0 and rotated(rt.log_path(c, attempt)) else -1
+    if c.attempt:
+        return c.attempt["n"]
+    return c.restart_count if rotated(rt.log_path(c, c.restart_count)) else c.restart_count - 1
+
+
+def has_log(rt, c) -> bool:
+    """Whether the container ever wrote a log here (a container still waiting for its first
+    start has none: kubectl's "is waiting to start")."""
+    return c.attempt is not None or bool(rotated(rt.log_path(c, max(_attempt(rt, c, False), 0))))
+
+
+async def container_log(rt, c, *, follow: bool, tail: int | None, previous: bool = False,
+                        timestamps: bool = False):
+    """A container's log as the user reads it (the CRI tags stripped), in pieces of about
+    CHUNK bytes; with follow, each piece as it comes, until the attempt ends. The node-local
+    PodService and the cluster's PodIOService both serve it. Raises PodError (not_found) for
+    previous when there is no terminated attempt."""
+    attempt = _attempt(rt, c, previous)
+    if previous and attempt < 0:
+        raise PodError(f"previous terminated container {c.name!r} in pod {c.pod.name!r} "
+                       "not found", "not_found")
+    path = rt.log_path(c, max(attempt, 0))
+    follow = follow and not previous
+
+    def running() -> bool:
+        return c.attempt is not None and c.attempt.get("log") == path
+    out: list[bytes] = []
+    size = 0
+    async for recs in read(path, follow=follow, running=running, tail=tail):
+        for line in records(recs):
+            text = parse_line(line, timestamps)
+            out.append(text)
+            size += len(text)
+            if size >= CHUNK:
+                yield b"".join(out)
+                out, size = [], 0
+        if out and follow:  # a follower wants what came, not a full message
+            yield b"".join(out)
+            out, size = [], 0
+    if out:
+        yield b"".join(out)

@@ -90,37 +90,15 @@ class PodsService(pods_pb2_grpc.PodServiceServicer):
                 raise PodError(f"tail_lines {request.tail_lines}: give -1 (all) or more")
         except PodError as e:
             await context.abort(_CODES.get(e.status, grpc.StatusCode.INTERNAL), str(e))
-        attempt = c.attempt["n"] if c.attempt else \
-            (c.restart_count if logs.rotated(self.rt.log_path(c, c.restart_count))
-             else c.restart_count - 1)
-        if request.previous:
-            attempt = (c.restart_count - 1) if c.attempt or c.restart_count else -1
-            if attempt < 0 or not logs.rotated(self.rt.log_path(c, attempt)):
-                await context.abort(grpc.StatusCode.NOT_FOUND,
-                                    f"previous terminated container {c.name!r} in pod "
-                                    f"{pod.name!r} not found")
-        path = self.rt.log_path(c, max(attempt, 0))
         tail = request.tail_lines if request.HasField("tail_lines") and \
             request.tail_lines >= 0 else None
-        follow = request.follow and not request.previous
-
-        def running() -> bool:
-            return c.attempt is not None and c.attempt.get("log") == path
-        out: list[bytes] = []
-        size = 0
-        async for records in logs.read(path, follow=follow, running=running, tail=tail):
-            for line in logs.records(records):
-                text = logs.parse_line(line, request.timestamps)
-                out.append(text)
-                size += len(text)
-                if size >= logs.CHUNK:
-                    yield pods_pb2.PodLogsResponse(data=b"".join(out))
-                    out, size = [], 0
-            if out and follow:  # a follower wants what came, not a full message
-                yield pods_pb2.PodLogsResponse(data=b"".join(out))
-                out, size = [], 0
-        if out:
-            yield pods_pb2.PodLogsResponse(data=b"".join(out))
+        try:
+            async for data in logs.container_log(self.rt, c, follow=request.follow, tail=tail,
+                                                 previous=request.previous,
+                                                 timestamps=request.timestamps):
+                yield pods_pb2.PodLogsResponse(data=data)
+        except PodError as e:
+            await context.abort(_CODES.get(e.status, grpc.StatusCode.INTERNAL), str(e))
 
     async def ExecInPod(self, request, context):
         async def run():
