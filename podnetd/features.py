@@ -24,8 +24,12 @@ class Feature:
 
 def all_features() -> tuple[Feature, ...]:
     """The firewall first (anti-spoofing and the node's input limits exist before any pod is
-    attached), then cluster routing, then the pod runtime (its pods need the network)."""
+    attached), then cluster routing, then the cluster API (its store may be the cluster's etcd),
+    then the pod runtime (its pods need the network), then the node agent (it runs the
+    cluster's pods with the runtime and reports to the API)."""
+    from .apiserver.wire import FEATURE as apiserver
     from .cluster.wire import FEATURE as cluster
     from .firewall import FEATURE as firewall
+    from .kubelet.wire import FEATURE as kubelet
     from .runtime import FEATURE as runtime
-    return (firewall, cluster, runtime)
+    return (firewall, cluster, apiserver, runtime, kubelet)

@@ -328,6 +328,10 @@ def _string_map(labels: bool):
     return check
 
 
+key_problem = _key_problem
+string_map = _string_map  # the API server validates every kind's labels and annotations with it
+
+
 # -- quantities (k8s.io/apimachinery resource.Quantity) ------------------------------------
 
 # <sign><digits>[.<digits>]<suffix>; the suffix scan is Kubernetes' (letters of

@@ -54,6 +54,7 @@ class Runtime:
         self.lifecycle = PodLifecycle(self.ctx, self.sandboxes, self.supervisor)
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
+        self.listeners: list = []   # called on every pod event (the node agent's status sync)
         self.metrics.add_source(self._pod_metrics)
 
     @property
@@ -88,6 +89,8 @@ class Runtime:
                       container: str) -> None:
         self.daemon.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
                                   message, f"spec.containers{{{container}}}" if container else "")
+        for listener in self.listeners:
+            listener()
 
     def _pod_metrics(self):
         """Pods by phase, read by the metrics thread (a dict the loop changes meanwhile is
@@ -145,6 +148,11 @@ class Runtime:
             doc = await asyncio.to_thread(manifest.parse, text)
         except manifest.ManifestError as e:
             raise PodError(f"invalid manifest: {e}") from None
+        return await self.start_pod(doc, str(uuid.uuid4()))
+
+    async def start_pod(self, doc: dict, uid: str) -> Pod:
+        """Run a validated Pod document under the given uid (the cluster's pods keep the uid
+        the API gave them, so a restarted podnetd knows which object each pod is)."""
         meta = doc["metadata"]
         key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
         if key in self.pods:
@@ -153,7 +161,7 @@ class Runtime:
             if self.images.get(c["image"]) is None:
                 raise PodError(f"image {c['image']!r} of container {c['name']!r} is not in the "
                                "image store (podnetctl image import NAME ARCHIVE)", "precondition")
-        pod = Pod(doc, str(uuid.uuid4()), time.time())
+        pod = Pod(doc, uid, time.time())
         self.ctx.event(pod, "Normal", "Scheduled", f"Assigned {key} to {self.cfg.node_name}")
         self.pods[key] = pod
         self.store.save(pod)

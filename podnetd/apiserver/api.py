@@ -1,0 +1,242 @@
+"""The API's request path, the same for every caller (a remote kubectl-like client over TLS,
+root on the local socket, and this node's own kubelet, scheduler and controllers in-process):
+find the kind -> authorize (Node authorizer, then RBAC) -> admission -> the registry -> audit.
+
+`Api.as_user(user)` gives an in-process client bound to one identity, so the node's own roles go
+through the same authorization as everyone else (a node can only touch what the Node
+authorizer lets a node touch)."""
+import dataclasses
+import logging
+from typing import AsyncIterator, Callable
+
+from .. import timestamps
+from . import kinds, objects
+from .objects import ApiError, BadRequest, Forbidden, NotFound
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What authorization and audit see of one call."""
+    user: object                  # authn.UserInfo (name, uid, groups)
+    verb: str
+    resource: str
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    api_group: str = ""
+
+
+# authorize(request, obj_or_None) -> (allowed, reason); obj is the object a write would store
+# (NodeRestriction looks at it)
+Authorize = Callable[[Request, dict | None], tuple[bool, str]]
+
+
+def forbidden_message(req: Request) -> str:
+    """kube-apiserver's words for a denial."""
+    what = f"{req.resource}/{req.subresource}" if req.subresource else req.resource
+    head = f'{req.resource} "{req.name}"' if req.name else req.resource
+    scope = f'in the namespace "{req.namespace}"' if req.namespace else "at the cluster scope"
+    return (f'{head} is forbidden: User "{req.user.name}" cannot {req.verb} resource "{what}" '
+            f'in API group "{req.api_group}" {scope}')
+
+
+class Api:
+    def __init__(self, registry: Registry, authorize: Authorize, audit=None):
+        self.registry = registry
+        self.authorize = authorize
+        self.audit = audit  # audit.AuditLog or None
+
+    # -- the request path ---------------------------------------------------------------
+
+    def kind(self, resource: str) -> kinds.Kind:
+        kind = kinds.BY_RESOURCE.get(resource) or kinds.lookup(resource)
+        if kind is None:
+            raise NotFound(f'the server doesn\'t have a resource type "{resource}" (supported: '
+                           f"{kinds.supported()})")
+        return kind
+
+    def _namespace(self, kind: kinds.Kind, namespace: str, verb: str) -> str:
+        if not kind.namespaced:
+            if namespace:
+                raise BadRequest(f"{kind.resource} is not namespaced: no namespace may be given")
+            return ""
+        if not namespace and verb not in ("list", "watch"):
+            return "default"
+        return namespace
+
+    def _check(self, req: Request, obj: dict | None = None) -> None:
+        allowed, reason = self.authorize(req, obj)
+        if not allowed:
+            message = forbidden_message(req) + (f": {reason}" if reason else "")
+            self._audit(req, "forbid", "PERMISSION_DENIED")
+            raise Forbidden(message)
+
+    def _audit(self, req: Request, decision: str, code: str) -> None:
+        if self.audit is not None and (req.verb in WRITE_VERBS or decision == "forbid"):
+            self.audit.record(req, decision, code)
+
+    async def _run(self, req: Request, obj: dict | None, coro_fn):
+        self._check(req, obj)
+        try:
+            result = await coro_fn()
+        except ApiError as e:
+            self._audit(req, "allow", _code_name(e))
+            raise
+        self._audit(req, "allow", "OK")
+        return result
+
+    # -- verbs --------------------------------------------------------------------------
+
+    async def create(self, user, resource: str, namespace: str, obj: dict,
+                     subresource: str = "", name: str = "") -> dict:
+        kind = self.kind(resource)
+        namespace = self._namespace(kind, namespace or (obj.get("metadata") or {}).get(
+            "namespace", "") if kind.namespaced else namespace, "create")
+        if subresource == "binding" and kind.resource == "pods":
+            target = name or (obj.get("metadata") or {}).get("name", "")
+            req = Request(user, "create", "pods", "binding", namespace, target)
+            return await self._run(req, obj, lambda: self._bind(namespace, target, obj))
+        if subresource == "eviction" and kind.resource == "pods":
+            target = name or (obj.get("metadata") or {}).get("name", "")
+            req = Request(user, "create", "pods", "eviction", namespace, target)
+            return await self._run(req, obj, lambda: self._evict(namespace, target, obj))
+        if subresource:
+            raise BadRequest(f"{kind.resource}/{subresource} cannot be created")
+        req = Request(user, "create", kind.resource, "", namespace,
+                      (obj.get("metadata") or {}).get("name", ""), kind.group)
+        return await self._run(req, obj, lambda: self.registry.create(kind, namespace, obj))
+
+    async def get(self, user, resource: str, namespace: str, name: str) -> dict:
+        kind = self.kind(resource)
+        namespace = self._namespace(kind, namespace, "get")
+        req = Request(user, "get", kind.resource, "", namespace, name, kind.group)
+        return await self._run(req, None, lambda: self.registry.get(kind, namespace, name))
+
+    async def list(self, user, resource: str, namespace: str = "", label_selector: str = "",
+                   field_selector: str = "") -> dict:
+        kind = self.kind(resource)
+        namespace = self._namespace(kind, namespace, "list")
+        req = Request(user, "list", kind.resource, "", namespace, "", kind.group)
+        self._check(req, {"fieldSelector": field_selector})
+        items, rv = await self.registry.list(kind, namespace, label_selector, field_selector)
+        return {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
+                "metadata": {"resourceVersion": rv}, "items": items}
+
+    async def update(self, user, resource: str, namespace: str, obj: dict,
+                     subresource: str = "") -> dict:
+        kind = self.kind(resource)
+        namespace = self._namespace(kind, namespace or (obj.get("metadata") or {}).get(
+            "namespace", "") if kind.namespaced else namespace, "update")
+        req = Request(user, "update", kind.resource, subresource, namespace,
+                      (obj.get("metadata") or {}).get("name", ""), kind.group)
+        return await self._run(req, obj, lambda: self.registry.update(kind, namespace, obj,
+                                                                      subresource))
+
+    async def delete(self, user, resource: str, namespace: str, name: str,
+                     grace: int | None = None, precondition_rv: str = "") -> dict:
+        kind = self.kind(resource)
+        namespace = self._namespace(kind, namespace, "delete")
+        req = Request(user, "delete", kind.resource, "", namespace, name, kind.group)
+        return await self._run(req, None, lambda: self.registry.delete(
+            kind, namespace, name, grace, precondition_rv))
+
+    async def watch(self, user, resource: str, namespace: str = "", label_selector: str = "",
+                    field_selector: str = "", resource_version: str = ""
+                    ) -> AsyncIterator[tuple[str, dict]]:
+        kind = self.kind(resource)
+        namespace = self._namespace(kind, namespace, "watch")
+        req = Request(user, "watch", kind.resource, "", namespace, "", kind.group)
+        self._check(req, {"fieldSelector": field_selector})
+        async for item in self.registry.watch(kind, namespace, label_selector, field_selector,
+                                              resource_version):
+            yield item
+
+    def can(self, user, verb: str, resource: str, namespace: str = "", name: str = "") -> tuple[bool, str]:
+        resource, _, subresource = resource.partition("/")
+        kind = kinds.lookup(resource)
+        group = kind.group if kind else ""
+        resource = kind.resource if kind else resource
+        if kind is not None and not kind.namespaced:
+            namespace = ""
+        return self.authorize(Request(user, verb, resource, subresource, namespace, name, group),
+                              None)
+
+    def as_user(self, user) -> "UserClient":
+        return UserClient(self, user)
+
+    # -- pods/binding and pods/eviction ------------------------------------------------
+
+    async def _bind(self, namespace: str, name: str, binding: dict) -> dict:
+        target = (binding.get("target") or {})
+        node = target.get("name")
+        if binding.get("kind") != "Binding" or not isinstance(node, str) or not node \
+                or target.get("kind", "Node") != "Node":
+            raise BadRequest("a Binding needs target.kind Node and target.name")
+        pods = kinds.BY_RESOURCE["pods"]
+
+        def bind(pod: dict) -> dict:
+            spec = pod["spec"]
+            if spec.get("nodeName"):
+                raise objects.Conflict(f"pod {name} is already assigned to node "
+                                       f'"{spec["nodeName"]}"')
+            if pod["metadata"].get("deletionTimestamp"):
+                raise objects.Conflict(f"pod {name} is being deleted, cannot be assigned to a "
+                                       "host")
+            spec["nodeName"] = node
+            status = pod.setdefault("status", {})
+            conditions = [c for c in status.get("conditions") or []
+                          if c.get("type") != "PodScheduled"]
+            conditions.append({"type": "PodScheduled", "status": "True",
+                               "lastTransitionTime": timestamps.rfc3339()})
+            status["conditions"] = conditions
+            return pod
+        await self.registry.mutate(pods, namespace, name, bind)
+        return {"apiVersion": "v1", "kind": "Status", "status": "Success"}
+
+    async def _evict(self, namespace: str, name: str, eviction: dict) -> dict:
+        opts = eviction.get("deleteOptions") or {}
+        grace = opts.get("gracePeriodSeconds")
+        if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int)):
+            raise BadRequest("deleteOptions.gracePeriodSeconds must be an integer")
+        await self.registry.delete(kinds.BY_RESOURCE["pods"], namespace, name, grace)
+        return {"apiVersion": "v1", "kind": "Status", "status": "Success"}
+
+
+def _code_name(e: ApiError) -> str:
+    from .service import CODES
+    return CODES.get(type(e), "INTERNAL")
+
+
+class UserClient:
+    """The API as one user sees it, in-process (no gRPC): the node's kubelet, the scheduler
+    and the controllers call it."""
+
+    def __init__(self, api: Api, user):
+        self.api, self.user = api, user
+
+    async def create(self, resource, namespace, obj, subresource="", name=""):
+        return await self.api.create(self.user, resource, namespace, obj, subresource, name)
+
+    async def get(self, resource, namespace, name):
+        return await self.api.get(self.user, resource, namespace, name)
+
+    async def list(self, resource, namespace="", label_selector="", field_selector=""):
+        return await self.api.list(self.user, resource, namespace, label_selector,
+                                   field_selector)
+
+    async def update(self, resource, namespace, obj, subresource=""):
+        return await self.api.update(self.user, resource, namespace, obj, subresource)
+
+    async def delete(self, resource, namespace, name, grace=None, precondition_rv=""):
+        return await self.api.delete(self.user, resource, namespace, name, grace,
+                                     precondition_rv)
+
+    def watch(self, resource, namespace="", label_selector="", field_selector="",
+              resource_version=""):
+        return self.api.watch(self.user, resource, namespace, label_selector, field_selector,
+                              resource_version)

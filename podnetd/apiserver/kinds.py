@@ -1,0 +1,261 @@
+"""The kinds the cluster API stores. A kind is data: its names, scope, the fields a field
+selector may use, a validation of spec (and status) with field paths, and optional hooks; the
+generic machinery (registry.py) does the rest, so adding a kind is one `Kind(...)` entry here
+(or in a module of its own, registered in KINDS).
+
+Metadata (name, namespace, labels, annotations, uid, resourceVersion, generation, timestamps,
+finalizers, ownerReferences) is validated for every kind by objects.py, not here.
+"""
+import dataclasses
+from typing import Callable
+
+from ..runtime import manifest
+from . import pod_kind
+from . import validation as v
+from .validation import Errors
+
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    kind: str
+    resource: str                       # plural, lower-case: what RBAC rules and keys use
+    namespaced: bool
+    api_version: str = "v1"
+    short_names: tuple[str, ...] = ()
+    # validate(obj, errors): spec (and, for kinds without a status subresource, status)
+    validate: Callable[[dict, Errors], None] = lambda obj, e: None
+    # the status subresource: updates of the object keep the stored status, and updates of
+    # .../status keep everything else
+    status_subresource: bool = False
+    field_selectors: frozenset[str] = frozenset({"metadata.name", "metadata.namespace"})
+    # prepare_create(obj): defaults filled by the server (e.g. a Pod's restartPolicy)
+    prepare_create: Callable[[dict], None] = lambda obj: None
+    # graceful_delete(obj, requested grace or None) -> seconds to wait (0: delete now), for
+    # kinds whose deletion is a process (Pods: the kubelet stops them first)
+    graceful_delete: Callable[[dict, int | None], int] | None = None
+    # fields of spec that may not change after creation (paths under spec)
+    immutable_spec: tuple[str, ...] = ()
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def key(self, namespace: str, name: str) -> str:
+        if self.namespaced:
+            return f"/{self.resource}/{namespace}/{name}"
+        return f"/{self.resource}/{name}"
+
+    def prefix(self, namespace: str = "") -> str:
+        if self.namespaced and namespace:
+            return f"/{self.resource}/{namespace}/"
+        return f"/{self.resource}/"
+
+
+# -- Namespace ---------------------------------------------------------------------------------
+
+def _validate_namespace(obj: dict, e: Errors) -> None:
+    spec = v.mapping(e, obj, "spec", "")
+    v.only(e, spec, "spec", {"finalizers"})
+    status = v.mapping(e, obj, "status", "")
+    v.only(e, status, "status", {"phase", "conditions"})
+    v.enum(e, status, "phase", "status", ("Active", "Terminating"))
+
+
+def _namespace_defaults(obj: dict) -> None:
+    obj["status"] = {"phase": "Active"}
+    obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = \
+        obj["metadata"]["name"]
+
+
+# -- Node --------------------------------------------------------------------------------------
+
+def validate_taints(e: Errors, spec: dict, path: str) -> None:
+    seen = set()
+    for i, taint in enumerate(v.sequence(e, spec, "taints", path, 100)):
+        where = f"{path}.taints[{i}]"
+        if not isinstance(taint, dict):
+            e.add(where, "Invalid value: must be an object")
+            continue
+        v.only(e, taint, where, {"key", "value", "effect", "timeAdded"})
+        key = v.string(e, taint, "key", where, required=True, maxlen=316)
+        if key is not None and manifest.key_problem(key):
+            e.add(f"{where}.key", f"Invalid value: {v.show(key)}: {manifest.key_problem(key)}")
+        v.string(e, taint, "value", where, maxlen=63)
+        effect = v.enum(e, taint, "effect", where, TAINT_EFFECTS, required=True)
+        v.timestamp(e, taint, "timeAdded", where)
+        if (key, effect) in seen:
+            e.add(where, f"Duplicate value: {v.show(key)} with effect {v.show(effect)}")
+        seen.add((key, effect))
+
+
+def _validate_node(obj: dict, e: Errors) -> None:
+    spec = v.mapping(e, obj, "spec", "")
+    v.only(e, spec, "spec", {"podCIDR", "podCIDRs", "unschedulable", "taints", "providerID"})
+    v.string(e, spec, "podCIDR", "spec", maxlen=64)
+    if "unschedulable" in spec and not isinstance(spec["unschedulable"], bool):
+        e.add("spec.unschedulable", f"Invalid value: {v.show(spec['unschedulable'])}: must be "
+                                    "a boolean")
+    validate_taints(e, spec, "spec")
+    _validate_node_status(obj, e)
+
+
+def _validate_node_status(obj: dict, e: Errors) -> None:
+    status = v.mapping(e, obj, "status", "")
+    v.only(e, status, "status", {"capacity", "allocatable", "conditions", "addresses",
+                                 "nodeInfo", "daemonEndpoints", "images", "phase"})
+    for field in ("capacity", "allocatable"):
+        for name, value in v.mapping(e, status, field, "status").items():
+            v.quantity(e, value, f"status.{field}.{name}")
+    for i, c in enumerate(v.sequence(e, status, "conditions", "status", 32)):
+        where = f"status.conditions[{i}]"
+        if not isinstance(c, dict):
+            e.add(where, "Invalid value: must be an object")
+            continue
+        v.string(e, c, "type", where, required=True, maxlen=316)
+        v.enum(e, c, "status", where, ("True", "False", "Unknown"), required=True)
+        for t in ("lastHeartbeatTime", "lastTransitionTime"):
+            v.timestamp(e, c, t, where)
+    for i, a in enumerate(v.sequence(e, status, "addresses", "status", 32)):
+        if not isinstance(a, dict):
+            e.add(f"status.addresses[{i}]", "Invalid value: must be an object")
+            continue
+        v.enum(e, a, "type", f"status.addresses[{i}]",
+               ("InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"), True)
+        v.string(e, a, "address", f"status.addresses[{i}]", required=True, maxlen=253)
+
+
+# -- Lease (coordination.k8s.io/v1) ------------------------------------------------------------
+
+def _validate_lease(obj: dict, e: Errors) -> None:
+    spec = v.mapping(e, obj, "spec", "")
+    v.only(e, spec, "spec", {"holderIdentity", "leaseDurationSeconds", "acquireTime",
+                             "renewTime", "leaseTransitions"})
+    v.string(e, spec, "holderIdentity", "spec", maxlen=253)
+    v.integer(e, spec, "leaseDurationSeconds", "spec", 1, 86400 * 365)
+    v.integer(e, spec, "leaseTransitions", "spec", 0, 2**31 - 1)
+    for t in ("acquireTime", "renewTime"):
+        v.string(e, spec, t, "spec", pattern=v.RFC3339)
+
+
+# -- Event -------------------------------------------------------------------------------------
+
+def _validate_event(obj: dict, e: Errors) -> None:
+    v.only(e, obj, "", {"apiVersion", "kind", "metadata", "involvedObject", "reason",
+                        "message", "source", "firstTimestamp", "lastTimestamp", "count", "type",
+                        "eventTime", "reportingComponent", "reportingInstance", "action"})
+    involved = v.mapping(e, obj, "involvedObject", "")
+    if not involved:
+        e.required("involvedObject")
+    for key in ("kind", "name", "namespace", "uid", "apiVersion", "fieldPath",
+                "resourceVersion"):
+        v.string(e, involved, key, "involvedObject", maxlen=1024)
+    v.string(e, obj, "reason", "", maxlen=128)
+    v.string(e, obj, "message", "", maxlen=4096)
+    v.enum(e, obj, "type", "", ("Normal", "Warning"))
+    v.integer(e, obj, "count", "", 0, 2**31 - 1)
+
+
+# -- RBAC (rbac.authorization.k8s.io/v1) -------------------------------------------------------
+
+def _validate_rules(e: Errors, rules: list, path: str) -> None:
+    for i, rule in enumerate(rules):
+        where = f"{path}[{i}]"
+        if not isinstance(rule, dict):
+            e.add(where, "Invalid value: must be an object")
+            continue
+        v.only(e, rule, where, {"apiGroups", "resources", "verbs", "resourceNames",
+                                "nonResourceURLs"})
+        for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+            items = v.sequence(e, rule, field, where, 256)
+            if any(not isinstance(x, str) or len(x) > 253 for x in items):
+                e.add(f"{where}.{field}", "Invalid value: must be a list of strings")
+        if not rule.get("verbs"):
+            e.required(f"{where}.verbs")
+
+
+def _validate_role(obj: dict, e: Errors) -> None:
+    v.only(e, obj, "", {"apiVersion", "kind", "metadata", "rules", "aggregationRule"})
+    _validate_rules(e, v.sequence(e, obj, "rules", "", 1024), "rules")
+
+
+def _validate_binding(obj: dict, e: Errors, namespaced: bool) -> None:
+    v.only(e, obj, "", {"apiVersion", "kind", "metadata", "subjects", "roleRef"})
+    ref = v.mapping(e, obj, "roleRef", "")
+    if not ref:
+        e.required("roleRef")
+    else:
+        kinds = ("Role", "ClusterRole") if namespaced else ("ClusterRole",)
+        v.enum(e, ref, "kind", "roleRef", kinds, required=True)
+        v.string(e, ref, "name", "roleRef", required=True, pattern=v.DNS_SUBDOMAIN, maxlen=253)
+        v.string(e, ref, "apiGroup", "roleRef", maxlen=253)
+    for i, s in enumerate(v.sequence(e, obj, "subjects", "", 1024)):
+        where = f"subjects[{i}]"
+        if not isinstance(s, dict):
+            e.add(where, "Invalid value: must be an object")
+            continue
+        v.only(e, s, where, {"kind", "name", "namespace", "apiGroup"})
+        kind = v.enum(e, s, "kind", where, ("User", "Group", "ServiceAccount"), required=True)
+        v.string(e, s, "name", where, required=True, maxlen=253)
+        v.string(e, s, "namespace", where, maxlen=63)
+        if kind == "ServiceAccount" and not s.get("namespace") and not namespaced:
+            e.required(f"{where}.namespace")
+
+
+def _pod_graceful(obj: dict, requested: int | None) -> int:
+    """Kubernetes' pod deletion: a pod bound to a node is stopped by that node's kubelet
+    first (grace period: the request's, else the pod's terminationGracePeriodSeconds, 30);
+    a pod never bound is removed at once."""
+    if not (obj.get("spec") or {}).get("nodeName"):
+        return 0
+    if requested is not None:
+        return max(0, requested)
+    grace = (obj.get("spec") or {}).get("terminationGracePeriodSeconds")
+    return 30 if grace is None else int(grace)
+
+
+RBAC = "rbac.authorization.k8s.io/v1"
+
+KINDS: tuple[Kind, ...] = (
+    Kind("Namespace", "namespaces", False, short_names=("ns",), validate=_validate_namespace,
+         status_subresource=True, prepare_create=_namespace_defaults,
+         field_selectors=frozenset({"metadata.name", "status.phase"})),
+    Kind("Node", "nodes", False, short_names=("no",), validate=_validate_node,
+         status_subresource=True,
+         field_selectors=frozenset({"metadata.name", "spec.unschedulable"})),
+    Kind("Pod", "pods", True, short_names=("po",), validate=pod_kind.validate,
+         status_subresource=True, prepare_create=pod_kind.defaults,
+         graceful_delete=_pod_graceful, immutable_spec=pod_kind.IMMUTABLE_SPEC,
+         field_selectors=frozenset({"metadata.name", "metadata.namespace", "spec.nodeName",
+                                    "spec.restartPolicy", "spec.schedulerName",
+                                    "status.phase", "status.podIP"})),
+    Kind("Event", "events", True, short_names=("ev",), validate=_validate_event,
+         field_selectors=frozenset({"metadata.name", "metadata.namespace", "involvedObject.kind",
+                                    "involvedObject.name", "involvedObject.namespace",
+                                    "involvedObject.uid", "reason", "type"})),
+    Kind("Lease", "leases", True, api_version="coordination.k8s.io/v1",
+         validate=_validate_lease),
+    Kind("Role", "roles", True, api_version=RBAC, validate=_validate_role),
+    Kind("ClusterRole", "clusterroles", False, api_version=RBAC, validate=_validate_role),
+    Kind("RoleBinding", "rolebindings", True, api_version=RBAC,
+         validate=lambda obj, e: _validate_binding(obj, e, True)),
+    Kind("ClusterRoleBinding", "clusterrolebindings", False, api_version=RBAC,
+         validate=lambda obj, e: _validate_binding(obj, e, False)),
+)
+
+BY_RESOURCE = {k.resource: k for k in KINDS}
+BY_KIND = {k.kind: k for k in KINDS}
+
+
+def lookup(name: str) -> Kind | None:
+    """A kind by resource (pods), kind (Pod), singular (pod) or short name (po)."""
+    low = (name or "").lower()
+    for k in KINDS:
+        if low in (k.resource, k.kind.lower(), *k.short_names):
+            return k
+    return None
+
+
+def supported() -> str:
+    return ", ".join(k.resource for k in KINDS)

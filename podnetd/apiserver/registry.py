@@ -1,0 +1,344 @@
+"""The generic object machinery over the store of record: create, get, list, update (and the
+status subresource), delete (graceful for pods, finalizers for every kind) and watch, for any
+kind of kinds.py. Authentication and authorization happen above (api.py); this layer keeps the
+rules every object obeys: validation with field paths before anything is stored, server-owned
+metadata, resourceVersion = the store's revision, optimistic concurrency."""
+import asyncio
+import copy
+import json
+import logging
+import time
+from typing import AsyncIterator
+
+from .. import timestamps
+from . import objects, selectors
+from .kinds import Kind
+from .objects import ApiError, BadRequest, Forbidden, Gone, Invalid, NotFound, Unavailable
+from .storage import base as st
+from .validation import Errors
+
+log = logging.getLogger(__name__)
+
+CAS_RETRIES = 16
+BOOKMARK_EVERY = 30.0
+
+
+def _with_rv(kv: st.KeyValue) -> dict:
+    obj = json.loads(kv.value)
+    obj.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+    return obj
+
+
+def _parse_rv(text: str, what="resourceVersion") -> int | None:
+    if text in (None, ""):
+        return None
+    if not str(text).isdigit():
+        raise BadRequest(f"{what} {text!r} is not a resource version of this server")
+    return int(text)
+
+
+class Registry:
+    def __init__(self, store: st.ObjectStore, available: bool = False):
+        self.store = store
+        self.available = available   # set once the store has been reached (component.py)
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict:
+        try:
+            return _with_rv(await self._call(self.store.get(kind.key(namespace, name))))
+        except st.KeyNotFound:
+            raise objects.not_found(kind, name) from None
+
+    async def list(self, kind: Kind, namespace: str = "", label_selector: str = "",
+                   field_selector: str = "") -> tuple[list[dict], str]:
+        labels, fields = self._selectors(kind, label_selector, field_selector)
+        kvs, revision = await self._call(self.store.list(kind.prefix(namespace)))
+        items = [o for o in map(_with_rv, kvs)
+                 if labels.matches(o["metadata"].get("labels")) and fields.matches(o)]
+        return items, str(revision)
+
+    def _selectors(self, kind: Kind, label_selector: str, field_selector: str):
+        try:
+            return (selectors.parse(label_selector),
+                    selectors.parse_fields(field_selector, kind.field_selectors))
+        except selectors.SelectorError as e:
+            raise BadRequest(f"unable to parse requirement: {e}") from None
+
+    # -- create -------------------------------------------------------------------------
+
+    async def create(self, kind: Kind, namespace: str, obj: dict,
+                     validate_namespace=True) -> dict:
+        objects.check_kind(obj, kind)
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            raise Invalid(f"{kind.kind} is invalid: metadata: Required value")
+        namespace = self._namespace_of(kind, namespace, meta)
+        obj = copy.deepcopy(obj)
+        obj["metadata"] = objects.new_metadata(kind, meta, namespace)
+        obj.pop("status", None) if kind.status_subresource else None
+        name = obj["metadata"].get("name", "")
+        self._validate(kind, obj, name)
+        kind.prepare_create(obj)
+        if validate_namespace and kind.namespaced:
+            await self._namespace_accepts(namespace)
+        data = objects.encode(obj)
+        if len(data) > objects.MAX_OBJECT_BYTES:
+            raise objects.TooLarge(f"{kind.kind} {name!r}: {len(data)} bytes is more than the "
+                                   f"{objects.MAX_OBJECT_BYTES} an object may have")
+        try:
+            revision = await self._call(self.store.create(kind.key(namespace, name), data))
+        except st.KeyExists:
+            raise objects.AlreadyExists(f'{kind.resource} "{name}" already exists') from None
+        obj["metadata"]["resourceVersion"] = str(revision)
+        return obj
+
+    def _namespace_of(self, kind: Kind, namespace: str, meta: dict) -> str:
+        if not kind.namespaced:
+            return ""
+        given = meta.get("namespace")
+        if given and namespace and given != namespace:
+            raise BadRequest("the namespace of the provided object does not match the "
+                             "namespace sent on the request")
+        return namespace or given or "default"
+
+    def _validate(self, kind: Kind, obj: dict, name: str) -> None:
+        e = Errors()
+        objects.validate_metadata(e, kind, obj["metadata"])
+        if not e:
+            kind.validate(obj, e)
+        if e:
+            raise objects.invalid(kind, name, e)
+
+    async def _namespace_accepts(self, namespace: str) -> None:
+        try:
+            ns = json.loads((await self._call(self.store.get(f"/namespaces/{namespace}"))).value)
+        except st.KeyNotFound:
+            raise NotFound(f'namespaces "{namespace}" not found') from None
+        if ns.get("metadata", {}).get("deletionTimestamp"):
+            raise Forbidden(f"unable to create new content in namespace {namespace} because it "
+                            "is being terminated")
+
+    # -- update -------------------------------------------------------------------------
+
+    async def update(self, kind: Kind, namespace: str, obj: dict, subresource: str = "") -> dict:
+        """Replace the object (or only its status), refused with Conflict when
+        metadata.resourceVersion is given and stale."""
+        objects.check_kind(obj, kind)
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name"):
+            raise Invalid(f"{kind.kind} is invalid: metadata.name: Required value")
+        namespace = self._namespace_of(kind, namespace, meta)
+        name = meta["name"]
+        expected = _parse_rv(meta.get("resourceVersion"))
+        if subresource not in ("", "status"):
+            raise BadRequest(f"{kind.resource}/{subresource}: not updatable")
+        if subresource == "status" and not kind.status_subresource:
+            raise NotFound(f"{kind.resource} has no status subresource")
+
+        def change(current: dict) -> dict:
+            return self._merge_update(kind, current, obj, subresource)
+        return await self.mutate(kind, namespace, name, change, expected)
+
+    def _merge_update(self, kind: Kind, current: dict, new: dict, subresource: str) -> dict:
+        cur_meta, new_meta = current["metadata"], new["metadata"]
+        if subresource == "status":
+            out = copy.deepcopy(current)
+            out["status"] = copy.deepcopy(new.get("status") or {})
+            return out
+        out = copy.deepcopy(new)
+        meta = {k: new_meta[k] for k in objects.CLIENT_FIELDS if k in new_meta}
+        for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp",
+                  "deletionGracePeriodSeconds", "generateName"):
+            if k in cur_meta:
+                meta[k] = cur_meta[k]
+        if kind.namespaced:
+            meta["namespace"] = cur_meta.get("namespace", "")
+        out["metadata"] = meta
+        if kind.status_subresource:
+            out.pop("status", None)
+            if "status" in current:
+                out["status"] = copy.deepcopy(current["status"])
+        if out.get("spec") != current.get("spec"):
+            meta["generation"] = int(cur_meta.get("generation", 1)) + 1
+            for field in kind.immutable_spec:
+                if (out.get("spec") or {}).get(field) != (current.get("spec") or {}).get(field):
+                    raise Invalid(f'{kind.kind} "{cur_meta["name"]}" is invalid: spec.{field}: '
+                                  "Forbidden: field is immutable")
+            if kind.resource == "pods" and (out.get("spec") or {}).get("nodeName") != \
+                    (current.get("spec") or {}).get("nodeName"):
+                raise Invalid(f'Pod "{cur_meta["name"]}" is invalid: spec.nodeName: Forbidden: '
+                              "set by binding (pods/binding), not by update")
+        return out
+
+    async def mutate(self, kind: Kind, namespace: str, name: str, change,
+                     expected_revision: int | None = None) -> dict:
+        """Read, change(current) -> new, write back if nobody wrote meanwhile (retried when
+        the caller gave no resourceVersion of its own)."""
+        key = kind.key(namespace, name)
+        for _ in range(CAS_RETRIES):
+            try:
+                kv = await self._call(self.store.get(key))
+            except st.KeyNotFound:
+                raise objects.not_found(kind, name) from None
+            if expected_revision is not None and kv.mod_revision != expected_revision:
+                raise objects.conflict(kind, name)
+            current = _with_rv(kv)
+            new = change(copy.deepcopy(current))
+            if new is None:
+                return current
+            new["metadata"].pop("resourceVersion", None)
+            current["metadata"].pop("resourceVersion", None)
+            if new == current:
+                current["metadata"]["resourceVersion"] = str(kv.mod_revision)
+                return current
+            self._validate(kind, new, name)
+            meta = new["metadata"]
+            if meta.get("deletionTimestamp") and not meta.get("finalizers") \
+                    and not (kind.graceful_delete and meta.get("deletionGracePeriodSeconds")):
+                # the last finalizer went: the deletion the object waited for happens now
+                deleted = await self._delete_key(kind, key, name, kv.mod_revision)
+                if deleted is not None:
+                    return deleted
+                continue
+            data = objects.encode(new)
+            if len(data) > objects.MAX_OBJECT_BYTES:
+                raise objects.TooLarge(f"{kind.kind} {name!r}: larger than "
+                                       f"{objects.MAX_OBJECT_BYTES} bytes")
+            try:
+                revision = await self._call(self.store.update(key, data, kv.mod_revision))
+            except st.Conflict:
+                if expected_revision is not None:
+                    raise objects.conflict(kind, name) from None
+                continue
+            except st.KeyNotFound:
+                raise objects.not_found(kind, name) from None
+            new["metadata"]["resourceVersion"] = str(revision)
+            return new
+        raise objects.conflict(kind, name)
+
+    # -- delete -------------------------------------------------------------------------
+
+    async def delete(self, kind: Kind, namespace: str, name: str, grace: int | None = None,
+                     precondition_rv: str = "") -> dict:
+        """Kubernetes' deletion: an object with finalizers, or a pod still bound to a node
+        with a grace period, gets deletionTimestamp (+ deletionGracePeriodSeconds) and stays
+        until its finalizers are gone / its kubelet deletes it with grace 0; others go now."""
+        key = kind.key(namespace, name)
+        expected = _parse_rv(precondition_rv)
+        for _ in range(CAS_RETRIES):
+            try:
+                kv = await self._call(self.store.get(key))
+            except st.KeyNotFound:
+                raise objects.not_found(kind, name) from None
+            if expected is not None and kv.mod_revision != expected:
+                raise objects.conflict(kind, name)
+            obj = _with_rv(kv)
+            meta = obj["metadata"]
+            seconds = kind.graceful_delete(obj, grace) if kind.graceful_delete else 0
+            if meta.get("deletionTimestamp"):
+                # already terminating: only a shorter grace period changes anything
+                held = int(meta.get("deletionGracePeriodSeconds") or 0)
+                if seconds >= held and not (seconds == 0 and held == 0 and not
+                                            meta.get("finalizers")):
+                    return obj
+            if not meta.get("finalizers") and seconds == 0:
+                deleted = await self._delete_key(kind, key, name, kv.mod_revision)
+                if deleted is not None:
+                    return deleted
+                continue
+            meta.pop("resourceVersion")
+            meta["deletionTimestamp"] = timestamps.rfc3339(time.time() + seconds)
+            meta["deletionGracePeriodSeconds"] = seconds
+            try:
+                revision = await self._call(self.store.update(key, objects.encode(obj),
+                                                              kv.mod_revision))
+            except st.Conflict:
+                continue
+            meta["resourceVersion"] = str(revision)
+            return obj
+        raise objects.conflict(kind, name)
+
+    async def _delete_key(self, kind: Kind, key: str, name: str, revision: int) -> dict | None:
+        try:
+            kv = await self._call(self.store.delete(key, revision))
+        except st.Conflict:
+            return None
+        except st.KeyNotFound:
+            raise objects.not_found(kind, name) from None
+        return _with_rv(kv)
+
+    # -- watch --------------------------------------------------------------------------
+
+    async def watch(self, kind: Kind, namespace: str = "", label_selector: str = "",
+                    field_selector: str = "", resource_version: str = ""
+                    ) -> AsyncIterator[tuple[str, dict]]:
+        """("ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK", object) for every change after
+        resource_version; "" or "0" starts with the current objects as ADDED. An object that
+        stops matching the selectors is reported DELETED, one that starts matching ADDED."""
+        labels, fields = self._selectors(kind, label_selector, field_selector)
+
+        def matches(o: dict) -> bool:
+            return labels.matches(o["metadata"].get("labels")) and fields.matches(o)
+        after = _parse_rv(resource_version, "resourceVersion")
+        seen: set[str] = set()
+        if not after:
+            kvs, after = await self._call(self.store.list(kind.prefix(namespace)))
+            for kv in kvs:
+                obj = _with_rv(kv)
+                if matches(obj):
+                    seen.add(kv.key)
+                    yield "ADDED", obj
+        else:
+            # which keys the client holds is not known; those that match now are assumed held
+            # (a later change that stops matching is reported DELETED)
+            kvs, _ = await self._call(self.store.list(kind.prefix(namespace)))
+            seen = {kv.key for kv in kvs if matches(_with_rv(kv))}
+        if not self.available:
+            raise Unavailable("the cluster API is starting: its store has not been reached yet")
+        stream = self.store.watch(kind.prefix(namespace), after)
+        last = after
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(stream.__anext__(), BOOKMARK_EVERY)
+                except asyncio.TimeoutError:
+                    yield "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
+                                       "metadata": {"resourceVersion": str(last)}}
+                    continue
+                except StopAsyncIteration:
+                    return
+                except st.TooOld:
+                    raise Gone(f"too old resource version: {after}") from None
+                except st.StoreUnavailable as e:
+                    raise Unavailable(f"watch {kind.resource}: store unavailable: {e}") from None
+                last = event.revision
+                obj = json.loads(event.value)
+                obj.setdefault("metadata", {})["resourceVersion"] = str(event.revision)
+                if event.type == "DELETE":
+                    if event.key in seen:
+                        seen.discard(event.key)
+                        yield "DELETED", obj
+                elif matches(obj):
+                    kind_of = "ADDED" if event.created or event.key not in seen else "MODIFIED"
+                    seen.add(event.key)
+                    yield kind_of, obj
+                elif event.key in seen:
+                    seen.discard(event.key)
+                    yield "DELETED", obj
+        finally:
+            await stream.aclose()
+
+    # -- the store's failures -----------------------------------------------------------
+
+    async def _call(self, coro):
+        if not self.available:
+            coro.close()
+            raise Unavailable("the cluster API is starting: its store has not been reached yet")
+        try:
+            return await coro
+        except st.StoreUnavailable as e:
+            raise Unavailable(f"the store of record is unavailable: {e}") from None
+
+
+__all__ = ["Registry", "ApiError"]

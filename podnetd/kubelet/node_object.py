@@ -1,0 +1,158 @@
+"""The Node object a podnetd registers for itself, built from facts (pure logic): labels,
+taints, capacity and allocatable, addresses, podCIDR, the Ready condition and nodeInfo, as the
+kubelet fills them in."""
+import dataclasses
+import platform
+from decimal import Decimal
+
+from .. import __version__, timestamps
+from ..runtime import manifest
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+ARCHES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
+          "s390x": "s390x", "riscv64": "riscv64"}
+
+
+class NodeConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeFacts:
+    name: str
+    internal_ip: str
+    pod_cidr: str
+    cpus: int
+    memory_bytes: int
+    os_image: str
+    kernel_version: str
+    container_runtime: str               # e.g. "runc://1.1.5"
+    labels: tuple[tuple[str, str], ...] = ()
+    taints: tuple[dict, ...] = ()
+    system_reserved: tuple[tuple[str, str], ...] = ()   # ("cpu", "500m"), ("memory", "1Gi")
+    max_pods: int = 110
+    ephemeral_storage_bytes: int = 0
+    api_port: int = 0                     # the node's --api-listen port, for logs/exec
+
+
+def arch() -> str:
+    machine = platform.machine()
+    return ARCHES.get(machine, machine)
+
+
+def parse_labels(text: str | None) -> tuple[tuple[str, str], ...]:
+    """--node-labels k=v,k2=v2 (kubelet's flag)."""
+    out = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, sep, value = part.partition("=")
+        problem = manifest.key_problem(key)
+        if not sep or problem:
+            raise NodeConfigError(f"--node-labels {part!r}: expected KEY=VALUE"
+                                  + (f" ({problem})" if sep and problem else ""))
+        if len(value) > 63 or not manifest.LABEL_VALUE.fullmatch(value):
+            raise NodeConfigError(f"--node-labels {part!r}: invalid label value")
+        out.append((key, value))
+    return tuple(out)
+
+
+def parse_taints(text: str | None) -> tuple[dict, ...]:
+    """--register-with-taints k=v:NoSchedule,k2:NoExecute (kubelet's flag)."""
+    out = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        head, sep, effect = part.rpartition(":")
+        key, _, value = head.partition("=")
+        if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") \
+                or manifest.key_problem(key):
+            raise NodeConfigError(f"--register-with-taints {part!r}: expected "
+                                  "KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute")
+        taint = {"key": key, "effect": effect}
+        if value:
+            taint["value"] = value
+        out.append(taint)
+    return tuple(out)
+
+
+def parse_reserved(text: str | None) -> tuple[tuple[str, str], ...]:
+    """--system-reserved cpu=500m,memory=1Gi (kubelet's flag)."""
+    out = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name not in ("cpu", "memory", "ephemeral-storage", "pid"):
+            raise NodeConfigError(f"--system-reserved {part!r}: expected cpu=Q, memory=Q, "
+                                  "ephemeral-storage=Q or pid=N")
+        try:
+            manifest.parse_quantity(value)
+        except ValueError:
+            raise NodeConfigError(f"--system-reserved {part!r}: {value!r} is not a "
+                                  "quantity") from None
+        out.append((name, value))
+    return tuple(out)
+
+
+def _format_bytes(n: int) -> str:
+    return f"{n // 1024}Ki" if n % 1024 == 0 else str(n)
+
+
+def capacity(f: NodeFacts) -> dict:
+    cap = {"cpu": str(f.cpus), "memory": _format_bytes(f.memory_bytes), "pods": str(f.max_pods)}
+    if f.ephemeral_storage_bytes:
+        cap["ephemeral-storage"] = _format_bytes(f.ephemeral_storage_bytes)
+    return cap
+
+
+def allocatable(f: NodeFacts) -> dict:
+    reserved = dict(f.system_reserved)
+    cpu_m = Decimal(f.cpus) * 1000 - manifest.parse_quantity(reserved.get("cpu", "0")) * 1000
+    memory = Decimal(f.memory_bytes) - manifest.parse_quantity(reserved.get("memory", "0"))
+    out = {"cpu": f"{max(0, int(cpu_m))}m" if cpu_m % 1000 else str(max(0, int(cpu_m // 1000))),
+           "memory": _format_bytes(max(0, int(memory))), "pods": str(f.max_pods)}
+    if f.ephemeral_storage_bytes:
+        storage = Decimal(f.ephemeral_storage_bytes) - manifest.parse_quantity(
+            reserved.get("ephemeral-storage", "0"))
+        out["ephemeral-storage"] = _format_bytes(max(0, int(storage)))
+    return out
+
+
+def labels(f: NodeFacts) -> dict:
+    out = {HOSTNAME_LABEL: f.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": arch(),
+           "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": arch()}
+    out.update(dict(f.labels))
+    return out
+
+
+def ready_condition(ready: bool, message: str, previous: dict | None, now: float) -> dict:
+    status = "True" if ready else "False"
+    changed = previous is None or previous.get("status") != status
+    return {"type": "Ready", "status": status,
+            "reason": "KubeletReady" if ready else "KubeletNotReady",
+            "message": message,
+            "lastHeartbeatTime": timestamps.rfc3339(now),
+            "lastTransitionTime": timestamps.rfc3339(now) if changed
+            else previous.get("lastTransitionTime", timestamps.rfc3339(now))}
+
+
+def node_status(f: NodeFacts, ready: bool, message: str, previous: dict | None,
+                now: float) -> dict:
+    old = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
+    return {
+        "capacity": capacity(f), "allocatable": allocatable(f),
+        "conditions": [ready_condition(ready, message, old.get("Ready"), now)],
+        "addresses": [{"type": "InternalIP", "address": f.internal_ip},
+                      {"type": "Hostname", "address": f.name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": f.api_port}},
+        "nodeInfo": {"osImage": f.os_image, "kernelVersion": f.kernel_version,
+                     "containerRuntimeVersion": f.container_runtime,
+                     "kubeletVersion": f"podnet/{__version__}",
+                     "kubeProxyVersion": "", "operatingSystem": "linux",
+                     "architecture": arch(), "machineID": "", "systemUUID": "",
+                     "bootID": ""},
+    }
+
+
+def new_node(f: NodeFacts) -> dict:
+    """The Node as first registered (status is written through nodes/status after)."""
+    spec = {"podCIDR": f.pod_cidr, "podCIDRs": [f.pod_cidr]}
+    if f.taints:
+        spec["taints"] = [dict(t) for t in f.taints]
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": f.name, "labels": labels(f)}, "spec": spec}

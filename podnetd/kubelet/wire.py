@@ -1,0 +1,100 @@
+"""The node agent feature of podnetd (podnetd/features.py): registration and the node Lease
+(registration.py), and the pods bound to this node (pod_sync.py, when the pod runtime runs).
+It talks to the cluster API in-process, as `system:node:NAME` (group system:nodes)."""
+import dataclasses
+
+from .. import config
+from ..features import Feature
+from . import facts, node_object
+from .pod_sync import PodSync
+from .registration import NodeRegistration
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeUser:
+    name: str
+    uid: str = ""
+    groups: tuple[str, ...] = ("system:nodes", "system:authenticated")
+
+
+def node_user(node_name: str) -> NodeUser:
+    return NodeUser(f"system:node:{node_name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeletConfig:
+    labels: tuple = ()
+    taints: tuple = ()
+    system_reserved: tuple = ()
+    max_pods: int = 110
+    lease_renew: float = 10.0
+
+
+def add_flags(p) -> None:
+    g = p.add_argument_group("node agent")
+    g.add_argument("--node-labels", help="labels of this node's Node object, k=v,k2=v2")
+    g.add_argument("--register-with-taints", help="taints this node registers with, "
+                                                  "k=v:NoSchedule,k2:NoExecute")
+    g.add_argument("--system-reserved", help="resources kept from pods, cpu=500m,memory=1Gi")
+    g.add_argument("--max-pods", type=int, default=110, help="pods this node takes (default 110)")
+    g.add_argument("--node-lease-renew", type=float, default=10.0,
+                   help="seconds between renewals of the node's Lease (default 10)")
+
+
+def validate(ns) -> None:
+    try:
+        kc = KubeletConfig(node_object.parse_labels(ns.node_labels),
+                           node_object.parse_taints(ns.register_with_taints),
+                           node_object.parse_reserved(ns.system_reserved), ns.max_pods,
+                           ns.node_lease_renew)
+    except node_object.NodeConfigError as e:
+        raise config.ConfigError(str(e)) from None
+    if not 1 <= kc.max_pods <= 10000:
+        raise config.ConfigError(f"--max-pods {kc.max_pods}: must be between 1 and 10000")
+    if not 0.1 <= kc.lease_renew <= 300:
+        raise config.ConfigError(f"--node-lease-renew {kc.lease_renew}: must be between 0.1 "
+                                 "and 300 seconds")
+    ns.kubelet = kc
+
+
+class KubeletComponent:
+    def __init__(self, d):
+        self.d = d
+        cfg = d.cfg
+        kc: KubeletConfig = cfg.kubelet
+        self.client = d.apiserver.api.as_user(node_user(cfg.node_name))
+
+        def gather():
+            from ..kernel import vxlan
+            ip = getattr(cfg, "node_ip", None) or vxlan.default_route_address() or "127.0.0.1"
+            port = int(cfg.api_listen.rpartition(":")[2]) if cfg.api_listen else 0
+            return facts.gather(cfg.node_name, ip, cfg.pod_cidr, cfg.oci_runtime, cfg.state_dir,
+                                labels=kc.labels, taints=kc.taints,
+                                system_reserved=kc.system_reserved, max_pods=kc.max_pods,
+                                api_port=port)
+        self.registration = NodeRegistration(self.client, gather, d.status, kc.lease_renew)
+        runtime = getattr(d, "pod_runtime", None)
+        self.pods = PodSync(self.client, runtime, cfg.node_name) if runtime else None
+        if runtime is not None:
+            runtime.listeners.append(self.pods.poke)
+
+    async def start(self) -> None:
+        await self.registration.start()
+        if self.pods is not None:
+            await self.pods.start()
+
+    async def stop(self) -> None:
+        if self.pods is not None:
+            await self.pods.stop()
+        await self.registration.stop()
+
+
+def make_component(d):
+    if getattr(d, "apiserver", None) is None:
+        return None
+    component = KubeletComponent(d)
+    d.kubelet = component
+    return component
+
+
+FEATURE = Feature("kubelet", add_flags=add_flags, validate=validate, component=make_component)
