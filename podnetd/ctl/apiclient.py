@@ -132,7 +132,10 @@ class ApiClient:
                 answer = getattr(self._stub(service, i), method)(
                     request, metadata=self.metadata(), timeout=timeout)
             except grpc.RpcError as e:
-                last = ApiError(e.code(), e.details() or "", self.target.servers[i])
+                details = e.details() or ""
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    details = f"{service}.{method}: {details}"
+                last = ApiError(e.code(), details, self.target.servers[i])
                 if e.code() == grpc.StatusCode.UNAVAILABLE:
                     continue
                 raise last from None

@@ -53,8 +53,9 @@ def events_of(s: Session, obj: dict, kind: Kind) -> list[str]:
     mine = []
     for e in events:
         ref = e.get("involvedObject") or {}
+        # a node's events carry the node's name as uid, as the kubelet's do
         if ref.get("kind") == kind.kind and ref.get("name") == name and \
-                (not ref.get("uid") or not uid or ref.get("uid") == uid):
+                ref.get("uid") in (None, "", uid, name):
             mine.append(e)
     if not mine:
         return [field("Events", "<none>")]
@@ -124,4 +125,4 @@ def register(sub, common) -> None:
     p.add_argument("resources", nargs="+", metavar="KIND [NAME...]")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-l", "--selector")
-    p.set_defaults(func=cmd_describe)
+    p.set_defaults(func=cmd_describe, positional_rest="resources")

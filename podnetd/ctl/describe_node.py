@@ -96,10 +96,9 @@ def describe_node(s: Session, kind: Kind, node: dict) -> list[str]:
                                      when(c.get("lastHeartbeatTime")),
                                      when(c.get("lastTransitionTime")), c.get("reason", ""),
                                      c.get("message", "")] for c in conditions])
-    addresses = st.get("addresses") or []
-    out.append("Addresses:")
-    out += [f"  {a.get('type', '')}:  {a.get('address', '')}" for a in addresses
-            if isinstance(a, dict)]
+    addresses = [a for a in st.get("addresses") or [] if isinstance(a, dict)]
+    out += _resource_list("Addresses", {a.get("type", ""): a.get("address", "")
+                                        for a in addresses}) or ["Addresses:"]
     out += _resource_list("Capacity", st.get("capacity"))
     out += _resource_list("Allocatable", st.get("allocatable"))
     info = st.get("nodeInfo") or {}

@@ -100,7 +100,8 @@ def describe_pod(s: Session, kind: Kind, pod: dict) -> list[str]:
            field("Priority", spec.get("priority", 0))]
     if spec.get("priorityClassName"):
         out.append(field("Priority Class Name", spec["priorityClassName"]))
-    out.append(field("Node", f"{node}/{st.get('hostIP', '')}" if node else "<none>"))
+    host_ip = st.get("hostIP")
+    out.append(field("Node", (f"{node}/{host_ip}" if host_ip else node) if node else "<none>"))
     out.append(field("Start Time", when(st.get("startTime")) if st.get("startTime") else None))
     out += mapping("Labels", meta(pod, "labels", None))
     out += mapping("Annotations", meta(pod, "annotations", None))

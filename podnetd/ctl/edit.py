@@ -169,9 +169,9 @@ def register(sub, common) -> None:
     p.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
                    help="how long --wait waits (0: as long as it takes)")
     p.add_argument("--ignore-not-found", action="store_true")
-    p.set_defaults(func=cmd_delete)
+    p.set_defaults(func=cmd_delete, positional_rest="resources")
 
     p = sub.add_parser("label", parents=[common], help="set or remove labels (kubectl label)")
     p.add_argument("args", nargs="+", metavar="KIND NAME k=v k2-")
     p.add_argument("--overwrite", action="store_true", help="change a label that has a value")
-    p.set_defaults(func=cmd_label)
+    p.set_defaults(func=cmd_label, positional_rest="args")

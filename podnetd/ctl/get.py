@@ -17,13 +17,17 @@ from .watch import Watcher
 EVENT_NAMES = {"events", "event", "ev"}
 
 
-def _is_local_events(args) -> bool:
-    return (len(args.resources) == 1 and args.resources[0].lower() in EVENT_NAMES
-            and target(args).local)
+def _local_events_socket(args) -> str | None:
+    """The local podnetd's socket when `get events` means the node's own events."""
+    if len(args.resources) != 1 or args.resources[0].lower() not in EVENT_NAMES:
+        return None
+    t = target(args)
+    return t.servers[0][len("unix:"):] if t.local else None
 
 
-def _node_events(args) -> int:
+def _node_events(args, socket: str) -> int:
     local = copy.copy(args)
+    local.socket = socket
     local.output = args.output if args.output in ("json", "yaml") else "table"
     local.namespace = args.namespace or "default"
     return events.cmd_get_events(local)
@@ -79,7 +83,8 @@ def _print(kind: Kind, objects: list[dict], args, prefix: bool, header: bool = T
         sys.stdout.write(printers.table(
             kind.kind, objects, wide=args.output == "wide",
             namespace_column=args.all_namespaces and kind.namespaced,
-            name_prefix=kind.qualified if prefix else "", header=header))
+            name_prefix=kind.qualified if prefix else "", header=header,
+            show_labels=args.show_labels))
 
 
 def _no_resources(s: Session, pairs, args) -> str:
@@ -89,8 +94,9 @@ def _no_resources(s: Session, pairs, args) -> str:
 
 
 def cmd_get(args) -> int:
-    if _is_local_events(args):
-        return _node_events(args)
+    socket = _local_events_socket(args)
+    if socket:
+        return _node_events(args, socket)
     s = _session(args)
     pairs = split_args(s.kinds, args.resources)
     if args.all_namespaces and any(names for _, names in pairs):
@@ -104,7 +110,9 @@ def cmd_get(args) -> int:
         results.append((kind, objects, rv))
         errors += errs
     shown = [r for r in results if r[1]]
-    if args.output in ("json", "yaml"):
+    if args.watch and args.output_watch_events:
+        pass                                   # the watch shows them, as ADDED
+    elif args.output in ("json", "yaml"):
         single = len(pairs) == 1 and len(pairs[0][1]) == 1
         if single and shown:
             dump(shown[0][1][0], args.output)
@@ -145,7 +153,7 @@ def _watch(s: Session, kind: Kind, names: list[str], result, args, header: bool)
         else:
             text = printers.table(kind.kind, [obj], wide=args.output == "wide",
                                   namespace_column=args.all_namespaces and kind.namespaced,
-                                  header=state["header"])
+                                  header=state["header"], show_labels=args.show_labels)
             if args.output_watch_events:
                 lines = text.splitlines(keepends=True)
                 lines = ([f"{'EVENT':<10}{lines[0]}"] if state["header"] else []) + \
@@ -155,6 +163,10 @@ def _watch(s: Session, kind: Kind, names: list[str], result, args, header: bool)
             sys.stdout.write(text)
         sys.stdout.flush()
 
+    if args.output_watch_events:
+        state["header"] = True
+        for obj in objects:
+            emit("ADDED", obj)
     watcher = Watcher(s.client, kind.resource, s.namespace(kind, args.all_namespaces),
                       args.selector or "", selector, emit)
     watcher.seed(objects, rv)
@@ -177,10 +189,11 @@ def register(sub, common) -> None:
     p.add_argument("-l", "--selector", help="label selector: a=b,c!=d,e in (f,g),!h")
     p.add_argument("--field-selector", help="e.g. spec.nodeName=n1,status.phase=Running")
     p.add_argument("-o", "--output", default="", choices=["", "wide", "json", "yaml", "name"])
+    p.add_argument("--show-labels", action="store_true", help="a LABELS column")
     p.add_argument("-w", "--watch", action="store_true", help="after listing, watch for changes")
     p.add_argument("--output-watch-events", action="store_true",
                    help="with -w: show the event type (ADDED, MODIFIED, DELETED)")
     p.add_argument("--for", dest="for_", metavar="KIND/NAME",
                    help="events: only those of this object (pod/NAME, node/NAME)")
-    p.set_defaults(func=cmd_get)
+    p.set_defaults(func=cmd_get, positional_rest="resources")
 

@@ -29,6 +29,7 @@ import binascii
 import copy
 import dataclasses
 import os
+import stat
 import tempfile
 
 from . import safeyaml
@@ -95,9 +96,11 @@ def config_path(flag: str | None, env: dict | None = None) -> tuple[str, bool]:
 
 def read_limited(path: str, what: str) -> bytes:
     try:
+        mode = os.stat(path).st_mode
+        # a FIFO would block the read; /dev/null (a character device) reads as empty
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise ConfigError(f"{what} {path}: not a regular file")
         with open(path, "rb") as f:
-            if not os.path.isfile(path):
-                raise ConfigError(f"{what} {path}: not a regular file")
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{what} {path}: {e.strerror}") from None

@@ -90,7 +90,14 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     own, command = split_command(argv)
-    args = parser.parse_args(hoist_global_flags(own))
+    args, unknown = parser.parse_known_args(hoist_global_flags(own))
+    # `label po web a=b --overwrite c-`: argparse ends a positional list at the first option;
+    # kubectl's verbs take their words anywhere, so the words after an option join the list
+    rest = getattr(args, "positional_rest", None)
+    if unknown and rest and not any(u.startswith("-") and u != "-" for u in unknown):
+        setattr(args, rest, getattr(args, rest) + unknown)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     # an explicit --socket chooses the local podnetd over a client config's cluster
     args.socket_explicit = args.socket is not None
     args.socket = args.socket or DEFAULT_SOCKET

@@ -221,7 +221,7 @@ def register(sub, common) -> None:
     p = sub.add_parser("taint", parents=[common], help="add or remove node taints (kubectl taint)")
     p.add_argument("args", nargs="+", metavar="nodes NAME KEY=VALUE:EFFECT | KEY-")
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_taint)
+    p.set_defaults(func=cmd_taint, positional_rest="args")
     for verb, fn, helptext in (("cordon", cmd_cordon, "mark a node unschedulable"),
                                ("uncordon", cmd_uncordon, "mark a node schedulable")):
         p = sub.add_parser(verb, parents=[common], help=helptext)

@@ -264,10 +264,18 @@ def printer(kind: str) -> Printer:
     return PRINTERS.get(kind, DEFAULT)
 
 
+def labels_text(obj: dict, now: float = 0) -> str:
+    labels = _get(obj, "metadata", "labels", default={})
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
+
+
 def _headers_and_cells(kind: str, objects: list[dict], wide: bool, namespace_column: bool,
-                       name_prefix: str, now: float) -> tuple[list[str], list[list[str]]]:
+                       name_prefix: str, now: float, show_labels: bool = False
+                       ) -> tuple[list[str], list[list[str]]]:
     p = printer(kind)
     columns = list(p.columns) + (list(p.wide) if wide else [])
+    if show_labels:
+        columns.append(("LABELS", labels_text))
     headers = (["NAMESPACE"] if namespace_column else []) + [h for h, _ in columns]
     rows = []
     for obj in objects:
@@ -292,9 +300,11 @@ def format_rows(headers: list[str], rows: list[list[str]], widths: list[int] | N
 
 
 def table(kind: str, objects: list[dict], *, wide: bool = False, namespace_column: bool = False,
-          name_prefix: str = "", header: bool = True, now: float | None = None) -> str:
+          name_prefix: str = "", header: bool = True, now: float | None = None,
+          show_labels: bool = False) -> str:
     now = time.time() if now is None else now
-    headers, rows = _headers_and_cells(kind, objects, wide, namespace_column, name_prefix, now)
+    headers, rows = _headers_and_cells(kind, objects, wide, namespace_column, name_prefix, now,
+                                       show_labels)
     return format_rows(headers, rows, header=header)
 
 
