@@ -26,10 +26,12 @@ def all_features() -> tuple[Feature, ...]:
     """The firewall first (anti-spoofing and the node's input limits exist before any pod is
     attached), then cluster routing, then the cluster API (its store may be the cluster's etcd),
     then the pod runtime (its pods need the network), then the node agent (it runs the
-    cluster's pods with the runtime and reports to the API)."""
+    cluster's pods with the runtime and reports to the API), then the control plane (leader
+    election for the scheduler and the controllers)."""
     from .apiserver.wire import FEATURE as apiserver
     from .cluster.wire import FEATURE as cluster
+    from .controllers.wire import FEATURE as controllers
     from .firewall import FEATURE as firewall
     from .kubelet.wire import FEATURE as kubelet
     from .runtime import FEATURE as runtime
-    return (firewall, cluster, apiserver, runtime, kubelet)
+    return (firewall, cluster, apiserver, runtime, kubelet, controllers)

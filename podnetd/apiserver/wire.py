@@ -4,7 +4,8 @@ import os
 
 from .. import config
 from ..features import Feature
-from . import service
+from ..errors import StartupError
+from . import authn, service
 from .component import ApiServerComponent, ApiServerConfig
 
 
@@ -58,33 +59,20 @@ def validate(ns) -> None:
     ns.apiserver = build_config(ns)
 
 
-def _allow_all_admins(req, obj):
-    """Until RBAC and the Node authorizer land: the admin group and nodes."""
-    groups = getattr(req.user, "groups", ())
-    return ("system:masters" in groups or "system:nodes" in groups, "")
-
-
 def make_component(d):
-    component = ApiServerComponent(d.cfg.apiserver, _allow_all_admins)
+    try:
+        component = ApiServerComponent(d.cfg.apiserver)
+    except (authn.TokenFileError, OSError, ValueError) as e:
+        raise StartupError(f"cluster API: {e}") from None
     d.apiserver = component
     return component
-
-
-class _LocalAdmin:
-    name = "system:admin"
-    uid = ""
-    groups = ("system:masters", "system:authenticated")
-
-
-async def _local_admin(context):
-    return _LocalAdmin()
 
 
 def register_service(server, d) -> list[str]:
     component = getattr(d, "apiserver", None)
     if component is None:
         return []
-    return service.register(server, component.api, _local_admin)
+    return service.register(server, component.api, component.access.local)
 
 
 FEATURE = Feature("apiserver", add_flags=add_flags, validate=validate,

@@ -98,12 +98,17 @@ class NodeRegistration:
         await self.client.update("leases", LEASE_NAMESPACE, lease)
 
     async def _report_status(self, facts) -> None:
+        """Write the status when it changed, when the stored one says otherwise (the node
+        lifecycle controller marked this node Unknown while it was away) or every
+        STATUS_EVERY seconds."""
         ready, message = await asyncio.to_thread(self.readiness_fn)
+        node = await self.client.get("nodes", "", facts.name)
+        stored = {c.get("type"): c for c in (node.get("status") or {}).get("conditions") or []}
+        agrees = (stored.get("Ready") or {}).get("status") == ("True" if ready else "False")
         key = (ready, message, facts)
         now = time.time()
-        if key == self._last_status and now - self._last_status_time < STATUS_EVERY:
+        if agrees and key == self._last_status and now - self._last_status_time < STATUS_EVERY:
             return
-        node = await self.client.get("nodes", "", facts.name)
         node["status"] = node_object.node_status(facts, ready, message, node.get("status"),
                                                  now)
         await self.client.update("nodes", "", node, "status")

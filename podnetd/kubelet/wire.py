@@ -6,7 +6,8 @@ import dataclasses
 from .. import config
 from ..features import Feature
 from . import facts, node_object
-from .pod_sync import PodSync
+from ..controllers.event_recorder import ApiEventRecorder
+from .pod_sync import PodSync, is_cluster_pod
 from .registration import NodeRegistration
 
 
@@ -75,8 +76,16 @@ class KubeletComponent:
         self.registration = NodeRegistration(self.client, gather, d.status, kc.lease_renew)
         runtime = getattr(d, "pod_runtime", None)
         self.pods = PodSync(self.client, runtime, cfg.node_name) if runtime else None
+        self.recorder = ApiEventRecorder(self.client, "kubelet", cfg.node_name)
         if runtime is not None:
-            runtime.listeners.append(self.pods.poke)
+            runtime.listeners.append(self._pod_event)
+
+    def _pod_event(self, pod, type_: str, reason: str, message: str, container: str) -> None:
+        self.pods.poke()
+        if is_cluster_pod(pod) and reason != "Scheduled":   # the scheduler says Scheduled
+            self.recorder({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": pod.name, "namespace": pod.namespace,
+                                        "uid": pod.uid}}, type_, reason, message)
 
     async def start(self) -> None:
         await self.registration.start()

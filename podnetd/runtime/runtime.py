@@ -54,7 +54,9 @@ class Runtime:
         self.lifecycle = PodLifecycle(self.ctx, self.sandboxes, self.supervisor)
         self.pods: dict[str, Pod] = {}
         self._bg: set[asyncio.Task] = set()
-        self.listeners: list = []   # called on every pod event (the node agent's status sync)
+        # listener(pod, type, reason, message, container) on every pod event (the node agent
+        # syncs status and forwards the cluster's pods' events to the API)
+        self.listeners: list = []
         self.metrics.add_source(self._pod_metrics)
 
     @property
@@ -90,7 +92,7 @@ class Runtime:
         self.daemon.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
                                   message, f"spec.containers{{{container}}}" if container else "")
         for listener in self.listeners:
-            listener()
+            listener(pod, kind, reason, message, container)
 
     def _pod_metrics(self):
         """Pods by phase, read by the metrics thread (a dict the loop changes meanwhile is

@@ -17,10 +17,11 @@ it deleted). etcd3gw's own watch() cannot be used as it is: its reader thread dr
 compaction cancel (a watch from a compacted revision just never yields), swallows a broken stream
 (the iterator blocks forever), and assumes one HTTP chunk = one JSON message. So the stream is
 opened with the client's session and URL and read here, line by line, in a thread of its own that
-feeds an asyncio-side queue. A watcher that falls more than `watch_backlog` events behind ends
-with StoreUnavailable (it resumes from its last revision); a stream that stays silent is probed
-every `watch_probe` seconds on its own endpoint, so a frozen or partitioned etcd ends the watch
-with StoreUnavailable instead of hanging.
+feeds an asyncio-side queue. A watcher that falls more than `watch_backlog` events (or
+`watch_backlog_bytes` of values) behind ends with StoreUnavailable (it resumes from its last
+revision); a stream that stays silent is probed every `watch_probe` seconds on its own
+endpoint, so a frozen or partitioned etcd ends the watch with StoreUnavailable instead of
+hanging.
 
 All blocking HTTP runs on the store's own thread pool, never on the event loop (and never on the
 loop's default executor, which the rest of podnetd shares).
@@ -42,7 +43,7 @@ import urllib3
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.utils import _encode  # base64 of bytes, as the gateway wants key and value fields
 
-from .base import (Conflict, KeyExists, KeyNotFound, KeyValue, ObjectStore, StoreUnavailable,
+from .base import (Conflict, StoreError, KeyExists, KeyNotFound, KeyValue, ObjectStore, StoreUnavailable,
                    TooOld, WatchEvent)
 from .keys import (InvalidKey, ValueTooLarge, check_key, check_revision, check_value,
                    prefix_end)
@@ -100,9 +101,11 @@ class EtcdObjectStore(ObjectStore):
 
     def __init__(self, endpoints: list[str], prefix: str = "/podnet/registry",
                  tls: tuple[str, str, str] | None = None, timeout: float = 5.0,
-                 watch_backlog: int = 10000, watch_probe: float = 10.0):
+                 watch_backlog: int = 10000, watch_backlog_bytes: int = 64 * 1024 * 1024,
+                 watch_probe: float = 10.0):
         """endpoints: etcd client URLs (http:// or https://); tls: (CA file, client certificate
-        file, client key file) for https endpoints, or None; timeout: one request's."""
+        file, client key file) for https endpoints, any of them None (no CA file: the system's
+        CAs; no certificate: no client certificate), or None; timeout: one request's."""
         if isinstance(endpoints, str):
             endpoints = [u.strip() for u in endpoints.split(",") if u.strip()]
         if not endpoints:
@@ -110,9 +113,16 @@ class EtcdObjectStore(ObjectStore):
         root = check_key(prefix.rstrip("/") or "/", "etcd prefix")
         self._root = root.rstrip(b"/")  # "" keeps the API keys as they are
         self.prefix = self._root.decode()
+        if tls is not None:
+            ca, cert, key = tls
+            if bool(cert) != bool(key):
+                raise ValueError("etcd store: a client certificate needs its key, and a key its "
+                                 "certificate")
+            tls = (ca, cert, key) if (ca or cert) else None
         self.tls = tls
         self.timeout = timeout
         self.watch_backlog = watch_backlog
+        self.watch_backlog_bytes = watch_backlog_bytes
         self.watch_probe = watch_probe
         self.endpoints = list(endpoints)
         for url in self.endpoints:
@@ -127,6 +137,7 @@ class EtcdObjectStore(ObjectStore):
         self._clients = [self._client(u) for u in self.endpoints]
         self._current = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._streams: set[_WatchStream] = set()
 
     def _session(self) -> requests.Session:
         session = requests.Session()
@@ -134,8 +145,10 @@ class EtcdObjectStore(ObjectStore):
         session.trust_env = False
         if self.tls:
             ca, cert, key = self.tls
-            session.verify = ca
-            session.cert = (cert, key)
+            if ca:  # never None: requests takes verify=None as "do not verify"
+                session.verify = ca
+            if cert:
+                session.cert = (cert, key)
         return session
 
     def _client(self, url: str, session: requests.Session | None = None) -> etcd3gw.Etcd3Client:
@@ -217,6 +230,8 @@ class EtcdObjectStore(ObjectStore):
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
+        for stream in list(self._streams):  # its watches end as the SQLite store's do
+            stream.fail(StoreUnavailable(f"etcd {stream.what}: the store is closed"))
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 
@@ -328,11 +343,13 @@ class EtcdObjectStore(ObjectStore):
             raise StoreUnavailable(f"etcd watch {prefix}: the store is not started")
         stream = _WatchStream(self, prefix, start, prefix_end(start), after_revision)
         stream.open(asyncio.get_running_loop())
+        self._streams.add(stream)
         try:
             while True:
                 for event in await stream.next_batch():
                     yield event
         finally:
+            self._streams.discard(stream)
             stream.close()
 
 
@@ -350,6 +367,7 @@ class _WatchStream:
         self._lock = threading.Lock()
         self._queue: collections.deque = collections.deque()
         self._pending = 0  # events queued and not yet taken
+        self._pending_bytes = 0  # and the bytes of their values
         self._ready = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = threading.Event()
@@ -363,13 +381,16 @@ class _WatchStream:
         self._loop = loop
         threading.Thread(target=self._read, name="etcd-watch", daemon=True).start()
 
-    def _put(self, item, events: int = 0) -> bool:
-        """Queue an item for the iterator; False when the watcher is too far behind."""
+    def _put(self, item, events: int = 0, size: int = 0) -> bool:
+        """Queue an item for the iterator; False when the watcher is too far behind (a batch is
+        always taken when nothing is queued: etcd may send a catch-up batch of any size)."""
         with self._lock:
-            if events and self._pending + events > self.store.watch_backlog:
+            if self._pending and (self._pending + events > self.store.watch_backlog
+                                  or self._pending_bytes + size > self.store.watch_backlog_bytes):
                 return False
             self._queue.append(item)
             self._pending += events
+            self._pending_bytes += size
         try:
             self._loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the loop is gone
@@ -461,10 +482,11 @@ class _WatchStream:
             event = self._event(raw)
             if event is not None:
                 events.append(event)
-        if events and not self._put(events, len(events)):
+        if events and not self._put(events, len(events), sum(len(e.value) for e in events)):
             raise StoreUnavailable(f"etcd {self.what}: the watcher fell more than "
-                                   f"{self.store.watch_backlog} events behind; resume from "
-                                   f"its last revision")
+                                   f"{self.store.watch_backlog} events or "
+                                   f"{self.store.watch_backlog_bytes} bytes behind; resume "
+                                   f"from its last revision")
         return True
 
     def _event(self, raw: dict) -> WatchEvent | None:
@@ -489,6 +511,12 @@ class _WatchStream:
         if client is not None:
             client.session.close()
 
+    def fail(self, error: StoreError) -> None:
+        """End the watch with error (from the loop), after what is queued."""
+        if not self._closed.is_set():
+            self._put(error)
+        self.close()
+
     def close(self) -> None:
         """End the watch (from the loop): shut the socket so the reader's blocking read returns."""
         self._closed.set()
@@ -512,6 +540,7 @@ class _WatchStream:
                 item = self._queue.popleft() if self._queue else None
                 if isinstance(item, list):
                     self._pending -= len(item)
+                    self._pending_bytes -= sum(len(e.value) for e in item)
             if isinstance(item, list):
                 return item
             if isinstance(item, Exception):
