@@ -280,3 +280,101 @@ def test_a_cluster_whose_first_server_is_down_is_reached_through_the_next(node, 
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert down.returncode == 1
     assert down.stderr.startswith(f"Unable to connect to the server unix:{dead}: ")
+
+
+# ---- over TLS (--api-listen): certificates, tokens, failover, denials, impersonation
+
+
+@pytest.fixture(scope="module")
+def tls_api():
+    """A podnetd serving the cluster API on 127.0.0.1:6443 of its netns over TLS, real
+    certificates for it and an admin (O=system:masters), and a token for alice (no RBAC)."""
+    from podnetd.lab import pki
+    from testlib import Daemon, Netns
+    spaces = Netns()
+    work = tempfile.mkdtemp(prefix="pt-ctltls-")
+    daemon = None
+    try:
+        ca, ca_key = pki.make_ca(os.path.join(work, "ca"), "ctl")
+        cert, key = pki.make_node_cert(os.path.join(work, "srv"), ca, ca_key, "api", "127.0.0.1")
+        admin = pki.make_client_cert(os.path.join(work, "adm"), ca, ca_key, "admin",
+                                     ("system:masters",))
+        other_ca, other_key = pki.make_ca(os.path.join(work, "other"), "other")
+        tokens = os.path.join(work, "tokens.csv")
+        with open(tokens, "w") as f:
+            f.write('tok-alice,alice,u-alice,"devs"\n')
+        daemon = Daemon(spaces.add("ctls"), "10.82.0.0/24", extra=[
+            "--api-listen", "127.0.0.1:6443", "--tls-cert", cert, "--tls-key", key,
+            "--client-ca", ca, "--token-auth-file", tokens]).start(timeout=30)
+        config = os.path.join(work, "config.yaml")
+        cluster = {"servers": ["https://127.0.0.1:6444", "https://127.0.0.1:6443"],
+                   "certificate-authority": ca}
+        with open(config, "w") as f:
+            yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config",
+                "clusters": [{"name": "t", "cluster": cluster},
+                             {"name": "foreign", "cluster": {
+                                 "server": "https://127.0.0.1:6443",
+                                 "certificate-authority": other_ca}}],
+                "users": [{"name": "admin", "user": {"client-certificate": admin[0],
+                                                     "client-key": admin[1]}},
+                          {"name": "alice", "user": {"token": "tok-alice"}},
+                          {"name": "forged", "user": {"token": "tok-mallory"}}],
+                "contexts": [{"name": "admin", "context": {"cluster": "t", "user": "admin"}},
+                             {"name": "alice", "context": {"cluster": "t", "user": "alice",
+                                                           "namespace": "prod"}},
+                             {"name": "forged", "context": {"cluster": "t", "user": "forged"}},
+                             {"name": "foreign", "context": {"cluster": "foreign",
+                                                             "user": "admin"}}],
+                "current-context": "admin"}, f)
+        yield daemon, config
+    finally:
+        if daemon:
+            daemon.cleanup()
+        spaces.cleanup()
+        subprocess.run(["rm", "-rf", work], check=False)
+
+
+def tls_ctl(api, *args, check=False):
+    daemon, config = api
+    proc = subprocess.run(["nsenter", f"--net=/run/netns/{daemon.netns}", PY, "-m",
+                           "podnetd.ctl.main", *args, "--config", config],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    if check and proc.returncode:
+        raise AssertionError(f"{args}: {proc.stdout}{proc.stderr}\n{daemon.log()[-3000:]}")
+    return proc
+
+
+def test_tls_with_a_client_certificate_through_the_second_server(tls_api):
+    daemon, _ = tls_api
+    # the first server of the cluster (port 6444) is down: the second answers
+    nodes = wait_for(lambda: tls_ctl(tls_api, "get", "nodes", "-o", "name").stdout,
+                     "the node registered")
+    assert nodes == f"node/{daemon.node_name}\n"
+    who = tls_ctl(tls_api, "auth", "whoami", check=True).stdout.splitlines()
+    assert who[1].split() == ["Username", "admin"] and "system:masters" in who[-1]
+
+
+def test_tls_token_user_rbac_denial_and_impersonation(tls_api):
+    who = tls_ctl(tls_api, "--context", "alice", "auth", "whoami", check=True).stdout
+    assert "alice" in who and "u-alice" in who
+    can = tls_ctl(tls_api, "auth", "can-i", "create", "pods", "--context", "alice")
+    assert (can.returncode, can.stdout.split()[0]) == (1, "no")
+    denied = tls_ctl(tls_api, "--context", "alice", "get", "pods")
+    assert denied.returncode == 1 and denied.stderr == (
+        'Error from server (Forbidden): pods is forbidden: User "alice" cannot list resource '
+        '"pods" in API group "" in the namespace "prod"\n')
+    # the admin acting as alice gets alice's answer
+    acting = tls_ctl(tls_api, "get", "ns", "--as", "alice")
+    assert acting.returncode == 1 and 'User "alice" cannot list resource "namespaces"' in \
+        acting.stderr
+    assert tls_ctl(tls_api, "auth", "can-i", "list", "pods", "--as", "alice").stdout == "no\n"
+
+
+def test_tls_bad_token_and_foreign_ca(tls_api):
+    forged = tls_ctl(tls_api, "--context", "forged", "get", "pods")
+    assert forged.returncode == 1
+    assert forged.stderr.startswith("error: You must be logged in to the server (Unauthorized")
+    foreign = tls_ctl(tls_api, "--context", "foreign", "get", "pods")
+    assert foreign.returncode == 1
+    assert foreign.stderr.startswith("Unable to connect to the server 127.0.0.1:6443: ")
