@@ -143,7 +143,8 @@ def test_nodes_get_describe_label_taint_cordon(node):
     assert ctl(node, "label", "nodes", name, "ctl-test=yes").stdout == f"node/{name} labeled\n"
     assert ctl(node, "get", "no", "-l", "ctl-test=yes", "-o", "name").stdout == f"node/{name}\n"
     refused = ctl(node, "label", "no", name, "ctl-test=no", check=False)
-    assert refused.stderr == "error: 'ctl-test' already has a value (yes), and --overwrite is false\n"
+    assert refused.stderr == \
+        "error: 'ctl-test' already has a value (yes), and --overwrite is false\n"
     assert ctl(node, "label", "no", name, "ctl-test-").stdout == f"node/{name} unlabeled\n"
     assert ctl(node, "taint", "nodes", name, "ctl=x:NoSchedule").stdout == f"node/{name} tainted\n"
     assert get_json(node, "node", name)["spec"]["taints"] == [

@@ -280,7 +280,8 @@ def test_the_node_commands_keep_their_flags():
 
 
 ERRORS = [
-    (grpc.StatusCode.NOT_FOUND, 'pods "x" not found', 'Error from server (NotFound): pods "x" not found'),
+    (grpc.StatusCode.NOT_FOUND, 'pods "x" not found',
+     'Error from server (NotFound): pods "x" not found'),
     (grpc.StatusCode.ALREADY_EXISTS, 'pods "x" already exists',
      'Error from server (AlreadyExists): pods "x" already exists'),
     (grpc.StatusCode.ABORTED, "the object has been modified; please apply your changes to the "
@@ -288,11 +289,14 @@ ERRORS = [
      "modified; please apply your changes to the latest version and try again"),
     (grpc.StatusCode.INVALID_ARGUMENT, 'Pod "x" is invalid: spec.containers: Required value',
      'Error from server (Invalid): Pod "x" is invalid: spec.containers: Required value'),
-    (grpc.StatusCode.INVALID_ARGUMENT, "bad selector", "Error from server (BadRequest): bad selector"),
+    (grpc.StatusCode.INVALID_ARGUMENT, "bad selector",
+     "Error from server (BadRequest): bad selector"),
     (grpc.StatusCode.PERMISSION_DENIED, 'pods is forbidden: User "alice" cannot create resource '
      '"pods" in API group "" in the namespace "prod"', 'Error from server (Forbidden): pods is '
-     'forbidden: User "alice" cannot create resource "pods" in API group "" in the namespace "prod"'),
-    (grpc.StatusCode.UNAUTHENTICATED, "", "error: You must be logged in to the server (Unauthorized)"),
+     'forbidden: User "alice" cannot create resource "pods" in API group "" in the namespace '
+     '"prod"'),
+    (grpc.StatusCode.UNAUTHENTICATED, "",
+     "error: You must be logged in to the server (Unauthorized)"),
     (grpc.StatusCode.UNAUTHENTICATED, "Unauthorized",
      "error: You must be logged in to the server (Unauthorized)"),
     (grpc.StatusCode.OUT_OF_RANGE, "too old resource version: 5 (90)",
@@ -308,3 +312,15 @@ def test_grpc_errors_read_as_kubectls(code, details, line):
 def test_unreachable_names_the_server():
     line = message(grpc.StatusCode.UNAVAILABLE, "connection refused", "10.0.0.1:6443")
     assert line == "Unable to connect to the server 10.0.0.1:6443: connection refused"
+
+
+def test_a_written_client_config_reads_back(tmp_path):
+    path = str(tmp_path / "sub" / "config.yaml")
+    kubeconfig.save(path, kubeconfig.client_config(
+        "lab", ["https://10.0.0.1:6443", "https://10.0.0.2:6443"], "/pki/ca.crt",
+        cert_path="/pki/admin.crt", key_path="/pki/admin.key"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    config = kubeconfig.load(path)
+    assert config.current_context == "admin@lab"
+    assert config.clusters["lab"].servers == ("https://10.0.0.1:6443", "https://10.0.0.2:6443")
+    assert config.users["admin"].cert_path == "/pki/admin.crt"

@@ -133,7 +133,8 @@ def test_other_kinds_columns():
     lines = printers.table("Event", [ev], now=NOW).splitlines()
     assert lines[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     assert lines[1].split()[:4] == ["4s", "Warning", "FailedScheduling", "pod/web"]
-    lease = {"metadata": {"name": "n1", "creationTimestamp": ts(10)}, "spec": {"holderIdentity": "n1"}}
+    lease = {"metadata": {"name": "n1", "creationTimestamp": ts(10)},
+             "spec": {"holderIdentity": "n1"}}
     assert printers.table("Lease", [lease], now=NOW).splitlines()[1].split() == ["n1", "n1", "10s"]
     role = {"metadata": {"name": "r", "creationTimestamp": "2024-01-01T00:00:00Z"}}
     assert printers.table("ClusterRole", [role], now=NOW).splitlines() == [
@@ -169,7 +170,8 @@ def test_unknown_kind_in_kubectls_words():
 
 
 def test_type_name_forms():
-    assert [(k.resource, n) for k, n in split_args(KINDS, ["po", "a", "b"])] == [("pods", ["a", "b"])]
+    assert [(k.resource, n) for k, n in split_args(KINDS, ["po", "a", "b"])] == \
+        [("pods", ["a", "b"])]
     assert [(k.resource, n) for k, n in split_args(KINDS, ["pod/a", "no/n1", "po/b"])] == \
         [("pods", ["a", "b"]), ("nodes", ["n1"])]
     assert [k.resource for k, _ in split_args(KINDS, ["pods,nodes"])] == ["pods", "nodes"]
@@ -182,7 +184,8 @@ def test_type_name_forms():
 def test_documents_split_yaml_streams_json_and_lists(tmp_path):
     (tmp_path / "a.yaml").write_text(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\n---\n"
-        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: n}}\n"
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- {apiVersion: v1, kind: Namespace, metadata: {name: n}}\n"
         "- {apiVersion: v1, kind: Pod, metadata: {name: b}}\n")
     (tmp_path / "b.json").write_text(json.dumps({"apiVersion": "v1", "kind": "PodList", "items": [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c"}}]}))
@@ -273,14 +276,16 @@ def test_label_specs():
     with pytest.raises(KubectlError, match="both modify and remove"):
         parse_labels(["a=b", "a-"])
     obj = {"metadata": {"labels": {"a": "1"}}}
-    with pytest.raises(KubectlError, match="'a' already has a value \\(1\\), and --overwrite is false"):
+    with pytest.raises(KubectlError,
+                       match="'a' already has a value \\(1\\), and --overwrite is false"):
         relabel(obj, {"a": "2"}, [], overwrite=False)
     assert relabel(obj, {"a": "2"}, [], overwrite=True) and obj["metadata"]["labels"] == {"a": "2"}
     assert not relabel(obj, {"a": "2"}, [], overwrite=False)
 
 
 def test_taint_specs_and_changes():
-    assert parse_taint("k=v:NoSchedule") == ("add", {"key": "k", "value": "v", "effect": "NoSchedule"})
+    assert parse_taint("k=v:NoSchedule") == \
+        ("add", {"key": "k", "value": "v", "effect": "NoSchedule"})
     assert parse_taint("k:NoExecute") == ("add", {"key": "k", "effect": "NoExecute"})
     assert parse_taint("k-") == ("remove", {"key": "k", "effect": ""})
     assert parse_taint("k:NoSchedule-") == ("remove", {"key": "k", "effect": "NoSchedule"})

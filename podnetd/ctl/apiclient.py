@@ -208,9 +208,9 @@ def decode(data: bytes) -> dict:
     try:
         obj = json.loads(data)
     except ValueError as e:
-        raise CtlError(f"error: the server sent an object that is not JSON: {e}") from None
+        raise KubectlError(f"the server sent an object that is not JSON: {e}") from None
     if not isinstance(obj, dict):
-        raise CtlError("error: the server sent an object that is not a JSON object")
+        raise KubectlError("the server sent an object that is not a JSON object")
     return obj
 
 

@@ -43,8 +43,8 @@ def _placed(s: Session, kind: Kind, m: Manifest, args) -> tuple[dict, str]:
 
 def _server_error(e: ApiError, when: str, source: str) -> ApiError:
     """kubectl's wording for a failure with a file: `... error when creating "pod.yaml": ...`."""
-    if e.reason in ("Unauthorized",) or e.code.name in ("UNAVAILABLE", "UNAUTHENTICATED"):
-        return e
+    if e.code.name in ("UNAVAILABLE", "UNAUTHENTICATED", "UNIMPLEMENTED"):
+        return e                                   # about the connection, not the file
     return ApiError(e.code, f'error when {when} "{source}": {e.details}', e.server)
 
 

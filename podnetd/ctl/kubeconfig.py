@@ -129,7 +129,8 @@ def _type(value, want: type, where: str, optional: bool = True):
     if value is None and optional:
         return want()
     if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
-        raise ConfigError(f"{where}: expected {_NAMES[want]}, got {_NAMES.get(type(value), type(value).__name__)}")
+        got = _NAMES.get(type(value), type(value).__name__)
+        raise ConfigError(f"{where}: expected {_NAMES[want]}, got {got}")
     return value
 
 
@@ -259,6 +260,22 @@ def save(path: str, doc: dict) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def client_config(name: str, servers: list[str], ca_path: str, *, user: str = "admin",
+                  cert_path: str = "", key_path: str = "", token: str = "",
+                  namespace: str = "") -> dict:
+    """A config with one cluster, one user and their context, current (what `lab up` writes
+    for its admin); save() writes it."""
+    creds = {"token": token} if token else {"client-certificate": cert_path,
+                                            "client-key": key_path}
+    context = {"cluster": name, "user": user} | ({"namespace": namespace} if namespace else {})
+    return {"apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": name, "cluster": {"servers": list(servers),
+                                                    "certificate-authority": ca_path}}],
+            "users": [{"name": user, "user": creds}],
+            "contexts": [{"name": f"{user}@{name}", "context": context}],
+            "current-context": f"{user}@{name}"}
 
 
 def use_context(config: ClientConfig, name: str) -> None:

@@ -139,8 +139,11 @@ def _controller(pod: dict) -> dict | None:
     return None
 
 
+Refs = dict[str, list[str]]
+
+
 def classify(pods: list[dict], force: bool, ignore_daemonsets: bool,
-             delete_emptydir_data: bool) -> tuple[list[dict], dict[str, list[str]], dict[str, list[str]]]:
+             delete_emptydir_data: bool) -> tuple[list[dict], Refs, Refs]:
     """(pods to delete, {fatal message: [ns/name]}, {warning: [ns/name]}), as kubectl's filters."""
     delete, fatal, warn = [], {}, {}
     for pod in pods:

@@ -227,7 +227,8 @@ PRINTERS: dict[str, Printer] = {
          ("RESTARTS", pod_restarts), AGE),
         (("IP", lambda p, now: _get(p, "status", "podIP", default="<none>")),
          ("NODE", lambda p, now: _get(p, "spec", "nodeName", default="<none>")),
-         ("NOMINATED NODE", lambda p, now: _get(p, "status", "nominatedNodeName", default="<none>")),
+         ("NOMINATED NODE", lambda p, now: _get(p, "status", "nominatedNodeName",
+                                                default="<none>")),
          ("READINESS GATES", lambda p, now: _gates(p)))),
     "Node": Printer(
         (NAME, ("STATUS", lambda n, now: node_status(n)), ("ROLES", lambda n, now: node_roles(n)),
