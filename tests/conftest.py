@@ -16,7 +16,8 @@ ROOT_FIXTURES = frozenset({"netns", "daemons", "daemon", "plugin_build", "pod_ns
 # Modules whose tests all need root although not every test reaches it through a fixture above
 # (module-level labs, runtimes, nft tables, the installed reference plugins run for real).
 ROOT_MODULES = frozenset({
-    "test_big_tcp", "test_chaining", "test_cluster_dataplane", "test_cluster_etcd",
+    "test_big_tcp", "test_chaining", "test_ctl_cluster", "test_cluster_dataplane",
+    "test_cluster_etcd",
     "test_cluster_overlap", "test_cluster_static", "test_cni_conformance", "test_cni_netns_reuse",
     "test_doctor", "test_firewall", "test_kernel", "test_lab_churn", "test_lab_cli",
     "test_lab_connectivity", "test_lab_etcd", "test_pod_isolation", "test_podman",

@@ -1,4 +1,5 @@
-"""podnetctl get events [-w] [--for KIND/NAME]: the node's events with kubectl's columns."""
+"""podnetctl get events [-w] [--for KIND/NAME] on a node used without a cluster: the node's own
+events (podnet.v1.EventService) with kubectl's columns. ctl/get.py decides when."""
 import calendar
 import json
 import sys
@@ -71,13 +72,3 @@ def cmd_get_events(args) -> int:
         raise CtlError(f"{e.code().name.lower()}: {e.details()}") from None
     return 0
 
-
-def register(sub, common) -> None:
-    p = sub.add_parser("get", parents=[common], help="get resources (events)")
-    p.add_argument("kind", choices=["events", "event", "ev"], metavar="KIND",
-                   help="what to get: events")
-    p.add_argument("-w", "--watch", action="store_true", help="after listing, watch for more")
-    p.add_argument("--for", dest="for_", metavar="KIND/NAME",
-                   help="only the events of this object (pod/NAME, node/NAME)")
-    p.add_argument("-n", "--namespace", default="default", help="the pod's namespace (--for pod/...)")
-    p.set_defaults(func=cmd_get_events)

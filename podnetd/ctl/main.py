@@ -4,26 +4,52 @@ import os
 import sys
 
 from ..config import DEFAULT_SOCKET
-from . import cluster, doctor, events, lab, network, pods
+from . import (apiresources, apply, auth, cluster, configcmd, describe, doctor, edit, get, lab,
+               network, nodeops, podio, pods)
+from .apiclient import ApiError, KubectlError
 from .client import CtlError
 
 # Each module adds its subcommands with register(subparsers, common): endpoints/node/status,
-# nodes/routes, the netns lab, pods and images, events, the doctor.
-MODULES = [network, cluster, lab, pods, events, doctor]
+# nodes/routes, the netns lab, pods and images, the doctor (the node's own commands) ...
+MODULES = [network, cluster, lab, pods, doctor]
+# ... and kubectl's verbs on the cluster API (`get events` without a cluster: the node's events).
+CLUSTER_MODULES = [get, apply, describe, edit, nodeops, podio, auth, apiresources, configcmd]
 
 # Flags every command takes, accepted before the command as well as after it (as kubectl's
-# global flags are): the option strings that take a value.
-GLOBAL_FLAGS = ("--socket", "-o", "--output")
+# global flags are): the option strings that take a value, and those that take none.
+GLOBAL_FLAGS = ("--socket", "-o", "--output", "--config", "--context", "-s", "--server",
+                "--token", "--as", "--as-group", "-n", "--namespace")
+GLOBAL_SWITCHES = ("-A", "--all-namespaces")
+
+
+def connection_flags() -> argparse.ArgumentParser:
+    """Where the cluster API is and who calls it (kubectl's global flags)."""
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--socket", default=None,
+                      help=f"the local podnetd's unix socket (default {DEFAULT_SOCKET})")
+    conn.add_argument("--config", metavar="FILE",
+                      help="client config (default $PODNET_CONFIG, ~/.config/podnet/config.yaml)")
+    conn.add_argument("--context", help="the client config's context to use")
+    conn.add_argument("-s", "--server", help="the API server: https://HOST:PORT")
+    conn.add_argument("--token", help="bearer token for the API server")
+    conn.add_argument("--as", dest="as_user", metavar="USER", help="act as this user")
+    conn.add_argument("--as-group", action="append", metavar="GROUP",
+                      help="act as a member of this group (repeat for more)")
+    return conn
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", default=DEFAULT_SOCKET, help="podnetd's unix socket")
+    conn = connection_flags()
+    common = argparse.ArgumentParser(add_help=False, parents=[conn])
     common.add_argument("-o", "--output", default="table", choices=["table", "json", "yaml"])
+    kcommon = argparse.ArgumentParser(add_help=False, parents=[conn])
+    kcommon.add_argument("-n", "--namespace", help="namespace (default: the context's, or default)")
     parser = argparse.ArgumentParser(prog="podnetctl", description="the podnet command line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in MODULES:
         module.register(sub, common)
+    for module in CLUSTER_MODULES:
+        module.register(sub, kcommon)
     return parser
 
 
@@ -51,8 +77,10 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
         elif arg in GLOBAL_FLAGS and i + 1 < len(argv):
             flags += [arg, argv[i + 1]]
             i += 1
-        elif arg.startswith("-o") and not arg.startswith("--") and len(arg) > 2:
-            flags.append(arg)                      # -ojson
+        elif arg in GLOBAL_SWITCHES:
+            flags.append(arg)
+        elif arg[:2] in ("-o", "-n", "-s") and not arg.startswith("--") and len(arg) > 2:
+            flags.append(arg)                      # -ojson, -nprod
         else:
             rest.append(arg)
         i += 1
@@ -62,7 +90,17 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     own, command = split_command(argv)
-    args = parser.parse_args(hoist_global_flags(own))
+    args, unknown = parser.parse_known_args(hoist_global_flags(own))
+    # `label po web a=b --overwrite c-`: argparse ends a positional list at the first option;
+    # kubectl's verbs take their words anywhere, so the words after an option join the list
+    rest = getattr(args, "positional_rest", None)
+    if unknown and rest and not any(u.startswith("-") and u != "-" for u in unknown):
+        setattr(args, rest, getattr(args, rest) + unknown)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # an explicit --socket chooses the local podnetd over a client config's cluster
+    args.socket_explicit = args.socket is not None
+    args.socket = args.socket or DEFAULT_SOCKET
     if command is not None:
         if not hasattr(args, "cmd"):
             parser.error(f"'{args.command}' takes no command after --")
@@ -76,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args) or 0
+    except (ApiError, KubectlError) as e:
+        sys.stderr.write(f"{e}\n")         # kubectl's own wording, as kubectl prints it
+        return 1
     except CtlError as e:
         sys.stderr.write(f"podnetctl: {e}\n")
         return 1
