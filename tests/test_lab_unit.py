@@ -110,7 +110,14 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
     _, flags = argv("static", tls=False)
     assert "--tls-cert" not in flags and flags["--peers"] == "10.250.2.12:7470"
     _, flags = argv("etcd")
-    assert "--pod-cidr" not in flags and "--peers" not in flags and "--tls-cert" not in flags
+    assert "--pod-cidr" not in flags and "--peers" not in flags
+    # ... and serves the cluster API on the node's address with its certificate, users' client
+    # certificates from the lab CA, an audit log in the node's dir
+    assert flags["--api-listen"] == "10.250.1.11:6443" and flags["--tls-cert"] == "/d/n1/tls/node.crt"
+    assert flags["--client-ca"] == str(tmp_path / "x" / "ca" / "ca.crt")
+    assert flags["--audit-log"] == "/d/n1/audit.log"
+    assert flags["--node-labels"] == "lab.podnet.io/segment=a"
+    assert flags["--cni-conf-dir"] == "/d/n1/cni/net.d"
     # a TLS lab runs etcd with client-certificate auth: each node brings its lab certificate
     assert flags["--etcd-endpoints"] == "https://10.250.1.2:2379"
     assert flags["--etcd-cafile"] == str(tmp_path / "x" / "ca" / "ca.crt")

@@ -15,7 +15,7 @@ import yaml
 
 from ..api.podnet.api.v1 import api_pb2, api_pb2_grpc
 from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
-from . import pki
+from . import pki, plan
 from .forward import Forwarder
 
 ADMIN = ("admin", ("system:masters",))   # as kubeadm's admin.conf: O=system:masters
@@ -80,10 +80,14 @@ def write_config(lab) -> str:
 
 
 def usage(lab) -> str:
-    """How to reach the lab's cluster (printed by `lab up` and `lab status`)."""
-    return (f"cluster API on every node (https://<node ip>:6443); as admin:\n"
-            f"  export PODNET_CONFIG={config_path(lab)}; podnetctl get nodes\n"
-            f"  (context {lab.st.name}-{USER[0]}: user {USER[0]}, no rights until bound)")
+    """How to reach the lab's cluster (printed by `lab up`, `lab status` and the demo). The
+    API's addresses exist only in the lab's namespaces: run the client in one of them."""
+    first = lab.node_names()[0]
+    return (f"cluster API on every node (https://<node ip>:{plan.API_PORT}); as admin:\n"
+            f"  export PODNET_CONFIG={config_path(lab)}; "
+            f"podnetctl lab exec {first} --name {lab.st.name} -- podnetctl get nodes\n"
+            f"  (--context {lab.st.name}-{USER[0]}: user {USER[0]}, who may do nothing until "
+            f"bound)")
 
 
 # -- a small client of podnet.api.v1 --------------------------------------------------------------

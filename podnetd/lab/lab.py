@@ -19,6 +19,7 @@ DEFAULT_NAME = "lab"
 UNDERLAY_BRIDGE = "br0"
 NODE_IF = "eth0"
 ETCD_NAME = "etcd"
+SEGMENT_LABEL = "lab.podnet.io/segment"   # on each Node of an etcd lab: its underlay segment
 BIG_TCP_GSO_SIZE = 196608  # 192 KiB, the size BIG TCP deployments commonly use
 
 
@@ -313,6 +314,10 @@ class Lab:
             wanted += [("--tls-cert", os.path.join(tls, "node.crt")),
                        ("--tls-key", os.path.join(tls, "node.key")),
                        ("--tls-ca", os.path.join(self.st.dir, "ca", "ca.crt"))]
+        if self.serves_api and "--node-labels" in flags and not any(
+                a.startswith("--node-labels") for a in o.get("extra_args") or []):
+            # which underlay segment the node is on, for selectors (a rack, a zone)
+            wanted.append(("--node-labels", f"{SEGMENT_LABEL}={n['segment']}"))
         if self.serves_api and "--api-listen" in flags:
             wanted += [("--api-listen", self.api_server(node)),
                        ("--client-ca", os.path.join(self.st.dir, "ca", "ca.crt")),
@@ -320,29 +325,37 @@ class Lab:
         wanted += [("--node-monitor-grace-period", o.get("node_monitor_grace_period")),
                    ("--node-lease-renew", o.get("node_lease_renew")),
                    ("--leader-elect-lease-duration", o.get("leader_elect_lease_duration"))]
+        if "--cni-conf-dir" in flags:
+            from ..install import REFERENCE_CNI_DIR
+            conf_dir, bin_dir = self._node_cni_dirs(n)
+            wanted += [("--cni-conf-dir", conf_dir),
+                       ("--cni-bin-dir", f"{bin_dir}:{REFERENCE_CNI_DIR}")]
         for flag, value in wanted:
             if value is not None and flag in flags:
                 argv += [flag, str(value)]
         if not o.get("tls") and self.st.store == "static" and "--insecure-peers" in flags:
             argv.append("--insecure-peers")  # said so explicitly: podnetd requires mTLS otherwise
-        if "--cni-conf-dir" in flags:
-            argv += self._node_cni(n)
         return argv + list(o.get("extra_args") or [])
 
-    def _node_cni(self, n: dict) -> list[str]:
+    @staticmethod
+    def _node_cni_dirs(n: dict) -> tuple[str, str]:
+        return os.path.join(n["dir"], "cni", "net.d"), os.path.join(n["dir"], "cni", "bin")
+
+    def _install_node_cni(self, n: dict) -> None:
         """The node's pod runtime reaches its own podnetd through CNI: a conf dir whose
         conflist names that node's relay socket, and a bin dir with the plugin (installed as
-        `make install` does) and the reference plugins."""
-        from ..install import REFERENCE_CNI_DIR, install, install_conflist
-        conf_dir, bin_dir = os.path.join(n["dir"], "cni", "net.d"), os.path.join(n["dir"], "cni", "bin")
+        `make install` does); the reference plugins are on --cni-bin-dir too."""
+        from ..install import install, install_conflist
+        conf_dir, bin_dir = self._node_cni_dirs(n)
         if not os.path.exists(os.path.join(bin_dir, "podnet")):
             install(bin_dir)
             install_conflist(conf_dir, bin_dir, socket=cni_socket_for(n["socket"]))
-        return ["--cni-conf-dir", conf_dir, "--cni-bin-dir", f"{bin_dir}:{REFERENCE_CNI_DIR}"]
 
     def _start_daemon(self, node: str, peers: list[str]) -> None:
         n = self.st.nodes[node]
         n["peers"] = peers
+        if "--cni-conf-dir" in daemon_flags():
+            self._install_node_cni(n)
         self._spawn(f"podnetd/{node}", self.daemon_argv(node, peers),
                     os.path.join(n["dir"], "podnetd.log"))
 
