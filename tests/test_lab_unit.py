@@ -122,3 +122,14 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
     assert flags["--etcd-endpoints"] == "https://10.250.1.2:2379"
     assert flags["--etcd-cafile"] == str(tmp_path / "x" / "ca" / "ca.crt")
     assert flags["--etcd-certfile"] == "/d/n1/tls/node.crt" and flags["--etcd-keyfile"] == "/d/n1/tls/node.key"
+
+
+def test_lab_up_extra_args_split_as_a_shell_would():
+    import argparse
+    from podnetd.ctl.lab import extra_args
+    assert extra_args('--log-level debug --node-labels "a=b,c=d"') == \
+        ["--log-level", "debug", "--node-labels", "a=b,c=d"]
+    assert extra_args("") == []
+    for bad in ('--log-level "debug', "debug --log-level"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            extra_args(bad)
