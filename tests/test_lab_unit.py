@@ -110,8 +110,26 @@ def test_daemon_argv_static_mtls_and_etcd_leased(tmp_path):
     _, flags = argv("static", tls=False)
     assert "--tls-cert" not in flags and flags["--peers"] == "10.250.2.12:7470"
     _, flags = argv("etcd")
-    assert "--pod-cidr" not in flags and "--peers" not in flags and "--tls-cert" not in flags
+    assert "--pod-cidr" not in flags and "--peers" not in flags
+    # ... and serves the cluster API on the node's address with its certificate, users' client
+    # certificates from the lab CA, an audit log in the node's dir
+    assert flags["--api-listen"] == "10.250.1.11:6443" and flags["--tls-cert"] == "/d/n1/tls/node.crt"
+    assert flags["--client-ca"] == str(tmp_path / "x" / "ca" / "ca.crt")
+    assert flags["--audit-log"] == "/d/n1/audit.log"
+    assert flags["--node-labels"] == "lab.podnet.io/segment=a"
+    assert flags["--cni-conf-dir"] == "/d/n1/cni/net.d"
     # a TLS lab runs etcd with client-certificate auth: each node brings its lab certificate
     assert flags["--etcd-endpoints"] == "https://10.250.1.2:2379"
     assert flags["--etcd-cafile"] == str(tmp_path / "x" / "ca" / "ca.crt")
     assert flags["--etcd-certfile"] == "/d/n1/tls/node.crt" and flags["--etcd-keyfile"] == "/d/n1/tls/node.key"
+
+
+def test_lab_up_extra_args_split_as_a_shell_would():
+    import argparse
+    from podnetd.ctl.lab import extra_args
+    assert extra_args('--log-level debug --node-labels "a=b,c=d"') == \
+        ["--log-level", "debug", "--node-labels", "a=b,c=d"]
+    assert extra_args("") == []
+    for bad in ('--log-level "debug', "debug --log-level"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            extra_args(bad)

@@ -1,5 +1,6 @@
-"""podnetctl lab up | down | status | list | pod add|del|list | matrix | exec."""
+"""podnetctl lab up | down | status | list | pod add|del|list | image import | matrix | exec."""
 import os
+import shlex
 import sys
 
 from . import output
@@ -40,13 +41,36 @@ def cmd_up(args) -> int:
     lb = lab.Lab.up(args.nodes, args.topology, args.store, name=args.name, tls=not args.no_tls,
                     node_timeout=args.node_timeout, backend=args.backend, wait=args.wait,
                     reconcile_interval=args.reconcile_interval, vxlan_vni=args.vxlan_vni,
-                    vxlan_port=args.vxlan_port, big_tcp=args.big_tcp)
+                    vxlan_port=args.vxlan_port, big_tcp=args.big_tcp,
+                    extra_args=args.extra_args,
+                    node_monitor_grace_period=args.node_monitor_grace_period,
+                    node_lease_renew=args.node_lease_renew,
+                    leader_elect_lease_duration=args.leader_elect_lease_duration)
     missing = lb.missing_routes()
     _print_status(status.collect(lb), args.output)
     if missing:
         print(f"warning: not converged after {args.wait}s; missing routes: {missing}", file=sys.stderr)
     print(f"lab {args.name} is up; `podnetctl lab down --name {args.name}` removes it", file=sys.stderr)
+    _print_usage(lb)
     return 0
+
+
+def _print_usage(lb) -> None:
+    if lb.serves_api:
+        from ..lab import cluster_api
+        print(cluster_api.usage(lb), file=sys.stderr)
+
+
+def extra_args(text: str) -> list[str]:
+    """--extra-args "--flag value ...": podnetd flags for every node, split as a shell would."""
+    import argparse
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    if words and not words[0].startswith("--"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give podnetd flags, e.g. \"--log-level debug\"")
+    return words
 
 
 @_guard
@@ -60,7 +84,10 @@ def cmd_down(args) -> int:
 @_guard
 def cmd_status(args) -> int:
     *_, status = _lab_api()
-    _print_status(status.collect(_open(args)), args.output)
+    lb = _open(args)
+    _print_status(status.collect(lb), args.output)
+    if args.output == "table":
+        _print_usage(lb)
     return 0
 
 
@@ -126,6 +153,15 @@ def cmd_pod_list(args) -> int:
 
 
 @_guard
+def cmd_image_import(args) -> int:
+    from ..lab import cluster_api
+    lb = _open(args)
+    for node, image_id in cluster_api.import_image(lb, args.image, args.archive).items():
+        print(f"{node}: {args.image} {image_id[:12]}")
+    return 0
+
+
+@_guard
 def cmd_matrix(args) -> int:
     _, pods, probe, _, _ = _lab_api()
     ps = pods.pods(_open(args))
@@ -176,6 +212,14 @@ def register(sub, common) -> None:
                    help="run static-store peers without mutual TLS (podnetd --insecure-peers)")
     p.add_argument("--big-tcp", action="store_true",
                    help="give the underlay links BIG TCP (192 KiB IPv4 GSO/GRO), as a NIC may have")
+    p.add_argument("--node-monitor-grace-period", type=float,
+                   help="podnetd --node-monitor-grace-period (seconds) on every node")
+    p.add_argument("--node-lease-renew", type=float,
+                   help="podnetd --node-lease-renew (seconds) on every node")
+    p.add_argument("--leader-elect-lease-duration", type=float,
+                   help="podnetd --leader-elect-lease-duration (seconds) on every node")
+    p.add_argument("--extra-args", type=extra_args, default=[],
+                   help='more podnetd flags for every node, one string: "--log-level debug"')
     p.add_argument("--wait", type=float, default=30, help="seconds to wait for convergence")
     add("down", cmd_down, "remove every trace of the lab")
     add("status", cmd_status, "nodes, CIDRs, mode per peer, routes")
@@ -185,6 +229,14 @@ def register(sub, common) -> None:
     p = add("exec", cmd_exec, "run a command in a node's or pod's network namespace")
     p.add_argument("target", help="node (n1) or pod (n1/p1)")
     p.add_argument("cmd", nargs="*", help="-- command ...")
+    image = lsub.add_parser("image", help="images in every node's pod runtime")
+    isub = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    p = isub.add_parser("import", parents=[common],
+                        help="import an image archive (OCI or docker) into every node")
+    p.add_argument("--name", default=DEFAULT_NAME, help="the lab's name")
+    p.add_argument("image", help="the image's name, e.g. busybox")
+    p.add_argument("archive", help="the archive (podman save, skopeo copy ... oci-archive:)")
+    p.set_defaults(func=cmd_image_import)
     pod = lsub.add_parser("pod", help="pods in the lab")
     psub = pod.add_subparsers(dest="pod_command", required=True, metavar="ACTION")
     for name, func, help_ in (("add", cmd_pod_add, "a pod netns attached via the CNI plugin"),

@@ -11,7 +11,7 @@ import grpc
 
 from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc, node_pb2, node_pb2_grpc
 from ..config import cni_socket_for
-from . import netops, pki, plan, procs, state
+from . import cluster_api, netops, pki, plan, procs, state
 from .plan import PlanError
 from .state import LabState, StateError
 
@@ -19,6 +19,7 @@ DEFAULT_NAME = "lab"
 UNDERLAY_BRIDGE = "br0"
 NODE_IF = "eth0"
 ETCD_NAME = "etcd"
+SEGMENT_LABEL = "lab.podnet.io/segment"   # on each Node of an etcd lab: its underlay segment
 BIG_TCP_GSO_SIZE = 196608  # 192 KiB, the size BIG TCP deployments commonly use
 
 
@@ -71,17 +72,28 @@ class Lab:
            node_timeout: float | None = None, backend: str | None = None,
            reconcile_interval: float | None = None, vxlan_vni: int | None = None,
            vxlan_port: int | None = None, extra_args: list[str] | None = None,
-           big_tcp: bool = False, wait: float = 30.0) -> "Lab":
+           big_tcp: bool = False, node_monitor_grace_period: float | None = None,
+           node_lease_renew: float | None = None,
+           leader_elect_lease_duration: float | None = None, wait: float = 30.0) -> "Lab":
         """Create a lab of `nodes` nodes and wait (up to `wait` s) until every daemon serves and,
         when the daemons do cluster routing, every node routes to every other. Anything made
         before a failure is torn down again. Static-store peers talk mutual TLS with
         certificates from a lab CA (each names its node: CN and DNS SAN); tls=False runs them
         with --insecure-peers instead. big_tcp gives every underlay link a 192 KiB IPv4
-        GSO/GRO limit, as a NIC with BIG TCP enabled has."""
+        GSO/GRO limit, as a NIC with BIG TCP enabled has.
+
+        An etcd lab with TLS also runs the cluster API on every node (<node ip>:6443, the node
+        certificate, client certificates from the lab CA, an audit log in the node's dir) and
+        writes a client config for an admin and a plain user (cluster_api.py). The control
+        plane's timings (node lease renewal, node monitor grace period, leader lease) may be
+        shortened for tests."""
         cls.check(nodes, topology, store, name)
         options = {"tls": tls, "node_timeout": node_timeout, "backend": backend,
                    "reconcile_interval": reconcile_interval, "vxlan_vni": vxlan_vni,
-                   "vxlan_port": vxlan_port, "extra_args": extra_args or [], "big_tcp": big_tcp}
+                   "vxlan_port": vxlan_port, "extra_args": extra_args or [], "big_tcp": big_tcp,
+                   "node_monitor_grace_period": node_monitor_grace_period,
+                   "node_lease_renew": node_lease_renew,
+                   "leader_elect_lease_duration": leader_elect_lease_duration}
         st = LabState(name=name, topology=topology, store=store, options=options, root=root)
         with state.locked(name, root):
             try:
@@ -93,6 +105,8 @@ class Lab:
                 lab._build_underlay()
                 if tls:
                     pki.make_ca(os.path.join(st.dir, "ca"), name)
+                if lab.serves_api:
+                    cluster_api.make_users(lab)
                 if store == "etcd":
                     lab._start_etcd()
                 segs = plan.initial_segments(nodes, topology)
@@ -103,6 +117,8 @@ class Lab:
                 for p in planned:
                     lab._start_daemon(p.name, [q for q in peers if q != p.name])
                 lab.wait_ready(peers, timeout=wait)
+                if lab.serves_api:
+                    cluster_api.write_config(lab)
             except BaseException:
                 lab._teardown()
                 raise
@@ -165,12 +181,30 @@ class Lab:
         os.makedirs(d, mode=0o700, exist_ok=True)
         if self.st.options.get("tls"):
             ca = os.path.join(self.st.dir, "ca")
+            # the identity a kubelet has at the API server; the static store's peers know each
+            # other by the DNS SAN (the node's name)
             pki.make_node_cert(os.path.join(d, "tls"), os.path.join(ca, "ca.crt"),
-                               os.path.join(ca, "ca.key"), p.name, p.ip)
+                               os.path.join(ca, "ca.key"), p.name, p.ip,
+                               common_name=f"system:node:{p.name}",
+                               organizations=("system:nodes",))
         self.st.nodes[p.name] = {"index": p.index, "netns": p.netns, "segment": p.segment,
                                  "ip": p.ip, "pod_cidr": p.pod_cidr, "dir": d,
                                  "socket": os.path.join(d, "podnetd.sock")}
         self.st.save()
+
+    # -- the cluster API ---------------------------------------------------------------------
+
+    @property
+    def serves_api(self) -> bool:
+        """Every node serves the cluster API over TLS (an etcd lab with certificates)."""
+        return self.st.store == "etcd" and bool(self.st.options.get("tls"))
+
+    def api_server(self, node: str) -> str:
+        """HOST:PORT of a node's cluster API listener."""
+        return f"{self.st.nodes[node]['ip']}:{plan.API_PORT}"
+
+    def audit_log(self, node: str) -> str:
+        return os.path.join(self.st.nodes[node]["dir"], "audit.log")
 
     # -- etcd ------------------------------------------------------------------------------------
 
@@ -275,34 +309,53 @@ class Lab:
                 wanted += [("--etcd-cafile", os.path.join(self.st.dir, "ca", "ca.crt")),
                            ("--etcd-certfile", os.path.join(tls, "node.crt")),
                            ("--etcd-keyfile", os.path.join(tls, "node.key"))]
-        if o.get("tls") and self.st.store == "static":
+        if o.get("tls") and (self.st.store == "static" or self.serves_api):
             tls = os.path.join(n["dir"], "tls")
             wanted += [("--tls-cert", os.path.join(tls, "node.crt")),
                        ("--tls-key", os.path.join(tls, "node.key")),
                        ("--tls-ca", os.path.join(self.st.dir, "ca", "ca.crt"))]
+        if self.serves_api and "--node-labels" in flags and not any(
+                a.startswith("--node-labels") for a in o.get("extra_args") or []):
+            # which underlay segment the node is on, for selectors (a rack, a zone)
+            wanted.append(("--node-labels", f"{SEGMENT_LABEL}={n['segment']}"))
+        if self.serves_api and "--api-listen" in flags:
+            wanted += [("--api-listen", self.api_server(node)),
+                       ("--client-ca", os.path.join(self.st.dir, "ca", "ca.crt")),
+                       ("--audit-log", self.audit_log(node))]
+        wanted += [("--node-monitor-grace-period", o.get("node_monitor_grace_period")),
+                   ("--node-lease-renew", o.get("node_lease_renew")),
+                   ("--leader-elect-lease-duration", o.get("leader_elect_lease_duration"))]
+        if "--cni-conf-dir" in flags:
+            from ..install import REFERENCE_CNI_DIR
+            conf_dir, bin_dir = self._node_cni_dirs(n)
+            wanted += [("--cni-conf-dir", conf_dir),
+                       ("--cni-bin-dir", f"{bin_dir}:{REFERENCE_CNI_DIR}")]
         for flag, value in wanted:
             if value is not None and flag in flags:
                 argv += [flag, str(value)]
         if not o.get("tls") and self.st.store == "static" and "--insecure-peers" in flags:
             argv.append("--insecure-peers")  # said so explicitly: podnetd requires mTLS otherwise
-        if "--cni-conf-dir" in flags:
-            argv += self._node_cni(n)
         return argv + list(o.get("extra_args") or [])
 
-    def _node_cni(self, n: dict) -> list[str]:
+    @staticmethod
+    def _node_cni_dirs(n: dict) -> tuple[str, str]:
+        return os.path.join(n["dir"], "cni", "net.d"), os.path.join(n["dir"], "cni", "bin")
+
+    def _install_node_cni(self, n: dict) -> None:
         """The node's pod runtime reaches its own podnetd through CNI: a conf dir whose
         conflist names that node's relay socket, and a bin dir with the plugin (installed as
-        `make install` does) and the reference plugins."""
-        from ..install import REFERENCE_CNI_DIR, install, install_conflist
-        conf_dir, bin_dir = os.path.join(n["dir"], "cni", "net.d"), os.path.join(n["dir"], "cni", "bin")
+        `make install` does); the reference plugins are on --cni-bin-dir too."""
+        from ..install import install, install_conflist
+        conf_dir, bin_dir = self._node_cni_dirs(n)
         if not os.path.exists(os.path.join(bin_dir, "podnet")):
             install(bin_dir)
             install_conflist(conf_dir, bin_dir, socket=cni_socket_for(n["socket"]))
-        return ["--cni-conf-dir", conf_dir, "--cni-bin-dir", f"{bin_dir}:{REFERENCE_CNI_DIR}"]
 
     def _start_daemon(self, node: str, peers: list[str]) -> None:
         n = self.st.nodes[node]
         n["peers"] = peers
+        if "--cni-conf-dir" in daemon_flags():
+            self._install_node_cni(n)
         self._spawn(f"podnetd/{node}", self.daemon_argv(node, peers),
                     os.path.join(n["dir"], "podnetd.log"))
 
@@ -450,7 +503,7 @@ class Lab:
     def _teardown(self) -> None:
         """Stop every recorded process (by PID), delete every recorded namespace, remove the
         state dir. Keeps going past failures and reports them all at the end."""
-        errors = []
+        errors = self._remove_runtime_pods()
         daemons = [r for k, r in self.st.processes.items() if k.startswith("podnetd/")]
         others = [r for k, r in self.st.processes.items() if not k.startswith("podnetd/")]
         for group in (daemons, others):
@@ -464,10 +517,43 @@ class Lab:
                 netops.netns_del(ns)
             except netops.NetopsError as e:
                 errors.append(str(e))
+        errors += netops.unmount_under(self.st.dir)
         if errors:
             self.st.save()
             raise LabError(f"lab {self.st.name} down: " + "; ".join(errors))
         state.remove_dir(self.st.name, self.st.root)
+
+    def _remove_runtime_pods(self) -> list[str]:
+        """Stop and remove what each node's pod runtime runs (cluster pods included), through
+        its podnetd, so no container, pod netns or mount outlives the lab. etcd goes first: a
+        kubelet that cannot reach the API changes nothing (static stability), so it does not
+        start again what is stopped here."""
+        from ..api.podnet.v1 import pods_pb2, pods_pb2_grpc
+        live = [n for n in self.st.nodes
+                if f"podnetd/{n}" in self.st.processes and procs.alive(self.daemon(n))
+                and os.path.exists(self.socket(n))]
+        if not live:
+            return []
+        if self.st.store == "etcd":
+            self.stop_etcd()
+        errors = []
+        for node in live:
+            with contextlib.closing(_grpc_channel(self.socket(node))) as ch:
+                stub = pods_pb2_grpc.PodServiceStub(ch)
+                try:
+                    listed = stub.ListPods(pods_pb2.ListPodsRequest(), timeout=5).pods
+                    if not listed:
+                        continue
+                    req = pods_pb2.StopAllPodsRequest()
+                    req.max_grace_period.seconds = 0
+                    stub.StopAllPods(req, timeout=60)
+                    for p in listed:
+                        stub.RemovePod(pods_pb2.RemovePodRequest(name=p.name, namespace=p.namespace),
+                                       timeout=60)
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:   # a daemon without runtime
+                        errors.append(f"{node}: remove pods: {e.details() or e.code().name}")
+        return errors
 
     @staticmethod
     def _tail(path: str, lines: int = 15) -> str:

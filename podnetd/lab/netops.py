@@ -91,3 +91,21 @@ def configure(ns: str, ifname: str, address: str, gateway: str | None) -> None:
 
 def link_delete(ns: str, name: str) -> None:
     ip_batch(ns, [f"link del {name}"], f"netns {ns}: delete {name}")
+
+
+def unmount_under(directory: str) -> list[str]:
+    """Unmount (lazily, deepest first) whatever is still mounted under directory (a pod's
+    rootfs whose node died before its pods were removed), so removing the directory never
+    reaches through a mount. Returns the failures."""
+    prefix = os.path.realpath(directory).rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f]
+    except OSError as e:
+        return [f"read mounts: {e}"]
+    errors = []
+    for m in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        proc = subprocess.run(["umount", "-l", m], capture_output=True, text=True)
+        if proc.returncode != 0:
+            errors.append(f"umount {m}: {proc.stderr.strip() or proc.returncode}")
+    return errors

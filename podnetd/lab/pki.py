@@ -37,13 +37,19 @@ def make_ca(directory: str, lab: str) -> tuple[str, str]:
     return cert, key
 
 
-def make_node_cert(directory: str, ca_cert: str, ca_key: str, name: str, ip: str) -> tuple[str, str]:
-    """Returns (cert path, key path) for one node, signed by the lab CA."""
+def make_node_cert(directory: str, ca_cert: str, ca_key: str, name: str, ip: str, *,
+                   common_name: str | None = None,
+                   organizations: tuple[str, ...] = ()) -> tuple[str, str]:
+    """Returns (cert path, key path) for one node, signed by the lab CA: SANs IP:ip and
+    DNS:name; subject CN=common_name (default: name) with one O per organization. The lab's
+    nodes get CN=system:node:NAME, O=system:nodes, the identity a kubelet has at kube-apiserver;
+    the static store's peers still know each other by the DNS SAN."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
     cert, key = os.path.join(directory, "node.crt"), os.path.join(directory, "node.key")
     csr, ext = os.path.join(directory, "node.csr"), os.path.join(directory, "node.ext")
     _key(key)
-    _openssl("req", "-new", "-key", key, "-out", csr, "-subj", f"/CN={name}", what=f"csr {name}")
+    subject = "".join(f"/O={o}" for o in organizations) + f"/CN={common_name or name}"
+    _openssl("req", "-new", "-key", key, "-out", csr, "-subj", subject, what=f"csr {name}")
     with open(ext, "w") as f:
         f.write(f"subjectAltName=IP:{ip},DNS:{name}\n"
                 "basicConstraints=critical,CA:FALSE\n"

@@ -14,6 +14,7 @@ UNDERLAY = "10.250.0.0/16"
 PEER_PORT = 7470
 METRICS_PORT = 9633
 ETCD_PORT = 2379
+API_PORT = 6443          # the cluster API on every node of an etcd lab, as kube-apiserver's
 MAX_NODES = 200
 TOPOLOGIES = ("l2", "routed")
 STORES = ("static", "etcd")
