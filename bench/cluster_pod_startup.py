@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,12 +75,15 @@ async def run_pods(apis: list[Api], side: Api, names: list[str], label: str, tim
     started: dict[str, float] = {}
     returned: dict[str, float] = {}
     running: dict[str, float] = {}
+    bound: dict[str, float] = {}
     nodes: dict[str, str] = {}
     done = asyncio.Event()
 
     async def watcher():
         async for kind, obj, t in side.watch("pods", "default", selector, rv):
             name = obj["metadata"]["name"]
+            if obj["spec"].get("nodeName") and name not in bound:
+                bound[name] = t
             if kind in ("ADDED", "MODIFIED") and name not in running and all_running(obj):
                 running[name] = t
                 nodes[name] = obj["spec"].get("nodeName", "?")
@@ -127,7 +131,7 @@ async def run_pods(apis: list[Api], side: Api, names: list[str], label: str, tim
             await update_task
         watch_task.cancel()
     create_lat = [returned[n] - started[n] for n in names]
-    return ({n: (started[n], returned[n], running[n], nodes[n]) for n in names},
+    return ({n: (started[n], returned[n], running[n], nodes[n], bound[n]) for n in names},
             create_lat, update_lat)
 
 
@@ -155,10 +159,22 @@ def start_profiles(lab: Lab, directory: str | None) -> list[subprocess.Popen]:
 
 
 async def wait_runtime_empty(lab: Lab, timeout: float = 60) -> None:
-    """Until the node agents have removed every deleted pod's containers."""
+    """Until the node agents have removed every deleted pod's containers; a pod they keep
+    running after its object is gone is reported (and its node's log kept) as a finding."""
     deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
     while runc_bundles_under(lab.st.dir) and time.monotonic() < deadline:
         await asyncio.sleep(0.3)
+    left = runc_bundles_under(lab.st.dir)
+    if left:
+        keep = f"/tmp/{lab.st.name}-logs"
+        os.makedirs(keep, exist_ok=True)
+        for n in lab.node_names():
+            shutil.copy(os.path.join(lab.st.nodes[n]["dir"], "podnetd.log"),
+                        os.path.join(keep, f"{n}.log"))
+        print(f"FINDING: {len(left)} containers still run {time.monotonic() - t0:.0f} s after "
+              f"their pods were deleted: {', '.join(left)} (logs kept in {keep})",
+              file=sys.stderr)
 
 
 async def bench(lab: Lab, args) -> dict:
@@ -198,16 +214,19 @@ async def bench(lab: Lab, args) -> dict:
         finally:
             for api in [*apis, side]:
                 await api.close()
-    startup = [r - ret for _, ret, r, _ in pods.values()]
-    from_start = [r - s for s, _, r, _ in pods.values()]
+    startup = [r - ret for _, ret, r, _, _ in pods.values()]
+    from_start = [r - s for s, _, r, _, _ in pods.values()]
+    to_bound = [b - ret for _, ret, _, _, b in pods.values()]
+    bound_to_running = [r - b for _, _, r, _, b in pods.values()]
     per_node: dict[str, int] = {}
-    for *_, node in pods.values():
+    for *_, node, _ in pods.values():
         per_node[node] = per_node.get(node, 0) + 1
     return {"pods": len(pods), "nodes": args.nodes, "clients": args.clients, "wall_s": wall,
             "per_node": per_node, "cpu": cpu,
             "machine_busy": (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1]),
             "refused_retried": refused, "refusals": refusals[:3],
             "startup_s": startup, "startup_from_call_start_s": from_start,
+            "to_bound_s": to_bound, "bound_to_running_s": bound_to_running,
             "create_s": create_lat, "update_s": update_lat}
 
 
@@ -235,6 +254,8 @@ def print_table(res: dict) -> None:
     print(f"{'':<44}{'count':>6}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}  target p99")
     rows = [("pod startup (create returned -> running)", res["startup_s"], "<= 2.5 s (SLO 5 s)"),
             ("pod startup (create called -> running)", res["startup_from_call_start_s"], ""),
+            ("  of which: create returned -> bound", res["to_bound_s"], "(scheduler)"),
+            ("  of which: bound -> running", res["bound_to_running_s"], "(node agent, runtime)"),
             ("mutating: pod create", res["create_s"], "<= 100 ms (SLO 1 s)"),
             ("mutating: lease label update (parallel)", res["update_s"], "<= 100 ms"),
             ("mutating: all", res["create_s"] + res["update_s"], "<= 100 ms")]
@@ -242,7 +263,7 @@ def print_table(res: dict) -> None:
         if not values:
             continue
         s = summary(values)
-        unit, scale = ("s", 1) if "startup" in title else ("ms", 1000)
+        unit, scale = ("ms", 1000) if title.startswith("mutating") else ("s", 1)
         cells = "".join(f"{s[k] * scale:>{9 - len(unit)}.{2 if unit == 's' else 1}f}{unit}"
                         for k in ("p50", "p90", "p99", "max"))
         print(f"{title:<44}{s['count']:>6}{cells}  {target}")

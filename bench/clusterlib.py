@@ -127,13 +127,18 @@ def all_running(obj: dict) -> bool:
 
 
 def runc_bundles_under(directory: str) -> list[str]:
-    """Ids of runc containers whose bundle lives under directory."""
-    out = subprocess.run(["runc", "list", "-f", "json"], capture_output=True, text=True).stdout
-    try:
-        items = json.loads(out or "[]") or []
-    except ValueError:
-        return []
-    return [c["id"] for c in items if (c.get("bundle") or "").startswith(directory)]
+    """Ids of runc containers whose bundle lives under directory. `runc list` fails now and
+    then while containers come and go (a state dir vanishes under it): asked again."""
+    for _ in range(20):
+        proc = subprocess.run(["runc", "list", "-f", "json"], capture_output=True, text=True)
+        try:
+            items = json.loads(proc.stdout or "null") if proc.returncode == 0 else None
+        except ValueError:
+            items = None
+        if proc.returncode == 0 and (items is not None or proc.stdout.strip() == "null"):
+            return [c["id"] for c in items or [] if (c.get("bundle") or "").startswith(directory)]
+        time.sleep(0.1)
+    raise RuntimeError(f"runc list: {proc.stderr.strip() or proc.stdout[:200]}")
 
 
 def force_cleanup(directory: str) -> int:
