@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from clusterlib import Api, pct  # sets sys.path
+from clusterlib import Api, cpu_seconds, pct  # sets sys.path
 
 from testlib import Daemon, Netns, unique  # noqa: E402
 
@@ -180,7 +180,7 @@ async def drain_backlog(socket: str, rv: str, ready_at: float, args) -> dict:
             "backlog_ready_to_last_rate": len(bound) / (last - ready_at)}
 
 
-async def run(socket: str, node: str, args, nodes_s: float) -> dict:
+async def run(socket: str, node: str, args, nodes_s: float, pid: int) -> dict:
     side = Api(socket)
     channels = [Api(socket) for _ in range(max(1, args.workers // 8))]
     try:
@@ -204,6 +204,7 @@ async def run(socket: str, node: str, args, nodes_s: float) -> dict:
         create_lat: list[float] = []
         watch_task = asyncio.create_task(watcher())
         await asyncio.sleep(0.3)
+        cpu0 = cpu_seconds(pid)[0]
         t0 = time.perf_counter()
         try:
             await create_all(channels, [bench_pod(i) for i in range(args.pods)], args.workers,
@@ -216,6 +217,7 @@ async def run(socket: str, node: str, args, nodes_s: float) -> dict:
                                  f"{args.timeout}s") from None
         finally:
             watch_task.cancel()
+        cpu = cpu_seconds(pid)[0] - cpu0
         refused = side.refused + sum(c.refused for c in channels)
     finally:
         for api in [side, *channels]:
@@ -234,7 +236,8 @@ async def run(socket: str, node: str, args, nodes_s: float) -> dict:
             "first_to_last_bound_s": last - t0,
             "bind_latency_s": [bound[n][0] - returned[n] for n in bound],
             "nodes_used": len(per_node), "max_per_node": max(per_node.values()),
-            "on_real_node": per_node.get(node, 0), "refused_retried": refused}
+            "on_real_node": per_node.get(node, 0), "refused_retried": refused,
+            "podnetd_cpu_s": cpu}
 
 
 def one(store: str, args) -> dict:
@@ -261,8 +264,10 @@ def one(store: str, args) -> dict:
             # block leased in etcd (even to its own node name): another block
             daemon.pod_cidr = "10.79.8.0/24"
         daemon.start(timeout=60)
+        cpu0 = cpu_seconds(daemon.proc.pid)[0]
         backlog = asyncio.run(drain_backlog(daemon.socket, rv, time.perf_counter(), args))
-        res = asyncio.run(run(daemon.socket, daemon.node_name, args, nodes_s))
+        backlog["backlog_cpu_s"] = cpu_seconds(daemon.proc.pid)[0] - cpu0
+        res = asyncio.run(run(daemon.socket, daemon.node_name, args, nodes_s, daemon.proc.pid))
         res.update(backlog)
         res["store"] = store
         try:
@@ -294,7 +299,8 @@ def print_results(results: list[dict]) -> None:
         print(f"  backlog of {r['pods']} pending pods when the scheduler starts: "
               f"{r['backlog_rate']:.0f} pods/s from the first binding to the last "
               f"({r['backlog_first_to_last_s']:.2f} s; the first {r['backlog_ready_to_first_s']:.2f}"
-              f" s after the restarted daemon served)")
+              f" s after the restarted daemon served; podnetd CPU "
+              f"{r['backlog_cpu_s'] * 1000 / r['pods']:.1f} ms per pod incl. start-up)")
         print(f"  then {r['pods']} more created while it runs:")
         print(f"  creates:                 {r['create_rate']:7.0f} pods/s  "
               f"(create call p50 {pct(r['create_s'], 50) * 1000:.1f} ms, "
@@ -302,6 +308,8 @@ def print_results(results: list[dict]) -> None:
         print(f"  scheduling throughput:   {r['throughput']:7.0f} pods/s  "
               f"(first create -> last bound {r['first_to_last_bound_s']:.2f} s; target >= 100)")
         print(f"  steady (10%..90% bound): {r['steady_throughput']:7.0f} pods/s")
+        print(f"  podnetd CPU: {r['podnetd_cpu_s']:.1f} s = {r['podnetd_cpu_s'] * 1000 / r['pods']:.1f}"
+              f" ms per pod (create + schedule + bind + events, API and store)")
         print(f"  binding latency (create returned -> nodeName seen): "
               f"p50 {pct(bl, 50):.2f} s, p90 {pct(bl, 90):.2f} s, p99 {pct(bl, 99):.2f} s, "
               f"max {max(bl):.2f} s")
