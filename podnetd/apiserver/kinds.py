@@ -68,6 +68,10 @@ def _validate_namespace(obj: dict, e: Errors) -> None:
 
 def _namespace_defaults(obj: dict) -> None:
     obj["status"] = {"phase": "Active"}
+    # held until the namespace controller (controllers/namespaces.py) has emptied it
+    finalizers = obj["metadata"].setdefault("finalizers", [])
+    if "kubernetes.io/namespace-content" not in finalizers:
+        finalizers.append("kubernetes.io/namespace-content")
     obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = \
         obj["metadata"]["name"]
 

@@ -683,6 +683,9 @@ def _controller_manager_rules() -> list[dict]:
         _rule(_READ, [""], ["services", "configmaps", "serviceaccounts"]),
         _rule(["create"], ["authentication.k8s.io"], ["tokenreviews"]),
         _rule(["create"], ["authorization.k8s.io"], ["subjectaccessreviews"]),
+        # the namespace controller empties a namespace being deleted, whatever it holds (as
+        # Kubernetes' system:controller:namespace-controller)
+        _rule(["get", "list", "delete", "deletecollection"], ["*"], ["*"]),
     ]
 
 
