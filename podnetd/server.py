@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 # a call is refused at once with RESOURCE_EXHAUSTED (the plugin's "try again later"), so memory
 # held by pending requests stays bounded (~MAX_CONCURRENT_RPCS x MAX_MESSAGE_BYTES at worst).
 MAX_MESSAGE_BYTES = 16 << 20
-MAX_STREAMS = 16
-MAX_CONCURRENT_RPCS = 64
+MAX_STREAMS = 100             # a cluster client (kubectl-like, a benchmark) multiplexes calls
+MAX_CONCURRENT_RPCS = 128
 SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

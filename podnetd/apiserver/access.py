@@ -24,6 +24,7 @@ class Access:
         self.authorizer = Authorizer(self.rbac, self.pod_nodes)
         self.tokens = authn.TokenFile.load(token_file) if token_file else None
         self.informers: list = []
+        self.namespaces: dict | None = None     # the namespaces' informer cache
         self.synced = asyncio.Event()
 
     async def start(self, api) -> None:
@@ -40,6 +41,9 @@ class Access:
             return on_change
         self.informers = [Informer(client, r, on_change=feed(self.rbac)) for r in RBAC_RESOURCES]
         self.informers.append(Informer(client, "pods", on_change=feed(self.pod_nodes)))
+        namespaces = Informer(client, "namespaces")
+        self.informers.append(namespaces)
+        self.namespaces = namespaces.cache
         for inf in self.informers:
             await inf.start()
         await asyncio.gather(*(inf.synced.wait() for inf in self.informers))

@@ -80,10 +80,15 @@ class ApiServerComponent:
         to a gRPC server on loopback that only the front's privileged source ports are
         believed from."""
         import grpc
-        from ..server import SERVER_OPTIONS
+        from ..server import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
         from . import service
         from .tls_front import PeerGone, TlsFront, TlsFrontError
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        # the API's requests are at most 3 MiB (objects.MAX_REQUEST_BYTES; refused with a clear
+        # message up to 4 MiB, by gRPC beyond): what an unauthenticated peer can make this
+        # node hold stays ~MAX_CONCURRENT_RPCS x 4 MiB
+        options = [(k, v) for k, v in SERVER_OPTIONS if k != "grpc.max_receive_message_length"]
+        options.append(("grpc.max_receive_message_length", 4 << 20))
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
 
         def identity_of(context):
             try:
@@ -127,6 +132,7 @@ class ApiServerComponent:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
         await self.access.start(self.api)
+        self.registry.namespace_cache = self.access.namespaces
         self._problem = None
         self.ready.set()
         log.info("cluster API: serving from the %s store", self.cfg.store_kind)

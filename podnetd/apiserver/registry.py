@@ -41,6 +41,8 @@ class Registry:
     def __init__(self, store: st.ObjectStore, available: bool = False):
         self.store = store
         self.available = available   # set once the store has been reached (component.py)
+        # name -> Namespace, kept by an informer (access.py) once the API serves; None: none
+        self.namespace_cache: dict | None = None
 
     # -- reads --------------------------------------------------------------------------
 
@@ -111,10 +113,16 @@ class Registry:
             raise objects.invalid(kind, name, e)
 
     async def _namespace_accepts(self, namespace: str) -> None:
-        try:
-            ns = json.loads((await self._call(self.store.get(f"/namespaces/{namespace}"))).value)
-        except st.KeyNotFound:
-            raise NotFound(f'namespaces "{namespace}" not found') from None
+        """NamespaceLifecycle: the namespace exists and is not being deleted. Read from the
+        namespaces' informer cache when it has the namespace (a create costs no extra read of
+        the store); a namespace the cache does not hold yet is read from the store."""
+        ns = self.namespace_cache.get(namespace) if self.namespace_cache is not None else None
+        if ns is None:
+            try:
+                ns = json.loads((await self._call(
+                    self.store.get(f"/namespaces/{namespace}"))).value)
+            except st.KeyNotFound:
+                raise NotFound(f'namespaces "{namespace}" not found') from None
         if ns.get("metadata", {}).get("deletionTimestamp"):
             raise Forbidden(f"unable to create new content in namespace {namespace} because it "
                             "is being terminated")
