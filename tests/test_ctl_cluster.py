@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from runtime_lib import runtime_node
+from runtime_lib import busybox_archive, runtime_node
 from testlib import PY, REPO
 
 
@@ -379,3 +379,36 @@ def test_tls_bad_token_and_foreign_ca(tls_api):
     foreign = tls_ctl(tls_api, "--context", "foreign", "get", "pods")
     assert foreign.returncode == 1
     assert foreign.stderr.startswith("Unable to connect to the server 127.0.0.1:6443: ")
+
+
+def test_the_cluster_example_applies_as_documented(node, workdir):
+    """examples/cluster/web.yaml as the README uses it: on one node one web pod runs, the other
+    two stay Pending in kube-scheduler's words (anti-affinity), and the db waits for a node
+    labelled disk=ssd, then runs once the node is labelled."""
+    node.ctl("image", "import", "busybox:1", busybox_archive())
+    example = os.path.join(REPO, "examples", "cluster", "web.yaml")
+    out = ctl(node, "apply", "-f", example).stdout
+    assert out.split("\n")[:4] == ["pod/web-0 created", "pod/web-1 created",
+                                   "pod/web-2 created", "pod/db created"]
+    try:
+        def states():
+            pods = {p["metadata"]["name"]: p for p in get_json(node, "pods")["items"]}
+            running = [n for n in ("web-0", "web-1", "web-2")
+                       if pods[n]["status"].get("phase") == "Running"]
+            waiting = [c for n in ("web-0", "web-1", "web-2", "db")
+                       for c in pods[n]["status"].get("conditions") or []
+                       if c["type"] == "PodScheduled" and c["status"] == "False"]
+            return (running, waiting) if len(running) == 1 and len(waiting) == 3 else None
+        running, waiting = wait_for(states, "one web pod running, three pods unschedulable")
+        messages = sorted(c["message"] for c in waiting)
+        assert messages[0] == ("0/1 nodes are available: 1 node(s) didn't match Pod's node "
+                               "affinity/selector.")                                  # db
+        assert messages[1:] == ["0/1 nodes are available: 1 node(s) didn't match pod "
+                                "anti-affinity rules."] * 2
+        ctl(node, "label", "nodes", node.daemon.node_name, "disk=ssd")
+        wait_for(lambda: get_json(node, "pod", "db")["status"].get("phase") == "Running",
+                 "db scheduled and running once a node has disk=ssd")
+    finally:
+        for name in ("web-0", "web-1", "web-2", "db"):
+            ctl(node, "delete", "pod", name, "--now", check=False)
+        ctl(node, "label", "nodes", node.daemon.node_name, "disk-", check=False)
