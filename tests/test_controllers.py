@@ -275,3 +275,35 @@ def test_namespace_deletion_empties_then_removes_the_namespace(cluster):
         await access.stop()
         await store.close()
     asyncio.run(run())
+
+
+def test_deleted_node_has_its_claim_released_and_its_pods_collected(cluster):
+    async def run():
+        api, access, store = await cluster()
+        admin = api.as_user(ADMIN)
+        await add_node(admin, node("n1"))
+        await add_node(admin, node("n2"))
+        await admin.create("pods", "default", pod("on-n2", nodeName="n2"))
+        await admin.create("pods", "default", pod("on-n1", nodeName="n1"))
+        released = []
+
+        async def release(name):
+            released.append(name)
+            return ["10.244.2.0/24"]
+        ctl = NodeLifecycleController(api.as_user(CONTROLLER_USER), grace_period=1.0,
+                                      release_claim=release)
+        task = asyncio.create_task(ctl.run())
+        await asyncio.sleep(0.3)
+        await admin.delete("nodes", "", "n2")
+
+        async def collected():
+            names = {p["metadata"]["name"] for p in (await admin.list("pods", "default"))["items"]}
+            return "on-n2" not in names and names
+        names = await wait_for(collected, what="the deleted node's pod collected")
+        assert names == {"on-n1"}
+        assert released == ["n2"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await access.stop()
+        await store.close()
+    asyncio.run(run())

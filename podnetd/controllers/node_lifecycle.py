@@ -43,16 +43,25 @@ def ready_status(node: dict) -> str:
 
 
 class NodeLifecycleController:
-    def __init__(self, client, grace_period: float = 40.0, recorder=None):
+    def __init__(self, client, grace_period: float = 40.0, recorder=None, release_claim=None):
+        """release_claim(node_name): async, frees a deleted node's pod CIDR block in the
+        fabric's store (the cluster component's; None without one)."""
         self.client = client
         self.grace = grace_period
-        self.recorder = recorder          # events.py-like: record(kind, ns, name, type, reason, msg)
-        self.nodes = Informer(client, "nodes")
+        self.recorder = recorder          # record(obj, type, reason, message)
+        self.release_claim = release_claim
+        self.nodes = Informer(client, "nodes", on_change=self._node_seen)
+        self._orphans: dict[str, float] = {}         # pod key -> when first seen on no node
+        self._deleted: list[str] = []                # nodes deleted, claims to release
         self.leases = Informer(client, "leases", LEASE_NAMESPACE, on_change=self._lease_seen)
         self.pods = Informer(client, "pods")
         self._seen: dict[str, float] = {}           # node -> monotonic time of the last renewal
         self._started = time.monotonic()
         self._marked: set[str] = set()               # pods already marked for deletion
+
+    def _node_seen(self, key: str, old, new) -> None:
+        if new is None and old is not None:
+            self._deleted.append(key)
 
     def _lease_seen(self, key: str, old, new) -> None:
         if new is not None:
@@ -94,6 +103,43 @@ class NodeLifecycleController:
             elif ready_status(node) == "False":
                 await self._set_taint(name, NOT_READY, remove=UNREACHABLE)
         await self._evict()
+        await self._collect_orphans()
+        while self._deleted:
+            await self._node_deleted(self._deleted.pop(0))
+
+    async def _node_deleted(self, name: str) -> None:
+        """A Node deleted from the API is gone from the cluster: its pod CIDR block is freed in
+        the fabric (other nodes withdraw its routes) and its pods are collected below."""
+        log.info("node %s deleted", name)
+        if self.release_claim is not None:
+            try:
+                released = await self.release_claim(name)
+                if released:
+                    log.info("node %s: released its pod CIDR %s", name, ", ".join(released))
+            except Exception as e:  # noqa: BLE001 - the store may be away; the 24 h expiry remains
+                log.warning("node %s deleted: release its pod CIDR claim: %s", name, e)
+
+    async def _collect_orphans(self) -> None:
+        """The pod garbage collector's orphan rule: a pod bound to a node that does not exist
+        (deleted, or never registered) for longer than the grace period is deleted at once."""
+        now = time.monotonic()
+        seen = set()
+        for key, pod in list(self.pods.cache.items()):
+            node = (pod.get("spec") or {}).get("nodeName")
+            if not node or node in self.nodes.cache:
+                continue
+            seen.add(key)
+            first = self._orphans.setdefault(key, now)
+            if now - first < self.grace:
+                continue
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            with contextlib.suppress(objects.NotFound, objects.Conflict):
+                await self.client.delete("pods", ns, name, 0, pod["metadata"]["resourceVersion"])
+                log.info("pod gc: deleted pod %s/%s bound to node %s, which does not exist", ns,
+                         name, node)
+                self._event(pod, "Normal", "PodGC", f"Deleted pod {ns}/{name}: its node {node} "
+                                                   "does not exist")
+        self._orphans = {k: t for k, t in self._orphans.items() if k in seen}
 
     async def _mark_unknown(self, name: str) -> None:
         now = timestamps.rfc3339()

@@ -3,6 +3,7 @@ the scheduler's and the controller manager's leases (kube-system/kube-scheduler,
 kube-system/kube-controller-manager); whichever node holds a lease runs those loops. Nodes die,
 leases expire, another node takes over within the lease duration plus a retry period."""
 import argparse
+import asyncio
 import dataclasses
 
 from .. import config
@@ -60,7 +61,9 @@ def build_config(ns, daemon: config.DaemonConfig) -> ControlPlaneConfig:
 
 
 class ControlPlane:
-    def __init__(self, api, cfg: ControlPlaneConfig, identity: str):
+    def __init__(self, api, cfg: ControlPlaneConfig, identity: str, release_claim=None):
+        """release_claim: the fabric's (cluster component's) release of a deleted node's pod
+        CIDR block, or None on a node without cluster routing."""
         from .scheduling import SchedulerLoop
         self.cfg = cfg
         sched_client = api.as_user(SCHEDULER_USER)
@@ -74,10 +77,9 @@ class ControlPlane:
             await self.scheduler.run()
 
         async def control():
-            import asyncio
             self.lifecycle = NodeLifecycleController(
                 cm_client, cfg.node_monitor_grace_period,
-                ApiEventRecorder(cm_client, "node-controller"))
+                ApiEventRecorder(cm_client, "node-controller"), release_claim)
             await asyncio.gather(self.lifecycle.run(), NamespaceController(cm_client).run())
         timing = dict(lease_duration=cfg.lease_duration, renew_deadline=cfg.renew_deadline,
                       retry_period=cfg.retry_period)
@@ -99,7 +101,9 @@ def make_component(ctx: DaemonContext, cfg: ControlPlaneConfig) -> ControlPlane 
     api = ctx.component("apiserver")
     if api is None or not cfg.leader_elect:
         return None
-    return ControlPlane(api.api, cfg, ctx.config.node_name)
+    fabric = ctx.component("cluster")
+    return ControlPlane(api.api, cfg, ctx.config.node_name,
+                        fabric.release_claim if fabric is not None else None)
 
 
 FEATURE = Feature("controllers", add_flags=add_flags, config=build_config,
