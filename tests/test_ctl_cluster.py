@@ -412,3 +412,11 @@ def test_the_cluster_example_applies_as_documented(node, workdir):
         for name in ("web-0", "web-1", "web-2", "db"):
             ctl(node, "delete", "pod", name, "--now", check=False)
         ctl(node, "label", "nodes", node.daemon.node_name, "disk-", check=False)
+
+
+def test_get_nodes_says_the_api_is_node_local_without_etcd(node):
+    out = ctl(node, "get", "nodes")
+    assert node.daemon.node_name in out.stdout
+    assert "this cluster API is node-local" in out.stderr
+    doc = get_json(node, "node", node.daemon.node_name)
+    assert doc["metadata"]["annotations"]["podnet.io/cluster-api"] == "node-local"

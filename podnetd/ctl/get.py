@@ -124,6 +124,8 @@ def cmd_get(args) -> int:
             if i:
                 print()
             _print(kind, objects, args, prefix=len(pairs) > 1)
+            if kind.kind == "Node" and any(printers.node_local_api(o) for o in objects):
+                sys.stderr.write(printers.NODE_LOCAL_NOTE + "\n")
         if not shown and not errors and not args.watch:
             sys.stderr.write(_no_resources(s, pairs, args) + "\n")
     sys.stdout.flush()

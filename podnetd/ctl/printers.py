@@ -312,3 +312,14 @@ def table(kind: str, objects: list[dict], *, wide: bool = False, namespace_colum
 def name_of(kind_qualified: str, obj: dict) -> str:
     """-o name: pod/web, clusterrole.rbac.authorization.k8s.io/admin."""
     return f"{kind_qualified}/{_get(obj, 'metadata', 'name', default='')}"
+
+
+# A node agent annotates its Node when its cluster API is node-local (no etcd): a user sees one
+# node because the store holds one node, not because the others are gone.
+NODE_LOCAL_NOTE = ("note: this cluster API is node-local (podnetd without --store etcd keeps the "
+                   "cluster's objects on this node only); other nodes are not listed here")
+
+
+def node_local_api(node: dict) -> bool:
+    from ..kubelet.node_object import API_SCOPE
+    return ((node.get("metadata") or {}).get("annotations") or {}).get(API_SCOPE) == "node-local"

@@ -52,10 +52,11 @@ def storage_bytes(path: str) -> int:
 
 def gather(name: str, internal_ip: str, pod_cidr: str, oci: str, state_dir: str, *,
            labels=(), taints=(), system_reserved=(), max_pods=110,
-           api_port=0) -> node_object.NodeFacts:
+           api_port=0, api_scope="cluster") -> node_object.NodeFacts:
     return node_object.NodeFacts(
         name=name, internal_ip=internal_ip, pod_cidr=pod_cidr, cpus=os.cpu_count() or 1,
         memory_bytes=memory_bytes(), os_image=os_image(), kernel_version=os.uname().release,
         container_runtime=container_runtime(oci), labels=tuple(labels), taints=tuple(taints),
         system_reserved=tuple(system_reserved), max_pods=max_pods,
-        ephemeral_storage_bytes=storage_bytes(state_dir), api_port=api_port)
+        ephemeral_storage_bytes=storage_bytes(state_dir), api_port=api_port,
+        api_scope=api_scope)

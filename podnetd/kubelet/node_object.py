@@ -33,6 +33,7 @@ class NodeFacts:
     max_pods: int = 110
     ephemeral_storage_bytes: int = 0
     api_port: int = 0                     # the node's --api-listen port, for logs/exec
+    api_scope: str = "cluster"            # "cluster" (etcd) or "node-local" (its own store)
 
 
 def arch() -> str:
@@ -155,4 +156,12 @@ def new_node(f: NodeFacts) -> dict:
     if f.taints:
         spec["taints"] = [dict(t) for t in f.taints]
     return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": f.name, "labels": labels(f)}, "spec": spec}
+            "metadata": {"name": f.name, "labels": labels(f), "annotations": annotations(f)},
+            "spec": spec}
+
+
+API_SCOPE = "podnet.io/cluster-api"   # podnetctl get nodes says when the API is node-local
+
+
+def annotations(f: NodeFacts) -> dict:
+    return {API_SCOPE: f.api_scope}

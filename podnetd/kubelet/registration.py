@@ -73,12 +73,16 @@ class NodeRegistration:
         # a node that comes back keeps what the admin set (taints, cordon, extra labels);
         # the labels it owns are made current
         labels = dict(current["metadata"].get("labels") or {})
-        wanted = node_object.labels(facts)
+        notes = dict(current["metadata"].get("annotations") or {})
+        wanted, wanted_notes = node_object.labels(facts), node_object.annotations(facts)
         spec = current.setdefault("spec", {})
         if any(labels.get(k) != v for k, v in wanted.items()) or \
+                any(notes.get(k) != v for k, v in wanted_notes.items()) or \
                 spec.get("podCIDR") != facts.pod_cidr:
             labels.update(wanted)
+            notes.update(wanted_notes)
             current["metadata"]["labels"] = labels
+            current["metadata"]["annotations"] = notes
             spec["podCIDR"], spec["podCIDRs"] = facts.pod_cidr, [facts.pod_cidr]
             await self.client.update("nodes", "", current)
 

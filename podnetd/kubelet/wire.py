@@ -65,6 +65,7 @@ class KubeletComponent:
         node_name = ctx.config.node_name
         self.client = apiserver.api.as_user(node_user(node_name))
         api_listen = apiserver.cfg.api_listen
+        scope = "cluster" if apiserver.cfg.store_kind == "etcd" else "node-local"
         oci = runtime.cfg.oci_runtime if runtime is not None else "runc"
 
         def gather():
@@ -75,7 +76,7 @@ class KubeletComponent:
             return facts.gather(node_name, ip, plan.pod_cidr, oci, ctx.config.state_dir,
                                 labels=kc.labels, taints=kc.taints,
                                 system_reserved=kc.system_reserved, max_pods=kc.max_pods,
-                                api_port=port)
+                                api_port=port, api_scope=scope)
         self.registration = NodeRegistration(self.client, gather, lambda: ctx.node.status(),
                                              kc.lease_renew)
         self.pods = PodSync(self.client, runtime, node_name) if runtime else None
