@@ -16,7 +16,6 @@ from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 def _attrs(user, verb: str, kind, subresource: str = "", namespace: str = "", name: str = "",
