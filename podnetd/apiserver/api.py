@@ -45,6 +45,42 @@ def forbidden_message(req: Request) -> str:
             f'in API group "{req.api_group}" {scope}')
 
 
+def _meta(obj) -> dict:
+    """The metadata of a request's body for routing (the registry validates it for real)."""
+    if not isinstance(obj, dict):
+        raise BadRequest("the request's body must be a JSON object")
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _body_namespace(kind: kinds.Kind, namespace: str, obj: dict) -> str:
+    if namespace or not kind.namespaced:
+        return namespace
+    given = _meta(obj).get("namespace", "")
+    if not isinstance(given, str):
+        raise BadRequest(f"metadata.namespace: must be a string, not {type(given).__name__}")
+    return given
+
+
+def _path_segment(value, what: str) -> str:
+    """A name or namespace from the request: kube-apiserver's rules for a path segment (the
+    object's own rules are checked where it is stored). Never a key of another object."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{what}: must be a string, not {type(value).__name__}")
+    if not value:
+        raise BadRequest(f"{what}: Required value")
+    if len(value) > 253:
+        raise BadRequest(f"{what}: may not be more than 253 characters")
+    for bad, why in (("/", "may not contain '/'"), ("%", "may not contain '%'")):
+        if bad in value:
+            raise BadRequest(f"{what} {value[:80]!r}: {why}")
+    if value in (".", ".."):
+        raise BadRequest(f"{what} {value!r}: may not be '{value}'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7f or 0xd800 <= ord(c) <= 0xdfff for c in value):
+        raise BadRequest(f"{what} {value[:80]!r}: may not contain control characters")
+    return value
+
+
 class Api:
     def __init__(self, registry: Registry, authorize: Authorize, audit=None):
         self.registry = registry
@@ -67,6 +103,8 @@ class Api:
             return ""
         if not namespace and verb not in ("list", "watch"):
             return "default"
+        if namespace:
+            _path_segment(namespace, "namespace")
         return namespace
 
     def _check(self, req: Request, obj: dict | None = None) -> None:
@@ -95,25 +133,23 @@ class Api:
     async def create(self, user, resource: str, namespace: str, obj: dict,
                      subresource: str = "", name: str = "") -> dict:
         kind = self.kind(resource)
-        namespace = self._namespace(kind, namespace or (obj.get("metadata") or {}).get(
-            "namespace", "") if kind.namespaced else namespace, "create")
-        if subresource == "binding" and kind.resource == "pods":
-            target = name or (obj.get("metadata") or {}).get("name", "")
-            req = Request(user, "create", "pods", "binding", namespace, target)
-            return await self._run(req, obj, lambda: self._bind(namespace, target, obj))
-        if subresource == "eviction" and kind.resource == "pods":
-            target = name or (obj.get("metadata") or {}).get("name", "")
-            req = Request(user, "create", "pods", "eviction", namespace, target)
-            return await self._run(req, obj, lambda: self._evict(namespace, target, obj))
+        namespace = self._namespace(kind, _body_namespace(kind, namespace, obj), "create")
+        if subresource in ("binding", "eviction") and kind.resource == "pods":
+            target = _path_segment(name or _meta(obj).get("name", ""), "name")
+            req = Request(user, "create", "pods", subresource, namespace, target)
+            act = self._bind if subresource == "binding" else self._evict
+            return await self._run(req, obj, lambda: act(namespace, target, obj))
         if subresource:
             raise BadRequest(f"{kind.resource}/{subresource} cannot be created")
+        given = _meta(obj).get("name", "")
         req = Request(user, "create", kind.resource, "", namespace,
-                      (obj.get("metadata") or {}).get("name", ""), kind.group)
+                      given if isinstance(given, str) else "", kind.group)
         return await self._run(req, obj, lambda: self.registry.create(kind, namespace, obj))
 
     async def get(self, user, resource: str, namespace: str, name: str) -> dict:
         kind = self.kind(resource)
         namespace = self._namespace(kind, namespace, "get")
+        _path_segment(name, "name")
         req = Request(user, "get", kind.resource, "", namespace, name, kind.group)
         return await self._run(req, None, lambda: self.registry.get(kind, namespace, name))
 
@@ -130,10 +166,9 @@ class Api:
     async def update(self, user, resource: str, namespace: str, obj: dict,
                      subresource: str = "") -> dict:
         kind = self.kind(resource)
-        namespace = self._namespace(kind, namespace or (obj.get("metadata") or {}).get(
-            "namespace", "") if kind.namespaced else namespace, "update")
-        req = Request(user, "update", kind.resource, subresource, namespace,
-                      (obj.get("metadata") or {}).get("name", ""), kind.group)
+        namespace = self._namespace(kind, _body_namespace(kind, namespace, obj), "update")
+        name = _path_segment(_meta(obj).get("name", ""), "metadata.name")
+        req = Request(user, "update", kind.resource, subresource, namespace, name, kind.group)
         return await self._run(req, obj, lambda: self.registry.update(kind, namespace, obj,
                                                                       subresource))
 
@@ -141,6 +176,7 @@ class Api:
                      grace: int | None = None, precondition_rv: str = "") -> dict:
         kind = self.kind(resource)
         namespace = self._namespace(kind, namespace, "delete")
+        _path_segment(name, "name")
         req = Request(user, "delete", kind.resource, "", namespace, name, kind.group)
         return await self._run(req, None, lambda: self.registry.delete(
             kind, namespace, name, grace, precondition_rv))
@@ -172,21 +208,24 @@ class Api:
     # -- pods/binding and pods/eviction ------------------------------------------------
 
     async def _bind(self, namespace: str, name: str, binding: dict) -> dict:
-        target = (binding.get("target") or {})
+        target = binding.get("target")
+        target = target if isinstance(target, dict) else {}
         node = target.get("name")
         if binding.get("kind") != "Binding" or not isinstance(node, str) or not node \
                 or target.get("kind", "Node") != "Node":
             raise BadRequest("a Binding needs target.kind Node and target.name")
+        _path_segment(node, "target.name")
         pods = kinds.BY_RESOURCE["pods"]
+        refused = f'Operation cannot be fulfilled on pods/binding "{name}": '
 
         def bind(pod: dict) -> dict:
             spec = pod["spec"]
             if spec.get("nodeName"):
-                raise objects.Conflict(f"pod {name} is already assigned to node "
+                raise objects.Conflict(f"{refused}pod {name} is already assigned to node "
                                        f'"{spec["nodeName"]}"')
             if pod["metadata"].get("deletionTimestamp"):
-                raise objects.Conflict(f"pod {name} is being deleted, cannot be assigned to a "
-                                       "host")
+                raise objects.Conflict(f"{refused}pod {name} is being deleted, cannot be "
+                                       "assigned to a host")
             spec["nodeName"] = node
             status = pod.setdefault("status", {})
             conditions = [c for c in status.get("conditions") or []
@@ -199,7 +238,12 @@ class Api:
         return {"apiVersion": "v1", "kind": "Status", "status": "Success"}
 
     async def _evict(self, namespace: str, name: str, eviction: dict) -> dict:
+        if eviction.get("kind") != "Eviction":
+            raise BadRequest(f"pods/eviction takes an Eviction (policy/v1), not "
+                             f"{str(eviction.get('kind'))[:80]!r}")
         opts = eviction.get("deleteOptions") or {}
+        if not isinstance(opts, dict):
+            raise BadRequest("deleteOptions must be an object")
         grace = opts.get("gracePeriodSeconds")
         if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int)):
             raise BadRequest("deleteOptions.gracePeriodSeconds must be an integer")
