@@ -1,20 +1,61 @@
 """podnetd's command line and config file. Config file keys mirror the long flags
-("pod-cidr" or "pod_cidr"); flags on the command line win over the file."""
+("pod-cidr" or "pod_cidr"); flags on the command line win over the file.
+
+argparse parses; what the code reads are frozen dataclasses: the core's DaemonConfig (here) and
+each feature's own (podnetd/features.py), gathered in Settings."""
 import argparse
 import ipaddress
 import json
 import os
 import sys
+import types
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 DEFAULT_SOCKET = "/run/podnet/podnetd.sock"
 CNI_SOCKET_NAME = "cni.sock"  # the CNI relay's socket, next to --socket unless --cni-socket says
 DEFAULT_STATE_DIR = "/var/lib/podnet"
 DEFAULT_BRIDGE = "podnet0"
-
+DEFAULT_RECONCILE_INTERVAL = 5.0
 
 
 class ConfigError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The core's configuration (IPAM, bridge, endpoints, sockets, metrics, logging)."""
+    node_name: str
+    pod_cidr: str | None  # normalised; None only when a feature may lease one (--store etcd)
+    socket: str
+    cni_socket: str
+    state_dir: str
+    bridge: str
+    mtu: int | None       # None: the uplink's (or what the cluster decides)
+    metrics_listen: str   # "" turns the metrics endpoint off
+    log_level: str
+    reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL  # kernel drift repairs (firewall, routes)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `podnetd` was asked to do: the core's config and each feature's (None: off)."""
+    daemon: DaemonConfig
+    features: Mapping[str, Any]
+
+    def feature(self, name: str):
+        return self.features[name]
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+positive_float.__name__ = "positive number"  # argparse says "invalid positive number value"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +78,10 @@ def build_parser(features=()) -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default="127.0.0.1:9633",
                    help="HOST:PORT of the Prometheus metrics endpoint ('' turns it off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--reconcile-interval", type=positive_float, default=DEFAULT_RECONCILE_INTERVAL,
+                   help="seconds between kernel drift repairs (default 5)")
+    # A feature that can lease the pod CIDR (the cluster's etcd store) sets this to True.
+    p.set_defaults(allow_leased_cidr=False)
     for feature in features:
         if feature.add_flags:
             feature.add_flags(p)
@@ -84,11 +129,11 @@ def cni_socket_for(api_socket: str) -> str:
     return os.path.join(os.path.dirname(api_socket), CNI_SOCKET_NAME)
 
 
-def validate(ns: argparse.Namespace, features=()) -> None:
-    if not ns.node_name:
-        ns.node_name = os.uname().nodename
-    if not ns.pod_cidr and not getattr(ns, "allow_leased_cidr", False):
+def daemon_config(ns: argparse.Namespace) -> DaemonConfig:
+    """The core's checks of the parsed flags."""
+    if not ns.pod_cidr and not ns.allow_leased_cidr:
         raise ConfigError("--pod-cidr is required")
+    pod_cidr = None
     if ns.pod_cidr:
         try:
             net = ipaddress.ip_network(ns.pod_cidr, strict=True)
@@ -96,7 +141,7 @@ def validate(ns: argparse.Namespace, features=()) -> None:
             raise ConfigError(f"--pod-cidr {ns.pod_cidr}: {e}") from None
         if net.version != 4 or net.prefixlen > 30:
             raise ConfigError(f"--pod-cidr {ns.pod_cidr}: need an IPv4 network of /30 or larger")
-        ns.pod_cidr = str(net)
+        pod_cidr = str(net)
     if ns.mtu is not None and not 576 <= ns.mtu <= 65535:
         raise ConfigError(f"--mtu {ns.mtu}: must be between 576 and 65535")
     if not ns.bridge or len(ns.bridge) > 15 or "/" in ns.bridge or " " in ns.bridge:
@@ -109,26 +154,34 @@ def validate(ns: argparse.Namespace, features=()) -> None:
             raise ConfigError(f"--metrics-listen {e}") from None
     if not os.path.isabs(ns.socket):
         raise ConfigError(f"--socket {ns.socket}: must be an absolute path")
-    ns.cni_socket = ns.cni_socket or cni_socket_for(ns.socket)
-    if not os.path.isabs(ns.cni_socket) or ns.cni_socket == ns.socket:
-        raise ConfigError(f"--cni-socket {ns.cni_socket}: must be an absolute path other than --socket")
+    cni_socket = ns.cni_socket or cni_socket_for(ns.socket)
+    if not os.path.isabs(cni_socket) or cni_socket == ns.socket:
+        raise ConfigError(f"--cni-socket {cni_socket}: must be an absolute path other than --socket")
+    return DaemonConfig(
+        node_name=ns.node_name or os.uname().nodename, pod_cidr=pod_cidr, socket=ns.socket,
+        cni_socket=cni_socket, state_dir=ns.state_dir, bridge=ns.bridge, mtu=ns.mtu,
+        metrics_listen=ns.metrics_listen or "", log_level=ns.log_level,
+        reconcile_interval=ns.reconcile_interval)
+
+
+def settings(ns: argparse.Namespace, features) -> Settings:
+    """The core's config, then every feature's (in order; each raises ConfigError)."""
+    daemon = daemon_config(ns)
+    configs = {}
     for feature in features:
-        if feature.validate:
-            feature.validate(ns)
+        configs[feature.name] = feature.config(ns, daemon) if feature.config else None
+    return Settings(daemon, types.MappingProxyType(configs))
 
 
-def parse(argv: list[str] | None = None, features=None) -> argparse.Namespace:
-    """The command line (and --config file) checked by the core and by every feature."""
-    if features is None:
-        from .features import all_features
-        features = all_features()
+def parse(argv: list[str] | None, features) -> Settings:
+    """The command line (and --config file) checked by the core and by every feature
+    (podnetd.features.FEATURES). A bad flag is one line on stderr and exit status 2."""
     parser = build_parser(features)
     first = parser.parse_args(argv)
     try:
         if first.config:
             parser.set_defaults(**_load_file(first.config, parser))
             first = parser.parse_args(argv)
-        validate(first, features)
+        return settings(first, features)
     except ConfigError as e:
         parser.error(str(e))
-    return first

@@ -1,4 +1,5 @@
-"""The podnetd process: state-dir lock, node setup, reconcile, the API server, shutdown."""
+"""The podnetd process: state-dir lock, node setup, reconcile, the API server, shutdown. The
+features (podnetd/features.py) are built, prepared, started and stopped here, in their order."""
 import asyncio
 import collections
 import contextlib
@@ -6,12 +7,14 @@ import fcntl
 import logging
 import os
 import signal
+from dataclasses import replace
 
 from grpc_health.v1 import health_pb2
 
 from . import __version__, cni_relay, node, server, socket_dir
 from .api.podnet.v1 import node_pb2
 from .cni import CniHandler
+from .config import Settings
 from .endpoints import Endpoints, NodeNet
 from .errors import StartupError
 from .ipam import Ipam
@@ -19,23 +22,29 @@ from .kernel import ip_lib
 from .kernel.errors import KernelError
 from .events import EventRecorder, ObjectRef
 from .metrics import GrpcMetricsInterceptor, InstrumentedCni, Metrics, gauge
+from .wiring import DaemonContext, Node, NodePlan
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, cfg, features=()):
-        """features: podnetd.features.all_features() (or fewer, as a test may want)."""
-        self.cfg = cfg
+    def __init__(self, settings: Settings, features=()):
+        """features: podnetd.features.FEATURES (or fewer, as a test may want), the ones
+        settings was parsed with."""
+        self.cfg = settings.daemon
+        self.settings = settings
         self.features = tuple(features)
-        self.serving = asyncio.Event()   # set once the API and the CNI relay answer
+        self.metrics = Metrics()
+        self.events = EventRecorder(self.cfg.node_name)
+        # what components get (podnetd/wiring.py); ctx.serving is set once the API and the CNI
+        # relay answer, ctx.node once the node is set up
+        self.ctx = DaemonContext(config=self.cfg, events=self.events, metrics=self.metrics,
+                                 serving=asyncio.Event())
+        self.plan = NodePlan(pod_cidr=self.cfg.pod_cidr, mtu=self.cfg.mtu)
         self.ipam: Ipam | None = None
         self.endpoints: Endpoints | None = None
         self.cni: CniHandler | None = None
-        self.components: list = []
-        self.metrics = Metrics()
-        self.events = EventRecorder(cfg.node_name)
-        self.firewall = None  # firewall.Firewall, once its component started
+        self.components: list = []  # started, in start order
         self._server = None
         self._relay: cni_relay.CniRelay | None = None
         self._health = None
@@ -63,22 +72,34 @@ class Daemon:
         except (socket_dir.InsecureSocketDir, socket_dir.SocketPathTaken) as e:
             raise StartupError(str(e)) from None
 
+    @property
+    def serving(self) -> asyncio.Event:
+        return self.ctx.serving
+
     def setup_node(self) -> None:
-        cfg = self.cfg
-        mtu = cfg.mtu or node.uplink_mtu()
+        """The bridge, IPAM and endpoints, from the core config and the node plan (self.plan,
+        as the components' prepare() left it)."""
+        cfg, plan = self.cfg, self.plan
+        pod_cidr = plan.pod_cidr
+        if not pod_cidr:  # config checks make this impossible; a plain error if it happens
+            raise StartupError("no pod CIDR: give --pod-cidr")
+        mtu = plan.mtu or node.uplink_mtu()
         try:
-            node.setup(cfg.bridge, cfg.pod_cidr, mtu, cfg.node_name)
+            node.setup(cfg.bridge, pod_cidr, mtu, cfg.node_name)
         except KernelError as e:
-            raise StartupError(f"set up bridge {cfg.bridge} for {cfg.pod_cidr}: {e}") from None
-        gso = getattr(cfg, "pod_gso_limit", None) or node.uplink_gso_limit()
-        net = NodeNet(bridge=cfg.bridge, gateway=node.gateway_of(cfg.pod_cidr),
-                      prefixlen=int(cfg.pod_cidr.split("/")[1]), mtu=mtu,
+            raise StartupError(f"set up bridge {cfg.bridge} for {pod_cidr}: {e}") from None
+        gso = plan.pod_gso_limit or node.uplink_gso_limit()
+        net = NodeNet(bridge=cfg.bridge, gateway=node.gateway_of(pod_cidr),
+                      prefixlen=int(pod_cidr.split("/")[1]), mtu=mtu,
                       gso_limit=node.pod_gso_limit(gso))
-        self.ipam = Ipam(os.path.join(cfg.state_dir, "ipam.db"), cfg.pod_cidr, net.gateway)
+        self.plan = plan = replace(plan, mtu=mtu)
+        self.ipam = Ipam(os.path.join(cfg.state_dir, "ipam.db"), pod_cidr, net.gateway)
         self.endpoints = Endpoints(net, self.ipam)
         self.cni = InstrumentedCni(CniHandler(self.endpoints, self.bridge_facts, self.status),
                                    self.metrics)
         self.metrics.add_source(self._ipam_metrics)
+        self.ctx.node = Node(plan=plan, net=net, ipam=self.ipam, endpoints=self.endpoints,
+                             bridge_facts=self.bridge_facts, status=self.status)
         counts = self.endpoints.reconcile()
         log.info("node %s: bridge %s gateway %s/%d mtu %d%s; reconciled endpoints: %s",
                  cfg.node_name, cfg.bridge, net.gateway, net.prefixlen, mtu,
@@ -88,15 +109,22 @@ class Daemon:
         self.events.bind_loop(asyncio.get_running_loop())
         self._lock_state_dir()
         self._prepare_socket()
+        built = []  # (feature name, component) of the features that are on, in order
         for feature in self.features:
-            if feature.prepare:
-                await feature.prepare(self)
-        await asyncio.get_running_loop().run_in_executor(None, self.setup_node)
-        for feature in self.features:
-            component = feature.component(self) if feature.component else None
+            cfg = self.settings.features.get(feature.name)
+            on = cfg is not None or feature.config is None
+            component = feature.component(self.ctx, cfg) if on and feature.component else None
             if component is not None:
-                await component.start()
-                self.components.append(component)
+                built.append((feature.name, component))
+                self.ctx.components[feature.name] = component
+        for _, component in built:
+            prepare = getattr(component, "prepare", None)  # optional (podnetd/features.py)
+            if prepare is not None:
+                self.plan = await prepare(self.plan)
+        await asyncio.get_running_loop().run_in_executor(None, self.setup_node)
+        for _, component in built:
+            await component.start()
+            self.components.append(component)
         # the relay before the API: whoever waits for the API socket finds CNI working too
         self._relay = cni_relay.CniRelay(self.cfg.cni_socket, self.cni.handle)
         try:
@@ -106,7 +134,8 @@ class Daemon:
             raise StartupError(str(e)) from None
         # build() binds the socket (born 0600 inside the 0700 directory); start() serves it
         self._server, self._health, names = server.build(
-            self, f"unix://{self.cfg.socket}", [GrpcMetricsInterceptor(self.metrics)])
+            self, f"unix://{self.cfg.socket}", [GrpcMetricsInterceptor(self.metrics)],
+            self._feature_services)
         await self._server.start()
         os.chmod(self.cfg.socket, 0o600)
         for name in ["", *names]:
@@ -123,6 +152,15 @@ class Daemon:
                 raise StartupError(f"--metrics-listen {self.cfg.metrics_listen}: {e.strerror} "
                                    f"(an empty --metrics-listen turns metrics off)") from None
 
+    def _feature_services(self, grpc_server) -> list[str]:
+        """Every feature's services, with its component (None when it is off)."""
+        names = []
+        for feature in self.features:
+            if feature.services:
+                names += feature.services(grpc_server, self.ctx,
+                                          self.ctx.components.get(feature.name))
+        return names
+
     # -- facts -------------------------------------------------------------------------------
 
     def bridge_facts(self) -> dict:
@@ -135,12 +173,12 @@ class Daemon:
             return False, f"bridge {self.cfg.bridge} is missing"
         free = self.ipam.free_count()  # "releasing" addresses count as taken until freed
         if free <= 0:
-            return False, f"pod CIDR {self.cfg.pod_cidr} has no free address"
+            return False, f"pod CIDR {self.plan.pod_cidr} has no free address"
         for component in self.components:
             problem = getattr(component, "problem", lambda: None)()
             if problem:
                 return False, problem
-        return True, f"ready: {free} free addresses in {self.cfg.pod_cidr}"
+        return True, f"ready: {free} free addresses in {self.plan.pod_cidr}"
 
     def _ipam_metrics(self):
         records = self.ipam.records()
@@ -156,7 +194,7 @@ class Daemon:
     def node_info(self) -> node_pb2.NodeInfo:
         net = self.endpoints.node
         return node_pb2.NodeInfo(
-            node_name=self.cfg.node_name, pod_cidr=self.cfg.pod_cidr, gateway=net.gateway,
+            node_name=self.cfg.node_name, pod_cidr=self.plan.pod_cidr, gateway=net.gateway,
             bridge=net.bridge, mtu=net.mtu, allocated=len(self.ipam.records()),
             capacity=self.ipam.capacity, version=__version__,
             pod_gso_max_size=net.gso_limit or ip_lib.LEGACY_GSO_MAX_SIZE)

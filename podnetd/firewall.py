@@ -15,14 +15,13 @@ import threading
 from . import firewall_rules as rules
 from .errors import StartupError
 from .events import ObjectRef
-from .features import Feature
+from .wiring import DaemonContext, Feature
 from .kernel import nft
 from .kernel.errors import KernelError, NotFound
 
 log = logging.getLogger(__name__)
 
 TABLE = rules.TABLE
-DEFAULT_INTERVAL = 5.0  # seconds between drift repairs when no --reconcile-interval is given
 
 
 class Firewall:
@@ -227,27 +226,32 @@ def remove_tables() -> list[str]:
 
 
 class FirewallComponent:
-    """The daemon component (the first feature, podnetd/features.py): builds the policy once the node is
-    set up, writes the tables, hooks attach/detach, and repairs drift every interval. The
-    cluster's part of the policy comes from `daemon.firewall_cluster` (set by cluster/wire.py
-    before node setup); the cluster's reconcile keeps `vxlan_peers` in step with its peers."""
+    """The daemon component (the first feature, podnetd/features.py): builds the policy once the
+    node is set up, writes the tables, hooks attach/detach, and repairs drift every
+    --reconcile-interval. The cluster's part of the policy comes from the node plan
+    (plan.firewall_cluster, decided by the cluster's prepare before node setup); the cluster's
+    reconcile keeps the VXLAN senders in step with its peers (self.firewall.set_vxlan_peers)."""
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, ctx: DaemonContext):
+        self.ctx = ctx
+        self.node_name = ctx.config.node_name
+        self.interval = ctx.config.reconcile_interval
+        self.events = ctx.events
+        self.metrics = ctx.metrics
         self.firewall: Firewall | None = None
         self.problem_text: str | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        d = self.daemon
-        net = d.endpoints.node
+        node = self.ctx.node
+        net = node.net
         try:
-            policy = rules.Policy(bridge=net.bridge, gateway=net.gateway, pod_cidr=d.cfg.pod_cidr,
-                                  bridge_mac=d.bridge_facts()["mac"],
-                                  cluster=getattr(d, "firewall_cluster", None))
+            policy = rules.Policy(bridge=net.bridge, gateway=net.gateway, pod_cidr=node.plan.pod_cidr,
+                                  bridge_mac=node.bridge_facts()["mac"],
+                                  cluster=node.plan.firewall_cluster)
         except rules.RuleInputError as e:
             raise StartupError(f"firewall: {e}") from None
-        self.firewall = Firewall(policy, d.ipam.records)
+        self.firewall = Firewall(policy, node.ipam.records)
         try:
             done = await asyncio.get_running_loop().run_in_executor(None, self.firewall.sync)
         except KernelError as e:
@@ -255,13 +259,11 @@ class FirewallComponent:
         log.info("nftables: %s podnet written (anti-spoofing, pod access to the node%s)",
                  " and ".join(done["rewritten"]) or "tables", ", VXLAN senders"
                  if self.firewall.uses_vxlan_peers else "")
-        d.firewall = self.firewall
         # The attach hook runs inside attach's rollback scope: no pod comes up without its
         # entry (an ADD fails instead).
-        d.endpoints.attach_hooks.append(self.firewall.allow)
-        d.endpoints.detach_hooks.append(self.firewall.forbid)
-        interval = getattr(d.cfg, "reconcile_interval", None) or DEFAULT_INTERVAL
-        self._task = asyncio.create_task(self._loop(interval), name="firewall-sync")
+        node.endpoints.attach_hooks.append(self.firewall.allow)
+        node.endpoints.detach_hooks.append(self.firewall.forbid)
+        self._task = asyncio.create_task(self._loop(self.interval), name="firewall-sync")
 
     async def _loop(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
@@ -282,16 +284,15 @@ class FirewallComponent:
 
     def _observe(self, done: dict) -> None:
         """Log, count (podnet_firewall_syncs) and, for a repair, record a DriftRepaired event."""
-        d = self.daemon
         changed = bool(done["rewritten"] or done["added"] or done["removed"])
-        d.metrics.firewall_syncs.labels("repaired" if changed else "none").inc()
+        self.metrics.firewall_syncs.labels("repaired" if changed else "none").inc()
         if not changed:
             return
         message = (f"nftables: rewrote {','.join(done['rewritten']) or 'nothing'}, set elements "
                    f"+{done['added']} -{done['removed']}")
         log.info("%s", message)
         if done["rewritten"]:
-            d.events.record(ObjectRef("Node", d.cfg.node_name), "Normal", "DriftRepaired",
+            self.events.record(ObjectRef("Node", self.node_name), "Normal", "DriftRepaired",
                             f"the node firewall had drifted: {message}")
 
     def problem(self) -> str | None:
@@ -307,4 +308,5 @@ class FirewallComponent:
             await asyncio.get_running_loop().run_in_executor(None, self.firewall.close)
 
 
-FEATURE = Feature("firewall", component=FirewallComponent)
+# No flags of its own (it repairs every --reconcile-interval, a core flag): always on.
+FEATURE = Feature("firewall", component=lambda ctx, _cfg: FirewallComponent(ctx))

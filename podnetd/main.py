@@ -9,21 +9,21 @@ import sys
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from . import config
+from .cluster import cleanup
 from .daemon import Daemon, StartupError
-from .features import all_features
+from .features import FEATURES
 from .ipam import IpamError
 
 
 def main(argv: list[str] | None = None) -> int:
-    features = all_features()
-    cfg = config.parse(argv, features)
-    if getattr(cfg, "cleanup", False):
-        from .cluster import cleanup
-        return cleanup.run(cfg)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+    settings = config.parse(argv, FEATURES)
+    request = settings.features.get("cluster")
+    if isinstance(request, cleanup.CleanupRequest):  # `podnetd --cleanup`: no daemon
+        return cleanup.run(request)
+    logging.basicConfig(level=settings.daemon.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(Daemon(cfg, features).run())
+        asyncio.run(Daemon(settings, FEATURES).run())
     except (StartupError, IpamError) as e:
         sys.stderr.write(f"podnetd: error: {e}\n")
         return 1

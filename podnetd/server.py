@@ -115,15 +115,16 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
         return node_pb2.GetNodeInfoResponse(node_info=await _off_loop(self.d.node_info))
 
 
-def build(daemon, address: str, interceptors: list | None = None) -> tuple:
+def build(daemon, address: str, interceptors: list | None = None, more_services=None) -> tuple:
+    """The server with NodeService, EventService and what more_services(server) adds (the
+    features' services; it returns their full names), health and reflection."""
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or [],
                              maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(daemon), server)
     names = [node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name]
     names += events_service.register(server, daemon.events)
-    for feature in daemon.features:
-        if feature.services:
-            names += feature.services(server, daemon)
+    if more_services is not None:
+        names += more_services(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -6,7 +6,10 @@ import subprocess
 import pytest
 
 from podnetd import config
-from podnetd.cluster import backends, flags  # noqa: F401 - flags registers itself
+from podnetd.cluster import backends
+from podnetd.cluster.flags import ClusterConfig
+from podnetd.cluster.store import LocalNode
+from podnetd.features import FEATURES
 from podnetd.cluster.backends import Context, Entry
 from podnetd.cluster.records import Membership, NodeRecord, conflicts, vtep_ip, vtep_mac
 from testlib import PY, REPO
@@ -111,19 +114,22 @@ def test_vtep_identity_is_stable_and_local():
 
 
 def parse(*argv):
-    return config.parse(["--node-name", "n", *argv])
+    return config.parse(["--node-name", "n", *argv], FEATURES)
 
 
 def test_flags_defaults_and_cluster_mode():
-    ns = parse("--pod-cidr", "10.1.1.0/24")
-    assert ns.cluster is False and ns.store == "static"
-    ns = parse("--pod-cidr", "10.1.1.0/24", "--cluster-cidr", "10.1.0.0/16", "--peers",
-               "192.168.1.1:7946, 192.168.1.2:7000", "--insecure-peers")
-    assert ns.cluster and ns.peer_list == ["192.168.1.1:7946", "192.168.1.2:7000"] and ns.insecure_peers
-    assert (ns.backend, ns.vxlan_vni, ns.vxlan_port, ns.vxlan_dev, ns.node_timeout, ns.reconcile_interval,
-            ns.node_cidr_size) == ("auto", 1, 8472, "podnet.vxlan", 15.0, 5.0, 24)
-    ns = parse("--cluster-cidr", "10.1.0.0/16", "--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:2379")
-    assert ns.pod_cidr is None  # leased at start
+    s = parse("--pod-cidr", "10.1.1.0/24")
+    assert s.feature("cluster") is None  # single node
+    s = parse("--pod-cidr", "10.1.1.0/24", "--cluster-cidr", "10.1.0.0/16", "--peers",
+              "192.168.1.1:7946, 192.168.1.2:7000", "--insecure-peers")
+    c = s.feature("cluster")
+    assert isinstance(c, ClusterConfig) and c.store == "static"
+    assert c.peer_list == ("192.168.1.1:7946", "192.168.1.2:7000") and c.insecure_peers
+    assert (c.backend, c.vxlan_vni, c.vxlan_port, c.vxlan_dev, c.node_timeout, s.daemon.reconcile_interval,
+            c.node_cidr_size) == ("auto", 1, 8472, "podnet.vxlan", 15.0, 5.0, 24)
+    s = parse("--cluster-cidr", "10.1.0.0/16", "--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:2379")
+    assert s.daemon.pod_cidr is None  # leased at start
+    assert s.feature("cluster").etcd_endpoints == ("http://127.0.0.1:2379",)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -159,14 +165,13 @@ def test_entry_keys_ignore_the_value():
 
 
 def static_store(name="self"):
-    from types import SimpleNamespace
-
     from podnetd.cluster.static import StaticStore
-    cfg = SimpleNamespace(node_name=name, node_timeout=10.0, listen="192.168.1.1:7946",
-                          node_ip="192.168.1.1", peer_list=["192.168.1.2:7946"], tls_cert=None,
-                          tls_key=None, tls_ca=None, cluster_cidr="10.1.0.0/16")
+    cfg = ClusterConfig(cluster_cidr="10.1.0.0/16", store="static", backend="auto",
+                        node_timeout=10.0, listen="192.168.1.1:7946",
+                        peer_list=("192.168.1.2:7946",))
     changes = []
-    store = StaticStore(cfg, lambda: changes.append(1))
+    store = StaticStore(cfg, LocalNode(name, "192.168.1.1", None, None),
+                        lambda: changes.append(1))
     store._own = rec(name, "10.1.0.0/24", hb=100, started=1)
     store.members.set_self(store._own)
     return store, changes

@@ -3,13 +3,14 @@ one bad record dropped without stopping the others, hearsay never overriding wha
 itself, claim times chosen by the receiver, and bounded state under a flood of forged names."""
 import dataclasses
 import logging
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from podnetd.cluster import records
+from podnetd.cluster.flags import ClusterConfig
+from podnetd.cluster.store import LocalNode
 from podnetd.cluster.bounded import LruDict, RateLimitedLog
 from podnetd.cluster.records import (Membership, NodeRecord, RecordError, Verdict, conflicts,
                                      validate_record)
@@ -240,11 +241,12 @@ def test_lru_and_rate_limited_log_are_bounded(caplog):
 
 def static_store(name="self"):
     from podnetd.cluster.static import StaticStore
-    cfg = SimpleNamespace(node_name=name, node_timeout=10.0, listen="192.168.1.1:7946",
-                          node_ip="192.168.1.1", peer_list=["192.168.1.2:7946"], tls_cert=None,
-                          tls_key=None, tls_ca=None, cluster_cidr=CLUSTER, insecure_peers=True)
+    cfg = ClusterConfig(cluster_cidr=CLUSTER, store="static", backend="auto", node_timeout=10.0,
+                        listen="192.168.1.1:7946", peer_list=("192.168.1.2:7946",),
+                        insecure_peers=True)
     changes = []
-    store = StaticStore(cfg, lambda: changes.append(1))
+    store = StaticStore(cfg, LocalNode(name, "192.168.1.1", None, None),
+                        lambda: changes.append(1))
     store._own = rec(name, "10.1.0.0/24", hb=records.now_ms(), started=records.now_ms() - 60_000)
     store.members.set_self(store._own)
     return store, changes

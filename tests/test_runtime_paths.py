@@ -348,20 +348,22 @@ def test_tail_matches_the_last_lines_of_the_files(tmp_path_factory, files, open_
 
 
 def test_log_rotation_flags():
-    import argparse
     from podnetd import config
-    from podnetd.runtime import check_flags, log_size
+    from podnetd.features import FEATURES
+    from podnetd.runtime import log_size
     assert log_size("10Mi") == 10 * 2**20 and log_size("512Ki") == 512 * 1024
     assert log_size(1048576) == 2**20 and log_size("2M") == 2 * 10**6
     assert log_size("1e9") == 10**9                  # any Kubernetes quantity, as the kubelet
     for bad in ("", "10Q", "-1Mi", "0", "100", "2Ti", "1" * 40, "Mi", "0.5Ki", "1e400"):
         with pytest.raises(config.ConfigError, match="give a size from 1Ki"):
             log_size(bad)
-    ns = argparse.Namespace(no_pod_runtime=False, runtime_dir=None, restart_backoff=1.0,
-                            restart_backoff_max=2.0, container_log_max_size="1Mi",
-                            container_log_max_files=1)
+    argv = ["--pod-cidr", "10.1.1.0/24", "--restart-backoff", "1", "--restart-backoff-max", "2",
+            "--container-log-max-size", "1Mi"]
+    parser = config.build_parser(FEATURES)
+    rt = config.settings(parser.parse_args(argv), FEATURES).feature("runtime")
+    assert (rt.container_log_max_size, rt.container_log_max_files) == (2**20, 5)
     with pytest.raises(config.ConfigError, match="between 2 and 1000"):
-        check_flags(ns)
+        config.settings(parser.parse_args([*argv, "--container-log-max-files", "1"]), FEATURES)
 
 
 def test_conmon_utc_offset_is_shown_as_z():

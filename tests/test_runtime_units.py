@@ -4,10 +4,9 @@ import json
 
 import pytest
 
-from podnetd.runtime import cni_client, images
+from podnetd.runtime import cni_client, images, logs
+from podnetd.runtime.containers import expand
 from podnetd.runtime.model import Pod, Stage
-from podnetd.runtime.containers import expand as _expand
-from podnetd.runtime.service import _parse_line
 
 
 def write(tmp_path, name, doc):
@@ -91,9 +90,9 @@ def test_persisted_state_round_trips():
 
 def test_cri_log_lines():
     line = b"2026-01-01T00:00:00.000000001Z stdout F hello world\n"
-    assert _parse_line(line, False) == b"hello world\n"
-    assert _parse_line(line, True) == b"2026-01-01T00:00:00.000000001Z hello world\n"
-    assert _parse_line(b"2026-01-01T00:00:00Z stderr P part", False) == b"part"
+    assert logs.parse_line(line, False) == b"hello world\n"
+    assert logs.parse_line(line, True) == b"2026-01-01T00:00:00.000000001Z hello world\n"
+    assert logs.parse_line(b"2026-01-01T00:00:00Z stderr P part", False) == b"part"
 
 
 def test_image_names_and_expansion():
@@ -101,7 +100,7 @@ def test_image_names_and_expansion():
     assert images.normalize("docker.io/library/busybox:1.36") == "busybox:1.36"
     assert images.normalize("localhost:5000/x") == "localhost:5000/x:latest"
     env = {"A": "1"}
-    assert _expand("$(A)-$(B)-$$(A)", env) == "1-$(B)-$(A)"
+    assert expand("$(A)-$(B)-$$(A)", env) == "1-$(B)-$(A)"
 
 
 def test_probe_thresholds_one_state_machine():

@@ -56,7 +56,7 @@ def place(snap, p):
     """Schedule and assume, as the loop does; returns the result."""
     r = schedule(p, snap)
     if r.node_name:
-        snap.assume(p, r.node_name)
+        snap.assume(r.pod, r.node_name)
     return r
 
 
@@ -70,52 +70,30 @@ def anti_affinity(app, key="kubernetes.io/hostname"):
 @pytest.mark.parametrize("text,labels,want", [
     ("a=b", {"a": "b"}, True),
     ("a==b", {"a": "b"}, True),
-    ("a=b", {"a": "c"}, False),
-    ("a!=b", {"a": "c"}, True),
     ("a!=b", {}, True),                       # NotIn matches a missing key
     ("a!=b", {"a": "b"}, False),
     ("a in (x, y)", {"a": "y"}, True),
-    ("a in (x,y)", {"a": "z"}, False),
-    ("a notin (x)", {"a": "z"}, True),
     ("a notin (x)", {"b": "x"}, True),
     ("a notin (x)", {"a": "x"}, False),
-    ("a", {"a": ""}, True),
-    ("a", {"b": "1"}, False),
-    ("!a", {"b": "1"}, True),
     ("!a", {"a": "1"}, False),
-    ("a=,b", {"a": "", "b": "2"}, True),      # `a=` is the empty value
     (" app = web , tier in (fe,be) , !canary ", {"app": "web", "tier": "be"}, True),
-    ("example.com/role=db", {"example.com/role": "db"}, True),
-    ("n>3", {"n": "4"}, True),
-    ("n>3", {"n": "3"}, False),
-    ("n<3", {"n": "x"}, False),               # not an integer: no match
     ("", {"anything": "x"}, True),
 ])
-def test_kubectl_selector_syntax(text, labels, want):
+def test_kubectl_selector_text_compiles_to_the_same_matches(text, labels, want):
+    """The scheduler reads selectors with the API server's reader (podnetd.apiserver.selectors)
+    and compiles them: the compiled form matches as the reader's own does."""
+    from podnetd.apiserver import selectors
     assert sel.parse(text).matches(labels) is want
+    assert selectors.parse(text).matches(labels) is want
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("a in x", "expected: '('"),
-    ("a in (x", "expected: ',' or ')'"),
-    ("=b", "expected: '!' or identifier"),
-    ("a=b c", "expected: ','"),
-    ("!", "identifier after '!'"),
-    ("a,", "expected: '!' or identifier"),
-    ("a=b=c", "expected: ','"),
-    ("-bad=x", "invalid label key '-bad'"),
-    ("a=" + "v" * 64, "invalid label value"),
-    ("n>x", "exactly one integer value"),
-])
-def test_kubectl_selector_errors_say_what_was_found(text, fragment):
-    with pytest.raises(sel.SelectorError) as e:
-        sel.parse(text)
-    assert fragment in str(e.value)
-
-
-def test_selector_prints_back_in_kubectl_syntax():
-    assert str(sel.parse("b in (y,x),a=1,!c")) == "a=1,b in (x,y),!c"
-    assert sel.parse(str(sel.parse("b in (y,x),a=1,!c"))) == sel.parse("b in (y,x),a=1,!c")
+def test_compiled_selectors_are_normalized_and_print_in_kubectl_syntax():
+    a = sel.parse("b in (y,x),a=1,!c")
+    assert a == sel.parse("!c, a==1, b in (x,y)")
+    assert hash(a) == hash(sel.parse("!c,a=1,b in (x,y)"))
+    assert str(a) == "a=1,b in (x,y),!c"
+    with pytest.raises(sel.SelectorError):
+        sel.parse("a in (x")
 
 
 def test_label_selector_object():
@@ -127,9 +105,9 @@ def test_label_selector_object():
     assert not s.matches({"app": "web", "tier": "db"})
     assert sel.from_label_selector({}).matches({"x": "y"})          # empty: everything
     assert not sel.from_label_selector(None).matches({})            # nil: nothing
-    with pytest.raises(sel.SelectorError, match=r"matchExpressions\[0\]: values: Required"):
+    with pytest.raises(sel.SelectorError, match=r"matchExpressions\[0\].values: Required"):
         sel.from_label_selector({"matchExpressions": [{"key": "a", "operator": "In"}]})
-    with pytest.raises(sel.SelectorError, match="operator 'Gt' is not one of"):
+    with pytest.raises(sel.SelectorError, match="Unsupported value: 'Gt'"):
         sel.from_label_selector({"matchExpressions": [
             {"key": "a", "operator": "Gt", "values": ["1"]}]})
     with pytest.raises(sel.SelectorError, match="Forbidden"):
@@ -487,7 +465,7 @@ def test_no_nodes_and_unreadable_pods():
     assert r.node_name is None and r.error and r.reason == "SchedulerError"
     assert r.message.startswith("pod default/bad: spec.affinity.podAntiAffinity."
                                 "requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector"
-                                ".matchExpressions[0]: operator 'Near' is not one of")
+                                ".matchExpressions[0].operator: Unsupported value: 'Near'")
     for junk in (None, [], {"metadata": "x"}, {"metadata": {"name": 3}}):
         assert schedule(junk, snap).error
     # a bound pod with an unreadable term still counts its requests
@@ -640,7 +618,8 @@ def naive_fits(p: dict, n: dict, placed: list[tuple[dict, str]], nodes: dict) ->
         return False
     cpu = lambda q: int(q["spec"]["containers"][0]["resources"]["requests"]["cpu"][:-1])  # noqa
     mem = lambda q: int(q["spec"]["containers"][0]["resources"]["requests"]["memory"][:-2])  # noqa
-    if cpu(p) and cpu(p) + sum(cpu(q) for q in here) > int(n["status"]["allocatable"]["cpu"]) * 1000:
+    if cpu(p) and cpu(p) + sum(cpu(q) for q in here) > \
+            int(n["status"]["allocatable"]["cpu"]) * 1000:
         return False
     if mem(p) and mem(p) + sum(mem(q) for q in here) > \
             int(n["status"]["allocatable"]["memory"][:-2]) * 1024:
@@ -711,3 +690,49 @@ def _sum_requests(pods) -> dict:
         for k, v in pod_info(p).requests.items():
             out[k] = out.get(k, 0) + v
     return {k: v for k, v in out.items()}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True)
+    | st.sampled_from(["", "1", "-1", "1Gi", "x", "In", "Exists", "Always", "n1", "a=b"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(
+        ["metadata", "spec", "status", "name", "uid", "labels", "containers", "resources",
+         "requests", "limits", "cpu", "memory", "nodeName", "affinity", "podAntiAffinity",
+         "requiredDuringSchedulingIgnoredDuringExecution", "labelSelector", "topologyKey",
+         "matchExpressions", "key", "operator", "values", "taints", "effect", "allocatable",
+         "tolerations", "topologySpreadConstraints", "maxSkew", "whenUnsatisfiable", "ports",
+         "hostPort", "nodeSelector", "initContainers", "restartPolicy", "overhead"]),
+        inner, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, json_values)
+def test_hostile_objects_give_clear_errors_not_tracebacks(junk_pod, junk_node):
+    snap = Snapshot([node("n1")])
+    for call in (lambda: snap.set_node(junk_node), lambda: snap.set_pod(junk_pod),
+                 lambda: snap.remove_pod(junk_pod if isinstance(junk_pod, dict) else "x")):
+        try:
+            call()
+        except InvalidObject as e:
+            assert str(e)
+    r = schedule(junk_pod, snap)
+    assert r.message and (r.node_name is None or r.node_name in snap.nodes)
+
+
+def test_negative_requests_are_refused():
+    r = schedule(pod("neg", cpu="-1"), Snapshot([node("n1")]))
+    assert r.error and "must be greater than or equal to 0" in r.message
+
+
+def test_node_selector_requirements_are_checked():
+    term = {"nodeSelectorTerms": [{"matchExpressions": [
+        {"key": "gen", "operator": "Gt", "values": ["1", "2"]}]}]}
+    with pytest.raises(sel.SelectorError, match=r"values: for 'Gt', 'Lt' operators, exactly one"):
+        sel.node_selector_term(term["nodeSelectorTerms"][0])
+    with pytest.raises(sel.SelectorError, match=r"matchFields\[0\].key: Invalid value"):
+        sel.node_selector_term({"matchFields": [
+            {"key": "spec.nodeName", "operator": "In", "values": ["n1"]}]})
+    assert not sel.node_selector(term).matches("n", {"gen": "5"})   # the bad term matches nothing
+    # no terms at all: no node matches
+    assert sel.node_selector({"nodeSelectorTerms": []}).terms == ()

@@ -5,13 +5,13 @@ find the kind -> authorize (Node authorizer, then RBAC) -> admission -> the regi
 `Api.as_user(user)` gives an in-process client bound to one identity, so the node's own roles go
 through the same authorization as everyone else (a node can only touch what the Node
 authorizer lets a node touch)."""
-import dataclasses
 import logging
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from .. import timestamps
-from . import kinds, objects
+from . import kinds, objects, rbac
 from .objects import ApiError, BadRequest, Forbidden, NotFound
+from .rbac import Attributes
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -19,30 +19,13 @@ log = logging.getLogger(__name__)
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """What authorization and audit see of one call."""
-    user: object                  # authn.UserInfo (name, uid, groups)
-    verb: str
-    resource: str
-    subresource: str = ""
-    namespace: str = ""
-    name: str = ""
-    api_group: str = ""
-
-
-# authorize(request, obj_or_None) -> (allowed, reason); obj is the object a write would store
-# (NodeRestriction looks at it)
-Authorize = Callable[[Request, dict | None], tuple[bool, str]]
-
-
-def forbidden_message(req: Request) -> str:
-    """kube-apiserver's words for a denial."""
-    what = f"{req.resource}/{req.subresource}" if req.subresource else req.resource
-    head = f'{req.resource} "{req.name}"' if req.name else req.resource
-    scope = f'in the namespace "{req.namespace}"' if req.namespace else "at the cluster scope"
-    return (f'{head} is forbidden: User "{req.user.name}" cannot {req.verb} resource "{what}" '
-            f'in API group "{req.api_group}" {scope}')
+def _attrs(user, verb: str, kind, subresource: str = "", namespace: str = "", name: str = "",
+           field_selector: str = "") -> Attributes:
+    resource = kind.resource
+    if resource == "namespaces" and name:
+        namespace = name      # kube-apiserver: a request on a namespace is "in" that namespace
+    return Attributes(user, verb, resource, subresource, namespace, name, kind.group,
+                      field_selector)
 
 
 def _meta(obj) -> dict:
@@ -82,10 +65,12 @@ def _path_segment(value, what: str) -> str:
 
 
 class Api:
-    def __init__(self, registry: Registry, authorize: Authorize, audit=None):
+    def __init__(self, registry: Registry, authorizer, audit=None):
+        """authorizer: authz.Authorizer (its authorize(attrs, obj, old) -> Verdict and
+        decide(attrs) -> Decision); audit: audit.AuditLog or None."""
         self.registry = registry
-        self.authorize = authorize
-        self.audit = audit  # audit.AuditLog or None
+        self.authorizer = authorizer
+        self.audit = audit
 
     # -- the request path ---------------------------------------------------------------
 
@@ -107,25 +92,25 @@ class Api:
             _path_segment(namespace, "namespace")
         return namespace
 
-    def _check(self, req: Request, obj: dict | None = None) -> None:
-        allowed, reason = self.authorize(req, obj)
-        if not allowed:
-            message = forbidden_message(req) + (f": {reason}" if reason else "")
-            self._audit(req, "forbid", "PERMISSION_DENIED")
-            raise Forbidden(message)
+    def _check(self, attrs: Attributes, obj: dict | None = None) -> None:
+        verdict = self.authorizer.authorize(attrs, obj)
+        if not verdict.allowed:
+            self._audit(attrs, False, "PERMISSION_DENIED", verdict.reason)
+            raise Forbidden(verdict.message)
 
-    def _audit(self, req: Request, decision: str, code: str) -> None:
-        if self.audit is not None and (req.verb in WRITE_VERBS or decision == "forbid"):
-            self.audit.record(req, decision, code)
+    def _audit(self, attrs: Attributes, allowed: bool, code: str, reason: str = "") -> None:
+        if self.audit is not None:
+            self.audit.record(attrs, allowed, code, reason=reason,
+                              requester=getattr(attrs.user, "requester", None))
 
-    async def _run(self, req: Request, obj: dict | None, coro_fn):
-        self._check(req, obj)
+    async def _run(self, attrs: Attributes, obj: dict | None, coro_fn):
+        self._check(attrs, obj)
         try:
             result = await coro_fn()
         except ApiError as e:
-            self._audit(req, "allow", _code_name(e))
+            self._audit(attrs, True, _code_name(e))
             raise
-        self._audit(req, "allow", "OK")
+        self._audit(attrs, True, "OK")
         return result
 
     # -- verbs --------------------------------------------------------------------------
@@ -136,29 +121,26 @@ class Api:
         namespace = self._namespace(kind, _body_namespace(kind, namespace, obj), "create")
         if subresource in ("binding", "eviction") and kind.resource == "pods":
             target = _path_segment(name or _meta(obj).get("name", ""), "name")
-            req = Request(user, "create", "pods", subresource, namespace, target)
+            req = _attrs(user, "create", kind, subresource, namespace, target)
             act = self._bind if subresource == "binding" else self._evict
             return await self._run(req, obj, lambda: act(namespace, target, obj))
         if subresource:
             raise BadRequest(f"{kind.resource}/{subresource} cannot be created")
-        given = _meta(obj).get("name", "")
-        req = Request(user, "create", kind.resource, "", namespace,
-                      given if isinstance(given, str) else "", kind.group)
+        req = _attrs(user, "create", kind, "", namespace)
         return await self._run(req, obj, lambda: self.registry.create(kind, namespace, obj))
 
     async def get(self, user, resource: str, namespace: str, name: str) -> dict:
         kind = self.kind(resource)
         namespace = self._namespace(kind, namespace, "get")
         _path_segment(name, "name")
-        req = Request(user, "get", kind.resource, "", namespace, name, kind.group)
+        req = _attrs(user, "get", kind, "", namespace, name)
         return await self._run(req, None, lambda: self.registry.get(kind, namespace, name))
 
     async def list(self, user, resource: str, namespace: str = "", label_selector: str = "",
                    field_selector: str = "") -> dict:
         kind = self.kind(resource)
         namespace = self._namespace(kind, namespace, "list")
-        req = Request(user, "list", kind.resource, "", namespace, "", kind.group)
-        self._check(req, {"fieldSelector": field_selector})
+        self._check(_attrs(user, "list", kind, "", namespace, "", field_selector))
         items, rv = await self.registry.list(kind, namespace, label_selector, field_selector)
         return {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
                 "metadata": {"resourceVersion": rv}, "items": items}
@@ -168,7 +150,7 @@ class Api:
         kind = self.kind(resource)
         namespace = self._namespace(kind, _body_namespace(kind, namespace, obj), "update")
         name = _path_segment(_meta(obj).get("name", ""), "metadata.name")
-        req = Request(user, "update", kind.resource, subresource, namespace, name, kind.group)
+        req = _attrs(user, "update", kind, subresource, namespace, name)
         return await self._run(req, obj, lambda: self.registry.update(kind, namespace, obj,
                                                                       subresource))
 
@@ -177,7 +159,7 @@ class Api:
         kind = self.kind(resource)
         namespace = self._namespace(kind, namespace, "delete")
         _path_segment(name, "name")
-        req = Request(user, "delete", kind.resource, "", namespace, name, kind.group)
+        req = _attrs(user, "delete", kind, "", namespace, name)
         return await self._run(req, None, lambda: self.registry.delete(
             kind, namespace, name, grace, precondition_rv))
 
@@ -186,21 +168,23 @@ class Api:
                     ) -> AsyncIterator[tuple[str, dict]]:
         kind = self.kind(resource)
         namespace = self._namespace(kind, namespace, "watch")
-        req = Request(user, "watch", kind.resource, "", namespace, "", kind.group)
-        self._check(req, {"fieldSelector": field_selector})
+        self._check(_attrs(user, "watch", kind, "", namespace, "", field_selector))
         async for item in self.registry.watch(kind, namespace, label_selector, field_selector,
                                               resource_version):
             yield item
 
-    def can(self, user, verb: str, resource: str, namespace: str = "", name: str = "") -> tuple[bool, str]:
-        resource, _, subresource = resource.partition("/")
+    def can(self, user, verb: str, resource: str, namespace: str = "",
+            name: str = "") -> tuple[bool, str]:
+        """`auth can-i`: the authorizers' answer for a request not made."""
+        resource, subresource, group = rbac.parse_resource(resource)
         kind = kinds.lookup(resource)
-        group = kind.group if kind else ""
-        resource = kind.resource if kind else resource
-        if kind is not None and not kind.namespaced:
-            namespace = ""
-        return self.authorize(Request(user, verb, resource, subresource, namespace, name, group),
-                              None)
+        if kind is not None:
+            resource, group = kind.resource, kind.group
+            if not kind.namespaced:
+                namespace = ""
+        decision = self.authorizer.decide(Attributes(user, verb, resource, subresource,
+                                                     namespace, name, group))
+        return decision.allowed, decision.reason
 
     def as_user(self, user) -> "UserClient":
         return UserClient(self, user)

@@ -11,7 +11,10 @@ import dataclasses
 import logging
 import os
 
-from . import bootstrap
+from ..errors import StartupError
+from . import bootstrap, objects, rbac
+from .access import Access
+from .audit import AuditLog
 from .api import Api
 from .registry import Registry
 from .storage import StoreUnavailable
@@ -50,18 +53,58 @@ def make_store(cfg: ApiServerConfig):
 
 
 class ApiServerComponent:
-    def __init__(self, cfg: ApiServerConfig, authorize, audit=None, policy=()):
+    def __init__(self, cfg: ApiServerConfig):
         self.cfg = cfg
         self.store = make_store(cfg)
         self.registry = Registry(self.store)
-        self.api = Api(self.registry, authorize, audit)
-        self.policy = list(policy)
+        self.access = Access(cfg.token_auth_file)
+        self.audit = AuditLog(cfg.audit_log) if cfg.audit_log else None
+        self.api = Api(self.registry, self.access.authorizer, self.audit)
+        self.policy = rbac.bootstrap_objects()
+        self.podio = None          # PodIOService servicer (podio.py), set by the feature
+        self.front = None
+        self.tls_server = None
+        self.listen_port = 0
         self.ready = asyncio.Event()       # set once the store answered and bootstrap ran
         self._task: asyncio.Task | None = None
         self._problem: str | None = f"{cfg.store_kind} store: not yet reached"
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._open())
+        if self.cfg.api_listen:
+            await self._serve_tls()
+
+    async def _serve_tls(self) -> None:
+        """--api-listen: a TLS front (optional client certificates, see tls_front.py) relaying
+        to a gRPC server on loopback that only the front's privileged source ports are
+        believed from."""
+        import grpc
+        from ..server import SERVER_OPTIONS
+        from . import service
+        from .tls_front import PeerGone, TlsFront, TlsFrontError
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+
+        def identity_of(context):
+            try:
+                ident = self.front.identity(context.peer())
+            except PeerGone:
+                raise objects.Unauthorized("Unauthorized: the client connection has closed") \
+                    from None
+            return ident.cert_der if ident is not None else None
+        service.register(server, self.api, self.access.remote(identity_of), self.podio)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self.tls_server = server
+        self.front = TlsFront(self.cfg.api_listen, self.cfg.tls_cert, self.cfg.tls_key,
+                              self.cfg.client_ca, f"127.0.0.1:{port}")
+        try:
+            self.listen_port = await self.front.start()
+        except TlsFrontError as e:
+            await server.stop(0)
+            raise StartupError(str(e)) from None
+        log.info("cluster API: TLS on %s (client certificates: %s, tokens: %s)",
+                 self.cfg.api_listen, "yes" if self.cfg.client_ca else "no",
+                 "yes" if self.cfg.token_auth_file else "no")
 
     async def _open(self) -> None:
         delay = RETRY_FIRST
@@ -82,6 +125,7 @@ class ApiServerComponent:
                 await self.store.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
+        await self.access.start(self.api)
         self._problem = None
         self.ready.set()
         log.info("cluster API: serving from the %s store", self.cfg.store_kind)
@@ -92,6 +136,11 @@ class ApiServerComponent:
         return self._problem
 
     async def stop(self) -> None:
+        if self.front is not None:
+            await self.front.stop()
+        if self.tls_server is not None:
+            await self.tls_server.stop(1)
+        await self.access.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Callable
 
 from ..runtime import manifest
-from . import pod_kind
+from . import pod_kind, rbac
 from . import validation as v
 from .validation import Errors
 
@@ -44,6 +44,9 @@ class Kind:
     graceful_delete: Callable[[dict, int | None], int] | None = None
     # fields of spec that may not change after creation (paths under spec)
     immutable_spec: tuple[str, ...] = ()
+    # metadata.name: "label" (DNS label, 63), "subdomain" (DNS subdomain, 253) or "path" (any
+    # path segment: RBAC names such as system:kube-scheduler)
+    name_rule: str = "subdomain"
 
     @property
     def group(self) -> str:
@@ -176,50 +179,18 @@ def _validate_event(obj: dict, e: Errors) -> None:
     v.integer(e, obj, "count", "", 0, 2**31 - 1)
 
 
-# -- RBAC (rbac.authorization.k8s.io/v1) -------------------------------------------------------
+# -- RBAC (rbac.authorization.k8s.io/v1): rbac.py's validators ----------------------------------
 
-def _validate_rules(e: Errors, rules: list, path: str) -> None:
-    for i, rule in enumerate(rules):
-        where = f"{path}[{i}]"
-        if not isinstance(rule, dict):
-            e.add(where, "Invalid value: must be an object")
-            continue
-        v.only(e, rule, where, {"apiGroups", "resources", "verbs", "resourceNames",
-                                "nonResourceURLs"})
-        for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
-            items = v.sequence(e, rule, field, where, 256)
-            if any(not isinstance(x, str) or len(x) > 253 for x in items):
-                e.add(f"{where}.{field}", "Invalid value: must be a list of strings")
-        if not rule.get("verbs"):
-            e.required(f"{where}.verbs")
+def _rbac(kind: str):
+    def validate(obj: dict, e: Errors) -> None:
+        for problem in rbac.VALIDATORS[kind](obj):
+            path, _, why = problem.partition(": ")
+            e.add(path, why)
+    return validate
 
 
-def _validate_role(obj: dict, e: Errors) -> None:
-    v.only(e, obj, "", {"apiVersion", "kind", "metadata", "rules", "aggregationRule"})
-    _validate_rules(e, v.sequence(e, obj, "rules", "", 1024), "rules")
-
-
-def _validate_binding(obj: dict, e: Errors, namespaced: bool) -> None:
-    v.only(e, obj, "", {"apiVersion", "kind", "metadata", "subjects", "roleRef"})
-    ref = v.mapping(e, obj, "roleRef", "")
-    if not ref:
-        e.required("roleRef")
-    else:
-        kinds = ("Role", "ClusterRole") if namespaced else ("ClusterRole",)
-        v.enum(e, ref, "kind", "roleRef", kinds, required=True)
-        v.string(e, ref, "name", "roleRef", required=True, pattern=v.DNS_SUBDOMAIN, maxlen=253)
-        v.string(e, ref, "apiGroup", "roleRef", maxlen=253)
-    for i, s in enumerate(v.sequence(e, obj, "subjects", "", 1024)):
-        where = f"subjects[{i}]"
-        if not isinstance(s, dict):
-            e.add(where, "Invalid value: must be an object")
-            continue
-        v.only(e, s, where, {"kind", "name", "namespace", "apiGroup"})
-        kind = v.enum(e, s, "kind", where, ("User", "Group", "ServiceAccount"), required=True)
-        v.string(e, s, "name", where, required=True, maxlen=253)
-        v.string(e, s, "namespace", where, maxlen=63)
-        if kind == "ServiceAccount" and not s.get("namespace") and not namespaced:
-            e.required(f"{where}.namespace")
+def _binding_defaults(obj: dict) -> None:
+    rbac.default_binding(obj)
 
 
 def _pod_graceful(obj: dict, requested: int | None) -> int:
@@ -234,10 +205,11 @@ def _pod_graceful(obj: dict, requested: int | None) -> int:
     return 30 if grace is None else int(grace)
 
 
-RBAC = "rbac.authorization.k8s.io/v1"
+RBAC = f"{rbac.GROUP}/v1"
 
 KINDS: tuple[Kind, ...] = (
     Kind("Namespace", "namespaces", False, short_names=("ns",), validate=_validate_namespace,
+         name_rule="label",
          status_subresource=True, prepare_create=_namespace_defaults,
          terminating=_namespace_terminating,
          undeletable=frozenset({"default", "kube-system", "kube-public"}),
@@ -245,7 +217,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("Node", "nodes", False, short_names=("no",), validate=_validate_node,
          status_subresource=True,
          field_selectors=frozenset({"metadata.name", "spec.unschedulable"})),
-    Kind("Pod", "pods", True, short_names=("po",), validate=pod_kind.validate,
+    Kind("Pod", "pods", True, short_names=("po",), validate=pod_kind.validate, name_rule="label",
          status_subresource=True, default=pod_kind.default_spec,
          prepare_create=pod_kind.initial_status,
          graceful_delete=_pod_graceful, immutable_spec=pod_kind.IMMUTABLE_SPEC,
@@ -258,12 +230,14 @@ KINDS: tuple[Kind, ...] = (
                                     "involvedObject.uid", "reason", "type"})),
     Kind("Lease", "leases", True, api_version="coordination.k8s.io/v1",
          validate=_validate_lease),
-    Kind("Role", "roles", True, api_version=RBAC, validate=_validate_role),
-    Kind("ClusterRole", "clusterroles", False, api_version=RBAC, validate=_validate_role),
-    Kind("RoleBinding", "rolebindings", True, api_version=RBAC,
-         validate=lambda obj, e: _validate_binding(obj, e, True)),
+    Kind("Role", "roles", True, api_version=RBAC, validate=_rbac("Role"), name_rule="path"),
+    Kind("ClusterRole", "clusterroles", False, api_version=RBAC, validate=_rbac("ClusterRole"),
+         name_rule="path"),
+    Kind("RoleBinding", "rolebindings", True, api_version=RBAC, validate=_rbac("RoleBinding"),
+         name_rule="path", prepare_create=_binding_defaults),
     Kind("ClusterRoleBinding", "clusterrolebindings", False, api_version=RBAC,
-         validate=lambda obj, e: _validate_binding(obj, e, False)),
+         validate=_rbac("ClusterRoleBinding"), name_rule="path",
+         prepare_create=_binding_defaults),
 )
 
 BY_RESOURCE = {k.resource: k for k in KINDS}

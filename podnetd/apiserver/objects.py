@@ -133,14 +133,20 @@ def check_kind(obj: dict, kind: Kind) -> None:
 
 def validate_metadata(e: Errors, kind: Kind, meta: dict) -> None:
     v.only(e, meta, "metadata", CLIENT_FIELDS | SERVER_FIELDS)
-    name_pattern = v.DNS_LABEL if kind.resource in ("namespaces", "pods") else v.DNS_SUBDOMAIN
-    maxlen = 63 if kind.resource in ("namespaces", "pods") else 253
-    name = v.string(e, meta, "name", "metadata", required=True, maxlen=maxlen)
-    if name is not None and not name_pattern.fullmatch(name):
-        e.add("metadata.name", f"Invalid value: {v.show(name)}: a lowercase RFC 1123 "
-              f"{'label' if maxlen == 63 else 'subdomain'} must consist of lower case "
-              "alphanumeric characters, '-' or '.', and must start and end with an "
-              "alphanumeric character")
+    if kind.name_rule == "path":
+        name = v.string(e, meta, "name", "metadata", required=True, maxlen=253)
+        if name is not None and (name in (".", "..") or "/" in name or "%" in name or not name):
+            e.add("metadata.name", f"Invalid value: {v.show(name)}: may not be '.' or '..' and "
+                                   "may not contain '/' or '%'")
+    else:
+        label = kind.name_rule == "label"
+        maxlen = 63 if label else 253
+        name = v.string(e, meta, "name", "metadata", required=True, maxlen=maxlen)
+        if name is not None and not (v.DNS_LABEL if label else v.DNS_SUBDOMAIN).fullmatch(name):
+            e.add("metadata.name", f"Invalid value: {v.show(name)}: a lowercase RFC 1123 "
+                  f"{'label' if label else 'subdomain'} must consist of lower case "
+                  "alphanumeric characters, '-' or '.', and must start and end with an "
+                  "alphanumeric character")
     if kind.namespaced:
         v.string(e, meta, "namespace", "metadata", pattern=v.DNS_LABEL, maxlen=63)
     v.string_map(e, meta, "labels", "metadata", labels=True)

@@ -3,8 +3,10 @@ podnet.api.v1 on the local socket (root = cluster admin, `system:admin` in `syst
 import os
 
 from .. import config
-from ..features import Feature
-from . import service
+from ..cluster.flags import cluster_enabled
+from ..errors import StartupError
+from ..wiring import DaemonContext, Feature
+from . import authn, service
 from .component import ApiServerComponent, ApiServerConfig
 
 
@@ -25,7 +27,11 @@ def _file(path: str | None, flag: str) -> str | None:
     return path
 
 
-def build_config(ns) -> ApiServerConfig:
+def build_config(ns, daemon: config.DaemonConfig) -> ApiServerConfig | None:
+    """The feature's config(): the cluster API's flags, with the cluster's --tls-cert/--tls-key
+    (the TLS listener's certificate) and, with --store etcd, its etcd (None with --cleanup)."""
+    if ns.cleanup:
+        return None
     if ns.api_listen:
         host, sep, port = ns.api_listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -40,53 +46,30 @@ def build_config(ns) -> ApiServerConfig:
         raise config.ConfigError(f"--audit-log {ns.audit_log}: must be an absolute path")
     etcd = ()
     etcd_tls = None
-    if getattr(ns, "cluster", False) and ns.store == "etcd":
+    if cluster_enabled(ns) and ns.store == "etcd":
         etcd = tuple(u.strip() for u in ns.etcd_endpoints.split(",") if u.strip())
         if ns.etcd_cafile or ns.etcd_certfile:
             etcd_tls = (ns.etcd_cafile, ns.etcd_certfile, ns.etcd_keyfile)
     return ApiServerConfig(
-        node_name=ns.node_name, state_dir=ns.state_dir, api_listen=ns.api_listen or None,
+        node_name=daemon.node_name, state_dir=daemon.state_dir, api_listen=ns.api_listen or None,
         tls_cert=ns.tls_cert, tls_key=ns.tls_key,
         client_ca=_file(ns.client_ca, "--client-ca"),
         token_auth_file=_file(ns.token_auth_file, "--token-auth-file"),
         audit_log=ns.audit_log, etcd_endpoints=etcd, etcd_tls=etcd_tls)
 
 
-def validate(ns) -> None:
-    if getattr(ns, "cleanup", False):
-        return
-    ns.apiserver = build_config(ns)
+def make_component(ctx: DaemonContext, cfg: ApiServerConfig) -> ApiServerComponent:
+    try:
+        return ApiServerComponent(cfg)
+    except (authn.TokenFileError, OSError, ValueError) as e:
+        raise StartupError(f"cluster API: {e}") from None
 
 
-def _allow_all_admins(req, obj):
-    """Until RBAC and the Node authorizer land: the admin group and nodes."""
-    groups = getattr(req.user, "groups", ())
-    return ("system:masters" in groups or "system:nodes" in groups
-            or req.user.name in ("system:kube-scheduler", "system:kube-controller-manager"), "")
-
-
-def make_component(d):
-    component = ApiServerComponent(d.cfg.apiserver, _allow_all_admins)
-    d.apiserver = component
-    return component
-
-
-class _LocalAdmin:
-    name = "system:admin"
-    uid = ""
-    groups = ("system:masters", "system:authenticated")
-
-
-async def _local_admin(context):
-    return _LocalAdmin()
-
-
-def register_service(server, d) -> list[str]:
-    component = getattr(d, "apiserver", None)
+def register_service(server, ctx: DaemonContext, component) -> list[str]:
     if component is None:
         return []
-    return service.register(server, component.api, _local_admin)
+    return service.register(server, component.api, component.access.local)
 
 
-FEATURE = Feature("apiserver", add_flags=add_flags, validate=validate,
+FEATURE = Feature("apiserver", add_flags=add_flags, config=build_config,
                   component=make_component, services=register_service)

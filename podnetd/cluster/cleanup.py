@@ -6,9 +6,10 @@ from .. import firewall
 from ..kernel import ip_lib
 from ..kernel.errors import KernelError
 from . import routing
+from .flags import CleanupRequest
 
 
-def run(cfg) -> int:
+def run(cfg: CleanupRequest) -> int:
     errors = []
     errors += firewall.remove_tables()
     errors += routing.remove_all(cfg.vxlan_dev)

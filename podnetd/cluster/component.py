@@ -1,9 +1,11 @@
 """The cluster component of podnetd: store + routing backend + reconcile loop (which also keeps
 the node firewall's VXLAN senders, podnetd/firewall.py, in step with the peers).
 
-Wiring (the cluster feature, podnetd/cluster/wire.py): prepare() runs before the node is set
-up (it decides the underlay, the pod MTU and, with etcd, the pod CIDR); the component starts
-after it; the feature serves podnet.v1.ClusterService.
+Wiring (the cluster feature, podnetd/cluster/wire.py; the contract is podnetd/features.py):
+prepare(plan) runs before the node is set up and returns the node plan with the underlay
+address, the pod MTU and GSO limit, the firewall's cluster rules and, with etcd, the leased pod
+CIDR; start() runs after node setup and the firewall's start; the feature serves
+podnet.v1.ClusterService.
 """
 import asyncio
 import collections
@@ -12,33 +14,46 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
 from ..errors import StartupError
 from ..events import ObjectRef
+from ..firewall_rules import ClusterRules
 from ..metrics import counter, gauge
+from ..wiring import DaemonContext, NodePlan
 from . import backends, records as rec, routing
 from .backends import Context, Entry
+from .flags import ClusterConfig
 from .records import NodeRecord
+from .store import LocalNode
 
 log = logging.getLogger(__name__)
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
-def make_store(cfg, on_change):
+def make_store(cfg: ClusterConfig, node: LocalNode, on_change):
+    # imported here: a node loads only the store it uses (etcd3gw or the peer gRPC service)
     if cfg.store == "etcd":
         from .etcd import EtcdStore
-        return EtcdStore(cfg, on_change)
+        return EtcdStore(cfg, node, on_change)
     from .static import StaticStore
-    return StaticStore(cfg, on_change)
+    return StaticStore(cfg, node, on_change)
 
 
 class ClusterComponent:
-    def __init__(self, daemon):
-        self.daemon = daemon
-        self.cfg = daemon.cfg
+    def __init__(self, ctx: DaemonContext, cfg: ClusterConfig):
+        self.ctx = ctx
+        self.cfg = cfg
+        self.node_name = ctx.config.node_name
+        self.state_dir = ctx.config.state_dir
+        self.events = ctx.events
+        self.metrics = ctx.metrics
+        self.reconcile_interval = ctx.config.reconcile_interval
+        self.node_ip: str = ""          # the underlay address, decided by prepare()
+        self.pod_cidr: str = ""         # this node's pod CIDR, decided by prepare()
         self.backend = backends.get(self.cfg.backend)
         self.store = None
         self.underlay: dict = {}
@@ -58,46 +73,57 @@ class ClusterComponent:
 
     # -- before node setup -----------------------------------------------------------------
 
-    async def prepare(self) -> None:
+    async def prepare(self, plan: NodePlan) -> NodePlan:
+        """Before node setup: the underlay, the pod MTU and GSO limit, the store and (etcd) the
+        leased pod CIDR; returns the plan the node is set up with."""
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        if not cfg.node_ip:
-            cfg.node_ip = await loop.run_in_executor(None, vxlan.default_route_address)
-            if not cfg.node_ip:
+        node_ip = cfg.node_ip
+        if not node_ip:
+            node_ip = await loop.run_in_executor(None, vxlan.default_route_address)
+            if not node_ip:
                 raise StartupError("no --node-ip given and no default route to take it from")
         try:
-            self.underlay = await loop.run_in_executor(None, routing.underlay, cfg.node_ip)
+            self.underlay = await loop.run_in_executor(None, routing.underlay, node_ip)
         except KernelError as e:
-            raise StartupError(f"--node-ip {cfg.node_ip}: {e}") from None
-        if cfg.mtu is None:
-            cfg.mtu = self.underlay["mtu"] - (VXLAN_OVERHEAD if self.backend.uses_vxlan() else 0)
-        elif self.backend.uses_vxlan() and cfg.mtu > self.underlay["mtu"] - VXLAN_OVERHEAD:
-            message = (f"--mtu {cfg.mtu} exceeds the VXLAN MTU {self.underlay['mtu'] - VXLAN_OVERHEAD}"
+            raise StartupError(f"--node-ip {node_ip}: {e}") from None
+        vxlan_mtu = self.underlay["mtu"] - VXLAN_OVERHEAD
+        mtu = plan.mtu
+        if mtu is None:
+            mtu = vxlan_mtu if self.backend.uses_vxlan() else self.underlay["mtu"]
+        elif self.backend.uses_vxlan() and mtu > vxlan_mtu:
+            message = (f"--mtu {mtu} exceeds the VXLAN MTU {vxlan_mtu}"
                        f" (underlay {self.underlay['mtu']} - {VXLAN_OVERHEAD}): large packets to "
                        f"VXLAN peers will be dropped")
             log.warning("%s", message)
-            self.daemon.events.record(ObjectRef("Node", cfg.node_name), "Warning",
-                                      "MTUMismatch", message)
-        cfg.pod_gso_limit = self.underlay["gso_limit"]
-        if self.backend.uses_vxlan() and cfg.pod_gso_limit > ip_lib.LEGACY_GSO_MAX_SIZE:
+            self.events.record(ObjectRef("Node", self.node_name), "Warning", "MTUMismatch", message)
+        gso_limit = self.underlay["gso_limit"]
+        if self.backend.uses_vxlan() and gso_limit > ip_lib.LEGACY_GSO_MAX_SIZE:
             # A pod's TCP sizes its GSO packets for the pod's own interface, not for the path,
             # and the VXLAN device takes none above 64 KiB: anything bigger routed into it is
             # segmented in software (5x slower here). So BIG TCP reaches pods only under host-gw.
             log.info("BIG TCP on %s (gso_ipv4_max_size %d) stays off for pods: backend %s "
-                     "may route them into VXLAN", self.underlay["dev"], cfg.pod_gso_limit,
+                     "may route them into VXLAN", self.underlay["dev"], gso_limit,
                      self.backend.name)
-            cfg.pod_gso_limit = ip_lib.LEGACY_GSO_MAX_SIZE
-        self.store = make_store(cfg, self._changed)
+            gso_limit = ip_lib.LEGACY_GSO_MAX_SIZE
+        self.node_ip = node_ip
+        self.store = make_store(cfg, LocalNode(self.node_name, node_ip, plan.pod_cidr,
+                                               self.state_dir), self._changed)
         try:
-            leased = await self.store.lease_cidr(cfg.node_name, self._vtep_mac())
+            leased = await self.store.lease_cidr(self.node_name, self._vtep_mac())
         except Exception as e:  # noqa: BLE001 - one clear line at start
             raise StartupError(f"{self.store.name} store: {e}") from None
-        if leased:
-            cfg.pod_cidr = leased
+        self.pod_cidr = leased or plan.pod_cidr
         log.info("cluster: node %s underlay %s on %s (mtu %d), pod CIDR %s, pod mtu %d, store %s, "
-                 "backend %s", cfg.node_name, cfg.node_ip, self.underlay["dev"], self.underlay["mtu"],
-                 cfg.pod_cidr, cfg.mtu, self.store.name, self.backend.name)
+                 "backend %s", self.node_name, node_ip, self.underlay["dev"], self.underlay["mtu"],
+                 self.pod_cidr, mtu, self.store.name, self.backend.name)
+        # The cluster's part of the node firewall (podnetd/firewall.py, which starts first):
+        # egress masquerade, remote pods' access to the node, VXLAN only from known peers.
+        rules = ClusterRules(cluster_cidr=cfg.cluster_cidr,
+                             vxlan_port=cfg.vxlan_port if self.backend.uses_vxlan() else None)
+        return replace(plan, pod_cidr=self.pod_cidr, mtu=mtu, node_ip=node_ip,
+                       pod_gso_limit=gso_limit, firewall_cluster=rules)
 
     # -- start / stop ----------------------------------------------------------------------
 
@@ -114,13 +140,13 @@ class ClusterComponent:
         uses_vxlan = self.backend.uses_vxlan()
         if uses_vxlan:
             await loop.run_in_executor(None, self._ensure_vxlan)
-        self.own = NodeRecord(name=cfg.node_name, underlay_ip=cfg.node_ip, pod_cidr=cfg.pod_cidr,
+        self.own = NodeRecord(name=self.node_name, underlay_ip=self.node_ip, pod_cidr=self.pod_cidr,
                               vtep_mac=self._vtep_mac(),
                               heartbeat_ms=rec.now_ms(), started_ms=self._claim_time())
-        self.firewall = self.daemon.firewall
+        self.firewall = self.ctx.component("firewall").firewall  # started before this one
         await self.store.start(self.own)
         self._task = asyncio.create_task(self._loop(), name="cluster-reconcile")
-        self.daemon.metrics.add_source(self._metrics)
+        self.metrics.add_source(self._metrics)
 
     def _metrics(self):
         """Read by the metrics thread: the snapshot the reconcile loop last left."""
@@ -163,31 +189,31 @@ class ClusterComponent:
             await self.store.stop()
 
     def _vtep_mac(self) -> str:
-        return rec.vtep_mac(self.cfg.node_name) if self.backend.uses_vxlan() else ""
+        return rec.vtep_mac(self.node_name) if self.backend.uses_vxlan() else ""
 
     def _claim_time(self) -> int:
         """When this node first claimed its pod CIDR (kept in the state dir), so a restart does
         not make its claim look newer than a conflicting newcomer's."""
-        path = os.path.join(self.cfg.state_dir, "cluster-claim.json")
+        path = os.path.join(self.state_dir, "cluster-claim.json")
         try:
             with open(path) as f:
                 data = json.load(f)
-            if data.get("pod_cidr") == self.cfg.pod_cidr:
+            if data.get("pod_cidr") == self.pod_cidr:
                 return int(data["started_ms"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
         started = rec.now_ms()
         with open(path + ".tmp", "w") as f:
-            json.dump({"pod_cidr": self.cfg.pod_cidr, "started_ms": started}, f)
+            json.dump({"pod_cidr": self.pod_cidr, "started_ms": started}, f)
         os.replace(path + ".tmp", path)
         return started
 
     def _ensure_vxlan(self) -> None:
         cfg = self.cfg
-        vxlan.vxlan_ensure(cfg.vxlan_dev, vni=cfg.vxlan_vni, port=cfg.vxlan_port, local=cfg.node_ip,
-                           mac=rec.vtep_mac(cfg.node_name), mtu=self.underlay["mtu"] - VXLAN_OVERHEAD)
+        vxlan.vxlan_ensure(cfg.vxlan_dev, vni=cfg.vxlan_vni, port=cfg.vxlan_port, local=self.node_ip,
+                           mac=rec.vtep_mac(self.node_name), mtu=self.underlay["mtu"] - VXLAN_OVERHEAD)
         # The VTEP address: the source of traffic the node itself sends to remote pods.
-        ip_lib.addr_add(cfg.vxlan_dev, f"{rec.vtep_ip(cfg.pod_cidr)}/32")
+        ip_lib.addr_add(cfg.vxlan_dev, f"{rec.vtep_ip(self.pod_cidr)}/32")
 
     # -- reconcile -------------------------------------------------------------------------
 
@@ -203,7 +229,7 @@ class ClusterComponent:
             except Exception as e:  # noqa: BLE001 - the loop must survive anything and retry
                 log.exception("cluster reconcile failed: %s", e)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.reconcile_interval)
+                await asyncio.wait_for(self._wake.wait(), self.reconcile_interval)
 
     async def reconcile(self) -> dict:
         async with self._lock:
@@ -214,15 +240,15 @@ class ClusterComponent:
             for r in records:
                 # A route via our own address is a kernel error on every pass (and fails CNI
                 # STATUS): a peer claiming our underlay address is refused here instead.
-                if r.name != self.cfg.node_name and r.underlay_ip == self.cfg.node_ip:
+                if r.name != self.node_name and r.underlay_ip == self.node_ip:
                     self.refused.setdefault(r.name, f"its underlay address {r.underlay_ip} is this "
                                                     f"node's own")
-            if self.cfg.node_name in self.refused or self.store.refusal():
+            if self.node_name in self.refused or self.store.refusal():
                 peers = []  # a refused node routes nowhere: never half-applied
             else:
-                peers = [r for r in records if r.name != self.cfg.node_name and r.name not in self.refused]
+                peers = [r for r in records if r.name != self.node_name and r.name not in self.refused]
             result = await loop.run_in_executor(None, self._sync_kernel, peers, self.store.synced())
-            self.daemon.metrics.observe_reconcile(result)
+            self.metrics.observe_reconcile(result)
             self._take_metrics_snapshot()
             self._record_events(*before, result)
             for err in result["errors"]:
@@ -237,8 +263,8 @@ class ClusterComponent:
 
     def _record_events(self, modes: dict, desired: list, refused: dict, result: dict) -> None:
         """Events for what an operator must see, on the transitions between two passes."""
-        record = self.daemon.events.record
-        for name in sorted(set(modes) - set(self.modes) - {self.cfg.node_name}):
+        record = self.events.record
+        for name in sorted(set(modes) - set(self.modes) - {self.node_name}):
             record(ObjectRef("Node", name), "Warning", "PeerUnreachable",
                    f"node {name} left this node's view of the cluster (not heard from within "
                    f"the node timeout, or withdrawn): its routes were removed")
@@ -257,7 +283,7 @@ class ClusterComponent:
                 record(ObjectRef("Node", name), "Warning", "CIDRConflict",
                        f"node {name} is refused: {why}")
         if desired == self.desired and (result["installed"] or result["removed"]):
-            record(ObjectRef("Node", self.cfg.node_name), "Normal", "DriftRepaired",
+            record(ObjectRef("Node", self.node_name), "Normal", "DriftRepaired",
                    f"the kernel had drifted from the store: {result['installed']} entries "
                    f"reinstalled, {result['removed']} removed")
 
@@ -269,7 +295,7 @@ class ClusterComponent:
             except KernelError as e:
                 errors.append(f"vxlan device {self.cfg.vxlan_dev}: {e}")
         try:
-            self.underlay = routing.underlay(self.cfg.node_ip)
+            self.underlay = routing.underlay(self.node_ip)
         except KernelError as e:
             errors.append(str(e))
         ctx = Context(self.own, self.underlay.get("subnets", ()), self.cfg.vxlan_dev)
@@ -302,8 +328,8 @@ class ClusterComponent:
         nodes = {e.destination: e.node for e in desired if e.kind == "route"}
         for dst, proto in sorted(foreign.items()):
             if self.foreign.get(dst) != proto:
-                self.daemon.events.record(
-                    ObjectRef("Node", nodes.get(dst, self.cfg.node_name)), "Warning",
+                self.events.record(
+                    ObjectRef("Node", nodes.get(dst, self.node_name)), "Warning",
                     "ForeignRoute", f"route to {dst} exists with proto {proto}, not podnet's: "
                                     f"left alone")
                 log.warning("route to %s exists with proto %s, not podnet's (%d): left alone; node %s "
@@ -319,8 +345,8 @@ class ClusterComponent:
     def problem(self) -> str | None:
         """What makes the node unfit for new pods (CNI STATUS fails with it). A store that is
         away is not: pods on this node and the routes already made keep working."""
-        if self.cfg.node_name in self.refused:
-            return f"this node is refused by the cluster: {self.refused[self.cfg.node_name]}"
+        if self.node_name in self.refused:
+            return f"this node is refused by the cluster: {self.refused[self.node_name]}"
         if self.store.refusal():
             return f"this node is refused by the cluster: {self.store.refusal()}"
         return self.kernel_problem
@@ -331,7 +357,7 @@ class ClusterComponent:
     def nodes(self) -> list[dict]:
         out = []
         for r in self.store.records():
-            if r.name == self.cfg.node_name:
+            if r.name == self.node_name:
                 mode, problem = "self", self.refused.get(r.name, "")
             elif r.name in self.refused:
                 mode, problem = "unreachable", self.refused[r.name]

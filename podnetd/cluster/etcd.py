@@ -200,9 +200,9 @@ def _tls_reason(e) -> str:
 class EtcdStore(Store):
     name = "etcd"
 
-    def __init__(self, cfg, on_change):
-        super().__init__(cfg, on_change)
-        self.endpoints = [u.strip() for u in cfg.etcd_endpoints.split(",") if u.strip()]
+    def __init__(self, cfg, node, on_change):
+        super().__init__(cfg, node, on_change)
+        self.endpoints = list(cfg.etcd_endpoints)
         self._clients = [self._client(u) for u in self.endpoints]
         self._current = 0
         self._lease = None
@@ -214,13 +214,13 @@ class EtcdStore(Store):
         self._task = None
         self._wake = asyncio.Event()
         self._watch_cancel = None
-        self._state_file = os.path.join(cfg.state_dir, "etcd-block.json")
+        self._state_file = os.path.join(node.state_dir, "etcd-block.json")
         self._lock = threading.Lock()
         self._ignored_logged: dict[str, int] = {}  # key -> the mod revision logged
         if any(u.startswith("http://") for u in self.endpoints):
             log.warning("etcd store over plain http (%s): anyone on the path can read and write "
                         "node records; use https:// with --etcd-cafile/--etcd-certfile/--etcd-keyfile",
-                        cfg.etcd_endpoints)
+                        ",".join(cfg.etcd_endpoints))
 
     def _client(self, url: str):
         u = urllib.parse.urlparse(url)
@@ -308,7 +308,7 @@ class EtcdStore(Store):
                 owner = record_from_kv(key, data, self.cfg.cluster_cidr, self.cfg.node_cidr_size).name
             except BadRecord:
                 owner = None  # garbage at the key is nobody's record, and not ours to overwrite
-            if owner != self.cfg.node_name:
+            if owner != self.node.name:
                 return False
             k = _encode(key)
             result = client.transaction({
@@ -328,7 +328,7 @@ class EtcdStore(Store):
                                    self.cfg.node_cidr_size)
             except BadRecord:
                 continue
-            if r.name == self.cfg.node_name:
+            if r.name == self.node.name:
                 found.append(r.pod_cidr)
         return found
 
@@ -352,15 +352,15 @@ class EtcdStore(Store):
         # The whole record from the first write: a peer seeing a restarted node without its
         # VTEP MAC would drop its VXLAN routes to it for a moment.
         def value(cidr):
-            return json.dumps(NodeRecord(node_name, self.cfg.node_ip, cidr, vtep_mac, rec.now_ms(),
+            return json.dumps(NodeRecord(node_name, self.node.ip, cidr, vtep_mac, rec.now_ms(),
                                          "", started).to_dict())
         deadline = asyncio.get_running_loop().time() + max(10.0, self.cfg.node_timeout)
         while True:
             try:
-                cidr = await self._run(self._lease_block, self.cfg.pod_cidr, value)
+                cidr = await self._run(self._lease_block, self.node.pod_cidr, value)
                 break
             except StoreUnavailable as e:
-                remembered = self.cfg.pod_cidr or self._remembered()
+                remembered = self.node.pod_cidr or self._remembered()
                 if isinstance(e, StoreTlsError) or "leased by another" in str(e) or "no free" in str(e):
                     raise
                 if remembered:
@@ -496,7 +496,7 @@ class EtcdStore(Store):
         return sorted(self._records.values(), key=lambda r: r.name)
 
     def age(self, name: str) -> float:
-        if name == self.cfg.node_name or name not in self._seen:
+        if name == self.node.name or name not in self._seen:
             return 0.0
         return max(0.0, asyncio.get_running_loop().time() - self._seen[name])
 

@@ -7,25 +7,23 @@ from .backends import ROUTE_PROTO
 
 
 class ClusterService(cluster_pb2_grpc.ClusterServiceServicer):
-    def __init__(self, daemon):
-        self.d = daemon
-
-    @property
-    def c(self):
-        return getattr(self.d, "cluster", None)
+    def __init__(self, component, node_name: str):
+        self.c = component  # cluster.component.ClusterComponent, None when cluster mode is off
+        self.node_name = node_name
 
     async def ListNodes(self, request, context):
-        c, cfg = self.c, self.d.cfg
+        c = self.c
         if c is None:
-            return cluster_pb2.ListNodesResponse(self_name=cfg.node_name,
+            return cluster_pb2.ListNodesResponse(self_name=self.node_name,
                                                  problem="cluster mode is off on this node")
+        cfg = c.cfg
         nodes = [cluster_pb2.ClusterNode(
             name=n["name"], underlay_ip=n["underlay_ip"], pod_cidr=n["pod_cidr"],
             vtep_mac=n["vtep_mac"], heartbeat_age=apiconv.duration(round(n["age"], 3)),
             mode=apiconv.enum_value(cluster_pb2.PeerMode, n["mode"]),
             problem=n["problem"], peer_address=n["peer_address"]) for n in c.nodes()]
         return cluster_pb2.ListNodesResponse(
-            nodes=nodes, self_name=cfg.node_name, cluster_cidr=cfg.cluster_cidr or "",
+            nodes=nodes, self_name=self.node_name, cluster_cidr=cfg.cluster_cidr,
             store=apiconv.enum_value(cluster_pb2.Store, cfg.store),
             backend=apiconv.enum_value(cluster_pb2.Backend, cfg.backend),
             problem=c.cluster_problem() or "")
@@ -44,6 +42,8 @@ class ClusterService(cluster_pb2_grpc.ClusterServiceServicer):
             for e, state in seen])
 
 
-def register(server, daemon) -> list[str]:
-    cluster_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterService(daemon), server)
+def register(server, ctx, component) -> list[str]:
+    """Served in every mode: without cluster mode it says so."""
+    cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
+        ClusterService(component, ctx.config.node_name), server)
     return [cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name]

@@ -96,7 +96,7 @@ class PeerService(peer_pb2_grpc.PeerServiceServicer):
         self.store = store
 
     async def Exchange(self, request, context):
-        store, me = self.store, self.store.cfg.node_name
+        store, me = self.store, self.store.node.name
         peer = context.peer()
         try:
             sender = rec.validate_name(request.sender)
@@ -116,7 +116,7 @@ class PeerService(peer_pb2_grpc.PeerServiceServicer):
                        f"Exchange (at most {MAX_RECORDS})")
             store.say(logging.WARNING, ("too-many", sender), "%s", message)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-        ours = store.cfg.cluster_cidr or ""
+        ours = store.cfg.cluster_cidr
         if request.cluster_cidr and ours and request.cluster_cidr != ours:
             message = (f"node {me} refuses {sender}: cluster CIDR "
                        f"{_shown(request.cluster_cidr, 40)} differs from ours ({ours})")
@@ -157,15 +157,14 @@ def save_claims(path: str, claims: dict[str, tuple[str, int]]) -> None:
 class StaticStore(Store):
     name = "static"
 
-    def __init__(self, cfg, on_change):
-        super().__init__(cfg, on_change)
-        state_dir = getattr(cfg, "state_dir", None)
-        self._claims_path = os.path.join(state_dir, CLAIMS_FILE) if state_dir else None
+    def __init__(self, cfg, node, on_change):
+        super().__init__(cfg, node, on_change)
+        self._claims_path = os.path.join(node.state_dir, CLAIMS_FILE) if node.state_dir else None
         self._claims_saved = load_claims(self._claims_path)
-        self.members = Membership(cfg.node_name, cfg.node_timeout, claims=self._claims_saved)
-        self.listen = cfg.listen or f"{cfg.node_ip}:7946"
+        self.members = Membership(node.name, cfg.node_timeout, claims=self._claims_saved)
+        self.listen = cfg.listen or f"{node.ip}:7946"
         host, _, port = self.listen.rpartition(":")
-        self.advertise = f"{cfg.node_ip}:{port}" if host in ("0.0.0.0", "::", "[::]") else self.listen
+        self.advertise = f"{node.ip}:{port}" if host in ("0.0.0.0", "::", "[::]") else self.listen
         self.seeds = [p for p in cfg.peer_list if p not in (self.listen, self.advertise)]
         self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
         self.interval = min(1.0, cfg.node_timeout / 5)
@@ -197,7 +196,7 @@ class StaticStore(Store):
         try:
             if self.tls.enabled:
                 bound = self._server.add_secure_port(self.listen, self.tls.server())
-            elif getattr(self.cfg, "insecure_peers", False):
+            elif self.cfg.insecure_peers:
                 log.warning("peer service on %s WITHOUT TLS (--insecure-peers): any host that "
                             "reaches it can join the cluster and announce routes; use it in labs "
                             "only", self.listen)
@@ -292,10 +291,10 @@ class StaticStore(Store):
                 self.say(logging.WARNING, ("invalid", source, e.field),
                          "dropped a record from %s: %s", via or "a peer", e)
                 continue
-            if r.name == self.cfg.node_name:
+            if r.name == self.node.name:
                 self._continue_above(r)
                 continue
-            if r.underlay_ip == self.cfg.node_ip:
+            if r.underlay_ip == self.node.ip:
                 self.dropped += 1
                 self.say(logging.WARNING, ("our-ip", source), "dropped a record from %s: "
                          "node %s claims our underlay address %s", via or "a peer", r.name, r.underlay_ip)
@@ -315,8 +314,8 @@ class StaticStore(Store):
         if changed:
             self._wake.set()
             self.on_change()
-        if sender and sender in refused and sender != self.cfg.node_name:
-            return f"node {self.cfg.node_name} refuses {sender}: {refused[sender]}"
+        if sender and sender in refused and sender != self.node.name:
+            return f"node {self.node.name} refuses {sender}: {refused[sender]}"
         return None
 
     def _continue_above(self, r: NodeRecord) -> None:
@@ -331,7 +330,7 @@ class StaticStore(Store):
 
     def _known_addresses(self) -> set[str]:
         return {r.peer_address for r in self.members.all()
-                if r.name != self.cfg.node_name and r.peer_address}
+                if r.name != self.node.name and r.peer_address}
 
     def _targets(self) -> list[str]:
         """Every seed until one answered; then every known node this process has not yet
@@ -376,7 +375,7 @@ class StaticStore(Store):
 
     async def _exchange(self, target: str) -> None:
         request = peer_pb2.ExchangeRequest(
-            sender=self.cfg.node_name, cluster_cidr=self.cfg.cluster_cidr or "",
+            sender=self.node.name, cluster_cidr=self.cfg.cluster_cidr,
             records=[to_pb(r) for r in self.members.all()])
         try:
             response = await self._stub(target).Exchange(request, timeout=RPC_TIMEOUT)

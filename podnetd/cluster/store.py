@@ -1,14 +1,26 @@
 """The Store interface: where node records are published and learnt."""
+from dataclasses import dataclass
 from typing import Callable
 
+from .flags import ClusterConfig
 from .records import NodeRecord
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    """This node as its store sees it (decided before node setup: cluster/component.py)."""
+    name: str
+    ip: str                  # the underlay address
+    pod_cidr: str | None     # --pod-cidr; None: the store leases one
+    state_dir: str | None    # where the store keeps what survives a restart (None: nothing)
 
 
 class Store:
     name = ""
 
-    def __init__(self, cfg, on_change: Callable[[], None]):
+    def __init__(self, cfg: ClusterConfig, node: LocalNode, on_change: Callable[[], None]):
         self.cfg = cfg
+        self.node = node
         self.on_change = on_change
 
     async def lease_cidr(self, node_name: str, vtep_mac: str) -> str | None:

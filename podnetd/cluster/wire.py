@@ -1,26 +1,16 @@
-"""The cluster feature of podnetd (podnetd/features.py): its flags, the step before node setup
-that decides the underlay, the pod MTU and (etcd) the pod CIDR, the component, the service."""
-from ..features import Feature
-from ..firewall_rules import ClusterRules
+"""The cluster feature of podnetd (podnetd/features.py): its flags and their ClusterConfig
+(flags.py), the component (component.py: its prepare() decides the underlay, the pod MTU and,
+with etcd, the pod CIDR before node setup), the service (service.py)."""
+from ..wiring import Feature
 from . import flags, service
 from .component import ClusterComponent
 
 
-async def _prepare(d) -> None:
-    d.cluster = None
-    if getattr(d.cfg, "cluster", False):
-        d.cluster = ClusterComponent(d)
-        await d.cluster.prepare()
-        # The cluster's part of the node firewall (podnetd/firewall.py, which starts first):
-        # egress masquerade, remote pods' access to the node, VXLAN only from known peers.
-        d.firewall_cluster = ClusterRules(
-            cluster_cidr=d.cfg.cluster_cidr,
-            vxlan_port=d.cfg.vxlan_port if d.cluster.backend.uses_vxlan() else None)
+def _component(ctx, cfg: flags.ClusterConfig | flags.CleanupRequest) -> ClusterComponent | None:
+    if isinstance(cfg, flags.CleanupRequest):  # main.py runs the cleanup, never the daemon
+        return None
+    return ClusterComponent(ctx, cfg)
 
 
-def _component(d):
-    return d.cluster
-
-
-FEATURE = Feature("cluster", add_flags=flags.add_flags, validate=flags.validate,
-                  prepare=_prepare, component=_component, services=service.register)
+FEATURE = Feature("cluster", add_flags=flags.add_flags, config=flags.cluster_config,
+                  component=_component, services=service.register)

@@ -40,11 +40,12 @@ class LeaderElector:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        was_leading = self.leading
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        if self.leading:
+        if was_leading:
             await self._release()
 
     async def _run(self) -> None:

@@ -12,7 +12,7 @@ import time
 
 from .. import timestamps
 from ..apiserver import objects
-from ..scheduler import framework
+from ..scheduler import InvalidObject, framework
 from ..scheduler.snapshot import Snapshot
 from .informer import Informer, key_of
 
@@ -42,10 +42,13 @@ class SchedulerLoop:
     # -- informers ------------------------------------------------------------------------
 
     def _node_changed(self, key, old, new) -> None:
-        if new is None:
-            self.snapshot.remove_node(key)
-        else:
-            self.snapshot.set_node(new)
+        try:
+            if new is None:
+                self.snapshot.remove_node(key)
+            else:
+                self.snapshot.set_node(new)
+        except InvalidObject as e:
+            log.warning("scheduler: node %s left out: %s", key, e)
         self._retry_unschedulable()
 
     def _namespace_changed(self, key, old, new) -> None:
@@ -63,7 +66,10 @@ class SchedulerLoop:
             self._retry_unschedulable()
             return
         if new["spec"].get("nodeName"):
-            self.snapshot.set_pod(new)
+            try:
+                self.snapshot.set_pod(new)
+            except InvalidObject as e:
+                log.warning("scheduler: pod %s left out: %s", key, e)
             self.active.pop(key, None)
             self.unschedulable.pop(key, None)
             return
@@ -117,7 +123,7 @@ class SchedulerLoop:
                 continue
             result = framework.schedule(current, self.snapshot)
             if result.node_name:
-                self.snapshot.assume(current, result.node_name)
+                self.snapshot.assume(result.pod or current, result.node_name)
                 self._assumed.add(key)
                 await self._binds.acquire()
                 self._spawn(self._bind(current, result.node_name))
@@ -147,7 +153,7 @@ class SchedulerLoop:
         except objects.ApiError as e:
             # forget the assumption; the informer's next view of the pod decides again
             log.info("scheduler: bind %s to %s: %s", key, node, e.message)
-            self.snapshot.remove_pod(pod)
+            self.snapshot.forget(pod)
             self._assumed.discard(key)
             current = self.pods.cache.get(key)
             if current is not None and not current["spec"].get("nodeName"):

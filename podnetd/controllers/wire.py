@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from .. import config
-from ..features import Feature
+from ..wiring import DaemonContext, Feature
 from .event_recorder import ApiEventRecorder
 from .leader import LeaderElector
 from .namespaces import NamespaceController
@@ -45,7 +45,7 @@ def add_flags(p) -> None:
                         "Ready=Unknown and tainted unreachable (default 40)")
 
 
-def validate(ns) -> None:
+def build_config(ns, daemon: config.DaemonConfig) -> ControlPlaneConfig:
     duration = ns.leader_elect_lease_duration
     if not 1.0 <= duration <= 3600:
         raise config.ConfigError(f"--leader-elect-lease-duration {duration}: must be between 1 "
@@ -53,7 +53,7 @@ def validate(ns) -> None:
     if not 1.0 <= ns.node_monitor_grace_period <= 86400:
         raise config.ConfigError(f"--node-monitor-grace-period {ns.node_monitor_grace_period}: "
                                  "must be between 1 and 86400 seconds")
-    ns.control_plane = ControlPlaneConfig(
+    return ControlPlaneConfig(
         leader_elect=ns.leader_elect, lease_duration=duration,
         renew_deadline=max(0.5, duration * 2 / 3), retry_period=max(0.2, min(2.0, duration / 7)),
         node_monitor_grace_period=ns.node_monitor_grace_period)
@@ -95,14 +95,12 @@ class ControlPlane:
             await e.stop()
 
 
-def make_component(d):
-    api = getattr(d, "apiserver", None)
-    if api is None or not d.cfg.control_plane.leader_elect:
+def make_component(ctx: DaemonContext, cfg: ControlPlaneConfig) -> ControlPlane | None:
+    api = ctx.component("apiserver")
+    if api is None or not cfg.leader_elect:
         return None
-    component = ControlPlane(api.api, d.cfg.control_plane, d.cfg.node_name)
-    d.control_plane = component
-    return component
+    return ControlPlane(api.api, cfg, ctx.config.node_name)
 
 
-FEATURE = Feature("controllers", add_flags=add_flags, validate=validate,
+FEATURE = Feature("controllers", add_flags=add_flags, config=build_config,
                   component=make_component)

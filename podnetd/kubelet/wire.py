@@ -4,7 +4,7 @@ It talks to the cluster API in-process, as `system:node:NAME` (group system:node
 import dataclasses
 
 from .. import config
-from ..features import Feature
+from ..wiring import DaemonContext, Feature
 from . import facts, node_object
 from ..controllers.event_recorder import ApiEventRecorder
 from .pod_sync import PodSync, is_cluster_pod
@@ -42,7 +42,7 @@ def add_flags(p) -> None:
                    help="seconds between renewals of the node's Lease (default 10)")
 
 
-def validate(ns) -> None:
+def build_config(ns, daemon: config.DaemonConfig) -> KubeletConfig:
     try:
         kc = KubeletConfig(node_object.parse_labels(ns.node_labels),
                            node_object.parse_taints(ns.register_with_taints),
@@ -55,28 +55,31 @@ def validate(ns) -> None:
     if not 0.1 <= kc.lease_renew <= 300:
         raise config.ConfigError(f"--node-lease-renew {kc.lease_renew}: must be between 0.1 "
                                  "and 300 seconds")
-    ns.kubelet = kc
+    return kc
 
 
 class KubeletComponent:
-    def __init__(self, d):
-        self.d = d
-        cfg = d.cfg
-        kc: KubeletConfig = cfg.kubelet
-        self.client = d.apiserver.api.as_user(node_user(cfg.node_name))
+    def __init__(self, ctx: DaemonContext, kc: KubeletConfig, apiserver, runtime):
+        """apiserver: the cluster API's component; runtime: the pod runtime, or None."""
+        self.ctx = ctx
+        node_name = ctx.config.node_name
+        self.client = apiserver.api.as_user(node_user(node_name))
+        api_listen = apiserver.cfg.api_listen
+        oci = runtime.cfg.oci_runtime if runtime is not None else "runc"
 
         def gather():
             from ..kernel import vxlan
-            ip = getattr(cfg, "node_ip", None) or vxlan.default_route_address() or "127.0.0.1"
-            port = int(cfg.api_listen.rpartition(":")[2]) if cfg.api_listen else 0
-            return facts.gather(cfg.node_name, ip, cfg.pod_cidr, cfg.oci_runtime, cfg.state_dir,
+            plan = ctx.node.plan  # the node is set up before components start
+            ip = plan.node_ip or vxlan.default_route_address() or "127.0.0.1"
+            port = int(api_listen.rpartition(":")[2]) if api_listen else 0
+            return facts.gather(node_name, ip, plan.pod_cidr, oci, ctx.config.state_dir,
                                 labels=kc.labels, taints=kc.taints,
                                 system_reserved=kc.system_reserved, max_pods=kc.max_pods,
                                 api_port=port)
-        self.registration = NodeRegistration(self.client, gather, d.status, kc.lease_renew)
-        runtime = getattr(d, "pod_runtime", None)
-        self.pods = PodSync(self.client, runtime, cfg.node_name) if runtime else None
-        self.recorder = ApiEventRecorder(self.client, "kubelet", cfg.node_name)
+        self.registration = NodeRegistration(self.client, gather, lambda: ctx.node.status(),
+                                             kc.lease_renew)
+        self.pods = PodSync(self.client, runtime, node_name) if runtime else None
+        self.recorder = ApiEventRecorder(self.client, "kubelet", node_name)
         if runtime is not None:
             runtime.listeners.append(self._pod_event)
 
@@ -98,12 +101,11 @@ class KubeletComponent:
         await self.registration.stop()
 
 
-def make_component(d):
-    if getattr(d, "apiserver", None) is None:
+def make_component(ctx: DaemonContext, kc: KubeletConfig) -> KubeletComponent | None:
+    apiserver = ctx.component("apiserver")
+    if apiserver is None:
         return None
-    component = KubeletComponent(d)
-    d.kubelet = component
-    return component
+    return KubeletComponent(ctx, kc, apiserver, ctx.component("runtime"))
 
 
-FEATURE = Feature("kubelet", add_flags=add_flags, validate=validate, component=make_component)
+FEATURE = Feature("kubelet", add_flags=add_flags, config=build_config, component=make_component)

@@ -10,6 +10,7 @@ import time
 import grpc
 
 from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc, node_pb2, node_pb2_grpc
+from ..config import cni_socket_for
 from . import netops, pki, plan, procs, state
 from .plan import PlanError
 from .state import LabState, StateError
@@ -214,7 +215,9 @@ class Lab:
                 # peers: none; the peer port stays on the etcd namespace's loopback
                 "--listen-peer-urls", "http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", "lab=http://127.0.0.1:2380", "--log-level", "warn"]
+                "--initial-cluster", "lab=http://127.0.0.1:2380", "--log-level", "warn",
+                # the cluster API stores objects of up to 3 MiB (etcd allows 1.5 MiB by default)
+                "--max-request-bytes", str(5 * 1024 * 1024)]
         if self.etcd_tls:
             # Clients need a certificate from the lab CA (each node has one): nobody else on the
             # underlay reads or writes node records.
@@ -282,7 +285,20 @@ class Lab:
                 argv += [flag, str(value)]
         if not o.get("tls") and self.st.store == "static" and "--insecure-peers" in flags:
             argv.append("--insecure-peers")  # said so explicitly: podnetd requires mTLS otherwise
+        if "--cni-conf-dir" in flags:
+            argv += self._node_cni(n)
         return argv + list(o.get("extra_args") or [])
+
+    def _node_cni(self, n: dict) -> list[str]:
+        """The node's pod runtime reaches its own podnetd through CNI: a conf dir whose
+        conflist names that node's relay socket, and a bin dir with the plugin (installed as
+        `make install` does) and the reference plugins."""
+        from ..install import REFERENCE_CNI_DIR, install, install_conflist
+        conf_dir, bin_dir = os.path.join(n["dir"], "cni", "net.d"), os.path.join(n["dir"], "cni", "bin")
+        if not os.path.exists(os.path.join(bin_dir, "podnet")):
+            install(bin_dir)
+            install_conflist(conf_dir, bin_dir, socket=cni_socket_for(n["socket"]))
+        return ["--cni-conf-dir", conf_dir, "--cni-bin-dir", f"{bin_dir}:{REFERENCE_CNI_DIR}"]
 
     def _start_daemon(self, node: str, peers: list[str]) -> None:
         n = self.st.nodes[node]

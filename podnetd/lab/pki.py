@@ -54,3 +54,25 @@ def make_node_cert(directory: str, ca_cert: str, ca_key: str, name: str, ip: str
     os.unlink(csr)
     os.unlink(ext)
     return cert, key
+
+
+def make_client_cert(directory: str, ca_cert: str, ca_key: str, user: str,
+                     groups: tuple[str, ...] = (), days: int = 30) -> tuple[str, str]:
+    """A client certificate for the cluster API: CN = user, one O per group (as kubeadm makes
+    the admin's: O=system:masters). Returns (cert path, key path)."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    base = user.replace(":", "_").replace("/", "_")
+    cert, key = os.path.join(directory, f"{base}.crt"), os.path.join(directory, f"{base}.key")
+    csr, ext = os.path.join(directory, f"{base}.csr"), os.path.join(directory, f"{base}.ext")
+    _key(key)
+    subject = "".join(f"/O={g}" for g in groups) + f"/CN={user}"
+    _openssl("req", "-new", "-key", key, "-out", csr, "-subj", subject, what=f"csr {user}")
+    with open(ext, "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", str(days), "-extfile", ext, what=f"certificate {user}")
+    os.unlink(csr)
+    os.unlink(ext)
+    return cert, key

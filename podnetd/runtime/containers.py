@@ -34,8 +34,7 @@ class ContainerFactory:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self.seccomp = seccomp.Profiles(
-            getattr(ctx.cfg, "seccomp_profile_root", None) or seccomp.DEFAULT_PROFILE_ROOT)
+        self.seccomp = seccomp.Profiles(ctx.cfg.seccomp_profile_root)
 
     def create(self, c: Ctr, image: dict, pause_pid: int) -> str:
         """A fresh rootfs and the attempt's config.json; returns the bundle directory."""

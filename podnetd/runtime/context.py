@@ -46,9 +46,18 @@ class PodRun:
     ctrs: dict[str, CtrRun] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeFacts:
+    """The node the runtime runs pods on."""
+    name: str
+    bridge: str                 # the pod bridge (not the node's address)
+    node_ip: str | None         # the cluster's underlay address, None outside a cluster
+
+
 class Context:
     def __init__(self, cfg, oci: str, layout: Layout, store: PodStore, metrics, record_event):
-        self.cfg = cfg
+        self.cfg = cfg              # RuntimeConfig (podnetd/runtime/__init__.py)
+        self.node: NodeFacts | None = None  # set when the runtime starts (after node setup)
         self.oci = oci
         self.layout = layout
         self.store = store

@@ -22,7 +22,7 @@ import uuid
 
 from . import eviction, host, manifest
 from .containers import ContainerFactory
-from .context import Context, Layout
+from .context import Context, Layout, NodeFacts
 from .errors import ContainerError, PodError, SandboxError  # noqa: F401 (the API's errors)
 from .images import ImageStore
 from .lifecycle import PodLifecycle
@@ -32,20 +32,24 @@ from .store import PodStore
 from .supervisor import Supervisor
 from ..events import ObjectRef
 from ..metrics import gauge
+from ..wiring import DaemonContext
+from . import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, daemon):
-        cfg = daemon.cfg
-        self.daemon = daemon
+    def __init__(self, daemon: DaemonContext, cfg: RuntimeConfig):
+        self.daemon = daemon  # the daemon's context: daemon.node once the node is set up
         self.cfg = cfg
+        self.node_name = daemon.config.node_name
+        self.events = daemon.events
+        self.serving = daemon.serving
         self.oci = cfg.oci_runtime
-        self.dir = cfg.runtime_dir or os.path.join(cfg.state_dir, "runtime")
+        self.dir = cfg.runtime_dir
         self.images = ImageStore(os.path.join(self.dir, "images"))
         self.metrics = daemon.metrics
-        self.store = PodStore(os.path.join(cfg.state_dir, "pods"))
+        self.store = PodStore(os.path.join(daemon.config.state_dir, "pods"))
         self.ctx = Context(cfg, self.oci, Layout(self.dir), self.store, self.metrics,
                            self._record_event)
         self.sandboxes = Sandboxes(self.ctx)
@@ -69,6 +73,8 @@ class Runtime:
     # -- component ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.ctx.node = NodeFacts(name=self.node_name, bridge=self.daemon.config.bridge,
+                                  node_ip=self.daemon.node.plan.node_ip)
         self.store.prepare()
         os.makedirs(os.path.join(self.dir, "pods"), mode=0o700, exist_ok=True)
         with contextlib.suppress(SandboxError):  # reported per pod when it is missing
@@ -85,11 +91,11 @@ class Runtime:
         self._spawn(self.supervisor.rotator.run())
         log.info("pod runtime: %s, %d pods adopted, CNI conf %s, plugins %s", self.oci,
                  sum(1 for p in self.pods.values() if not p.stopped), self.cfg.cni_conf_dir,
-                 self.cfg.cni_bin_dir)
+                 ":".join(self.cfg.cni_bin_dirs))
 
     def _record_event(self, pod: Pod, kind: str, reason: str, message: str,
                       container: str) -> None:
-        self.daemon.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
+        self.events.record(ObjectRef("Pod", pod.name, pod.namespace), kind, reason,
                                   message, f"spec.containers{{{container}}}" if container else "")
         for listener in self.listeners:
             listener(pod, kind, reason, message, container)
@@ -132,7 +138,7 @@ class Runtime:
     async def _gc_when_serving(self) -> None:
         """CNI GC once the daemon serves (the podnet plugin calls back into it)."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.daemon.serving.wait(), 10)
+            await asyncio.wait_for(self.serving.wait(), 10)
         await self.sandboxes.gc([(p.pause_id, "eth0") for p in self.pods.values() if p.cni])
 
     # -- requests -----------------------------------------------------------------------
@@ -164,7 +170,7 @@ class Runtime:
                 raise PodError(f"image {c['image']!r} of container {c['name']!r} is not in the "
                                "image store (podnetctl image import NAME ARCHIVE)", "precondition")
         pod = Pod(doc, uid, time.time())
-        self.ctx.event(pod, "Normal", "Scheduled", f"Assigned {key} to {self.cfg.node_name}")
+        self.ctx.event(pod, "Normal", "Scheduled", f"Assigned {key} to {self.node_name}")
         self.pods[key] = pod
         self.store.save(pod)
         self.lifecycle.start(pod)

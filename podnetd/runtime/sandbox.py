@@ -41,8 +41,7 @@ def runtime_config(pod: Pod) -> dict:
 class Sandboxes:
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        cfg = ctx.cfg
-        self.cni = cni_client.CniClient(cfg.cni_conf_dir, cfg.cni_bin_dir.split(":"))
+        self.cni = cni_client.CniClient(ctx.cfg.cni_conf_dir, list(ctx.cfg.cni_bin_dirs))
         self.host_ip = ""           # the node's address, refreshed whenever a sandbox is made
 
     def pause_rootfs(self) -> str:
@@ -138,14 +137,14 @@ class Sandboxes:
         reports its node's InternalIP: the cluster's --node-ip, else the default-route
         interface's address, else the first other IPv4 address that is not the pod bridge's.
         Blocking (netlink): called off the loop."""
-        cfg = self.ctx.cfg
-        if getattr(cfg, "node_ip", None):
-            return cfg.node_ip
+        node = self.ctx.node
+        if node.node_ip:
+            return node.node_ip
         address = vxlan.default_route_address()
         if address:
             return address
         for a in vxlan.ipv4_addresses():
-            if a["dev"] not in ("lo", cfg.bridge) and not a["ip"].startswith("127."):
+            if a["dev"] not in ("lo", node.bridge) and not a["ip"].startswith("127."):
                 return a["ip"]
         return ""
 

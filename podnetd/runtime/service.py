@@ -31,15 +31,12 @@ def _image_pb(img: dict) -> pods_pb2.Image:
                           layers=img.get("layers", 0))
 
 
-_parse_line = logs.parse_line
-
-
 class PodsService(pods_pb2_grpc.PodServiceServicer):
     def __init__(self, runtime: Runtime):
         self.rt = runtime
 
     def _pod_json(self, pod) -> str:
-        return json.dumps(pod.k8s(self.rt.cfg.node_name, self.rt.host_ip))
+        return json.dumps(pod.k8s(self.rt.node_name, self.rt.host_ip))
 
     async def RunPod(self, request, context):
         async def run():
@@ -55,7 +52,7 @@ class PodsService(pods_pb2_grpc.PodServiceServicer):
             out.append(pods_pb2.PodSummary(
                 name=pod.name, namespace=pod.namespace, phase=pod.phase(),
                 ready=f"{ready}/{total}", restarts=pod.restarts(), ip=pod.ip,
-                node=self.rt.cfg.node_name, create_time=apiconv.timestamp(pod.created),
+                node=self.rt.node_name, create_time=apiconv.timestamp(pod.created),
                 status=pod.display_status()))
         return pods_pb2.ListPodsResponse(pods=out)
 

@@ -4,7 +4,7 @@ words: NodeUnschedulable, TaintToleration, NodeAffinity, NodePorts, NodeResource
 Each takes the pod and a node and returns None when the node passes, else the reasons (a tuple
 of kube-scheduler's reason texts; NodeResourcesFit can give several for one node).
 """
-from podnetd.scheduler.objects import (CPU, MEMORY, NO_EXECUTE, NO_SCHEDULE, PODS,
+from podnetd.scheduler.objects import (NO_EXECUTE, NO_SCHEDULE, PODS,
                                        TAINT_UNSCHEDULABLE, PodInfo, matches_node_affinity,
                                        tolerates)
 from podnetd.scheduler.snapshot import NodeInfo
@@ -58,22 +58,10 @@ def node_ports(pod: PodInfo, node: NodeInfo):
 def node_resources_fit(pod: PodInfo, node: NodeInfo):
     """fitsRequest: the pod count, then each resource the pod requests (a request of zero is
     never refused) against allocatable minus what the node's pods already request."""
-    reasons = []
     alloc, used = node.spec.allocatable, node.requested
-    if len(node.pods) + 1 > alloc.get(PODS, 0):
-        reasons.append(TOO_MANY_PODS)
-    req = pod.requests
-    if not req:
-        return tuple(reasons) or None
-    for name in (CPU, MEMORY):
-        want = req.get(name, 0)
-        if want > 0 and want > alloc.get(name, 0) - used.get(name, 0):
-            reasons.append(insufficient(name))
-    for name in sorted(req):
-        if name in (CPU, MEMORY, PODS):
-            continue
-        want = req[name]
-        if want > 0 and want > alloc.get(name, 0) - used.get(name, 0):
+    reasons = [TOO_MANY_PODS] if len(node.pods) + 1 > alloc.get(PODS, 0) else []
+    for name, want in pod.checked:
+        if want > alloc.get(name, 0) - used.get(name, 0):
             reasons.append(insufficient(name))
     return tuple(reasons) or None
 

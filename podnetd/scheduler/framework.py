@@ -46,6 +46,7 @@ class Result:
     node_reasons: dict = dataclasses.field(default_factory=dict)   # node -> its reasons
     scores: dict = dataclasses.field(default_factory=dict)
     error: bool = False
+    pod: PodInfo | None = None      # the pod as read: hand it to snapshot.assume
 
     @property
     def reason(self) -> str:
@@ -128,21 +129,22 @@ def score_nodes(pod: PodInfo, snapshot: Snapshot, feasible: list[NodeInfo],
 
 def schedule(pod: dict | PodInfo, snapshot: Snapshot) -> Result:
     """Where the pod should go given the snapshot. Does not change the snapshot: call
-    snapshot.assume(pod, result.node_name) once the decision is taken, before the next pod."""
+    snapshot.assume(result.pod, result.node_name) once the decision is taken, before the next
+    pod. The pod must not be in the snapshot itself (forget it first if it was assumed)."""
     try:
         info = pod if isinstance(pod, PodInfo) else pod_info(pod, strict=True)
     except InvalidObject as e:
         return Result(None, str(e), error=True)
     nodes = snapshot.schedulable_nodes()
     if not nodes:
-        return Result(None, NO_NODES)
+        return Result(None, NO_NODES, pod=info)
     feasible, refused = find_feasible(info, snapshot, nodes)
     if not feasible:
         counts: dict[str, int] = {}
         for why in refused.values():
             for r in why:
                 counts[r] = counts.get(r, 0) + 1
-        return Result(None, fit_error_message(len(nodes), counts), counts, refused)
+        return Result(None, fit_error_message(len(nodes), counts), counts, refused, pod=info)
     if len(feasible) == 1:          # kube-scheduler does not score a single candidate
         chosen, totals = feasible[0], {feasible[0].name: 0}
     else:
@@ -152,4 +154,4 @@ def schedule(pod: dict | PodInfo, snapshot: Snapshot) -> Result:
         ties = sorted(n.name for n, v in zip(feasible, s) if v == best)
         chosen = snapshot.nodes[random.Random(info.uid).choice(ties)]
     return Result(chosen.name, f"Successfully assigned {info.key} to {chosen.name}",
-                  node_reasons=refused, scores=totals)
+                  node_reasons=refused, scores=totals, pod=info)

@@ -1,9 +1,9 @@
-"""Label selectors as Kubernetes has them (k8s.io/apimachinery/pkg/labels and the node affinity
-helpers), compiled once and matched many times:
+"""Label selectors as the scheduler matches them (k8s.io/apimachinery/pkg/labels and the node
+affinity helpers), compiled once and matched many times:
 
-- `parse(text)`: kubectl's `-l` syntax (`a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`,
-  `!a`, `a>1`, `a<1`, comma-separated and ANDed);
-- `from_label_selector(obj)`: a metav1.LabelSelector (matchLabels + matchExpressions);
+- `from_label_selector(obj)` / `parse(text)`: a metav1.LabelSelector / kubectl's `-l` text, read
+  (and refused with the field path) by podnetd.apiserver.selectors, the API server's reader,
+  then normalized here (`=` is In with one value, `!=` NotIn);
 - `node_selector(obj)`: a v1.NodeSelector (nodeSelectorTerms ORed, each term's matchExpressions
   and matchFields ANDed; Gt/Lt compare integers), as required node affinity uses it.
 
@@ -13,17 +13,17 @@ import dataclasses
 import re
 from typing import Mapping
 
+from podnetd.apiserver import selectors
 from podnetd.runtime.manifest import DNS_SUBDOMAIN, LABEL_NAME, LABEL_VALUE
 
 IN, NOT_IN, EXISTS, DOES_NOT_EXIST, GT, LT = "In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"
 # `=`/`==` are In with one value and `!=` NotIn with one value, as labels.Requirement treats them
 LABEL_SELECTOR_OPERATORS = (IN, NOT_IN, EXISTS, DOES_NOT_EXIST)
 NODE_SELECTOR_OPERATORS = (IN, NOT_IN, EXISTS, DOES_NOT_EXIST, GT, LT)
-MAX_SELECTOR_CHARS = 64 * 1024
 
 
-class SelectorError(ValueError):
-    """A selector that cannot be parsed or is not valid; the message says where and why."""
+# one error for every selector, whichever module read it
+SelectorError = selectors.SelectorError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,21 +125,21 @@ def requirement(key, op: str, values, where: str = "selector",
     """A checked requirement (labels.NewRequirement's rules)."""
     _check_key(key, where)
     if op not in operators:
-        raise SelectorError(f"{where}: operator {op!r} is not one of "
+        raise SelectorError(f"{where}.operator: Unsupported value: {op!r}: supported values: "
                             + ", ".join(operators))
     if values is None:
         values = []
     if not isinstance(values, (list, tuple)):
-        raise SelectorError(f"{where}: values must be a list of strings")
+        raise SelectorError(f"{where}.values: must be a list of strings")
     if op in (IN, NOT_IN) and not values:
-        raise SelectorError(f"{where}: values: Required value: must be specified when "
+        raise SelectorError(f"{where}.values: Required value: must be specified when "
                             "`operator` is 'In' or 'NotIn'")
     if op in (EXISTS, DOES_NOT_EXIST) and values:
-        raise SelectorError(f"{where}: values: Forbidden: may not be specified when "
+        raise SelectorError(f"{where}.values: Forbidden: may not be specified when "
                             "`operator` is 'Exists' or 'DoesNotExist'")
     if op in (GT, LT):
         if len(values) != 1 or _int(values[0]) is None:
-            raise SelectorError(f"{where}: values: for 'Gt', 'Lt' operators, exactly one "
+            raise SelectorError(f"{where}.values: for 'Gt', 'Lt' operators, exactly one "
                                 "integer value is required")
         return Requirement(key, op, (values[0],))
     for v in values:
@@ -147,140 +147,30 @@ def requirement(key, op: str, values, where: str = "selector",
     return Requirement(key, op, tuple(sorted(set(values))))
 
 
-# -- kubectl's -l syntax -------------------------------------------------------------------
+# -- metav1.LabelSelector (read by the API server's reader, compiled here) -----------------
 
-# identifiers run up to whitespace or one of the operator characters (labels' lexer)
-_TOKEN = re.compile(r"\s*(?:(?P<op>==|!=|=|!|\(|\)|,|>|<)|(?P<id>[^\s=!(),<>]+))")
-
-
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    out, pos = [], 0
-    while True:
-        m = _TOKEN.match(text, pos)
-        if not m:
-            if text[pos:].strip():
-                raise SelectorError(f"unable to parse requirement: unexpected {text[pos:]!r}")
-            out.append(("end", "", len(text)))
-            return out
-        group = "op" if m.group("op") else "id"
-        lit, start = m.group(group), m.start(group)
-        kind = lit if group == "id" and lit in ("in", "notin") else group
-        out.append((kind, lit, start))
-        pos = m.end()
+_FROM_API = {"=": IN, "in": IN, "!=": NOT_IN, "notin": NOT_IN, "exists": EXISTS,
+             "!": DOES_NOT_EXIST}
 
 
-def parse(text: str) -> Selector:
-    """kubectl's label selector syntax, or SelectorError naming what was found where."""
-    if not isinstance(text, str):
-        raise SelectorError("a selector must be a string")
-    if len(text) > MAX_SELECTOR_CHARS:
-        raise SelectorError(f"a selector is at most {MAX_SELECTOR_CHARS} characters")
-    toks = _tokens(text)
-    i = 0
-
-    def fail(expected: str):
-        kind, lit, pos = toks[i]
-        found = lit if kind != "end" else ""
-        raise SelectorError(f"unable to parse requirement: found {found!r} at position {pos}, "
-                            f"expected: {expected}")
-
-    def where() -> str:
-        return f"{text!r}"
-
-    if toks[0][0] == "end":
-        return EVERYTHING
-    reqs = []
-    while True:
-        kind, lit, _ = toks[i]
-        if kind == "op" and lit == "!":
-            i += 1
-            if toks[i][0] != "id":
-                fail("identifier after '!'")
-            reqs.append(requirement(toks[i][1], DOES_NOT_EXIST, [], where()))
-            i += 1
-        elif kind == "id":
-            key = lit
-            i += 1
-            kind, lit, _ = toks[i]
-            if kind == "end" or (kind == "op" and lit == ","):
-                reqs.append(requirement(key, EXISTS, [], where()))
-            elif kind == "op" and lit in ("=", "==", "!="):
-                i += 1
-                vk, vl, _ = toks[i]
-                if vk == "id":
-                    value = vl
-                    i += 1
-                elif vk == "end" or (vk == "op" and vl == ","):
-                    value = ""           # `a=` selects the empty value
-                else:
-                    fail("identifier")
-                reqs.append(requirement(key, IN if lit != "!=" else NOT_IN, [value], where()))
-            elif kind == "op" and lit in (">", "<"):
-                i += 1
-                if toks[i][0] != "id":
-                    fail("integer")
-                reqs.append(requirement(key, GT if lit == ">" else LT, [toks[i][1]], where()))
-                i += 1
-            elif kind in ("in", "notin"):
-                i += 1
-                if toks[i][:2] != ("op", "("):
-                    fail("'('")
-                i += 1
-                values = []
-                while True:
-                    vk, vl, _ = toks[i]
-                    if vk == "id":
-                        values.append(vl)
-                        i += 1
-                        vk, vl, _ = toks[i]
-                    elif vk == "op" and vl in (",", ")"):
-                        values.append("")    # `a in (x,)` / `a in ()` hold the empty value
-                    else:
-                        fail("identifier or ')'")
-                    if (vk, vl) == ("op", ")"):
-                        i += 1
-                        break
-                    if (vk, vl) != ("op", ","):
-                        fail("',' or ')'")
-                    i += 1
-                reqs.append(requirement(key, IN if kind == "in" else NOT_IN, values, where()))
-            else:
-                fail("'=', '!=', '==', 'in', 'notin', '>', '<', ',' or the end")
-        else:
-            fail("'!' or identifier")
-        kind, lit, _ = toks[i]
-        if kind == "end":
-            break
-        if (kind, lit) != ("op", ","):
-            fail("','")
-        i += 1
+def compile_selector(api: selectors.Selector) -> Selector:
+    """podnetd.apiserver.selectors' Selector (kubectl's `-l` text or a LabelSelector) in the
+    scheduler's normalized, hashable form."""
+    if api is selectors.NOTHING:
+        return NOTHING
+    reqs = {Requirement(r.key, _FROM_API[r.op], tuple(sorted(set(r.values))))
+            for r in api.requirements}
     return Selector(tuple(sorted(reqs, key=lambda r: (r.key, r.op, r.values))))
 
 
-# -- metav1.LabelSelector --------------------------------------------------------------------
+def parse(text: str) -> Selector:
+    """kubectl's `-l` syntax (podnetd.apiserver.selectors.parse)."""
+    return compile_selector(selectors.parse(text))
+
 
 def from_label_selector(obj, path: str = "labelSelector") -> Selector:
     """metav1.LabelSelectorAsSelector: None matches nothing, {} everything."""
-    if obj is None:
-        return NOTHING
-    if not isinstance(obj, dict):
-        raise SelectorError(f"{path}: must be an object")
-    reqs = []
-    labels = obj.get("matchLabels") or {}
-    if not isinstance(labels, dict):
-        raise SelectorError(f"{path}.matchLabels: must be a map of strings")
-    for k, v in labels.items():
-        reqs.append(requirement(k, IN, [v], f"{path}.matchLabels", LABEL_SELECTOR_OPERATORS))
-    exprs = obj.get("matchExpressions") or []
-    if not isinstance(exprs, list):
-        raise SelectorError(f"{path}.matchExpressions: must be a list")
-    for i, e in enumerate(exprs):
-        where = f"{path}.matchExpressions[{i}]"
-        if not isinstance(e, dict):
-            raise SelectorError(f"{where}: must be an object")
-        reqs.append(requirement(e.get("key"), e.get("operator"), e.get("values"), where,
-                                LABEL_SELECTOR_OPERATORS))
-    return Selector(tuple(sorted(set(reqs), key=lambda r: (r.key, r.op, r.values))))
+    return compile_selector(selectors.from_label_selector(obj, path))
 
 
 # -- v1.NodeSelector (required node affinity) --------------------------------------------------

@@ -59,6 +59,8 @@ def _amount(name: str, value, path: str) -> int:
         q = parse_quantity(value.strip() if isinstance(value, str) else repr(value))
     except ValueError as e:
         raise InvalidObject(f"{path}: {value!r} is not a quantity: {e}") from None
+    if q < 0:
+        raise InvalidObject(f"{path}: {value!r}: must be greater than or equal to 0")
     if name == CPU:
         q = q * 1000
     return int(q.to_integral_value(ROUND_CEILING))
@@ -111,6 +113,7 @@ class PodInfo:
     node_name: str
     terminating: bool
     requests: dict              # resource -> amount (cpu in millicores), as filtered
+    checked: tuple              # (resource, amount > 0) to check, in fitsRequest's order
     nonzero_cpu: int            # as scored: a container without a request counts the default
     nonzero_memory: int
     host_ports: tuple           # (ip, protocol, port); ip "0.0.0.0" for any
@@ -160,31 +163,61 @@ def pod_requests(spec: dict, path: str = "spec", nonzero: bool = False) -> dict[
     restartPolicy Always) added up, the larger of that and what any init container needs while
     it runs (itself plus the sidecars started before it), plus the pod overhead. `nonzero`
     counts a container's missing cpu/memory request as the scoring defaults."""
-    def reqs(c, p):
-        r = _container_requests(_d(c), p)
-        if nonzero:
-            r.setdefault(CPU, DEFAULT_MILLI_CPU)
-            r.setdefault(MEMORY, DEFAULT_MEMORY)
-        return r
+    return _pod_requests(_read_containers(spec, path), spec, path)[1 if nonzero else 0]
 
-    total: dict[str, int] = {}
-    for i, c in enumerate(_l(spec.get("containers"))):
-        _add(total, reqs(c, f"{path}.containers[{i}]"))
-    sidecars: dict[str, int] = {}
-    init_peak: dict[str, int] = {}
-    for i, c in enumerate(_l(spec.get("initContainers"))):
-        r = reqs(c, f"{path}.initContainers[{i}]")
-        if _d(c).get("restartPolicy") == "Always":
-            _add(total, r)
-            _add(sidecars, r)
-            running = dict(sidecars)
-        else:
-            running = dict(r)
-            _add(running, sidecars)
-        _max(init_peak, running)
-    _max(total, init_peak)
-    _add(total, resource_list(spec.get("overhead"), f"{path}.overhead"))
-    return total
+
+def _read_containers(spec: dict, path: str) -> list:
+    """(is init, is sidecar, requests) of every container, each read once."""
+    out = []
+    for group in ("containers", "initContainers"):
+        for i, c in enumerate(_l(spec.get(group))):
+            c = _d(c)
+            out.append((group == "initContainers", c.get("restartPolicy") == "Always",
+                        _container_requests(c, f"{path}.{group}[{i}]")))
+    return out
+
+
+def _with_defaults(r: dict) -> dict:
+    if CPU in r and MEMORY in r:
+        return r
+    r = dict(r)
+    r.setdefault(CPU, DEFAULT_MILLI_CPU)
+    r.setdefault(MEMORY, DEFAULT_MEMORY)
+    return r
+
+
+def _pod_requests(containers: list, spec: dict, path: str) -> tuple[dict, dict]:
+    """(requests as filtered, requests with the scoring defaults)."""
+    results = []
+    overhead = resource_list(spec.get("overhead"), f"{path}.overhead")
+    for defaults in (False, True):
+        total: dict[str, int] = {}
+        sidecars: dict[str, int] = {}
+        init_peak: dict[str, int] = {}
+        for init, sidecar, r in containers:
+            if defaults:
+                r = _with_defaults(r)
+            if not init:
+                _add(total, r)
+                continue
+            if sidecar:
+                _add(total, r)
+                _add(sidecars, r)
+                running = dict(sidecars)
+            else:
+                running = dict(r)
+                _add(running, sidecars)
+            _max(init_peak, running)
+        _max(total, init_peak)
+        _add(total, overhead)
+        results.append(total)
+    return results[0], results[1]
+
+
+def _checked(requests: dict) -> tuple:
+    first = [(k, requests[k]) for k in (CPU, MEMORY) if requests.get(k, 0) > 0]
+    rest = [(k, v) for k, v in sorted(requests.items()) if k not in (CPU, MEMORY, PODS) and v > 0]
+    return tuple(first + rest)
 
 
 def _host_ports(spec: dict) -> tuple:
@@ -309,8 +342,8 @@ class _Reader:
         required = None
         if req is not None:
             try:
-                required = sel.node_selector(
-                    req, "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution")
+                required = sel.node_selector(req, "spec.affinity.nodeAffinity."
+                                                  "requiredDuringSchedulingIgnoredDuringExecution")
             except sel.SelectorError as e:
                 if self.strict:
                     self.fail(str(e))
@@ -319,7 +352,8 @@ class _Reader:
         for i, t in enumerate(_l(aff.get("preferredDuringSchedulingIgnoredDuringExecution"))):
             t = _d(t)
             w = t.get("weight")
-            path = f"spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[{i}]"
+            path = ("spec.affinity.nodeAffinity."
+                    f"preferredDuringSchedulingIgnoredDuringExecution[{i}]")
             try:
                 if not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= 100:
                     raise sel.SelectorError(f"{path}.weight: must be in the range 1-100")
@@ -346,8 +380,7 @@ def pod_info(pod: dict, strict: bool = True) -> PodInfo:
     pod_labels = _str_map(meta.get("labels"))
     r = _Reader(strict, what)
     try:
-        requests = pod_requests(spec)
-        nonzero = pod_requests(spec, nonzero=True)
+        requests, nonzero = _pod_requests(_read_containers(spec, "spec"), spec, "spec")
     except InvalidObject as e:
         raise InvalidObject(f"{what}: {e}") from None
     aff = _d(spec.get("affinity"))
@@ -367,7 +400,7 @@ def pod_info(pod: dict, strict: bool = True) -> PodInfo:
         uid=uid, namespace=ns, name=name, labels=pod_labels,
         node_name=spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else "",
         terminating=meta.get("deletionTimestamp") is not None,
-        requests=requests, nonzero_cpu=nonzero.get(CPU, 0),
+        requests=requests, checked=_checked(requests), nonzero_cpu=nonzero.get(CPU, 0),
         nonzero_memory=nonzero.get(MEMORY, 0),
         host_ports=_host_ports(spec), tolerations=_tolerations(spec),
         node_selector=_str_map(spec.get("nodeSelector")),

@@ -19,7 +19,7 @@ import copy
 import dataclasses
 from typing import Iterable
 
-from podnetd.scheduler.objects import (CPU, MEMORY, PODS, AffinityTerm, NodeSpec, PodInfo,
+from podnetd.scheduler.objects import (AffinityTerm, NodeSpec, PodInfo,
                                        node_spec, pod_info, _d)
 
 TERM_KINDS = ("required_affinity", "required_anti_affinity", "preferred_affinity",
@@ -136,8 +136,8 @@ class Snapshot:
         snapshot is then unchanged)."""
         if not isinstance(pod, dict):
             return None
-        spec = _d(pod.get("spec"))
-        if not spec.get("nodeName") or _is_finished(pod):
+        node_name = _d(pod.get("spec")).get("nodeName")
+        if not isinstance(node_name, str) or not node_name or _is_finished(pod):
             self.remove_pod(pod)
             return None
         info = pod_info(pod, strict=False)
