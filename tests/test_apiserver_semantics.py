@@ -15,12 +15,11 @@ import json
 import re
 import time
 import uuid
-from types import SimpleNamespace
 
 import pytest
 
 from etcd_local import LocalEtcd
-from podnetd.apiserver import bootstrap, kinds, objects
+from podnetd.apiserver import authn, authz, bootstrap, kinds, objects, rbac
 from podnetd.apiserver.api import Api, UserClient
 from podnetd.apiserver.objects import (AlreadyExists, BadRequest, Conflict, Forbidden, Gone,
                                        Invalid, NotFound, TooLarge)
@@ -30,14 +29,10 @@ from podnetd.apiserver.storage.sqlite import SqliteStore
 from testlib import unique
 
 WAIT = 20.0        # a hang guard for one watch event, not a speed check
-ADMIN = SimpleNamespace(name="system:admin", uid="", groups=("system:masters",))
+ADMIN = authn.UserInfo("system:admin", "", ("system:masters", "system:authenticated"))
 STALE = ("the object has been modified; please apply your changes to the latest version and "
          "try again")
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-
-
-def allow_all(req, obj):
-    return True, ""
 
 
 # -- the two stores ------------------------------------------------------------------------------
@@ -86,7 +81,7 @@ class Env:
         try:
             registry = Registry(store, available=True)
             await bootstrap.ensure(registry, [])
-            api = Api(registry, allow_all)
+            api = Api(registry, authz.Authorizer(rbac.RbacIndex()))
             yield T(api.as_user(ADMIN), api, registry, store, self)
         finally:
             await store.close()

@@ -31,7 +31,8 @@ class Kind:
     status_subresource: bool = False
     field_selectors: frozenset[str] = frozenset({"metadata.name", "metadata.namespace"})
     # default(obj): the defaults the server fills in (e.g. a Pod's restartPolicy), on create
-    # and on update alike (idempotent: an object already defaulted is left as it is)
+    # and on update alike, before validation (so: idempotent, and leaving anything of the
+    # wrong shape to the validation that follows)
     default: Callable[[dict], None] = lambda obj: None
     # prepare_create(obj): what only a new object gets (its first status, finalizers)
     prepare_create: Callable[[dict], None] = lambda obj: None
@@ -234,10 +235,10 @@ KINDS: tuple[Kind, ...] = (
     Kind("ClusterRole", "clusterroles", False, api_version=RBAC, validate=_rbac("ClusterRole"),
          name_rule="path"),
     Kind("RoleBinding", "rolebindings", True, api_version=RBAC, validate=_rbac("RoleBinding"),
-         name_rule="path", prepare_create=_binding_defaults),
+         name_rule="path", default=_binding_defaults),
     Kind("ClusterRoleBinding", "clusterrolebindings", False, api_version=RBAC,
          validate=_rbac("ClusterRoleBinding"), name_rule="path",
-         prepare_create=_binding_defaults),
+         default=_binding_defaults),
 )
 
 BY_RESOURCE = {k.resource: k for k in KINDS}

@@ -234,8 +234,10 @@ def _validate_scheduling(spec: dict, e: Errors) -> None:
 
 def default_spec(obj: dict) -> None:
     """What kube-apiserver fills in (the fields kubectl users see in -o yaml), on create and on
-    update: only what is missing is set."""
-    spec = obj["spec"]
+    update, before validation: only what is missing is set, and only where the shape is right."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("terminationGracePeriodSeconds", 30)
     spec.setdefault("schedulerName", "default-scheduler")

@@ -85,8 +85,8 @@ class Registry:
         obj["metadata"] = objects.new_metadata(kind, meta, namespace)
         obj.pop("status", None) if kind.status_subresource else None
         name = obj["metadata"].get("name", "")
+        kind.default(obj)     # as kube-apiserver: defaults first, then validation
         self._validate(kind, obj, name)
-        kind.default(obj)
         kind.prepare_create(obj)
         if validate_namespace and kind.namespaced:
             await self._namespace_accepts(namespace)
@@ -191,10 +191,9 @@ class Registry:
             out.pop("status", None)
             if "status" in current:
                 out["status"] = copy.deepcopy(current["status"])
-        if isinstance(out.get("spec"), dict):
-            # the defaults the server filled in at creation, filled in the same way here:
-            # replacing an object with the manifest it was created from changes nothing
-            kind.default(out)
+        # the defaults the server filled in at creation, filled in the same way here: replacing
+        # an object with the manifest it was created from changes nothing
+        kind.default(out)
         if out.get("spec") != current.get("spec"):
             meta["generation"] = int(cur_meta.get("generation", 1)) + 1
             for field in kind.immutable_spec:
