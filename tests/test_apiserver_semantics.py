@@ -690,6 +690,23 @@ def test_a_watch_with_a_field_selector_follows_binding(env):
     env.run(body)
 
 
+def test_a_watch_on_status_phase_sees_a_pod_leave_and_come_back(env):
+    async def body(t: T):
+        created = await t.c.create("pods", "default", pod("web"))
+        stream = t.c.watch("pods", "default", field_selector="status.phase=Pending")
+        assert (await next_event(stream))[0] == "ADDED"
+        running = dict(created, status={"phase": "Running"})
+        running = await t.c.update("pods", "default", running, subresource="status")
+        kind, obj = await next_event(stream)
+        assert (kind, obj["status"]["phase"]) == ("DELETED", "Running")
+        pending = dict(running, status={"phase": "Pending"})
+        await t.c.update("pods", "default", pending, subresource="status")
+        kind, obj = await next_event(stream)
+        assert (kind, obj["status"]["phase"]) == ("ADDED", "Pending")
+        await stream.aclose()
+    env.run(body)
+
+
 # -- deletion ------------------------------------------------------------------------------------
 
 async def bind(t: T, name: str, node: str, ns: str = "default"):
@@ -941,4 +958,34 @@ def test_hostile_objects_are_refused_cleanly_on_every_verb(env, obj):
         after = await t.c.get("pods", "default", "web")
         assert after["spec"] == before["spec"]
         assert set(names(await t.c.list("pods", ""))) <= {"web"}
+    env.run(body)
+
+
+# -- the Node authorizer's view of a pod bound a moment ago ------------------------------------
+
+def test_a_node_may_write_the_status_of_a_pod_bound_to_it_a_moment_ago(env):
+    """The Node authorizer's pod -> node index is fed by a watch; the request path asks the
+    store when the index has not caught up, so the kubelet's first write is not refused."""
+    from podnetd.apiserver.access import Access
+
+    async def body(t: T):
+        access = Access()
+        api = Api(t.registry, access.authorizer)
+        await access.start(api)
+        try:
+            admin = api.as_user(ADMIN)
+            n1 = api.as_user(authn.UserInfo("system:node:n1", "", ("system:nodes",)))
+            for i in range(5):
+                await admin.create("pods", "default", pod(f"p{i}", nodeName="n1"))
+                current = await admin.get("pods", "default", f"p{i}")
+                current["status"] = {"phase": "Running"}
+                done = await n1.update("pods", "default", current, subresource="status")
+                assert done["status"]["phase"] == "Running"
+            await admin.create("pods", "default", pod("elsewhere", nodeName="n2"))
+            other = await admin.get("pods", "default", "elsewhere")
+            other["status"] = {"phase": "Running"}
+            with pytest.raises(Forbidden, match="system:node:n1"):
+                await n1.update("pods", "default", other, subresource="status")
+        finally:
+            await access.stop()
     env.run(body)

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 
 from .. import timestamps
 from . import kinds, objects, rbac
+from .authn import NODE_GROUP
 from .objects import ApiError, BadRequest, Forbidden, NotFound
 from .rbac import Attributes
 from .registry import Registry
@@ -92,11 +93,28 @@ class Api:
             _path_segment(namespace, "namespace")
         return namespace
 
-    def _check(self, attrs: Attributes, obj: dict | None = None) -> None:
-        verdict = self.authorizer.authorize(attrs, obj)
+    def _check(self, attrs: Attributes, obj: dict | None = None, old: dict | None = None) -> None:
+        verdict = self.authorizer.authorize(attrs, obj, old)
         if not verdict.allowed:
             self._audit(attrs, False, "PERMISSION_DENIED", verdict.reason)
             raise Forbidden(verdict.message)
+
+    async def _check_named(self, attrs: Attributes, obj: dict | None) -> None:
+        """As _check; but a node refused a pod it names is asked again with the stored pod:
+        the Node authorizer's pod -> node index is fed by a watch and may not have seen a pod
+        bound a moment ago (the kubelet's first status write would be refused)."""
+        verdict = self.authorizer.authorize(attrs, obj)
+        if verdict.allowed:
+            return
+        old = None
+        if attrs.resource == "pods" and attrs.name and \
+                NODE_GROUP in getattr(attrs.user, "groups", ()):
+            try:
+                old = await self.registry.get(kinds.BY_RESOURCE["pods"], attrs.namespace,
+                                              attrs.name)
+            except ApiError:
+                old = None
+        self._check(attrs, obj, old)
 
     def _audit(self, attrs: Attributes, allowed: bool, code: str, reason: str = "") -> None:
         if self.audit is not None:
@@ -104,7 +122,7 @@ class Api:
                               requester=getattr(attrs.user, "requester", None))
 
     async def _run(self, attrs: Attributes, obj: dict | None, coro_fn):
-        self._check(attrs, obj)
+        await self._check_named(attrs, obj)
         try:
             result = await coro_fn()
         except ApiError as e:
