@@ -4,6 +4,7 @@ kind of kinds.py. Authentication and authorization happen above (api.py); this l
 rules every object obeys: validation with field paths before anything is stored, server-owned
 metadata, resourceVersion = the store's revision, optimistic concurrency."""
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -346,14 +347,22 @@ class Registry:
         known: set[str] = set()      # keys whose state since `after` the events have told
         stream = self.store.watch(kind.prefix(namespace), after)
         last = after
+        # The next event is awaited in a task of its own that a quiet period does not cancel
+        # (cancelling __anext__ would end the store's watch generator): asyncio.wait only
+        # stops waiting, and a BOOKMARK tells the client the revision it has reached.
+        pending: asyncio.Task | None = None
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(stream.__anext__(), BOOKMARK_EVERY)
-                except asyncio.TimeoutError:
+                if pending is None:
+                    pending = asyncio.ensure_future(stream.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=BOOKMARK_EVERY)
+                if not done:
                     yield "BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
                                        "metadata": {"resourceVersion": str(last)}}
                     continue
+                task, pending = pending, None
+                try:
+                    event = task.result()
                 except StopAsyncIteration:
                     return
                 except st.TooOld:
@@ -381,6 +390,10 @@ class Registry:
                 elif before is not False:
                     yield "DELETED", obj
         finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
             await stream.aclose()
 
     # -- the store's failures -----------------------------------------------------------

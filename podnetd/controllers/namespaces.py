@@ -27,8 +27,9 @@ class NamespaceController:
         await self.namespaces.start()
         try:
             while True:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 5.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5.0):   # not wait_for: 3.11's may eat a cancel
+                        await self._wake.wait()
                 self._wake.clear()
                 for name, ns in list(self.namespaces.cache.items()):
                     if ns["metadata"].get("deletionTimestamp"):

@@ -99,8 +99,9 @@ class SchedulerLoop:
                                  self.pods.synced.wait())
             last_flush = time.monotonic()
             while True:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):   # not wait_for: 3.11's may eat a cancel
+                        await self._wake.wait()
                 self._wake.clear()
                 if time.monotonic() - last_flush > UNSCHEDULABLE_RETRY:
                     self._retry_unschedulable()

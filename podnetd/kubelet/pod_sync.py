@@ -175,8 +175,9 @@ class PodSync:
 
     async def _status_loop(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), STATUS_EVERY)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_EVERY):   # not wait_for: 3.11's may eat a cancel
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._report_all()
