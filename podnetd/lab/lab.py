@@ -315,8 +315,15 @@ class Lab:
         self._add_netns(ns)
         self._attach(ns, "a", imgreg.NAME, plan.registry_address(self.st.name, self.st.topology))
         self.start_registry()
+        self.push_test_image()
+
+    def push_test_image(self, name: str = imgreg.TEST_IMAGE) -> str:
+        """Push the busybox test image to the lab's registry as NAME:TAG; its full name."""
+        if self.registry is None:
+            raise LabError(f"lab {self.st.name} runs no image registry")
         try:
-            imgreg.push_test_image(ns, self._registry_dir(), self.registry)
+            return imgreg.push_test_image(self._registry_ns(), self._registry_dir(),
+                                          self.registry, name)
         except imgreg.RegistryError as e:
             raise LabError(f"registry: {e}") from None
 

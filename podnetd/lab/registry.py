@@ -55,13 +55,14 @@ def wait_listening(record: dict, address: str, timeout: float = 20, offset: int 
         time.sleep(0.05)
 
 
-def push_test_image(ns: str, d: str, address: str) -> str:
+def push_test_image(ns: str, d: str, address: str, name: str = TEST_IMAGE) -> str:
     """Build the busybox test image (podnetd.runtime.busybox_image, docker-archive format) and
-    push it to the registry with skopeo, from the registry's namespace; the image's name."""
+    push it to the registry as NAME:TAG with skopeo, from the registry's namespace; the image's
+    full name."""
     from ..runtime import busybox_image
     archive = os.path.join(d, "busybox.tar")
     busybox_image.write(archive, "docker")
-    image = f"{address}/{TEST_IMAGE}"
+    image = f"{address}/{name}"
     try:
         proc = subprocess.run([*netops.nsenter(ns), "skopeo", "copy", "--quiet",
                                "--dest-tls-verify=false", f"docker-archive:{archive}",
