@@ -6,11 +6,13 @@ ping across nodes, and RBAC refuses a user with no rights. Everything it made is
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import grpc
 
 from .lab import cluster_api, pods, probe, status
+from .runtime import busybox_image
 from .lab.lab import SEGMENT_LABEL, Lab, LabError
 
 WEB_ANTI_AFFINITY = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
@@ -76,9 +78,18 @@ def cluster(lab: Lab, t0: float) -> bool:
     print()
     _say(f"cluster API on every node ({', '.join(f'https://{lab.api_server(n)}' for n in lab.node_names())}); "
          f"client config {cluster_api.config_path(lab)}", t0)
-    image = lab.registry_image
-    _say(f"image registry on the underlay: {lab.registry} (plain HTTP; every node's kubelet "
-         f"pulls {image} from it)", t0)
+    if lab.registry:
+        image = lab.registry_image
+        _say(f"image registry on the underlay: {lab.registry} (plain HTTP; every node's kubelet "
+             f"pulls {image} from it)", t0)
+    else:   # docker-registry is not installed (`make demo` installs it)
+        image = "busybox"
+        with tempfile.TemporaryDirectory(prefix="pndemo-") as tmp:
+            archive = os.path.join(tmp, "busybox.tar")
+            busybox_image.write(archive)
+            cluster_api.import_image(lab, image, archive)
+        _say("no image registry (docker-registry is not installed): busybox imported into "
+             "every node's runtime", t0)
     last_segment = lab.st.nodes[lab.node_names()[-1]]["segment"]
     manifests = [_pod(f"web-{i}", {"app": "web"}, image, affinity=WEB_ANTI_AFFINITY)
                  for i in range(3)]

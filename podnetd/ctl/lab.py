@@ -48,6 +48,9 @@ def cmd_up(args) -> int:
                     node_lease_renew=args.node_lease_renew,
                     leader_elect_lease_duration=args.leader_elect_lease_duration,
                     registry=args.registry)
+    if args.registry is None and args.store == "etcd" and lb.registry is None:
+        print("note: no image registry (docker-registry or skopeo is not installed); pods use "
+              "images from `podnetctl lab image import`", file=sys.stderr)
     missing = lb.missing_routes()
     _print_status(status.collect(lb), args.output)
     if missing:

@@ -86,16 +86,20 @@ class Lab:
 
         An etcd lab with TLS also runs the cluster API on every node (<node ip>:6443, the node
         certificate, client certificates from the lab CA, an audit log in the node's dir) and
-        writes a client config for an admin and a plain user (cluster_api.py). The control
+        writes a client config for an admin and a plain user (cluster_api.py); `up` returns
+        once every Node is Ready in that API (a pod applied then finds every node). The control
         plane's timings (node lease renewal, node monitor grace period, leader lease) may be
         shortened for tests.
 
-        registry (default: for the etcd store) runs an image registry on the underlay
-        (registry.py) holding <address>:5000/busybox:1; every node may pull from it over
-        plain HTTP."""
+        registry (default: for the etcd store, when docker-registry is installed) runs an
+        image registry on the underlay (registry.py) holding <address>:5000/busybox:1; every
+        node may pull from it over plain HTTP."""
         cls.check(nodes, topology, store, name)
         if registry is None:
-            registry = store == "etcd"
+            registry = store == "etcd" and imgreg.installed()
+        elif registry and not imgreg.installed():
+            raise LabError(f"registry: {imgreg.BINARY} or skopeo is not installed "
+                           f"(apt-get install {imgreg.BINARY} skopeo)")
 
         options = {"tls": tls, "node_timeout": node_timeout, "backend": backend,
                    "reconcile_interval": reconcile_interval, "vxlan_vni": vxlan_vni,
@@ -131,6 +135,7 @@ class Lab:
                 lab.wait_ready(peers, timeout=wait)
                 if lab.serves_api:
                     cluster_api.write_config(lab)
+                    cluster_api.wait_nodes_ready(lab, wait)
             except BaseException:
                 lab._teardown()
                 raise

@@ -5,6 +5,7 @@ cluster's do. Every node's podnetd gets --insecure-registry for it (plain HTTP i
 choice: the underlay exists only inside the lab's namespaces)."""
 import os
 import secrets
+import shutil
 import subprocess
 import time
 
@@ -19,6 +20,10 @@ TEST_IMAGE = "busybox:1"
 
 class RegistryError(Exception):
     pass
+
+
+def installed() -> bool:
+    return bool(shutil.which(BINARY) and shutil.which("skopeo"))
 
 
 def write_config(d: str, address: str) -> str:
