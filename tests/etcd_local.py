@@ -19,7 +19,10 @@ def free_port() -> int:
 
 
 class LocalEtcd:
-    def __init__(self, max_request_bytes: int = 5 * 1024 * 1024):
+    def __init__(self, max_request_bytes: int = 5 * 1024 * 1024, netns: str | None = None):
+        # netns: run etcd (and etcdctl) inside that network namespace, where a podnetd under
+        # test reaches it on its own loopback
+        self.prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
         self.dir = tempfile.mkdtemp(prefix="podnet-etcd-local-")
         self.client_port, self.peer_port = free_port(), free_port()
         self.url = f"https://127.0.0.1:{self.client_port}"
@@ -36,7 +39,7 @@ class LocalEtcd:
         peer = f"http://127.0.0.1:{self.peer_port}"
         log = open(os.path.join(self.dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(
-            ["etcd", "--name", "podnet-test", "--data-dir", os.path.join(self.dir, "data"),
+            [*self.prefix, "etcd", "--name", "podnet-test", "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"podnet-test={peer}",
@@ -71,7 +74,7 @@ class LocalEtcd:
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["etcdctl", f"--endpoints={self.url}", "--cacert", self.ca, "--cert", self.client_cert,
+            [*self.prefix, "etcdctl", f"--endpoints={self.url}", "--cacert", self.ca, "--cert", self.client_cert,
              "--key", self.client_key, "--command-timeout=5s", *args],
             check=check, capture_output=True, text=True, timeout=30,
             env={**os.environ, "ETCDCTL_API": "3"})

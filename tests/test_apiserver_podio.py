@@ -297,11 +297,18 @@ def test_missing_unbound_and_waiting_pods_in_kubectls_words(lab):
     stuck["spec"]["nodeName"] = lab.b.ns
     lab.ok(lab.a, "create", resource="pods", namespace="default", object=stuck)
 
-    # bound to B, which cannot start it (its image is not there): nothing runs, nothing logged
-    out = lab.call(lab.a, "logs", name="stuck")
+    # bound to B, which cannot start it (a short name is never pulled and B has no such
+    # image): nothing runs, nothing logged, and the answer says why in the kubelet's words
+    deadline = time.monotonic() + 30
+    while True:
+        out = lab.call(lab.a, "logs", name="stuck")
+        if out["details"].endswith("ErrImageNeverPull") or time.monotonic() > deadline:
+            break
+        assert out["details"].endswith("ContainerCreating"), out   # before the runtime tried
+        time.sleep(0.2)
     assert (out["code"], out["details"]) == (
         "FAILED_PRECONDITION",
-        'container "c" in pod "stuck" is waiting to start: ContainerCreating')
+        'container "c" in pod "stuck" is waiting to start: ErrImageNeverPull')
 
 
 def test_mirror_pod_of_a_node_local_pod(lab):

@@ -1,11 +1,37 @@
 #!/usr/bin/env bash
 # Provision one lab VM (run as root by Vagrant). Installs podnet from the synced repository with
-# the README's own commands, then: etcd on node 1, the CNI conflist, podnetd as a systemd unit.
+# the README's own commands, then: etcd on node 1, this node's certificates (made on the host by
+# vagrant/pki.py, synced to /opt/podnet-pki), podnetd as a systemd unit serving the cluster API,
+# the busybox image, and on node 1 the client config.
+#
+#   provision.sh --print-podnetd-args   print podnetd's arguments and exit (nothing changed;
+#                                       tests/test_vagrant_validate.py checks them)
 set -euo pipefail
 : "${PODNET_NODE_INDEX:?}" "${PODNET_NODE_IP:?}" "${PODNET_ETCD_IP:?}" "${PODNET_NODE_IPS:?}"
 CLUSTER_CIDR="${PODNET_CLUSTER_CIDR:-10.244.0.0/16}"
 NODE="node${PODNET_NODE_INDEX}"
+NODE_LABELS="${PODNET_NODE_LABELS:-lab.podnet.io/vm=${NODE}}"
 ETCD_URL="http://${PODNET_ETCD_IP}:2379"
+PKI_SRC=/opt/podnet-pki
+PKI=/etc/podnet/pki
+API_PORT=6443
+AUDIT_LOG=/var/log/podnet/audit.log
+IMAGE=busybox:1   # the image examples/cluster/web.yaml runs
+
+# The node daemon, the cluster API included: TLS on the private address with this node's
+# certificate (CN=system:node:NAME, O=system:nodes: the identity a kubelet has), users
+# authenticated by certificates of the lab CA, changes and denials audited. The pod runtime
+# uses its defaults, /etc/cni/net.d (the conflist `make install` wrote) and /opt/cni/bin.
+podnetd_args() {
+  echo "--node-name ${NODE} --node-ip ${PODNET_NODE_IP}" \
+    "--store etcd --etcd-endpoints ${ETCD_URL} --cluster-cidr ${CLUSTER_CIDR}" \
+    "--api-listen ${PODNET_NODE_IP}:${API_PORT}" \
+    "--tls-cert ${PKI}/node.crt --tls-key ${PKI}/node.key --tls-ca ${PKI}/ca.crt" \
+    "--client-ca ${PKI}/ca.crt --audit-log ${AUDIT_LOG}" \
+    "--node-labels ${NODE_LABELS}"
+}
+if [ "${1:-}" = --print-podnetd-args ]; then podnetd_args; exit 0; fi
+
 START=$(date +%s)
 log() { echo "provision $NODE (+$(( $(date +%s) - START ))s): $*"; }
 
@@ -42,6 +68,8 @@ ETCD_ADVERTISE_CLIENT_URLS=${ETCD_URL}
 ETCD_LISTEN_PEER_URLS=http://127.0.0.1:2380
 ETCD_INITIAL_ADVERTISE_PEER_URLS=http://127.0.0.1:2380
 ETCD_INITIAL_CLUSTER=${NODE}=http://127.0.0.1:2380
+# the cluster API stores objects of up to 3 MiB (etcd allows 1.5 MiB requests by default)
+ETCD_MAX_REQUEST_BYTES=5242880
 CONF
   systemctl enable etcd.service
   systemctl restart etcd.service
@@ -52,47 +80,20 @@ CONF
   ETCDCTL_API=3 etcdctl --endpoints="$ETCD_URL" endpoint health
 fi
 
-log "CNI conflist"
-install -d /etc/cni/net.d
-cat > /etc/cni/net.d/10-podnet.conflist <<'CONF'
-{
-  "cniVersion": "1.0.0",
-  "name": "podnet",
-  "plugins": [{"type": "podnet"}]
-}
-CONF
+# `make install` wrote /etc/cni/net.d/10-podnet.conflist (podnet, then portmap) and the
+# plugins in /opt/cni/bin: the pod runtime's defaults on a VM, nothing to add.
+[ -f /etc/cni/net.d/10-podnet.conflist ] || { log "make install wrote no CNI conflist"; exit 1; }
 
-# podnetd with --store etcd once the daemon has it (issue 3); until then a fixed pod CIDR per node
-# and static routes between the nodes (the lab's stand-in, so the VMs can be proved end to end).
-if podnetd --help | grep -q -- '--store'; then
-  ARGS="--node-name ${NODE} --node-ip ${PODNET_NODE_IP} --store etcd --etcd-endpoints ${ETCD_URL} --cluster-cidr ${CLUSTER_CIDR}"
-  rm -f /etc/systemd/system/podnet-lab-routes.service
-else
-  log "podnetd has no --store yet: fixed pod CIDRs and static routes"
-  prefix="${CLUSTER_CIDR%%.0.0/*}"
-  ARGS="--node-name ${NODE} --pod-cidr ${prefix}.${PODNET_NODE_INDEX}.0/24"
-  routes=""
-  IFS=, read -ra ips <<<"$PODNET_NODE_IPS"
-  for j in "${!ips[@]}"; do
-    [ "$((j + 1))" = "$PODNET_NODE_INDEX" ] && continue
-    routes+="ExecStart=/sbin/ip route replace ${prefix}.$((j + 1)).0/24 via ${ips[$j]}"$'\n'
-  done
-  cat > /etc/systemd/system/podnet-lab-routes.service <<UNIT
-[Unit]
-Description=podnet lab: static routes to the other nodes' pod CIDRs (until --store etcd)
-After=systemd-networkd.service
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStartPre=/bin/sh -c 'for i in \$(seq 60); do ip -4 addr show dev eth1 | grep -q "inet ${PODNET_NODE_IP}/" && exit 0; sleep 1; done; exit 1'
-${routes}
-[Install]
-WantedBy=multi-user.target
-UNIT
-  systemctl daemon-reload
-  systemctl enable podnet-lab-routes.service
-  systemctl restart podnet-lab-routes.service
-fi
+log "certificates from ${PKI_SRC}"
+for f in ca.crt node.crt node.key; do
+  [ -s "${PKI_SRC}/${f}" ] || { log "${PKI_SRC}/${f} missing (vagrant/pki.py makes it on the host)"; exit 1; }
+done
+# root only: the synced copy belongs to the vagrant user
+install -d -m 0700 "$PKI"
+install -m 0644 "${PKI_SRC}/ca.crt" "${PKI_SRC}/node.crt" "$PKI/"
+install -m 0600 "${PKI_SRC}/node.key" "$PKI/"
+install -d -m 0750 "$(dirname "$AUDIT_LOG")"
+ARGS="$(podnetd_args)"
 
 log "podnetd unit: podnetd ${ARGS}"
 cat > /etc/systemd/system/podnetd.service <<UNIT
@@ -140,4 +141,25 @@ ready="" status=""
 for _ in $(seq 30); do status="$(podnetctl status 2>&1)" && ready=1 && break; sleep 2; done
 echo "$status"
 [ -n "$ready" ] || { log "podnetd is not ready"; exit 1; }
+
+# The image the cluster's pods run, on every node (a pod runs where it is bound). As root
+# through the local socket: root has no client config, so podnetctl stays node-local.
+log "image ${IMAGE}"
+images="$(podnetctl image list --socket /run/podnet/podnetd.sock)"
+if ! awk '{print $1}' <<<"$images" | grep -qx "$IMAGE"; then
+  install -d -m 0700 /var/lib/podnet-lab
+  /vagrant/.venv/bin/python -m podnetd.runtime.busybox_image /var/lib/podnet-lab/busybox.tar
+  podnetctl image import --socket /run/podnet/podnetd.sock "$IMAGE" /var/lib/podnet-lab/busybox.tar
+fi
+
+# The client config (admin, current; alice, refused by RBAC) on node 1: for root as
+# /etc/podnet/admin.conf (PODNET_CONFIG=/etc/podnet/admin.conf podnetctl ..., as kubeadm's
+# admin.conf), and as the vagrant user's default, so `vagrant ssh node1 -c 'podnetctl get nodes'`
+# speaks to the cluster.
+if [ -f "${PKI_SRC}/config.yaml" ]; then
+  log "client config"
+  install -m 0600 "${PKI_SRC}/config.yaml" /etc/podnet/admin.conf
+  install -d -m 0700 -o vagrant -g vagrant /home/vagrant/.config /home/vagrant/.config/podnet
+  install -m 0600 -o vagrant -g vagrant "${PKI_SRC}/config.yaml" /home/vagrant/.config/podnet/config.yaml
+fi
 log "ready"

@@ -30,8 +30,16 @@ class Kind:
     # .../status keep everything else
     status_subresource: bool = False
     field_selectors: frozenset[str] = frozenset({"metadata.name", "metadata.namespace"})
-    # prepare_create(obj): defaults filled by the server (e.g. a Pod's restartPolicy)
+    # default(obj): the defaults the server fills in (e.g. a Pod's restartPolicy), on create
+    # and on update alike, before validation (so: idempotent, and leaving anything of the
+    # wrong shape to the validation that follows)
+    default: Callable[[dict], None] = lambda obj: None
+    # prepare_create(obj): what only a new object gets (its first status, finalizers)
     prepare_create: Callable[[dict], None] = lambda obj: None
+    # terminating(obj): the object has just been marked for deletion (deletionTimestamp set)
+    terminating: Callable[[dict], None] = lambda obj: None
+    # names that may never be deleted (the system namespaces)
+    undeletable: frozenset[str] = frozenset()
     # graceful_delete(obj, requested grace or None) -> seconds to wait (0: delete now), for
     # kinds whose deletion is a process (Pods: the kubelet stops them first)
     graceful_delete: Callable[[dict, int | None], int] | None = None
@@ -66,14 +74,22 @@ def _validate_namespace(obj: dict, e: Errors) -> None:
     v.enum(e, status, "phase", "status", ("Active", "Terminating"))
 
 
+NAMESPACE_FINALIZER = "kubernetes.io/namespace-content"
+
+
 def _namespace_defaults(obj: dict) -> None:
+    """A new namespace is Active, and held by the namespace controller's finalizer: deleting it
+    makes it Terminating until the controller has deleted what is in it and lets go."""
     obj["status"] = {"phase": "Active"}
-    # held until the namespace controller (controllers/namespaces.py) has emptied it
-    finalizers = obj["metadata"].setdefault("finalizers", [])
-    if "kubernetes.io/namespace-content" not in finalizers:
-        finalizers.append("kubernetes.io/namespace-content")
-    obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = \
-        obj["metadata"]["name"]
+    meta = obj["metadata"]
+    meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+    finalizers = meta.setdefault("finalizers", [])
+    if NAMESPACE_FINALIZER not in finalizers:
+        finalizers.append(NAMESPACE_FINALIZER)
+
+
+def _namespace_terminating(obj: dict) -> None:
+    obj.setdefault("status", {})["phase"] = "Terminating"
 
 
 # -- Node --------------------------------------------------------------------------------------
@@ -196,12 +212,15 @@ KINDS: tuple[Kind, ...] = (
     Kind("Namespace", "namespaces", False, short_names=("ns",), validate=_validate_namespace,
          name_rule="label",
          status_subresource=True, prepare_create=_namespace_defaults,
+         terminating=_namespace_terminating,
+         undeletable=frozenset({"default", "kube-system", "kube-public"}),
          field_selectors=frozenset({"metadata.name", "status.phase"})),
     Kind("Node", "nodes", False, short_names=("no",), validate=_validate_node,
          status_subresource=True,
          field_selectors=frozenset({"metadata.name", "spec.unschedulable"})),
     Kind("Pod", "pods", True, short_names=("po",), validate=pod_kind.validate, name_rule="label",
-         status_subresource=True, prepare_create=pod_kind.defaults,
+         status_subresource=True, default=pod_kind.default_spec,
+         prepare_create=pod_kind.initial_status,
          graceful_delete=_pod_graceful, immutable_spec=pod_kind.IMMUTABLE_SPEC,
          field_selectors=frozenset({"metadata.name", "metadata.namespace", "spec.nodeName",
                                     "spec.restartPolicy", "spec.schedulerName",
@@ -216,10 +235,10 @@ KINDS: tuple[Kind, ...] = (
     Kind("ClusterRole", "clusterroles", False, api_version=RBAC, validate=_rbac("ClusterRole"),
          name_rule="path"),
     Kind("RoleBinding", "rolebindings", True, api_version=RBAC, validate=_rbac("RoleBinding"),
-         name_rule="path", prepare_create=_binding_defaults),
+         name_rule="path", default=_binding_defaults),
     Kind("ClusterRoleBinding", "clusterrolebindings", False, api_version=RBAC,
          validate=_rbac("ClusterRoleBinding"), name_rule="path",
-         prepare_create=_binding_defaults),
+         default=_binding_defaults),
 )
 
 BY_RESOURCE = {k.resource: k for k in KINDS}

@@ -17,6 +17,7 @@ SERVER_FIELDS = {"uid", "resourceVersion", "generation", "creationTimestamp",
                  "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"}
 MAX_OBJECT_BYTES = 1536 * 1024   # etcd's default request limit is 1.5 MiB; the API's 3 MiB
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
+MAX_DEPTH = 64   # a Pod nests about 10 levels deep (affinity terms), its status a few more
 
 
 class ApiError(Exception):
@@ -82,16 +83,39 @@ def decode(data: bytes, what: str = "object") -> dict:
     if len(data) > MAX_REQUEST_BYTES:
         raise TooLarge(f"Request entity too large: limit is {MAX_REQUEST_BYTES}")
     try:
-        obj = json.loads(data, parse_constant=_no_constant)
+        obj = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         raise BadRequest(f"{what}: not valid JSON: {str(e).splitlines()[0][:200]}") from None
     if not isinstance(obj, dict):
         raise BadRequest(f"{what}: must be a JSON object")
+    check_depth(obj, what)
     return obj
 
 
 def _no_constant(name):
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    # 1e400 would be read as inf and written back as "Infinity", which is not JSON
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def check_depth(obj, what: str = "object") -> None:
+    """Refuse objects nested deeper than any kind needs: the server walks and copies objects
+    recursively, and a 900-deep one would end in RecursionError instead of an answer."""
+    todo = [(obj, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"{what}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            todo.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            todo.extend((v, depth + 1) for v in node)
 
 
 def encode(obj: dict) -> bytes:
@@ -158,6 +182,7 @@ def new_metadata(kind: Kind, meta: dict, namespace: str) -> dict:
     if not out.get("name") and meta.get("generateName"):
         out["name"] = meta["generateName"] + _suffix()
         out["generateName"] = meta["generateName"]
+    out.pop("namespace", None)   # kube-apiserver drops it from cluster-scoped objects
     if kind.namespaced:
         out["namespace"] = namespace
     out["uid"] = str(uuid.uuid4())

@@ -232,16 +232,24 @@ def _validate_scheduling(spec: dict, e: Errors) -> None:
     v.enum(e, spec, "preemptionPolicy", "spec", ("PreemptLowerPriority", "Never"))
 
 
-def defaults(obj: dict) -> None:
-    """What kube-apiserver fills in on create (the fields kubectl users see in -o yaml)."""
-    spec = obj["spec"]
+def default_spec(obj: dict) -> None:
+    """What kube-apiserver fills in (the fields kubectl users see in -o yaml), on create and on
+    update, before validation: only what is missing is set, and only where the shape is right."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("terminationGracePeriodSeconds", 30)
     spec.setdefault("schedulerName", "default-scheduler")
     spec.setdefault("dnsPolicy", "ClusterFirst")
     spec.setdefault("priority", 0)
-    for c in [*(spec.get("initContainers") or []), *spec.get("containers", [])]:
+    # on update this runs before validation: anything of the wrong shape is left for it
+    containers = [c for group in ("initContainers", "containers")
+                  if isinstance(spec.get(group), list) for c in spec[group] if isinstance(c, dict)]
+    for c in containers:
         image = c.get("image", "")
+        if not isinstance(image, str):
+            continue
         tag = image.rsplit("/", 1)[-1]
         latest = "@" not in tag and (":" not in tag or tag.endswith(":latest"))
         c.setdefault("imagePullPolicy", "Always" if latest else "IfNotPresent")
@@ -249,12 +257,23 @@ def defaults(obj: dict) -> None:
         c.setdefault("terminationMessagePolicy", "File")
     # DefaultTolerationSeconds: pods leave a node that is unreachable or not ready after 300 s
     tolerations = spec.setdefault("tolerations", [])
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        return
     for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
         if not any(t.get("key") in (key, None, "") and t.get("effect") in ("NoExecute", None)
                    and (t.get("key") or t.get("operator") == "Exists") for t in tolerations):
             tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute",
                                 "tolerationSeconds": DEFAULT_TOLERATION_SECONDS})
-    obj["status"] = {"phase": "Pending", "qosClass": qos_class(spec)}
+
+
+def initial_status(obj: dict) -> None:
+    obj["status"] = {"phase": "Pending", "qosClass": qos_class(obj["spec"])}
+
+
+def defaults(obj: dict) -> None:
+    """Everything a new Pod gets."""
+    default_spec(obj)
+    initial_status(obj)
 
 
 def qos_class(spec: dict) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import copy
 import json
 import logging
+import re
 import time
 from typing import AsyncIterator
 
@@ -15,6 +16,8 @@ from . import objects, selectors
 from .kinds import Kind
 from .objects import ApiError, BadRequest, Forbidden, Gone, Invalid, NotFound, Unavailable
 from .storage import base as st
+from .storage.keys import InvalidKey
+from . import validation as v
 from .validation import Errors
 
 log = logging.getLogger(__name__)
@@ -29,11 +32,18 @@ def _with_rv(kv: st.KeyValue) -> dict:
     return obj
 
 
+MAX_REVISION = 2**63 - 1   # etcd's revisions are int64
+
+
 def _parse_rv(text: str, what="resourceVersion") -> int | None:
     if text in (None, ""):
         return None
-    if not str(text).isdigit():
-        raise BadRequest(f"{what} {text!r} is not a resource version of this server")
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    # ASCII digits only: str.isdigit() takes "²" and "١", which int() then refuses or reads
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,19}", text) \
+            or int(text) > MAX_REVISION:
+        raise BadRequest(f"{what} {str(text)[:40]!r} is not a resource version of this server")
     return int(text)
 
 
@@ -71,15 +81,13 @@ class Registry:
 
     async def create(self, kind: Kind, namespace: str, obj: dict,
                      validate_namespace=True) -> dict:
-        objects.check_kind(obj, kind)
-        meta = obj.get("metadata")
-        if not isinstance(meta, dict):
-            raise Invalid(f"{kind.kind} is invalid: metadata: Required value")
+        meta = self._client_metadata(kind, obj)
         namespace = self._namespace_of(kind, namespace, meta)
         obj = copy.deepcopy(obj)
         obj["metadata"] = objects.new_metadata(kind, meta, namespace)
         obj.pop("status", None) if kind.status_subresource else None
         name = obj["metadata"].get("name", "")
+        kind.default(obj)     # as kube-apiserver: defaults first, then validation
         self._validate(kind, obj, name)
         kind.prepare_create(obj)
         if validate_namespace and kind.namespaced:
@@ -95,9 +103,27 @@ class Registry:
         obj["metadata"]["resourceVersion"] = str(revision)
         return obj
 
+    @staticmethod
+    def _client_metadata(kind: Kind, obj: dict) -> dict:
+        """The body's metadata, its shape checked before anything is copied out of it: fields
+        this server does not know are refused (as strict field validation), not dropped."""
+        if not isinstance(obj, dict):
+            raise BadRequest(f"{kind.kind}: the object must be a JSON object")
+        objects.check_depth(obj, kind.kind)
+        objects.check_kind(obj, kind)
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            raise Invalid(f"{kind.kind} is invalid: metadata: Required value")
+        name = meta.get("name") or meta.get("generateName") or ""
+        e = Errors()
+        v.only(e, meta, "metadata", objects.CLIENT_FIELDS | objects.SERVER_FIELDS)
+        if e:
+            raise objects.invalid(kind, name if isinstance(name, str) else "", e)
+        return meta
+
     def _namespace_of(self, kind: Kind, namespace: str, meta: dict) -> str:
         if not kind.namespaced:
-            return ""
+            return ""   # a namespace in the body of a cluster-scoped object is dropped
         given = meta.get("namespace")
         if given and namespace and given != namespace:
             raise BadRequest("the namespace of the provided object does not match the "
@@ -132,9 +158,8 @@ class Registry:
     async def update(self, kind: Kind, namespace: str, obj: dict, subresource: str = "") -> dict:
         """Replace the object (or only its status), refused with Conflict when
         metadata.resourceVersion is given and stale."""
-        objects.check_kind(obj, kind)
-        meta = obj.get("metadata")
-        if not isinstance(meta, dict) or not meta.get("name"):
+        meta = self._client_metadata(kind, obj)
+        if not meta.get("name") or not isinstance(meta["name"], str):
             raise Invalid(f"{kind.kind} is invalid: metadata.name: Required value")
         namespace = self._namespace_of(kind, namespace, meta)
         name = meta["name"]
@@ -156,10 +181,17 @@ class Registry:
             return out
         out = copy.deepcopy(new)
         meta = {k: new_meta[k] for k in objects.CLIENT_FIELDS if k in new_meta}
+        if cur_meta.get("deletionTimestamp") and isinstance(meta.get("finalizers"), list):
+            added = [f for f in meta["finalizers"] if f not in (cur_meta.get("finalizers") or [])]
+            if added:
+                raise Invalid(f'{kind.kind} "{cur_meta["name"]}" is invalid: metadata.finalizers: '
+                              "Forbidden: no new finalizers can be added if the object is being "
+                              f"deleted, found new finalizers {v.show(added)}")
         for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp",
                   "deletionGracePeriodSeconds", "generateName"):
             if k in cur_meta:
                 meta[k] = cur_meta[k]
+        meta.pop("namespace", None)
         if kind.namespaced:
             meta["namespace"] = cur_meta.get("namespace", "")
         out["metadata"] = meta
@@ -167,6 +199,9 @@ class Registry:
             out.pop("status", None)
             if "status" in current:
                 out["status"] = copy.deepcopy(current["status"])
+        # the defaults the server filled in at creation, filled in the same way here: replacing
+        # an object with the manifest it was created from changes nothing
+        kind.default(out)
         if out.get("spec") != current.get("spec"):
             meta["generation"] = int(cur_meta.get("generation", 1)) + 1
             for field in kind.immutable_spec:
@@ -243,6 +278,9 @@ class Registry:
                 raise objects.conflict(kind, name)
             obj = _with_rv(kv)
             meta = obj["metadata"]
+            if name in kind.undeletable:
+                raise Forbidden(f'{kind.resource} "{name}" is forbidden: this {kind.kind.lower()} '
+                                "may not be deleted")
             seconds = kind.graceful_delete(obj, grace) if kind.graceful_delete else 0
             if meta.get("deletionTimestamp"):
                 # already terminating: only a shorter grace period changes anything
@@ -258,6 +296,7 @@ class Registry:
             meta.pop("resourceVersion")
             meta["deletionTimestamp"] = timestamps.rfc3339(time.time() + seconds)
             meta["deletionGracePeriodSeconds"] = seconds
+            kind.terminating(obj)
             try:
                 revision = await self._call(self.store.update(key, objects.encode(obj),
                                                               kv.mod_revision))
@@ -283,27 +322,28 @@ class Registry:
                     ) -> AsyncIterator[tuple[str, dict]]:
         """("ADDED"|"MODIFIED"|"DELETED"|"BOOKMARK", object) for every change after
         resource_version; "" or "0" starts with the current objects as ADDED. An object that
-        stops matching the selectors is reported DELETED, one that starts matching ADDED."""
+        stops matching the selectors is reported DELETED, one that starts matching ADDED.
+
+        Whether the client holds an object (so whether a change is ADDED, MODIFIED, DELETED or
+        nothing) is known from the listing at revision R made here, and from the events: a
+        DELETE carries the object as it was, a PUT that created the key had nothing before.
+        Only the first change of a key in (resource_version, R] that is neither has an unknown
+        past; it is reported as the client may have held it (a DELETED for an object the
+        client does not hold is harmless, a missed one is not)."""
         labels, fields = self._selectors(kind, label_selector, field_selector)
 
         def matches(o: dict) -> bool:
             return labels.matches(o["metadata"].get("labels")) and fields.matches(o)
+        everything = labels.empty() and not fields.requirements
         after = _parse_rv(resource_version, "resourceVersion")
-        seen: set[str] = set()
+        kvs, listed = await self._call(self.store.list(kind.prefix(namespace)))
+        held = {kv.key: matches(_with_rv(kv)) for kv in kvs}   # at revision `listed`
         if not after:
-            kvs, after = await self._call(self.store.list(kind.prefix(namespace)))
+            after = listed
             for kv in kvs:
-                obj = _with_rv(kv)
-                if matches(obj):
-                    seen.add(kv.key)
-                    yield "ADDED", obj
-        else:
-            # which keys the client holds is not known; those that match now are assumed held
-            # (a later change that stops matching is reported DELETED)
-            kvs, _ = await self._call(self.store.list(kind.prefix(namespace)))
-            seen = {kv.key for kv in kvs if matches(_with_rv(kv))}
-        if not self.available:
-            raise Unavailable("the cluster API is starting: its store has not been reached yet")
+                if held[kv.key]:
+                    yield "ADDED", _with_rv(kv)
+        known: set[str] = set()      # keys whose state since `after` the events have told
         stream = self.store.watch(kind.prefix(namespace), after)
         last = after
         try:
@@ -323,16 +363,22 @@ class Registry:
                 last = event.revision
                 obj = json.loads(event.value)
                 obj.setdefault("metadata", {})["resourceVersion"] = str(event.revision)
+                now = event.type != "DELETE" and matches(obj)
                 if event.type == "DELETE":
-                    if event.key in seen:
-                        seen.discard(event.key)
-                        yield "DELETED", obj
-                elif matches(obj):
-                    kind_of = "ADDED" if event.created or event.key not in seen else "MODIFIED"
-                    seen.add(event.key)
-                    yield kind_of, obj
-                elif event.key in seen:
-                    seen.discard(event.key)
+                    before = matches(obj)
+                elif event.created:
+                    before = False
+                elif event.key in known or event.revision > listed:
+                    before = held.get(event.key, False)
+                elif everything:
+                    before = True         # it existed, and everything matches
+                else:
+                    before = None         # changed before the listing: the past is unknown
+                held[event.key] = now
+                known.add(event.key)
+                if now:
+                    yield ("ADDED" if before is False else "MODIFIED"), obj
+                elif before is not False:
                     yield "DELETED", obj
         finally:
             await stream.aclose()
@@ -347,6 +393,8 @@ class Registry:
             return await coro
         except st.StoreUnavailable as e:
             raise Unavailable(f"the store of record is unavailable: {e}") from None
+        except InvalidKey as e:   # api.py checks names first; this is the last line
+            raise BadRequest(f"not a name of this server: {e}") from None
 
 
 __all__ = ["Registry", "ApiError"]

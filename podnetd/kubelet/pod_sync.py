@@ -163,11 +163,11 @@ class PodSync:
                 f"a node-local pod {key} already runs on node {self.node}", "exists"))
 
     async def _report_failure(self, obj: dict, e: Exception) -> None:
+        # the kubelet's admission refusal: the pod cannot run on this node (images and
+        # sandboxes are retried inside the runtime, never refused here)
         status = dict(obj.get("status") or {})
-        waiting = getattr(e, "status", "") == "precondition"   # may work later: stays Pending
-        status.update({"phase": "Pending" if waiting else "Failed",
-                       "reason": "CreateContainerConfigError" if waiting
-                       else "UnexpectedAdmissionError", "message": str(e)})
+        status.update({"phase": "Failed", "reason": "UnexpectedAdmissionError",
+                       "message": str(e)})
         log.warning("node agent: pod %s cannot run here: %s", _key(obj), e)
         await self._write_status(obj, status)
 
