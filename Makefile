@@ -13,6 +13,8 @@ APT_PACKAGES := gcc libc6-dev iproute2 iputils-ping nftables python3-venv contai
 # libvirt, scrapes a lab with a real Prometheus and pulls from a real registry); a node, and so
 # the lab's VM box, does not.
 TEST_APT_PACKAGES := vagrant vagrant-libvirt prometheus docker-registry
+# The lab's image registry (`make demo`, `podnetctl lab up --store etcd`); not a node's either.
+LAB_APT_PACKAGES := docker-registry
 PYTEST_ARGS ?=
 # e.g. --system-site-packages where the system Python already has the dependencies (the Vagrant box)
 VENV_FLAGS ?=
@@ -28,6 +30,10 @@ apt: .stamp-apt
 
 .stamp-apt-test: Makefile .ci/apt-deps
 	bash .ci/apt-deps $(TEST_APT_PACKAGES)
+	@touch $@
+
+.stamp-apt-lab: Makefile .ci/apt-deps
+	bash .ci/apt-deps $(LAB_APT_PACKAGES)
 	@touch $@
 
 venv: $(VENV)/.stamp
@@ -47,7 +53,7 @@ test-unit: venv
 	$(PY) -m pytest -q -m "not root" $(PYTEST_ARGS) tests
 
 ## demo: a local lab with pods pinging across nodes, then teardown
-demo: deps
+demo: deps .stamp-apt-lab
 	$(PY) -m podnetd.demo
 
 ## install: the plugin to $(CNI_BIN_DIR)/podnet, the commands to $(BIN_DIR) and, unless podnet is

@@ -1,11 +1,10 @@
 """`make demo`: a 3-node lab (two underlay subnets joined by a router, so peers on the same subnet
 use host-gw and the others vxlan), a pod per node and an all-pairs ping matrix; then, with the
 etcd store, the cluster: pods applied once at one node's API over TLS as the admin land where
-their anti-affinity and node selector ask, run and ping across nodes, and RBAC refuses a user
-with no rights. Everything it made is torn down at the end."""
+their anti-affinity and node selector ask, pull their image from the lab's registry, run and
+ping across nodes, and RBAC refuses a user with no rights. Everything it made is torn down at the end."""
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -13,6 +12,7 @@ import time
 import grpc
 
 from .lab import cluster_api, pods, probe, status
+from .runtime import busybox_image
 from .lab.lab import SEGMENT_LABEL, Lab, LabError
 
 WEB_ANTI_AFFINITY = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
@@ -62,10 +62,10 @@ def run(topology: str, store: str, nodes: int) -> int:
         _say(f"lab {name} removed (namespaces, daemons, state dir)", t0)
 
 
-def _pod(name: str, labels: dict, **spec) -> dict:
+def _pod(name: str, labels: dict, image: str, **spec) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
             "spec": {"terminationGracePeriodSeconds": 1, **spec, "containers": [
-                {"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]}}
+                {"name": "main", "image": image, "command": ["sleep", "3600"]}]}}
 
 
 def _running(p: dict) -> bool:
@@ -78,15 +78,22 @@ def cluster(lab: Lab, t0: float) -> bool:
     print()
     _say(f"cluster API on every node ({', '.join(f'https://{lab.api_server(n)}' for n in lab.node_names())}); "
          f"client config {cluster_api.config_path(lab)}", t0)
-    with tempfile.TemporaryDirectory(prefix="pndemo-") as tmp:
-        archive = os.path.join(tmp, "busybox.tar")
-        subprocess.run([sys.executable, "-m", "podnetd.runtime.busybox_image", archive],
-                       check=True, capture_output=True)
-        cluster_api.import_image(lab, "busybox", archive)
-    _say("busybox imported into every node's runtime", t0)
+    if lab.registry:
+        image = lab.registry_image
+        _say(f"image registry on the underlay: {lab.registry} (plain HTTP; every node's kubelet "
+             f"pulls {image} from it)", t0)
+    else:   # docker-registry is not installed (`make demo` installs it)
+        image = "busybox"
+        with tempfile.TemporaryDirectory(prefix="pndemo-") as tmp:
+            archive = os.path.join(tmp, "busybox.tar")
+            busybox_image.write(archive)
+            cluster_api.import_image(lab, image, archive)
+        _say("no image registry (docker-registry is not installed): busybox imported into "
+             "every node's runtime", t0)
     last_segment = lab.st.nodes[lab.node_names()[-1]]["segment"]
-    manifests = [_pod(f"web-{i}", {"app": "web"}, affinity=WEB_ANTI_AFFINITY) for i in range(3)]
-    manifests.append(_pod("db", {"app": "db"}, nodeSelector={SEGMENT_LABEL: last_segment}))
+    manifests = [_pod(f"web-{i}", {"app": "web"}, image, affinity=WEB_ANTI_AFFINITY)
+                 for i in range(3)]
+    manifests.append(_pod("db", {"app": "db"}, image, nodeSelector={SEGMENT_LABEL: last_segment}))
     with cluster_api.client(lab, lab.node_names()[0]) as admin:
         for m in manifests:
             admin.create("pods", m, "default")
@@ -111,6 +118,12 @@ def cluster(lab: Lab, t0: float) -> bool:
         for r in rows:
             print("  " + "   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         print()
+        pulled = _pulled_event(admin, "web-0")
+        if pulled:
+            src = pulled.get("source") or {}
+            _say(f"web-0's Pulled event (kubelet on {src.get('host', '?')}): {pulled['message']}", t0)
+        else:
+            _say("web-0 has no Pulled event", t0)
         webs = [got[f"web-{i}"] for i in range(3)]
         spread = len({p["spec"]["nodeName"] for p in webs}) == 3
         segment_ok = lab.st.nodes[got["db"]["spec"]["nodeName"]]["segment"] == last_segment
@@ -122,13 +135,25 @@ def cluster(lab: Lab, t0: float) -> bool:
              f"{answered}/{len(pairs)}", t0)
     with cluster_api.client(lab, lab.node_names()[-1], cluster_api.USER[0]) as alice:
         try:
-            alice.create("pods", _pod("alice-pod", {}), "default")
+            alice.create("pods", _pod("alice-pod", {}, image), "default")
             refused = False
             _say("RBAC: alice created a pod — she should NOT have been allowed", t0)
         except grpc.RpcError as e:
             refused = e.code() == grpc.StatusCode.PERMISSION_DENIED
             _say(f"RBAC: alice (no bindings) creating a pod: {e.code().name}: {e.details()}", t0)
-    return spread and segment_ok and answered == len(pairs) and refused
+    return spread and segment_ok and answered == len(pairs) and refused and bool(pulled)
+
+
+def _pulled_event(admin, pod: str) -> dict | None:
+    """The kubelet's Pulled event of a pod from the API's events (the node agent records them
+    asynchronously: a moment after the pod runs at most)."""
+    def find():
+        return next((e for e in admin.list("events", "default")
+                     if e["involvedObject"].get("name") == pod and e["reason"] == "Pulled"), None)
+    try:
+        return probe.until(find, 10, f"{pod}'s Pulled event", 0.2)
+    except TimeoutError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

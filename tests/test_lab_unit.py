@@ -16,6 +16,8 @@ def test_l2_plan_puts_every_node_on_one_segment():
         ("n2", "x-n2", "10.250.0.12", "10.244.2.0/24"),
         ("n3", "x-n3", "10.250.0.13", "10.244.3.0/24")]
     assert plan.etcd_address("x", "l2") == "10.250.0.2"
+    assert plan.registry_address("x", "l2") == "10.250.0.3"
+    assert plan.registry_address("x", "routed") == "10.250.1.3"   # segment A, as etcd
 
 
 def test_routed_plan_splits_nodes_across_the_router():

@@ -1,4 +1,5 @@
 """podnetctl lab up | down | status | list | pod add|del|list | image import | matrix | exec."""
+import argparse
 import os
 import shlex
 import sys
@@ -45,7 +46,11 @@ def cmd_up(args) -> int:
                     extra_args=args.extra_args,
                     node_monitor_grace_period=args.node_monitor_grace_period,
                     node_lease_renew=args.node_lease_renew,
-                    leader_elect_lease_duration=args.leader_elect_lease_duration)
+                    leader_elect_lease_duration=args.leader_elect_lease_duration,
+                    registry=args.registry)
+    if args.registry is None and args.store == "etcd" and lb.registry is None:
+        print("note: no image registry (docker-registry or skopeo is not installed); pods use "
+              "images from `podnetctl lab image import`", file=sys.stderr)
     missing = lb.missing_routes()
     _print_status(status.collect(lb), args.output)
     if missing:
@@ -63,7 +68,6 @@ def _print_usage(lb) -> None:
 
 def extra_args(text: str) -> list[str]:
     """--extra-args "--flag value ...": podnetd flags for every node, split as a shell would."""
-    import argparse
     try:
         words = shlex.split(text)
     except ValueError as e:
@@ -96,6 +100,9 @@ def _print_status(data: dict, fmt: str) -> None:
         output.emit([], [], fmt, raw=data)
         return
     print(f"lab {data['name']}: topology {data['topology']}, store {data['store']}, state {data['dir']}")
+    if data.get("registry"):
+        r = data["registry"]
+        print(f"image registry {r['address']} (plain HTTP; {r['process']}): {r['image']}")
     rows = [{**n, "peers": " ".join(f"{k}={v}" for k, v in sorted(n["peers"].items())) or "-"}
             for n in data["nodes"]]
     sys.stdout.write(output.table(rows, [("NODE", "node"), ("UNDERLAY", "underlay_ip"),
@@ -218,6 +225,9 @@ def register(sub, common) -> None:
                    help="podnetd --node-lease-renew (seconds) on every node")
     p.add_argument("--leader-elect-lease-duration", type=float,
                    help="podnetd --leader-elect-lease-duration (seconds) on every node")
+    p.add_argument("--registry", action=argparse.BooleanOptionalAction, default=None,
+                   help="run an image registry on the underlay with busybox:1 pushed to it "
+                        "(default: with --store etcd)")
     p.add_argument("--extra-args", type=extra_args, default=[],
                    help='more podnetd flags for every node, one string: "--log-level debug"')
     p.add_argument("--wait", type=float, default=30, help="seconds to wait for convergence")

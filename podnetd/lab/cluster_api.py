@@ -172,6 +172,37 @@ def client(lab, node: str | None = None, user: str | None = ADMIN[0], **kw):
         c.close()
 
 
+def wait_nodes_ready(lab, timeout: float = 30) -> None:
+    """Until every lab node's Node object is Ready without a node.kubernetes.io/ taint (the
+    node lifecycle's not-ready/unreachable), as the admin at the first node: a pod applied
+    before would find fewer nodes and wait for the scheduler's retry. LabError otherwise."""
+    import time
+    from .lab import LabError
+    want = set(lab.node_names())
+    deadline = time.monotonic() + timeout
+    seen: dict = {}
+    with client(lab) as c:
+        while True:
+            try:
+                seen = {n["metadata"]["name"]: n for n in c.list("nodes")}
+            except grpc.RpcError:
+                pass   # the API may still be opening its store
+            if all(n in seen and _schedulable(seen[n]) for n in want):
+                return
+            if time.monotonic() > deadline:
+                late = sorted(n for n in want if n not in seen or not _schedulable(seen[n]))
+                raise LabError(f"nodes {', '.join(late)} not Ready in the cluster API after "
+                               f"{timeout}s")
+            time.sleep(0.1)
+
+
+def _schedulable(node: dict) -> bool:
+    ready = [c for c in node.get("status", {}).get("conditions") or [] if c["type"] == "Ready"]
+    taints = [t for t in node.get("spec", {}).get("taints") or []
+              if t.get("key", "").startswith("node.kubernetes.io/")]
+    return bool(ready) and ready[0]["status"] == "True" and not taints
+
+
 # -- node runtimes ---------------------------------------------------------------------------
 
 

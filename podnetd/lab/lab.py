@@ -12,6 +12,7 @@ import grpc
 from ..api.podnet.v1 import cluster_pb2, cluster_pb2_grpc, node_pb2, node_pb2_grpc
 from ..config import cni_socket_for
 from . import cluster_api, netops, pki, plan, procs, state
+from . import registry as imgreg
 from .plan import PlanError
 from .state import LabState, StateError
 
@@ -74,7 +75,8 @@ class Lab:
            vxlan_port: int | None = None, extra_args: list[str] | None = None,
            big_tcp: bool = False, node_monitor_grace_period: float | None = None,
            node_lease_renew: float | None = None,
-           leader_elect_lease_duration: float | None = None, wait: float = 30.0) -> "Lab":
+           leader_elect_lease_duration: float | None = None,
+           registry: bool | None = None, wait: float = 30.0) -> "Lab":
         """Create a lab of `nodes` nodes and wait (up to `wait` s) until every daemon serves and,
         when the daemons do cluster routing, every node routes to every other. Anything made
         before a failure is torn down again. Static-store peers talk mutual TLS with
@@ -84,16 +86,28 @@ class Lab:
 
         An etcd lab with TLS also runs the cluster API on every node (<node ip>:6443, the node
         certificate, client certificates from the lab CA, an audit log in the node's dir) and
-        writes a client config for an admin and a plain user (cluster_api.py). The control
+        writes a client config for an admin and a plain user (cluster_api.py); `up` returns
+        once every Node is Ready in that API (a pod applied then finds every node). The control
         plane's timings (node lease renewal, node monitor grace period, leader lease) may be
-        shortened for tests."""
+        shortened for tests.
+
+        registry (default: for the etcd store, when docker-registry is installed) runs an
+        image registry on the underlay (registry.py) holding <address>:5000/busybox:1; every
+        node may pull from it over plain HTTP."""
         cls.check(nodes, topology, store, name)
+        if registry is None:
+            registry = store == "etcd" and imgreg.installed()
+        elif registry and not imgreg.installed():
+            raise LabError(f"registry: {imgreg.BINARY} or skopeo is not installed "
+                           f"(apt-get install {imgreg.BINARY} skopeo)")
+
         options = {"tls": tls, "node_timeout": node_timeout, "backend": backend,
                    "reconcile_interval": reconcile_interval, "vxlan_vni": vxlan_vni,
                    "vxlan_port": vxlan_port, "extra_args": extra_args or [], "big_tcp": big_tcp,
                    "node_monitor_grace_period": node_monitor_grace_period,
                    "node_lease_renew": node_lease_renew,
-                   "leader_elect_lease_duration": leader_elect_lease_duration}
+                   "leader_elect_lease_duration": leader_elect_lease_duration,
+                   "registry": bool(registry)}
         st = LabState(name=name, topology=topology, store=store, options=options, root=root)
         with state.locked(name, root):
             try:
@@ -109,6 +123,8 @@ class Lab:
                     cluster_api.make_users(lab)
                 if store == "etcd":
                     lab._start_etcd()
+                if registry:
+                    lab._start_registry()
                 segs = plan.initial_segments(nodes, topology)
                 planned = [plan.plan_node(name, topology, store, i + 1, segs[i]) for i in range(nodes)]
                 for p in planned:
@@ -119,6 +135,7 @@ class Lab:
                 lab.wait_ready(peers, timeout=wait)
                 if lab.serves_api:
                     cluster_api.write_config(lab)
+                    cluster_api.wait_nodes_ready(lab, wait)
             except BaseException:
                 lab._teardown()
                 raise
@@ -276,6 +293,65 @@ class Lab:
         if record:
             procs.stop(record, sig)
 
+    # -- the image registry --------------------------------------------------------------------
+
+    @property
+    def registry(self) -> str | None:
+        """HOST:PORT of the lab's image registry, or None when the lab has none."""
+        if not self.st.options.get("registry"):
+            return None
+        return f"{plan.registry_address(self.st.name, self.st.topology)}:{plan.REGISTRY_PORT}"
+
+    @property
+    def registry_image(self) -> str:
+        """The busybox test image's name in the lab's registry."""
+        if self.registry is None:
+            raise LabError(f"lab {self.st.name} runs no image registry")
+        return f"{self.registry}/{imgreg.TEST_IMAGE}"
+
+    def _registry_dir(self) -> str:
+        return os.path.join(self.st.dir, imgreg.NAME)
+
+    def _registry_ns(self) -> str:
+        return f"{self.st.name}-{imgreg.NAME}"
+
+    def _start_registry(self) -> None:
+        ns = self._registry_ns()
+        self._add_netns(ns)
+        self._attach(ns, "a", imgreg.NAME, plan.registry_address(self.st.name, self.st.topology))
+        self.start_registry()
+        self.push_test_image()
+
+    def push_test_image(self, name: str = imgreg.TEST_IMAGE) -> str:
+        """Push the busybox test image to the lab's registry as NAME:TAG; its full name."""
+        if self.registry is None:
+            raise LabError(f"lab {self.st.name} runs no image registry")
+        try:
+            return imgreg.push_test_image(self._registry_ns(), self._registry_dir(),
+                                          self.registry, name)
+        except imgreg.RegistryError as e:
+            raise LabError(f"registry: {e}") from None
+
+    def start_registry(self, timeout: float = 20) -> None:
+        """(Re)start the registry on the storage it had and wait until it listens."""
+        d = self._registry_dir()
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        config = imgreg.write_config(d, self.registry)
+        log = os.path.join(d, "registry.log")
+        # a restart appends to the log: only what this process writes says it listens
+        offset = os.path.getsize(log) if os.path.exists(log) else 0
+        with state.locked(self.st.name, self.st.root):
+            record = self._spawn(imgreg.NAME, imgreg.argv(self._registry_ns(), config), log)
+        try:
+            imgreg.wait_listening(record, self.registry, timeout, offset)
+        except imgreg.RegistryError as e:
+            raise LabError(f"registry: {e}") from None
+
+    def stop_registry(self, sig: int = signal.SIGTERM) -> None:
+        record = self.st.processes.get(imgreg.NAME)
+        if record:
+            procs.stop(record, sig)
+
     # -- daemons -----------------------------------------------------------------------------
 
     def _spawn(self, key: str, argv: list[str], log: str) -> dict:
@@ -324,7 +400,8 @@ class Lab:
                        ("--audit-log", self.audit_log(node))]
         wanted += [("--node-monitor-grace-period", o.get("node_monitor_grace_period")),
                    ("--node-lease-renew", o.get("node_lease_renew")),
-                   ("--leader-elect-lease-duration", o.get("leader_elect_lease_duration"))]
+                   ("--leader-elect-lease-duration", o.get("leader_elect_lease_duration")),
+                   ("--insecure-registry", self.registry)]
         if "--cni-conf-dir" in flags:
             from ..install import REFERENCE_CNI_DIR
             conf_dir, bin_dir = self._node_cni_dirs(n)

@@ -4,7 +4,7 @@ Underlay addresses come from 10.250.0.0/16. They only ever exist inside namespac
 creates, so they cannot clash with the host. l2: one segment 10.250.0.0/24 whose bridge lives in
 its own namespace and answers at .1. routed: segments A 10.250.1.0/24 and B 10.250.2.0/24,
 joined by a router namespace at .1 on each. Node i has host number 10+i on its segment; etcd
-takes .2 on the first segment.
+takes .2 on the first segment, the image registry .3.
 """
 import dataclasses
 import ipaddress
@@ -15,6 +15,7 @@ PEER_PORT = 7470
 METRICS_PORT = 9633
 ETCD_PORT = 2379
 API_PORT = 6443          # the cluster API on every node of an etcd lab, as kube-apiserver's
+REGISTRY_PORT = 5000     # the lab's image registry (plain HTTP), as docker-registry's default
 MAX_NODES = 200
 TOPOLOGIES = ("l2", "routed")
 STORES = ("static", "etcd")
@@ -94,6 +95,10 @@ def plan_node(lab: str, topology: str, store: str, index: int, segment: str) -> 
 
 def etcd_address(lab: str, topology: str) -> str:
     return host_address(segments(lab, topology)[0], 2)
+
+
+def registry_address(lab: str, topology: str) -> str:
+    return host_address(segments(lab, topology)[0], 3)
 
 
 def validate_name(name: str) -> str:

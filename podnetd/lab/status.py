@@ -4,7 +4,7 @@ import ipaddress
 
 from ..api.podnet.v1 import cluster_pb2
 from ..apiconv import enum_word, message_dict as _msg
-from . import plan, probe, procs
+from . import plan, probe, procs, registry
 from .lab import Lab
 
 
@@ -43,6 +43,11 @@ def collect(lab: Lab) -> dict:
                 routes.append({"on": name, "kind": "route", "node": "", "mode": "kernel",
                                "destination": r["dst"], "via": r["gateway"] or "",
                                "dev": r["dev"] or "", "state": "present"})
+    reg = None
+    if lab.registry:
+        record = lab.st.processes.get(registry.NAME)
+        reg = {"address": lab.registry, "image": lab.registry_image,
+               "process": f"pid {record['pid']}" if record and procs.alive(record) else "DOWN"}
     pods = [{"pod": k, "netns": p["netns"], "address": p["address"]} for k, p in lab.st.pods.items()]
     return {"name": lab.st.name, "topology": lab.st.topology, "store": lab.st.store,
-            "dir": lab.st.dir, "nodes": nodes, "routes": routes, "pods": pods}
+            "dir": lab.st.dir, "registry": reg, "nodes": nodes, "routes": routes, "pods": pods}
