@@ -52,6 +52,7 @@ class NodeLifecycleController:
         self.release_claim = release_claim
         self.nodes = Informer(client, "nodes", on_change=self._node_seen)
         self._orphans: dict[str, float] = {}         # pod key -> when first seen on no node
+        self._appeared: dict[str, float] = {}        # node -> when this controller first saw it
         self._deleted: list[str] = []                # nodes deleted, claims to release
         self.leases = Informer(client, "leases", LEASE_NAMESPACE, on_change=self._lease_seen)
         self.pods = Informer(client, "pods")
@@ -62,6 +63,9 @@ class NodeLifecycleController:
     def _node_seen(self, key: str, old, new) -> None:
         if new is None and old is not None:
             self._deleted.append(key)
+            self._appeared.pop(key, None)
+        elif old is None and new is not None:
+            self._appeared.setdefault(key, time.monotonic())
 
     def _lease_seen(self, key: str, old, new) -> None:
         if new is not None:
@@ -88,8 +92,10 @@ class NodeLifecycleController:
                 await inf.stop()
 
     def _silent_for(self, name: str) -> float:
-        # a node never seen renewing counts from when this controller started (as kube's)
-        return time.monotonic() - self._seen.get(name, self._started)
+        # a node never seen renewing counts from when this controller started or first saw
+        # the node, whichever is later (a node registers its Node before its first Lease)
+        since = max(self._started, self._appeared.get(name, self._started))
+        return time.monotonic() - self._seen.get(name, since)
 
     async def _monitor(self) -> None:
         for name, node in list(self.nodes.cache.items()):
