@@ -1,6 +1,7 @@
 """The lab: underlay namespaces, a podnetd per node (mTLS peers or etcd), pods; and teardown."""
 import contextlib
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -588,6 +589,7 @@ class Lab:
                 procs.stop_many(group, signal.SIGTERM, timeout=5)
             except OSError as e:
                 errors.append(f"stop processes: {e}")
+        errors += self._remove_left_containers()
         pods = [p["netns"] for p in self.st.pods.values()]
         for ns in pods + [ns for ns in reversed(self.st.namespaces) if ns not in pods]:
             try:
@@ -630,6 +632,40 @@ class Lab:
                 except grpc.RpcError as e:
                     if e.code() != grpc.StatusCode.UNIMPLEMENTED:   # a daemon without runtime
                         errors.append(f"{node}: remove pods: {e.details() or e.code().name}")
+        return errors
+
+    def _remove_left_containers(self) -> list[str]:
+        """What a node's runtime left because its podnetd was already dead at teardown (killed
+        by a test, crashed): the containers whose bundles lie in this lab's dir (runc's own
+        list, removed by container id) and the pods' named network namespaces (the runtime's
+        pod store in each node's state dir)."""
+        errors = []
+        try:
+            listed = subprocess.run(["runc", "list", "--format", "json"], capture_output=True,
+                                    text=True, timeout=30).stdout
+            containers = json.loads(listed or "[]") or []
+        except (OSError, ValueError, subprocess.SubprocessError) as e:
+            return [f"list containers: {e}"]
+        inside = self.st.dir.rstrip("/") + "/"
+        for c in containers:
+            if str(c.get("bundle", "")).startswith(inside):
+                done = subprocess.run(["runc", "delete", "--force", c["id"]],
+                                      capture_output=True, text=True, timeout=30)
+                if done.returncode != 0 and "does not exist" not in done.stderr:
+                    errors.append(f"remove container {c['id']}: {done.stderr.strip()}")
+        for node in self.st.nodes.values():
+            store = os.path.join(node["dir"], "state", "pods")
+            for name in sorted(os.listdir(store)) if os.path.isdir(store) else ():
+                try:
+                    with open(os.path.join(store, name)) as f:
+                        netns = json.load(f).get("netns") or ""
+                except (OSError, ValueError, AttributeError):
+                    continue
+                if netns and "/" not in netns and os.path.exists(f"/run/netns/{netns}"):
+                    try:
+                        netops.netns_del(netns)
+                    except netops.NetopsError as e:
+                        errors.append(str(e))
         return errors
 
     @staticmethod
