@@ -8,6 +8,8 @@ import socket
 import subprocess
 import tempfile
 
+import pytest
+
 from podnetd.lab import pki
 from testlib import wait_for
 
@@ -82,3 +84,14 @@ class LocalEtcd:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_etcd():
+    """One LocalEtcd for a test module (import this name into the module to use it)."""
+    etcd = LocalEtcd()
+    try:
+        etcd.start()
+        yield etcd
+    finally:
+        etcd.cleanup()

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from etcd_local import LocalEtcd
+from etcd_local import LocalEtcd, shared_etcd  # noqa: F401 (a fixture)
 from podnetd.apiserver import authn, authz, bootstrap, kinds, objects, rbac
 from podnetd.apiserver.api import Api, UserClient
 from podnetd.apiserver.objects import (AlreadyExists, BadRequest, Conflict, Forbidden, Gone,
@@ -36,16 +36,6 @@ RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 
 # -- the two stores ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def shared_etcd():
-    etcd = LocalEtcd()
-    try:
-        etcd.start()
-        yield etcd
-    finally:
-        etcd.cleanup()
-
 
 @dataclasses.dataclass
 class T:

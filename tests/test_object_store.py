@@ -12,7 +12,7 @@ import etcd3gw
 import pytest
 import requests
 
-from etcd_local import LocalEtcd
+from etcd_local import LocalEtcd, shared_etcd  # noqa: F401 (a fixture)
 from podnetd.apiserver.storage.base import (Conflict, KeyExists, KeyNotFound, KeyValue,
                                             StoreError, StoreUnavailable, TooOld, WatchEvent)
 from podnetd.apiserver.storage.etcd import EtcdObjectStore
@@ -21,16 +21,6 @@ from podnetd.apiserver.storage.sqlite import PAGE, SqliteStore
 from testlib import unique
 
 WAIT = 20.0  # a hang guard for one event, not a speed check
-
-
-@pytest.fixture(scope="module")
-def shared_etcd():
-    etcd = LocalEtcd()
-    try:
-        etcd.start()
-        yield etcd
-    finally:
-        etcd.cleanup()
 
 
 @pytest.fixture
