@@ -979,3 +979,29 @@ def test_a_node_may_write_the_status_of_a_pod_bound_to_it_a_moment_ago(env):
         finally:
             await access.stop()
     env.run(body)
+
+
+def test_a_bindings_role_ref_cannot_change(tmp_path):
+    """As Kubernetes: a RoleBinding's roleRef is fixed at creation (delete and create to
+    point it elsewhere), so a grant cannot be widened by an update of the binding."""
+    async def run():
+        store = SqliteStore(str(tmp_path / "o.db"))
+        await store.start()
+        registry = Registry(store, available=True)
+        await bootstrap.ensure(registry, rbac.bootstrap_objects())
+        kind = kinds.BY_RESOURCE["rolebindings"]
+        binding = await registry.create(kind, "default", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "b"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "view"},
+            "subjects": [{"kind": "User", "name": "alice"}]})
+        binding["roleRef"]["name"] = "cluster-admin"
+        with pytest.raises(objects.Invalid) as refused:
+            await registry.update(kind, "default", binding)
+        assert 'RoleBinding "b" is invalid: roleRef: Invalid value:' in refused.value.message
+        assert "cannot change roleRef" in refused.value.message
+        stored = await registry.get(kind, "default", "b")
+        assert stored["roleRef"]["name"] == "view"
+        await store.close()
+    asyncio.run(run())

@@ -45,6 +45,8 @@ class Kind:
     graceful_delete: Callable[[dict, int | None], int] | None = None
     # fields of spec that may not change after creation (paths under spec)
     immutable_spec: tuple[str, ...] = ()
+    # top-level fields that may not change after creation (a binding's roleRef, as Kubernetes)
+    immutable_top: tuple[str, ...] = ()
     # metadata.name: "label" (DNS label, 63), "subdomain" (DNS subdomain, 253) or "path" (any
     # path segment: RBAC names such as system:kube-scheduler)
     name_rule: str = "subdomain"
@@ -235,8 +237,10 @@ KINDS: tuple[Kind, ...] = (
     Kind("ClusterRole", "clusterroles", False, api_version=RBAC, validate=_rbac("ClusterRole"),
          name_rule="path"),
     Kind("RoleBinding", "rolebindings", True, api_version=RBAC, validate=_rbac("RoleBinding"),
+         immutable_top=("roleRef",),
          name_rule="path", default=_binding_defaults),
     Kind("ClusterRoleBinding", "clusterrolebindings", False, api_version=RBAC,
+         immutable_top=("roleRef",),
          validate=_rbac("ClusterRoleBinding"), name_rule="path",
          default=_binding_defaults),
 )

@@ -203,6 +203,10 @@ class Registry:
         # the defaults the server filled in at creation, filled in the same way here: replacing
         # an object with the manifest it was created from changes nothing
         kind.default(out)
+        for field in kind.immutable_top:
+            if out.get(field) != current.get(field):
+                raise Invalid(f'{kind.kind} "{cur_meta["name"]}" is invalid: {field}: Invalid '
+                              f"value: {v.show(out.get(field))}: cannot change {field}")
         if out.get("spec") != current.get("spec"):
             meta["generation"] = int(cur_meta.get("generation", 1)) + 1
             for field in kind.immutable_spec:
