@@ -106,7 +106,12 @@ def test_missing_tag_is_err_image_pull_then_back_off_until_pushed(env):
         p = node.wait("notag", lambda p: waiting(p).get("reason") == "ImagePullBackOff",
                       what="ImagePullBackOff")
         assert waiting(p)["message"] == f'Back-off pulling image "{image}"'
-        assert "ImagePullBackOff" in node.ctl("pod", "ls").stdout
+        # STATUS shows the waiting reason; with this test's short back-off the pull is tried
+        # again within seconds (ErrImagePull once more), so look until it shows the back-off
+        deadline = time.monotonic() + 30
+        while "ImagePullBackOff" not in (listing := node.ctl("pod", "ls").stdout):
+            assert "ErrImagePull" in listing and time.monotonic() < deadline, listing
+            time.sleep(0.1)
         text = node.ctl("pod", "describe", "notag").stdout
         assert f'Failed to pull image "{image}": {image}: not found (manifest unknown)' in text
         assert f'Back-off pulling image "{image}"' in text and "Error: ErrImagePull" in text

@@ -12,6 +12,7 @@ import ipaddress
 
 import grpc
 
+from ..aio import within
 from ..server import MAX_MESSAGE_BYTES
 
 DIAL_TIMEOUT = 5.0
@@ -86,7 +87,7 @@ class Dialer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", 0)])
         try:
-            await asyncio.wait_for(channel.channel_ready(), DIAL_TIMEOUT)
+            await within(channel.channel_ready(), DIAL_TIMEOUT)
         except asyncio.TimeoutError:
             await channel.close()
             raise DialError(f"error dialing backend: node {name!r} at {target}: no TLS "

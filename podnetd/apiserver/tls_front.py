@@ -62,6 +62,7 @@ import socket
 import ssl
 import time
 import urllib.parse
+from ..aio import within
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +447,7 @@ class TlsFront:
             if (ipaddress.ip_address(self.backend_host), port) in self._ids:
                 continue
             try:
-                reader, writer = await asyncio.wait_for(
+                reader, writer = await within(
                     asyncio.open_connection(self.backend_host, self.backend_port, limit=CHUNK,
                                             local_addr=(self.backend_host, port)),
                     _BACKEND_CONNECT_TIMEOUT)

@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import replace
 
+from ..aio import within
 from ..kernel import ip_lib, vxlan
 from ..kernel.errors import KernelError
 from ..errors import StartupError
@@ -234,7 +235,7 @@ class ClusterComponent:
             except Exception as e:  # noqa: BLE001 - the loop must survive anything and retry
                 log.exception("cluster reconcile failed: %s", e)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.reconcile_interval)
+                await within(self._wake.wait(), self.reconcile_interval)
 
     async def reconcile(self) -> dict:
         async with self._lock:

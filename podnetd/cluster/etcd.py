@@ -55,6 +55,7 @@ from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
 from etcd3gw.utils import _decode, _encode, _increment_last_byte  # its wire encoding
 
+from ..aio import within
 from . import records as rec
 from .records import NodeRecord
 from .store import Store
@@ -693,7 +694,7 @@ class EtcdStore(Store):
                 self._error = f"etcd store: {e}"
                 next_renew = 0.0
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL)
+                await within(self._wake.wait(), POLL)
             except asyncio.TimeoutError:
                 pass
 

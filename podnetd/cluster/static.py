@@ -21,6 +21,7 @@ import time
 
 import grpc
 
+from ..aio import within
 from ..api.podnet.peer.v1 import peer_pb2, peer_pb2_grpc
 from . import records as rec
 from .bounded import LruDict, RateLimitedLog
@@ -444,7 +445,7 @@ class StaticStore(Store):
                 self.say(logging.ERROR, ("round", type(e).__name__), "gossip round failed: %s: %s",
                          type(e).__name__, e)
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await within(self._wake.wait(), self.interval)
                 await asyncio.sleep(0.02)  # let a burst of changes coalesce into one round
             except asyncio.TimeoutError:
                 pass

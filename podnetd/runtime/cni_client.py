@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 
+from ..aio import within
 from ..cni import version_tuple
 
 CONF_EXTENSIONS = (".conflist", ".conf", ".json")
@@ -101,7 +102,7 @@ class CniClient:
             binary, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(json.dumps(conf).encode()),
+            out, err = await within(proc.communicate(json.dumps(conf).encode()),
                                               self.timeout)
         except asyncio.TimeoutError:
             proc.kill()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 
+from ..aio import within
 from . import manifest
 from .context import Context
 from .model import Pod, Stage
@@ -113,7 +114,7 @@ class PodLifecycle:
                                            "message": f"sandbox: {e}"}}
                 ctx.persist(pod)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await within(stop.wait(), delay)
                 continue
             for c in pod.containers.values():
                 if c.state.get("waiting", {}).get("message"):
@@ -182,14 +183,14 @@ class PodLifecycle:
                 await self.supervisor.kill(c, left(), "pod stopped")
         if run.task and not run.task.done():
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(run.task), 10)
+                await within(asyncio.shield(run.task), 10)
             if not run.task.done():
                 run.task.cancel()
         for c in pod.containers.values():
             task = ctx.ctr(c).task
             if task and not task.done():
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(task), 5)
+                    await within(asyncio.shield(task), 5)
             if c.attempt:  # adopted and never watched, or lost: make sure it is gone
                 await self.supervisor.remove_lost(c)
             if "running" in c.state or "waiting" in c.state:

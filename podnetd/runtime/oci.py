@@ -15,6 +15,7 @@ import signal as _signal
 import shutil
 import subprocess
 
+from ..aio import within
 from ..kernel.errors import KernelError
 
 CONMON = "conmon"
@@ -73,7 +74,7 @@ async def _call(argv: list[str], what: str, *, stdin: bytes | None = None,
         *argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        out, err = await asyncio.wait_for(_communicate(proc, stdin, max_output), timeout)
+        out, err = await within(_communicate(proc, stdin, max_output), timeout)
         if max_output is not None:
             notes = b"".join(f"\n[podnetd: {name} cut at {max_output} bytes]\n".encode()
                              for name, data in (("stdout", out), ("stderr", err))

@@ -2,6 +2,7 @@
 the container, network checks from the node to the pod IP."""
 import asyncio
 
+from ..aio import within
 from . import oci
 
 
@@ -30,11 +31,11 @@ async def run_handler(handler: dict, *, runtime: str, cid: str, container: dict,
             h = handler["tcpSocket"]
             host = h.get("host") or pod_ip or "127.0.0.1"
             port = resolve_port(h["port"], container)
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            _, writer = await within(asyncio.open_connection(host, port), timeout)
             writer.close()
             return True, f"connected to {host}:{port}"
         if "httpGet" in handler:
-            return await asyncio.wait_for(_http_get(handler["httpGet"], container, pod_ip),
+            return await within(_http_get(handler["httpGet"], container, pod_ip),
                                           timeout)
     except asyncio.TimeoutError:
         return False, f"timed out after {timeout:g}s"

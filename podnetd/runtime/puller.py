@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 
+from ..aio import within
 from . import registry
 from .context import Context
 from .images import ImageStore
@@ -226,7 +227,7 @@ class ImagePuller:
     @staticmethod
     async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            await within(stop.wait(), seconds)
 
 
 class _NeverPull(Exception):

@@ -25,6 +25,7 @@ import signal
 import stat
 import tempfile
 
+from ..aio import within
 from .images import TMP_PREFIX, ImageError, ImageStore, normalize
 
 log = logging.getLogger(__name__)
@@ -310,8 +311,8 @@ async def _skopeo(argv: list[str], work: str, cfg: RegistryConfig, ref: Referenc
     except OSError as e:
         raise PullError(f"cannot run skopeo: {e.strerror}") from None
     try:
-        stderr = await asyncio.wait_for(_bounded(proc.stderr), cfg.timeout)
-        await asyncio.wait_for(proc.wait(), 10)
+        stderr = await within(_bounded(proc.stderr), cfg.timeout)
+        await within(proc.wait(), 10)
     except asyncio.TimeoutError:
         raise PullError(f"{ref.pull_ref}: pull timed out after {cfg.timeout:g}s") from None
     finally:

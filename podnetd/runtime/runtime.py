@@ -20,6 +20,7 @@ import shutil
 import time
 import uuid
 
+from ..aio import within
 from . import eviction, host, manifest
 from .containers import ContainerFactory
 from .context import Context, Layout, NodeFacts
@@ -142,7 +143,7 @@ class Runtime:
     async def _gc_when_serving(self) -> None:
         """CNI GC once the daemon serves (the podnet plugin calls back into it)."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.serving.wait(), 10)
+            await within(self.serving.wait(), 10)
         await self.sandboxes.gc([(p.pause_id, "eth0") for p in self.pods.values() if p.cni])
 
     # -- requests -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 
+from ..aio import within
 from . import host, manifest, oci, probes
 from .containers import ContainerFactory
 from .context import Context
@@ -115,7 +116,7 @@ class Supervisor:
                                                      f"{c.name} ({delay:g}s)", c.name)
                 ctx.persist(pod)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await within(stop.wait(), delay)
                 if pod.stop_requested:
                     return
             if not start_failed:  # a container that never ran was not restarted
@@ -203,7 +204,7 @@ class Supervisor:
         try:
             while True:
                 try:
-                    await asyncio.wait_for(asyncio.shield(fut), SHIM_CHECK_INTERVAL)
+                    await within(asyncio.shield(fut), SHIM_CHECK_INTERVAL)
                     break
                 except asyncio.TimeoutError:
                     stopped_checks = self._supervisor_outlived_container(c, pid, stopped_checks,
@@ -248,8 +249,12 @@ class Supervisor:
         finally:
             self.rotator.unwatch(c.attempt["log"])
             probing.cancel()
-            with contextlib.suppress(BaseException):
-                await probing
+            # bounded: the container is gone whatever its probes do; a probe task that does not
+            # end must not keep the restart policy from running
+            done, _ = await asyncio.wait({probing}, timeout=5.0)
+            if not done:
+                log.warning("pod %s: container %s: its probes did not stop within 5 s",
+                            pod.key, c.name)
         code, finished = 255, time.time()
         try:
             with open(c.attempt["exit"]) as f:
@@ -306,7 +311,7 @@ class Supervisor:
         left = deadline - time.monotonic()
         if left > 0:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(cr.exited.wait()), left)
+                await within(asyncio.shield(cr.exited.wait()), left)
         if not cr.exited.is_set():
             if grace > 0:
                 ctx.event(c.pod, "Normal", "Killing",
@@ -314,7 +319,7 @@ class Supervisor:
             await oci.kill(ctx.oci, c.cid, signal.SIGKILL, all_=True)
         if not restart:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(cr.exited.wait()), 30)
+                await within(asyncio.shield(cr.exited.wait()), 30)
 
     async def remove_lost(self, c: Ctr) -> None:
         """A container whose attempt nobody watches (adopted, never watched, or lost): make

@@ -43,6 +43,7 @@ import urllib3
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.utils import _encode  # base64 of bytes, as the gateway wants key and value fields
 
+from ...aio import within
 from .base import (Conflict, StoreError, KeyExists, KeyNotFound, KeyValue, ObjectStore, StoreUnavailable,
                    TooOld, WatchEvent)
 from .keys import (InvalidKey, ValueTooLarge, check_key, check_revision, check_value,
@@ -546,7 +547,7 @@ class _WatchStream:
             if isinstance(item, Exception):
                 raise item
             try:
-                await asyncio.wait_for(self._ready.wait(), self.store.watch_probe)
+                await within(self._ready.wait(), self.store.watch_probe)
             except asyncio.TimeoutError:
                 await self._probe()
 
