@@ -2,7 +2,10 @@
 named OBJECT.HEX, in the object's namespace ("default" for cluster-scoped objects, as
 Kubernetes does), correlated (the same object, reason and message again: count and
 lastTimestamp go up on the existing Event). Recording never blocks and never fails the caller:
-it is a task; a lost event is logged at debug level."""
+events go into a bounded queue that one worker writes, one at a time, as client-go's
+broadcaster does, so a burst of pods (five events each) does not compete with the writes that
+matter (bindings, status) for the store; when the queue is full an event is dropped (debug
+log)."""
 import asyncio
 import contextlib
 import logging
@@ -14,6 +17,7 @@ from ..apiserver import objects
 log = logging.getLogger(__name__)
 
 MAX_CORRELATED = 4096
+QUEUE = 1024
 
 
 class ApiEventRecorder:
@@ -21,16 +25,29 @@ class ApiEventRecorder:
         self.client = client
         self.source = {"component": component, **({"host": host} if host else {})}
         self._names: dict[tuple, str] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
 
     def __call__(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        if self._worker is None or self._worker.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._queue = asyncio.Queue(QUEUE)
+            self._worker = loop.create_task(self._drain())
         try:
-            task = asyncio.get_running_loop().create_task(self._record(obj, type_, reason,
-                                                                       message))
-        except RuntimeError:
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._queue.put_nowait((obj, type_, reason, message))
+        except asyncio.QueueFull:
+            log.debug("event dropped (queue full): %s %s", reason, message[:100])
+
+    async def _drain(self) -> None:
+        while True:
+            obj, type_, reason, message = await self._queue.get()
+            try:
+                await self._record(obj, type_, reason, message)
+            except Exception as e:  # noqa: BLE001 - an event is never worth a failure
+                log.debug("event %s not recorded: %s", reason, e)
 
     async def _record(self, obj: dict, type_: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
