@@ -389,7 +389,10 @@ class StaticStore(Store):
                 self._refused_by = detail
             else:
                 if self._peer_errors.get(target) != detail:
-                    self.say(logging.WARNING, ("peer", target), "peer %s: %s", target, detail)
+                    # one line a minute per peer and kind of failure (the status code: at most
+                    # 17 kinds), so an oversized answer is not hidden behind an earlier refusal
+                    self.say(logging.WARNING, ("peer", target, e.code()), "peer %s: %s", target,
+                             detail)
                 self._peer_errors.put(target, detail)
             return
         self._peer_errors.pop(target, None)
