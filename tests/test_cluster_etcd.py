@@ -557,7 +557,7 @@ def test_an_etcd_answering_garbage_at_start_does_not_stop_podnetd(lab, netns):
         answered = 0
         for line in fake.stdout:  # podnetd keeps asking through every kind of garbage
             answered += 1
-            if answered >= 40:
+            if answered >= 16:   # every kind of garbage, several times over
                 break
         assert d.proc.poll() is None, d.log()
         problem = d.ctl("nodes").get("problem", "")

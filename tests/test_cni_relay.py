@@ -9,6 +9,7 @@ daemon's relay server, under hostile input.
 - the daemon side (podnetd/cni_relay.py): bounded, off the event loop, root-only socket.
 """
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -605,12 +606,17 @@ def _raw(path: str, data: bytes, timeout: float = 20) -> bytes:
 def test_daemon_drops_malformed_requests_and_keeps_serving(daemon):
     good = cni_relay.encode_request(b"STATUS", b"", b"", b"", json.dumps(daemon.config()).encode())
     body_len = int.from_bytes(good[4:8], "big")
+    bads = []
     for bad in (b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", good[:20],
                 cni_relay.MAGIC + (cni_relay.MAX_REQUEST + 1).to_bytes(4, "big"),
                 cni_relay.MAGIC + (body_len + 3).to_bytes(4, "big") + good[8:] + b"xyz",
                 cni_relay.MAGIC + b"\x00\x00\x00\x08" + (cni_relay.MAX_ENV + 1).to_bytes(4, "big") + b"ab",
                 b""):
-        assert _raw(daemon.cni_socket, bad) == b"", bad
+        bads.append(bad)
+    # at once: the truncated ones each wait out the relay's request timeout (10 s)
+    with concurrent.futures.ThreadPoolExecutor(len(bads)) as pool:
+        answers = list(pool.map(lambda bad: _raw(daemon.cni_socket, bad), bads))
+    assert answers == [b""] * len(bads), list(zip(bads, answers))
     assert cni_relay.decode_answer(_raw(daemon.cni_socket, good)) == (0, b"")
     assert "CNI relay: bad request" in daemon.log()
 

@@ -111,7 +111,8 @@ def test_a_sidecars_startup_probe_holds_back_the_init_containers_after_it(node, 
                   container("side", "exec sleep 3600", restartPolicy="Always",
                             startupProbe=startup),
                   container("after", "echo after >> /out/order", volumeMounts=mount)],
-              volumes=[{"name": "out", "hostPath": {"path": shared_dir}}])
+              volumes=[{"name": "out", "hostPath": {"path": shared_dir}}],
+              terminationGracePeriodSeconds=1)   # sleep as PID 1 ignores SIGTERM
     order = os.path.join(shared_dir, "order")
     try:
         node.run(doc)
