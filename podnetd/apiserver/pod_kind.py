@@ -4,7 +4,7 @@ nodeSelector, affinity, tolerations, topologySpreadConstraints, schedulerName, p
 defaults kube-apiserver fills in."""
 import copy
 
-from ..runtime import manifest
+from ..runtime import manifest, registry
 from . import selectors
 from . import validation as v
 from .validation import Errors
@@ -250,9 +250,10 @@ def default_spec(obj: dict) -> None:
         image = c.get("image", "")
         if not isinstance(image, str):
             continue
-        tag = image.rsplit("/", 1)[-1]
-        latest = "@" not in tag and (":" not in tag or tag.endswith(":latest"))
-        c.setdefault("imagePullPolicy", "Always" if latest else "IfNotPresent")
+        try:    # the runtime's reference grammar and default (Always for :latest or no tag)
+            c.setdefault("imagePullPolicy", registry.default_pull_policy(registry.parse(image)))
+        except registry.InvalidImageName:
+            pass    # not a reference: the container's InvalidImageName says so on its node
         c.setdefault("terminationMessagePath", "/dev/termination-log")
         c.setdefault("terminationMessagePolicy", "File")
     # DefaultTolerationSeconds: pods leave a node that is unreachable or not ready after 300 s

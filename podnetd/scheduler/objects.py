@@ -235,7 +235,8 @@ def _host_ports(spec: dict) -> tuple:
     return tuple(out)
 
 
-def _tolerations(spec: dict) -> tuple:
+def tolerations_of(spec: dict) -> tuple:
+    """A pod spec's tolerations as (key, operator, value, effect) tuples (what tolerates() reads)."""
     out = []
     for t in _l(spec.get("tolerations")):
         t = _d(t)
@@ -402,7 +403,7 @@ def pod_info(pod: dict, strict: bool = True) -> PodInfo:
         terminating=meta.get("deletionTimestamp") is not None,
         requests=requests, checked=_checked(requests), nonzero_cpu=nonzero.get(CPU, 0),
         nonzero_memory=nonzero.get(MEMORY, 0),
-        host_ports=_host_ports(spec), tolerations=_tolerations(spec),
+        host_ports=_host_ports(spec), tolerations=tolerations_of(spec),
         node_selector=_str_map(spec.get("nodeSelector")),
         required_node_affinity=required_na, preferred_node_affinity=preferred_na,
         required_affinity=r.terms(pa.get(req_key), f"{base}.{req_key}", ns, False),
