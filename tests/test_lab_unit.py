@@ -1,6 +1,4 @@
 """Pure logic of the lab: the address plan, the state record, process identity, the matrix."""
-import os
-import subprocess
 import sys
 
 import pytest

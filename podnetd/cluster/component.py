@@ -137,7 +137,6 @@ class ClusterComponent:
             raise StartupError(f"cluster: {e}") from None
 
     async def _start(self) -> None:
-        cfg = self.cfg
         loop = asyncio.get_running_loop()
         uses_vxlan = self.backend.uses_vxlan()
         if uses_vxlan:
