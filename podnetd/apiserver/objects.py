@@ -65,6 +65,12 @@ class TooLarge(ApiError):
     reason = "RequestEntityTooLarge"
 
 
+class Corrupt(ApiError):
+    """A stored value that is not an object of ours (INTERNAL, as kube-apiserver's decode
+    errors)."""
+    reason = "InternalError"
+
+
 class Unavailable(ApiError):
     reason = "ServiceUnavailable"
 

@@ -27,10 +27,33 @@ CAS_RETRIES = 16
 BOOKMARK_EVERY = 30.0
 
 
-def _with_rv(kv: st.KeyValue) -> dict:
-    obj = json.loads(kv.value)
-    obj.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+def _stored(key: str, value: bytes, revision: int) -> dict:
+    """A stored object with its resourceVersion. The store is shared (etcd: anyone holding a
+    client certificate may write): a value that is not an object of ours raises Corrupt."""
+    try:
+        obj = json.loads(value)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+        raise objects.Corrupt(f"the stored object at {key[:200]} is not a Kubernetes object "
+                              "(written by something else?); delete it to repair")
+    obj["metadata"]["resourceVersion"] = str(revision)
     return obj
+
+
+def _with_rv(kv: st.KeyValue) -> dict:
+    return _stored(kv.key, kv.value, kv.mod_revision)
+
+
+def _readable(kvs) -> list[dict]:
+    """The objects of a listing; corrupt ones are left out (logged), never fail the list."""
+    out = []
+    for kv in kvs:
+        try:
+            out.append(_with_rv(kv))
+        except objects.Corrupt as e:
+            log.warning("%s", e)
+    return out
 
 
 MAX_REVISION = 2**63 - 1   # etcd's revisions are int64
@@ -67,7 +90,7 @@ class Registry:
                    field_selector: str = "") -> tuple[list[dict], str]:
         labels, fields = self._selectors(kind, label_selector, field_selector)
         kvs, revision = await self._call(self.store.list(kind.prefix(namespace)))
-        items = [o for o in map(_with_rv, kvs)
+        items = [o for o in _readable(kvs)
                  if labels.matches(o["metadata"].get("labels")) and fields.matches(o)]
         return items, str(revision)
 
@@ -281,7 +304,14 @@ class Registry:
                 raise objects.not_found(kind, name) from None
             if expected is not None and kv.mod_revision != expected:
                 raise objects.conflict(kind, name)
-            obj = _with_rv(kv)
+            try:
+                obj = _with_rv(kv)
+            except objects.Corrupt:
+                # not an object of ours: deleting it is the repair (no grace, no finalizers)
+                return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {
+                    "name": name, "namespace": namespace,
+                    "resourceVersion": str((await self._call(
+                        self.store.delete(key, kv.mod_revision))).mod_revision)}}
             meta = obj["metadata"]
             if name in kind.undeletable:
                 raise Forbidden(f'{kind.resource} "{name}" is forbidden: this {kind.kind.lower()} '
@@ -342,12 +372,18 @@ class Registry:
         everything = labels.empty() and not fields.requirements
         after = _parse_rv(resource_version, "resourceVersion")
         kvs, listed = await self._call(self.store.list(kind.prefix(namespace)))
-        held = {kv.key: matches(_with_rv(kv)) for kv in kvs}   # at revision `listed`
+        listed_objects: dict[str, dict] = {}
+        for kv in kvs:
+            try:
+                listed_objects[kv.key] = _with_rv(kv)
+            except objects.Corrupt as e:
+                log.warning("watch %s: %s", kind.resource, e)
+        held = {key: matches(o) for key, o in listed_objects.items()}   # at revision `listed`
         if not after:
             after = listed
-            for kv in kvs:
-                if held[kv.key]:
-                    yield "ADDED", _with_rv(kv)
+            for key, obj in listed_objects.items():
+                if held[key]:
+                    yield "ADDED", obj
         known: set[str] = set()      # keys whose state since `after` the events have told
         stream = self.store.watch(kind.prefix(namespace), after)
         last = after
@@ -374,8 +410,11 @@ class Registry:
                 except st.StoreUnavailable as e:
                     raise Unavailable(f"watch {kind.resource}: store unavailable: {e}") from None
                 last = event.revision
-                obj = json.loads(event.value)
-                obj.setdefault("metadata", {})["resourceVersion"] = str(event.revision)
+                try:
+                    obj = _stored(event.key, event.value, event.revision)
+                except objects.Corrupt as e:
+                    log.warning("watch %s: %s", kind.resource, e)
+                    continue
                 now = event.type != "DELETE" and matches(obj)
                 if event.type == "DELETE":
                     before = matches(obj)
