@@ -34,7 +34,9 @@ def test_pod_basics_localhost_emptydir_shm(node):
                   volumeMounts=[{"name": "shared", "mountPath": "/shared"}],
                   ports=[{"containerPort": 8080}]),
         container("client", "until [ -f /shared/file ]; do sleep 0.1; done; "
-                            "nc 127.0.0.1 8080 </dev/null; cat /shared/file /dev/shm/seg; "
+                            # the server writes the file just before nc listens: retry
+                            "until nc 127.0.0.1 8080 </dev/null; do sleep 0.1; done; "
+                            "cat /shared/file /dev/shm/seg; "
                             "echo done; exec sleep 3600",
                   volumeMounts=[{"name": "shared", "mountPath": "/shared"}])],
         volumes=[{"name": "shared", "emptyDir": {}}])
