@@ -16,6 +16,8 @@ Mutating API call latency: every create, plus a parallel stream of label updates
 object (a Lease in default) sent one after the other while the pods start. Target p99 <= 100 ms
 (Kubernetes' SLO: 1 s).
 
+PODNETD_EXTRA="--oci-runtime crun" gives every podnetd more flags (A/B runs).
+
 Everything made (lab namespaces, daemons, etcd, pods, their mounts) is removed afterwards, also
 after a failure or ^C."""
 import argparse
@@ -78,9 +80,11 @@ async def run_pods(apis: list[Api], side: Api, names: list[str], label: str, tim
     bound: dict[str, float] = {}
     nodes: dict[str, str] = {}
     done = asyncio.Event()
+    changes = [0]
 
     async def watcher():
         async for kind, obj, t in side.watch("pods", "default", selector, rv):
+            changes[0] += 1
             name = obj["metadata"]["name"]
             if obj["spec"].get("nodeName") and name not in bound:
                 bound[name] = t
@@ -131,7 +135,9 @@ async def run_pods(apis: list[Api], side: Api, names: list[str], label: str, tim
             await update_task
         watch_task.cancel()
     create_lat = [returned[n] - started[n] for n in names]
-    return ({n: (started[n], returned[n], running[n], nodes[n], bound[n]) for n in names},
+    after = await side.list("pods", "default", selector)
+    writes = int(after["metadata"]["resourceVersion"]) - int(rv)
+    return (writes, changes[0]), ({n: (started[n], returned[n], running[n], nodes[n], bound[n]) for n in names},
             create_lat, update_lat)
 
 
@@ -152,10 +158,27 @@ def start_profiles(lab: Lab, directory: str | None) -> list[subprocess.Popen]:
     os.makedirs(directory, exist_ok=True)
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     return [subprocess.Popen([spy, "record", "--pid", str(lab.daemon(n)["pid"]), "--duration",
-                              "10", "--rate", "50", "--format", "raw", "--nonblocking",
+                              "10", "--rate", "200", "--gil", "--format", "raw", "--nonblocking",
                               "-o", os.path.join(directory, f"{n}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for n in lab.node_names()]
+
+
+def start_perf(path: str | None) -> subprocess.Popen | None:
+    """--perf FILE: a system-wide `perf record -g` of just the window the pods start in, so the
+    CPU of runc, etcd, the kernel's threads and podnetd can be told apart (measurement only)."""
+    if not path:
+        return None
+    proc = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "499", "-o", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)     # perf has opened its events before the first create
+    return proc
+
+
+def stop_perf(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.send_signal(2)
+        proc.wait(timeout=60)
 
 
 async def wait_runtime_empty(lab: Lab, timeout: float = 60) -> None:
@@ -186,21 +209,23 @@ async def bench(lab: Lab, args) -> dict:
         await wait_cluster_ready(side, args.nodes)
         warm = [f"warm-{i}" for i in range(args.nodes)]
         try:
-            await run_pods(apis, side, warm, "warm", 120, updates=False)
+            _ = await run_pods(apis, side, warm, "warm", 120, updates=False)
         finally:
             await delete_and_wait(side, warm, "warm")
         for api in apis:
             api.refused = 0
         names = [f"start-{i:03d}" for i in range(args.pods)]
         spies = start_profiles(lab, args.profile)
+        perf = start_perf(args.perf)
         pids = {n: lab.daemon(n)["pid"] for n in lab.node_names()}
         cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
         busy0 = machine_busy()
         t0 = time.perf_counter()
-        pods, create_lat, update_lat = await run_pods(apis, side, names, "run", args.timeout,
+        writes, (pods, create_lat, update_lat) = await run_pods(apis, side, names, "run", args.timeout,
                                                       True)
         wall = time.perf_counter() - t0
         busy1 = machine_busy()
+        stop_perf(perf)
         cpu = {n: [a - b for a, b in zip(cpu_seconds(p), cpu0[n])] for n, p in pids.items()}
         refused = sum(a.refused for a in apis) + side.refused
         refusals = [r for a in [*apis, side] for r in a.refusals]
@@ -222,7 +247,7 @@ async def bench(lab: Lab, args) -> dict:
     for *_, node, _ in pods.values():
         per_node[node] = per_node.get(node, 0) + 1
     return {"pods": len(pods), "nodes": args.nodes, "clients": args.clients, "wall_s": wall,
-            "per_node": per_node, "cpu": cpu,
+            "per_node": per_node, "cpu": cpu, "store_writes": writes[0], "pod_changes": writes[1],
             "machine_busy": (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1]),
             "refused_retried": refused, "refusals": refusals[:3],
             "startup_s": startup, "startup_from_call_start_s": from_start,
@@ -248,6 +273,10 @@ def print_table(res: dict) -> None:
     print(f"CPU while they started: machine {res['machine_busy'] * 100:.0f}% busy; "
           + "; ".join(f"{n} podnetd {c[0]:.1f} s + its reaped children (runc, CNI, ip) "
                       f"{c[1]:.1f} s" for n, c in sorted(res["cpu"].items())))
+    print(f"store writes (revisions) from the first create until all ran: {res['store_writes']} "
+          f"({res['store_writes'] / max(1, res['pods']):.1f} per pod, the update stream included); "
+          f"of them pod changes: {res['pod_changes']} "
+          f"({res['pod_changes'] / max(1, res['pods']):.1f} per pod)")
     if res["refused_retried"]:
         print(f"calls refused by the server and retried: {res['refused_retried']} "
               f"({'; '.join(res['refusals'])})")
@@ -280,14 +309,17 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=180, help="seconds for all pods to run")
     ap.add_argument("--name", default=f"cps{os.getpid() % 100000}", help="lab name")
     ap.add_argument("--profile", metavar="DIR",
-                    help="py-spy raw profiles of each podnetd during the start (10 s)")
+                    help="py-spy raw profiles (threads holding the GIL) of each podnetd during the start (10 s)")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="perf record -a -g the machine while the pods start (needs perf)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the lab makes namespaces and runs runc)")
     lab = None
     try:
-        lab = Lab.up(args.nodes, "l2", "etcd", name=args.name, wait=120)
+        lab = Lab.up(args.nodes, "l2", "etcd", name=args.name, wait=120,
+                     extra_args=os.environ.get("PODNETD_EXTRA", "").split())
         import_image(lab, busybox_archive())
         res = asyncio.run(bench(lab, args))
     finally:

@@ -164,8 +164,9 @@ class Daemon:
     # -- facts -------------------------------------------------------------------------------
 
     def bridge_facts(self) -> dict:
-        link = ip_lib.link_get(self.cfg.bridge)
-        return {"name": self.cfg.bridge, "mac": link["mac"] if link else ""}
+        # The bridge's MAC is derived from the node's name and set (and repaired) when the
+        # bridge is ensured: no netlink read per CNI ADD.
+        return {"name": self.cfg.bridge, "mac": node.bridge_mac(self.cfg.node_name)}
 
     def status(self) -> tuple[bool, str]:
         link = ip_lib.link_get(self.cfg.bridge)

@@ -35,7 +35,7 @@ class Node:
     net: Any                        # endpoints.NodeNet: bridge, gateway, prefixlen, mtu, GSO
     ipam: Any                       # ipam.Ipam
     endpoints: Any                  # endpoints.Endpoints (attach/detach hooks)
-    bridge_facts: Callable[[], dict]  # () -> {"name", "mac"} of the bridge, read now
+    bridge_facts: Callable[[], dict]  # () -> {"name", "mac"} of the bridge (its stable MAC)
     status: Callable[[], tuple[bool, str]]  # () -> (ready, message): CNI STATUS (blocking)
 
 

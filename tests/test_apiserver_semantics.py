@@ -25,6 +25,7 @@ from podnetd.apiserver.objects import (AlreadyExists, BadRequest, Conflict, Forb
                                        Invalid, NotFound, TooLarge)
 from podnetd.apiserver.registry import Registry
 from podnetd.apiserver.storage.etcd import EtcdObjectStore
+from podnetd.apiserver.storage.watch_cache import WatchCache
 from podnetd.apiserver.storage.sqlite import SqliteStore
 from testlib import unique
 
@@ -62,7 +63,8 @@ class Env:
     def store(self, history: int = 10000):
         if self.etcd is None:
             return SqliteStore(str(self.tmp_path / "state" / "objects.db"), history=history)
-        return EtcdObjectStore([self.etcd.url], prefix=self.prefix, tls=self.etcd.tls)
+        # as podnetd opens it: etcd behind the watch cache
+        return WatchCache(EtcdObjectStore([self.etcd.url], prefix=self.prefix, tls=self.etcd.tls))
 
     @contextlib.asynccontextmanager
     async def opened(self, history: int = 10000):

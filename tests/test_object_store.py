@@ -18,6 +18,7 @@ from podnetd.apiserver.storage.base import (Conflict, KeyExists, KeyNotFound, Ke
 from podnetd.apiserver.storage.etcd import EtcdObjectStore
 from podnetd.apiserver.storage.keys import MAX_VALUE_BYTES, InvalidKey, ValueTooLarge
 from podnetd.apiserver.storage.sqlite import PAGE, SqliteStore
+from podnetd.apiserver.storage.watch_cache import WatchCache
 from testlib import unique
 
 WAIT = 20.0  # a hang guard for one event, not a speed check
@@ -62,11 +63,20 @@ def etcd_backend(etcd: LocalEtcd) -> Backend:
                                                         **kw), etcd, prefix)
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+def cached(backend: Backend) -> Backend:
+    """The same store behind the watch cache (every watch served by a shared hub)."""
+    make = backend._make
+    return Backend(backend.kind + "+cache", lambda **kw: WatchCache(make(**kw)), backend.etcd,
+                   backend.prefix)
+
+
+@pytest.fixture(params=["sqlite", "etcd", "sqlite+cache", "etcd+cache"])
 def backend(request, tmp_path):
-    if request.param == "sqlite":
-        return sqlite_backend(tmp_path)
-    return etcd_backend(request.getfixturevalue("shared_etcd"))
+    if request.param.startswith("sqlite"):
+        made = sqlite_backend(tmp_path)
+    else:
+        made = etcd_backend(request.getfixturevalue("shared_etcd"))
+    return cached(made) if request.param.endswith("+cache") else made
 
 
 @contextlib.asynccontextmanager

@@ -195,3 +195,12 @@ def test_cpu_bounds_runc_accepts():
     assert res["cpu"] == {"shares": spec.MAX_SHARES}
     res = spec.resources(1, 1, None, False)
     assert res["cpu"] == {"shares": 2, "quota": 1000, "period": 100000}
+
+
+def test_cpu_shares_as_the_kubelet_sets_them():
+    """MilliCPUToShares: no request is the minimum (best effort yields to everything else), a
+    limit alone is the request."""
+    assert spec.resources(None, None, None, False)["cpu"] == {"shares": spec.MIN_SHARES}
+    assert spec.resources(500, None, None, False)["cpu"] == {"shares": 512, "quota": 50000,
+                                                             "period": 100000}
+    assert spec.resources(None, 100, None, False)["cpu"] == {"shares": 102}

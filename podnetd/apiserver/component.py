@@ -46,7 +46,9 @@ class ApiServerConfig:
 def make_store(cfg: ApiServerConfig):
     if cfg.etcd_endpoints:
         from .storage.etcd import EtcdObjectStore
-        return EtcdObjectStore(list(cfg.etcd_endpoints), tls=cfg.etcd_tls)
+        from .storage.watch_cache import WatchCache
+        # one etcd watch per resource for all of this node's watchers (watch_cache.py)
+        return WatchCache(EtcdObjectStore(list(cfg.etcd_endpoints), tls=cfg.etcd_tls))
     from .storage.sqlite import SqliteStore
     directory = os.path.join(cfg.state_dir, "cluster")
     os.makedirs(directory, mode=0o700, exist_ok=True)

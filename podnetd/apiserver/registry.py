@@ -247,23 +247,50 @@ class Registry:
         """Read, change(current) -> new, write back if nobody wrote meanwhile (retried when
         the caller gave no resourceVersion of its own)."""
         key = kind.key(namespace, name)
+        # The first try may start from the watch cache's copy (kube-apiserver's GuaranteedUpdate
+        # does the same): the write is guarded by its revision, so a stale copy costs a retry
+        # from the store, never a lost update. Whatever would answer the client without a
+        # write (a conflict with the caller's resourceVersion, no change) is read again.
+        guess = self.store.peek(key)
+        if guess is not None and expected_revision is not None \
+                and guess.mod_revision != expected_revision:
+            guess = None
         for _ in range(CAS_RETRIES):
-            try:
-                kv = await self._call(self.store.get(key))
-            except st.KeyNotFound:
-                raise objects.not_found(kind, name) from None
+            kv, guess = guess, None
+            if kv is None:
+                try:
+                    kv = await self._call(self.store.get(key))
+                except st.KeyNotFound:
+                    raise objects.not_found(kind, name) from None
+                cached = False
+            else:
+                cached = True
             if expected_revision is not None and kv.mod_revision != expected_revision:
                 raise objects.conflict(kind, name)
-            current = _with_rv(kv)
-            new = change(copy.deepcopy(current))
-            if new is None:
-                return current
-            new["metadata"].pop("resourceVersion", None)
-            current["metadata"].pop("resourceVersion", None)
-            if new == current:
+            try:
+                current = _with_rv(kv)
+            except objects.Corrupt:
+                if cached:
+                    continue
+                raise
+            try:
+                new = change(copy.deepcopy(current))
+                if new is not None:
+                    new["metadata"].pop("resourceVersion", None)
+                    current["metadata"].pop("resourceVersion", None)
+                    if new != current:
+                        self._validate(kind, new, name)
+            except ApiError:
+                if cached:       # judged against a copy that may be stale: read, judge again
+                    continue
+                raise
+            if new is None or new == current:
+                if cached:
+                    continue
+                if new is None:
+                    return current
                 current["metadata"]["resourceVersion"] = str(kv.mod_revision)
                 return current
-            self._validate(kind, new, name)
             meta = new["metadata"]
             if meta.get("deletionTimestamp") and not meta.get("finalizers") \
                     and not (kind.graceful_delete and meta.get("deletionGracePeriodSeconds")):

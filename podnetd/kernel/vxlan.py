@@ -115,7 +115,7 @@ def ipv4_addresses() -> list[dict]:
     """Every IPv4 address on every link: {dev, ip, prefixlen}."""
     with translated("list addresses"):
         msgs = ipr().get_addr(family=socket.AF_INET)
-    names = {link["index"]: link["name"] for link in ip_lib.links()}
+    names = ip_lib.link_names()
     return [{"dev": names.get(m["index"]), "ip": m.get_attr("IFA_ADDRESS"), "prefixlen": m["prefixlen"]}
             for m in msgs]
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SOURCE = "kubernetes.io/config.source"
 MIRROR = "kubernetes.io/config.mirror"
 STATUS_EVERY = 1.0
+STATUS_WRITERS = 8      # status writes in flight at once
 RETRY_FIRST, RETRY_MAX = 0.5, 10.0
 
 
@@ -186,6 +187,7 @@ class PodSync:
                 log.debug("node agent: status: %s", e.message)
 
     async def _report_all(self) -> None:
+        changed = []
         for key, obj in list(self.desired.items()):
             pod = self.rt.pods.get(key)
             meta = obj["metadata"]
@@ -194,7 +196,16 @@ class PodSync:
             status = pod.k8s(self.node, self.rt.host_ip)["status"]
             self._keep_scheduled(obj, status)
             if status != self._sent.get(key):
-                await self._write_status(obj, status)
+                changed.append((obj, status))
+        # Written side by side, a few at a time: one after the other, the twentieth pod to
+        # start on a busy node would wait for nineteen round trips before it is seen running.
+        for i in range(0, len(changed), STATUS_WRITERS):
+            results = await asyncio.gather(
+                *(self._write_status(obj, status) for obj, status in changed[i:i + STATUS_WRITERS]),
+                return_exceptions=True)
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     @staticmethod
     def _keep_scheduled(obj: dict, status: dict) -> None:

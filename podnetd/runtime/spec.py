@@ -64,17 +64,19 @@ def bind(source: str, destination: str, readonly: bool = False) -> dict:
 def resources(cpu_limit_millis: int | None, cpu_request_millis: int | None,
               memory_limit: int | None, privileged: bool) -> dict:
     res: dict = {"devices": [{"allow": privileged, "access": "rwm"}]}
-    cpu: dict = {}
-    if cpu_request_millis:
-        cpu["shares"] = min(MAX_SHARES, max(MIN_SHARES, cpu_request_millis * 1024 // 1000))
+    # The kubelet's MilliCPUToShares: a container that requests no CPU gets the minimum (2), so
+    # best-effort work, and the OCI runtime's init inside its cgroup, yield to the node's agents
+    # and to the pods that asked for CPU; a limit without a request is the request (the API's
+    # defaulting).
+    request = cpu_request_millis if cpu_request_millis is not None else cpu_limit_millis
+    cpu: dict = {"shares": min(MAX_SHARES, max(MIN_SHARES, (request or 0) * 1024 // 1000))}
     quota = max(1000, cpu_limit_millis * CPU_PERIOD // 1000) if cpu_limit_millis else None
     # a limit beyond what the kernel can enforce (Kubernetes caps quantities at 2^63-1, not
     # at the kernel's bound) is no limit: runc would refuse the number
     if quota is not None and quota <= MAX_QUOTA_US:
         cpu["quota"] = quota
         cpu["period"] = CPU_PERIOD
-    if cpu:
-        res["cpu"] = cpu
+    res["cpu"] = cpu
     if memory_limit:
         # swap equal to the limit: no swap beyond it, so a hog meets the OOM killer
         res["memory"] = {"limit": memory_limit, "swap": memory_limit}

@@ -95,6 +95,11 @@ class ObjectStore:
         """The store's current revision."""
         raise NotImplementedError
 
+    def peek(self, key: str) -> KeyValue | None:
+        """A cached value of key that may be behind the store (watch_cache.py), or None: only
+        a first guess for a write guarded by the key's revision."""
+        return None
+
     def watch(self, prefix: str, after_revision: int) -> AsyncIterator[WatchEvent]:
         """Every change under prefix with revision > after_revision, in order. Raises TooOld
         (on the first iteration) when after_revision is older than the kept history, and
