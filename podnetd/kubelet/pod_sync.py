@@ -64,6 +64,8 @@ class PodSync:
         self._mirrors: dict[str, str] = {}       # node-local pod key -> uid mirrored
         self._busy: dict[str, asyncio.Task] = {}
         self._wake = asyncio.Event()
+        self._dirty: set[str] = set()            # pods whose status may have changed
+        self._all_dirty = True                   # ... or every pod's
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -77,7 +79,12 @@ class PodSync:
             with contextlib.suppress(BaseException):
                 await t
 
-    def poke(self) -> None:
+    def poke(self, key: str | None = None) -> None:
+        """Report status soon: of the pod `key` (namespace/name), or of every pod."""
+        if key is None:
+            self._all_dirty = True
+        else:
+            self._dirty.add(key)
         self._wake.set()
 
     # -- desired state: list + watch ----------------------------------------------------
@@ -128,7 +135,7 @@ class PodSync:
         except Exception as e:  # noqa: BLE001 - one pod's failure never stops the others
             log.warning("node agent: pod %s: %s", key, e)
         finally:
-            self.poke()
+            self.poke(key)
 
     async def _reconcile(self, key: str) -> None:
         obj = self.desired.get(key)
@@ -175,21 +182,34 @@ class PodSync:
     # -- status: the runtime's view written back -----------------------------------------
 
     async def _status_loop(self) -> None:
+        """Poked pods at once; every pod (and the mirrors) each STATUS_EVERY, which also
+        catches a change that came without an event (a probe's result)."""
+        last_full = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATUS_EVERY):   # not wait_for: 3.11's may eat a cancel
                     await self._wake.wait()
             self._wake.clear()
+            full = self._all_dirty or loop.time() - last_full >= STATUS_EVERY
+            keys = None if full else self._dirty
+            self._dirty, self._all_dirty = set(), False
             try:
-                await self._report_all()
-                await self._mirror_all()
+                await self._report(keys)
+                if full:
+                    last_full = loop.time()
+                    await self._mirror_all()
             except objects.ApiError as e:
                 log.debug("node agent: status: %s", e.message)
 
-    async def _report_all(self) -> None:
+    async def _report(self, keys: set[str] | None) -> None:
+        """Write the status of the pods in keys (None: of every pod) that changed."""
         changed = []
-        for key, obj in list(self.desired.items()):
+        for key in list(self.desired) if keys is None else keys:
+            obj = self.desired.get(key)
             pod = self.rt.pods.get(key)
+            if obj is None:
+                continue
             meta = obj["metadata"]
             if pod is None or pod.uid != meta["uid"] or meta.get("deletionTimestamp"):
                 continue

@@ -58,6 +58,9 @@ def build_config(ns, daemon: config.DaemonConfig) -> KubeletConfig:
     return kc
 
 
+NODE_ONLY_REASONS = frozenset({"Scheduled", "SandboxReady"})
+
+
 class KubeletComponent:
     def __init__(self, ctx: DaemonContext, kc: KubeletConfig, apiserver, runtime):
         """apiserver: the cluster API's component; runtime: the pod runtime, or None."""
@@ -85,8 +88,10 @@ class KubeletComponent:
             runtime.listeners.append(self._pod_event)
 
     def _pod_event(self, pod, type_: str, reason: str, message: str, container: str) -> None:
-        self.pods.poke()
-        if is_cluster_pod(pod) and reason != "Scheduled":   # the scheduler says Scheduled
+        self.pods.poke(pod.key)
+        # The scheduler says Scheduled; the sandbox's own events stay on the node (`podnetctl pod
+        # events`): the kubelet reports a sandbox only when it had to be made again.
+        if is_cluster_pod(pod) and reason not in NODE_ONLY_REASONS:
             self.recorder({"apiVersion": "v1", "kind": "Pod",
                            "metadata": {"name": pod.name, "namespace": pod.namespace,
                                         "uid": pod.uid}}, type_, reason, message)

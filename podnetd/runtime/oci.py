@@ -90,15 +90,24 @@ async def _call(argv: list[str], what: str, *, stdin: bytes | None = None,
     return proc.returncode, out, err
 
 
-async def run_detached(runtime: str, cid: str, bundle: str, log_path: str) -> None:
-    """`runc run -d`: it hands its stdio to the container, so stdio is a file, never a pipe."""
+async def run_detached(runtime: str, cid: str, bundle: str, log_path: str) -> int:
+    """`runc run -d`: it hands its stdio to the container, so stdio is a file, never a pipe.
+    Returns the container's pid (from --pid-file: no `runc state` afterwards), 0 if unknown."""
+    pid_file = os.path.join(bundle, "pid")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pid_file)
     with open(log_path, "ab") as log:
         proc = await asyncio.create_subprocess_exec(
-            *runtime_argv(runtime), "run", "-d", "--bundle", bundle, cid,
+            *runtime_argv(runtime), "run", "-d", "--pid-file", pid_file, "--bundle", bundle, cid,
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         rc = await proc.wait()
     if rc != 0:
         raise OciError(f"{runtime} run {cid}: exit {rc}: {_tail(log_path)}")
+    try:
+        with open(pid_file) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _tail(path: str) -> str:

@@ -85,7 +85,7 @@ class Sandboxes:
                 privileged=False, hostname=None if pod.host_network else hostname(pod),
                 namespaces=ocispec.namespaces(net=netns_path, ipc="",
                                               uts=None if pod.host_network else "", pid=""),
-                mounts=[ocispec.bind(shm, "/dev/shm")],
+                mounts=[ocispec.bind(shm, "/dev/shm")], base=ocispec.sandbox_mounts(),
                 cgroups_path=f"/podnet-{pod.uid[:12]}", res=ocispec.resources(None, 2, None, False),
                 annotations={"io.kubernetes.pod.name": pod.name,
                              "io.kubernetes.pod.namespace": pod.namespace})
@@ -105,6 +105,7 @@ class Sandboxes:
                 if isinstance(outcome, BaseException):
                     raise outcome
             log.debug("pod %s: pause and network up in %.3fs", pod.key, time.monotonic() - t0)
+            ctx.run(pod).pause_pid = pause     # checked again (pid_alive) where it is used
             if net:
                 pod.cni = {"conflist": conflist, "result": result}
                 pod.ip = cni_client.pod_ip(result)

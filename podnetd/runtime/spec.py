@@ -56,6 +56,14 @@ def base_mounts(privileged: bool) -> list[dict]:
     ]
 
 
+def sandbox_mounts() -> list[dict]:
+    """The pause container's: it only holds the namespaces and reaps, so it gets no cgroup tree
+    (on a v1 host, a mount and a remount per controller for the OCI runtime), no devpts and no
+    mqueue (the pod's containers mount their own in the shared IPC namespace)."""
+    keep = {"/proc", "/dev", "/sys"}
+    return [m for m in base_mounts(False) if m["destination"] in keep]
+
+
 def bind(source: str, destination: str, readonly: bool = False) -> dict:
     return {"destination": destination, "type": "bind", "source": source,
             "options": ["rbind", "rprivate"] + (["ro"] if readonly else ["rw"])}
@@ -88,8 +96,9 @@ def container_spec(*, rootfs: str, args: list[str], env: list[str], cwd: str, ui
                    no_new_privs: bool, privileged: bool, hostname: str | None,
                    namespaces: list[dict], mounts: list[dict], cgroups_path: str,
                    res: dict, annotations: dict | None = None,
-                   seccomp: dict | None = None) -> dict:
-    """`seccomp` is linux.seccomp (seccomp.Profiles.oci), None for Unconfined."""
+                   seccomp: dict | None = None, base: list[dict] | None = None) -> dict:
+    """`seccomp` is linux.seccomp (seccomp.Profiles.oci), None for Unconfined; `base` the
+    mounts before `mounts` (default base_mounts)."""
     linux: dict = {
         "namespaces": namespaces,
         "cgroupsPath": cgroups_path,
@@ -112,7 +121,7 @@ def container_spec(*, rootfs: str, args: list[str], env: list[str], cwd: str, ui
             "noNewPrivileges": no_new_privs,
         },
         "root": {"path": rootfs, "readonly": readonly_root},
-        "mounts": [*base_mounts(privileged), *mounts],
+        "mounts": [*(base_mounts(privileged) if base is None else base), *mounts],
         "linux": linux,
         "annotations": annotations or {},
     }

@@ -171,9 +171,15 @@ class Supervisor:
             raise
         log.debug("pod %s: container %s started in %.3fs", pod.key, c.name, time.monotonic() - t0)
         c.state = {"running": {"startedAt": rfc3339()}}
-        c.ready = False
-        c.started = False
-        cr.started.clear()
+        # As the kubelet: without a startup probe a running container has started, and
+        # without a readiness probe it is ready once started. Said now, with the state, so
+        # the status written for Started is already the final one (the prober keeps them).
+        c.started = not c.spec.get("startupProbe")
+        c.ready = c.started and not c.spec.get("readinessProbe")
+        if c.started:
+            cr.started.set()
+        else:
+            cr.started.clear()
         ctx.event(pod, "Normal", "Started", f"Started container {c.name}", c.name)
         ctx.persist(pod)
 
