@@ -86,6 +86,13 @@ async def run_pods(apis: list[Api], side: Api, names: list[str], label: str, tim
         async for kind, obj, t in side.watch("pods", "default", selector, rv):
             changes[0] += 1
             name = obj["metadata"]["name"]
+            if os.environ.get("BENCH_TRACE") == name:
+                st = obj.get("status") or {}
+                print("TRACE", kind, obj["metadata"]["resourceVersion"], st.get("phase"),
+                      st.get("podIP"), [(c["type"], c["status"]) for c in st.get("conditions") or []],
+                      [(list((c.get("state") or {}).keys()), (c.get("state") or {}).get("waiting"),
+                        c.get("ready"), c.get("started")) for c in st.get("containerStatuses") or []],
+                      file=sys.stderr)
             if obj["spec"].get("nodeName") and name not in bound:
                 bound[name] = t
             if kind in ("ADDED", "MODIFIED") and name not in running and all_running(obj):

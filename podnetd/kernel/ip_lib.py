@@ -5,6 +5,7 @@ that makes sense, and raises errors.KernelError subclasses with context (errors.
 instead of NetlinkError. Links are read one way, link_get (or links for a dump), as
 rtnl.LinkMessage; single-link requests go through rtnl's batches, the rest through IPRoute.
 """
+import errno
 import ipaddress
 import socket
 
@@ -68,9 +69,25 @@ def link_get(name: str) -> dict | None:
         return None
 
 
+def link_index_of(name: str) -> int:
+    """The link's index (errors.NotFound when absent), from libc's if_nametoindex: no netlink
+    message to decode when only the index is needed."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENXIO, None):
+            raise NotFound(f"link {name}: no such device") from None
+        with translated(f"get link index of {name}"):
+            raise
+    except ValueError:      # an embedded NUL: no link has that name
+        raise NotFound(f"link {name!r}: no such device") from None
+
+
 def link_index(name: str) -> int | None:
-    link = link_get(name)
-    return link["index"] if link else None
+    try:
+        return link_index_of(name)
+    except NotFound:
+        return None
 
 
 def link_names() -> dict[int, str]:
@@ -214,7 +231,7 @@ def link_set_gso_limit(name: str, size: int) -> None:
 def addr_add(name: str, cidr: str) -> None:
     """Add an address (idempotent when it is already there)."""
     iface = ipaddress.ip_interface(cidr)
-    index = link_require(name)["index"]
+    index = link_index_of(name)
     try:
         with translated(f"add address {cidr} to {name}"):
             ipr().addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
@@ -223,7 +240,7 @@ def addr_add(name: str, cidr: str) -> None:
 
 
 def addrs(name: str, family: int = socket.AF_INET) -> list[str]:
-    index = link_require(name)["index"]
+    index = link_index_of(name)
     with translated(f"list addresses of {name}"):
         msgs = ipr().get_addr(index=index, family=family)
     return [f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}" for m in msgs]
@@ -298,7 +315,7 @@ def _route_spec(dst, *, gateway=None, dev=None, proto=None, src=None, table=None
     if gateway:
         spec["gateway"] = gateway
     if dev:
-        spec["oif"] = link_require(dev)["index"]
+        spec["oif"] = link_index_of(dev)
     if proto is not None:
         spec["proto"] = proto
     if src:

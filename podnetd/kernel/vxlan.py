@@ -55,7 +55,7 @@ def vxlan_ensure(name: str, *, vni: int, port: int, local: str, mac: str, mtu: i
 
 def neigh_replace(dev: str, ip: str, mac: str) -> None:
     """A permanent IPv4 neighbour entry ip -> mac on dev."""
-    index = ip_lib.link_require(dev)["index"]
+    index = ip_lib.link_index_of(dev)
     with translated(f"replace neighbour {ip} lladdr {mac} dev {dev}"):
         ipr().neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
 
@@ -63,7 +63,7 @@ def neigh_replace(dev: str, ip: str, mac: str) -> None:
 def neigh_delete(dev: str, ip: str) -> bool:
     """Delete the neighbour entry; False when it (or dev) was already gone."""
     try:
-        index = ip_lib.link_require(dev)["index"]
+        index = ip_lib.link_index_of(dev)
         with translated(f"delete neighbour {ip} dev {dev}"):
             ipr().neigh("del", dst=ip, ifindex=index)
         return True
@@ -84,7 +84,7 @@ def neighbours(dev: str) -> list[dict]:
 
 def fdb_replace(dev: str, mac: str, dst: str) -> None:
     """A permanent FDB entry on the vxlan device: frames to mac go to underlay address dst."""
-    index = ip_lib.link_require(dev)["index"]
+    index = ip_lib.link_index_of(dev)
     with translated(f"replace fdb {mac} dst {dst} dev {dev}"):
         ipr().fdb("replace", ifindex=index, lladdr=mac, dst=dst, state=NUD_PERMANENT, flags=NTF_SELF)
 
@@ -92,7 +92,7 @@ def fdb_replace(dev: str, mac: str, dst: str) -> None:
 def fdb_delete(dev: str, mac: str, dst: str) -> bool:
     """Delete the FDB entry; False when it (or dev) was already gone."""
     try:
-        index = ip_lib.link_require(dev)["index"]
+        index = ip_lib.link_index_of(dev)
         with translated(f"delete fdb {mac} dst {dst} dev {dev}"):
             ipr().fdb("del", ifindex=index, lladdr=mac, dst=dst, flags=NTF_SELF)
         return True

@@ -96,8 +96,12 @@ class Ctr:
         self.image_id = data.get("imageID", "")
 
     def status(self) -> dict:
+        # As the kubelet: no container and image IDs before the container was first created
+        # (so a pull under a waiting container is not a status change of its own)
+        created = bool(self.attempt)
         return {"name": self.name, "image": self.spec["image"],
-                "imageID": self.image_id, "containerID": f"runc://{self.cid}",
+                "imageID": self.image_id if created else "",
+                "containerID": f"runc://{self.cid}" if created else "",
                 "state": self.state, "lastState": self.last_state, "ready": self.ready,
                 "restartCount": self.restart_count, "started": self.started}
 
