@@ -43,7 +43,7 @@ class ContainerFactory:
         config = self._container_config(c, image, rootfs, pause_pid)
         bundle = self.ctx.layout.ctr_dir(c)
         with open(os.path.join(bundle, "config.json"), "w") as f:
-            json.dump(config, f)
+            f.write(json.dumps(config))   # one shot: json.dump encodes in Python
         return bundle
 
     def _fresh_rootfs(self, c: Ctr, image: dict, rootfs: str) -> None:

@@ -90,7 +90,7 @@ class Sandboxes:
                 annotations={"io.kubernetes.pod.name": pod.name,
                              "io.kubernetes.pod.namespace": pod.namespace})
             with open(os.path.join(bundle, "config.json"), "w") as f:
-                json.dump(config, f)
+                f.write(json.dumps(config))   # one shot: json.dump encodes in Python
             # the pause container and the CNI chain only share the netns: run them together
             t0 = time.monotonic()
             undo.push_async_callback(oci.delete, ctx.oci, pod.pause_id)

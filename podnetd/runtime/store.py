@@ -24,7 +24,7 @@ class PodStore:
         path = self.path(pod)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(pod.to_json(), f)
+            f.write(json.dumps(pod.to_json()))   # one shot: json.dump encodes in Python
         os.replace(tmp, path)
 
     def remove(self, pod: Pod) -> None:

@@ -51,6 +51,10 @@ from .keys import (InvalidKey, ValueTooLarge, check_key, check_revision, check_v
 
 log = logging.getLogger(__name__)
 
+# etcd calls in flight at once (a thread each: etcd3gw is blocking HTTP). etcd batches
+# concurrent writes into one raft entry and one fsync, so a burst of creates is served side by
+# side rather than queued behind eight.
+CALLS_IN_FLIGHT = 16
 LIST_PAGE = 500
 MAX_WATCH_MESSAGE = 64 * 1024 * 1024  # one gateway message (a batch of events, base64)
 COMPACTED = "required revision has been compacted"
@@ -144,6 +148,10 @@ class EtcdObjectStore(ObjectStore):
         session = requests.Session()
         # Only the given CA and client certificate: not REQUESTS_CA_BUNDLE, proxies or .netrc.
         session.trust_env = False
+        # a kept connection per call in flight (the default 10 would make a new TLS
+        # connection for each call beyond them)
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=CALLS_IN_FLIGHT))
         if self.tls:
             ca, cert, key = self.tls
             if ca:  # never None: requests takes verify=None as "do not verify"
@@ -226,7 +234,7 @@ class EtcdObjectStore(ObjectStore):
 
     async def start(self) -> None:
         if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="etcd-store")
+            self._executor = concurrent.futures.ThreadPoolExecutor(CALLS_IN_FLIGHT, thread_name_prefix="etcd-store")
         await self.revision()
 
     async def close(self) -> None:
