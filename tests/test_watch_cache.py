@@ -16,9 +16,9 @@ from testlib import unique
 WAIT = 20.0   # a hang guard, not a speed check
 
 
-def cache_on(etcd) -> WatchCache:
+def cache_on(etcd, **kw) -> WatchCache:
     return WatchCache(EtcdObjectStore([etcd.url], prefix=f"/podnet-test/{unique()}/registry",
-                                      tls=etcd.tls))
+                                      tls=etcd.tls), **kw)
 
 
 def run(body, store):
@@ -140,3 +140,25 @@ def test_closing_the_store_ends_its_watches(shared_etcd):
         except StoreUnavailable:
             pass
     run(body, cache_on(shared_etcd))
+
+
+def test_a_hub_nobody_watches_ends_its_etcd_watch(shared_etcd):
+    async def body(s: WatchCache):
+        start = await s.create("/events/a/x", b"1")
+        events = s.watch("/events/", start)
+        pending = asyncio.ensure_future(anext(events))
+        r2 = await s.create("/events/a/y", b"2")
+        assert (await asyncio.wait_for(pending, WAIT)).revision == r2
+        assert len(s.store._streams) == 1
+        await events.aclose()
+        for _ in range(100):
+            if not s.store._streams:
+                break
+            await asyncio.sleep(0.1)
+        assert not s.store._streams, "an idle hub kept its etcd watch"
+        again = s.watch("/events/", r2)               # a new hub when someone watches again
+        pending = asyncio.ensure_future(anext(again))
+        r3 = await s.create("/events/a/z", b"3")
+        assert (await asyncio.wait_for(pending, WAIT)).revision == r3
+        await again.aclose()
+    run(body, cache_on(shared_etcd, idle=0.2))

@@ -9,7 +9,8 @@ etcd sent, and podnetd parsed, every pod change once per watcher.
 - watch(prefix, after) is served from the resource's hub when the hub's history reaches back to
   `after`; otherwise (an old revision, a hub that failed) by a watch of its own on the store, so
   "too old" and every other edge keeps the store's meaning. A hub is started by the first
-  watch of its resource, from that watch's revision, and kept while the store is open.
+  watch of its resource, from that watch's revision, and kept while anyone watches (and IDLE
+  seconds more).
 - A hub that loses its store watch (etcd gone, compaction under it) ends every watch it serves
   with StoreUnavailable; the watchers resume from the last revision they saw, as from any cut.
 - peek(key) is the hub's view of a key, possibly behind the store: good as the first guess of
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 HISTORY = 5000          # events a hub keeps for watchers that resume or start behind it
 BACKLOG = 10000         # events a watcher may have queued before it is ended
+IDLE = 60.0             # seconds a hub nobody watches is kept (a `get -w` of events ends)
 
 
 def resource_of(prefix: str) -> str:
@@ -129,10 +131,11 @@ class _Hub:
 class WatchCache(ObjectStore):
     """An ObjectStore: reads and writes go to the store; watches are shared per resource."""
 
-    def __init__(self, store: ObjectStore, history: int = HISTORY, backlog: int = BACKLOG):
+    def __init__(self, store: ObjectStore, history: int = HISTORY, backlog: int = BACKLOG,
+                 idle: float = IDLE):
         self.store = store
         self.name = store.name
-        self.history, self.backlog = history, backlog
+        self.history, self.backlog, self.idle = history, backlog, idle
         self._hubs: dict[str, _Hub] = {}
         self._closed = False
 
@@ -216,6 +219,15 @@ class WatchCache(ObjectStore):
                 await watcher.wake.wait()
         finally:
             hub.watchers.discard(watcher)
+            if not hub.watchers:
+                with contextlib.suppress(RuntimeError):   # closed outside a running loop
+                    asyncio.get_running_loop().call_later(self.idle, self._stop_if_idle, hub)
+
+    def _stop_if_idle(self, hub: _Hub) -> None:
+        if not hub.watchers and self._hubs.get(hub.resource) is hub:
+            del self._hubs[hub.resource]
+            if hub.task is not None:
+                hub.task.cancel()
 
 
 __all__ = ["WatchCache", "resource_of"]
