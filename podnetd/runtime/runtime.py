@@ -180,8 +180,10 @@ class Runtime:
         return pod
 
     async def wait_started(self, pod: Pod, timeout: float = 60) -> None:
-        """Until the sandbox exists and every container has been started once, the pod ended,
-        or its sandbox failed once (it stays Pending and is tried again): what `pod run`
+        """Until the sandbox exists and every container has been started once, or an init
+        container (or sidecar) runs and holds the rest back (a long init job, a startup probe
+        that has not passed: the pod is under way, the caller need not wait it out), the pod
+        ended, or its sandbox failed once (it stays Pending and is tried again): what `pod run`
         waits for before answering."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -189,9 +191,11 @@ class Runtime:
                     or (pod.sandbox and pod.initialized and all(
                         c.state.get("waiting", {}).get("reason") != "ContainerCreating"
                         for c in pod.apps())) \
+                    or (pod.sandbox and not pod.initialized
+                        and any(c.running() for c in pod.init_order())) \
                     or (not pod.sandbox and self.lifecycle.sandbox_failures.get(pod.uid)):
                 return
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
 
     async def stop_pod(self, pod: Pod, max_grace: float | None = None,
                        reason: str = "Stopped") -> bool:
