@@ -151,3 +151,39 @@ def test_backoffs_and_error_types():
         PodError("x", "CreateContainerConfigError")   # a reason is not an API status
     assert ContainerError("CreateContainerConfigError", "m").reason == \
         "CreateContainerConfigError"
+
+
+def test_pod_conditions_as_the_kubelet_writes_them(monkeypatch):
+    """Reasons and messages of the False conditions; lastTransitionTime moves only when a
+    condition's status does, and comes back with the pod's state after a restart."""
+    clock = [1000.0]
+    monkeypatch.setattr("podnetd.runtime.model.time.time", lambda: clock[0])
+    p = _pod(initContainers=[{"name": "i", "image": "busybox"}])
+    cond = {c["type"]: c for c in p.conditions()}
+    assert cond["Initialized"]["status"] == "False"
+    assert cond["Initialized"]["reason"] == "ContainersNotInitialized"
+    assert cond["Initialized"]["message"] == "containers with incomplete status: [i]"
+    assert cond["Ready"]["reason"] == "ContainersNotReady"
+    assert cond["Ready"]["message"] == "containers with unready status: [a]"
+    assert cond["Ready"]["lastProbeTime"] is None
+    first = cond["Ready"]["lastTransitionTime"]
+    p.sandbox, p.stage, p.initialized_at = True, Stage.RUNNING, 1.0
+    p.containers["i"].state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    clock[0] = 1005.0
+    cond = {c["type"]: c for c in p.conditions()}
+    assert cond["Initialized"]["status"] == "True" and "reason" not in cond["Initialized"]
+    assert cond["Initialized"]["lastTransitionTime"] != first
+    assert cond["Ready"]["lastTransitionTime"] == first       # still False: not a transition
+    a = p.containers["a"]
+    a.state, a.ready, a.started = {"running": {"startedAt": "x"}}, True, True
+    clock[0] = 1010.0
+    cond = {c["type"]: c for c in p.conditions()}
+    assert cond["Ready"]["status"] == "True" and cond["Ready"]["lastTransitionTime"] != first
+    again = Pod.from_json(json.loads(json.dumps(p.to_json())))
+    clock[0] = 2000.0
+    assert again.conditions() == p.conditions()
+    a.state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    a.ready = False
+    p.stage = Stage.COMPLETED
+    cond = {c["type"]: c for c in p.conditions()}
+    assert cond["Ready"]["reason"] == "PodCompleted"

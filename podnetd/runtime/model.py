@@ -106,6 +106,15 @@ class Ctr:
                 "restartCount": self.restart_count, "started": self.started}
 
 
+def _not_ready(phase: str, unready: list[str]) -> tuple[str, str]:
+    """The kubelet's reason and message of ContainersReady/Ready when they are False."""
+    if phase in ("Succeeded", "Failed"):
+        return "PodCompleted", ""
+    if unready:
+        return "ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]"
+    return "", ""
+
+
 class Pod:
     def __init__(self, doc: dict, uid: str, created: float):
         self.doc = doc
@@ -130,6 +139,7 @@ class Pod:
         self.start_time: float | None = None
         self.events: list[dict] = []
         self.reason = ""
+        self.condition_times: dict[str, tuple[str, float]] = {}   # type -> (status, since)
 
     @property
     def initialized(self) -> bool:
@@ -177,6 +187,7 @@ class Pod:
                 "ip": self.ip, "cni": self.cni, "sandbox": self.sandbox,
                 "stage": self.stage.value, "initializedAt": self.initialized_at,
                 "startTime": self.start_time, "events": self.events, "reason": self.reason,
+                "conditionTimes": {k: list(v) for k, v in self.condition_times.items()},
                 "containers": {n: c.to_json() for n, c in self.containers.items()}}
 
     @classmethod
@@ -189,6 +200,12 @@ class Pod:
                 setattr(pod, key, data[key])
         pod.stage = Stage(data["stage"]) if "stage" in data else stage_from_flags(data)
         pod.start_time = data.get("startTime")
+        times = data.get("conditionTimes")
+        if isinstance(times, dict):
+            pod.condition_times = {
+                k: (v[0], float(v[1])) for k, v in times.items()
+                if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+                and isinstance(v[1], (int, float)) and not isinstance(v[1], bool)}
         pod.initialized_at = data.get("initializedAt")
         if pod.initialized_at is None and data.get("initialized"):
             pod.initialized_at = pod.start_time or pod.created
@@ -263,16 +280,38 @@ class Pod:
         return sum(c.restart_count for c in self.containers.values())
 
     def conditions(self) -> list[dict]:
-        ready_n, total = self.ready_count()
-        sidecars_ready = all(c.ready for c in self.of_kind("sidecar"))
-        cready = ready_n == total and self.phase() == "Running"
-        return [
-            {"type": "PodReadyToStartContainers", "status": str(self.sandbox)},
-            {"type": "Initialized", "status": str(self.initialized)},
-            {"type": "ContainersReady", "status": str(cready)},
-            {"type": "Ready", "status": str(cready and sidecars_ready)},
-            {"type": "PodScheduled", "status": "True"},
-        ]
+        """The kubelet's pod conditions, with its reasons and messages; lastTransitionTime is
+        when a condition last changed its status (kept with the pod's state)."""
+        phase = self.phase()
+        unready = [c.name for c in self.apps() if not c.ready]
+        unready_sidecars = [c.name for c in self.of_kind("sidecar") if not c.ready]
+        cready = not unready and phase == "Running"
+        found = [("PodReadyToStartContainers", self.sandbox, "", ""),
+                 ("Initialized", self.initialized, *self._not_initialized()),
+                 ("ContainersReady", cready, *_not_ready(phase, unready)),
+                 ("Ready", cready and not unready_sidecars,
+                  *_not_ready(phase, unready + unready_sidecars)),
+                 ("PodScheduled", True, "", "")]
+        out = []
+        for kind, ok, reason, message in found:
+            status = str(bool(ok))
+            was = self.condition_times.get(kind)
+            if was is None or was[0] != status:
+                was = self.condition_times[kind] = (status, time.time())
+            cond = {"type": kind, "status": status, "lastProbeTime": None,
+                    "lastTransitionTime": rfc3339(was[1])}
+            if not ok and reason:
+                cond.update(reason=reason, message=message)
+            out.append(cond)
+        return out
+
+    def _not_initialized(self) -> tuple[str, str]:
+        pending = [c.name for c in self.init_order()
+                   if not (c.exit_code() == 0 if c.kind == "init" else c.started)]
+        if not pending:
+            return "", ""
+        return ("ContainersNotInitialized",
+                f"containers with incomplete status: [{' '.join(pending)}]")
 
     def k8s(self, node_name: str, host_ip: str = "") -> dict:
         meta = dict(self.doc["metadata"])
