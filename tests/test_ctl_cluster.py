@@ -3,6 +3,7 @@ apply/create/get/describe/label/taint/cordon/drain/delete/watch/auth as a kubect
 them, the errors in kubectl's words, and a client config whose first server is down."""
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -167,7 +168,8 @@ def test_describe_node_counts_the_requests_of_its_pods(node, workdir):
     try:
         out = ctl(node, "describe", "node", name).stdout
         assert f"Name:               {name}" in out
-        assert "Conditions:" in out and "Ready  True" in out.replace("   ", "  ")
+        assert "Conditions:" in out and re.search(r"^\s+Ready\s+True\s", out, re.M), out
+        assert re.search(r"^\s+MemoryPressure\s+False\s", out, re.M), out
         pods = out.split("Non-terminated Pods:")[1]
         assert "default    counted" in pods and "150m (" in pods and "16Mi (" in pods
         allocated = out.split("Allocated resources:")[1]

@@ -42,6 +42,28 @@ def container_runtime(oci: str) -> str:
     return f"{oci}://{version}"
 
 
+def memory_available_bytes() -> int:
+    """MemAvailable (the kernel's estimate of what can be had without swapping); -1 unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def pressures(state_dir: str) -> tuple[bool, bool]:
+    """(memory pressure, disk pressure) of the node, its filesystem being the state dir's."""
+    try:
+        st = os.statvfs(state_dir)
+        disk = (st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, st.f_files, st.f_favail)
+    except OSError:
+        disk = (0, 0, 0, 0)
+    return node_object.pressures(memory_available_bytes(), *disk)
+
+
 def storage_bytes(path: str) -> int:
     try:
         st = os.statvfs(path)
@@ -53,10 +75,11 @@ def storage_bytes(path: str) -> int:
 def gather(name: str, internal_ip: str, pod_cidr: str, oci: str, state_dir: str, *,
            labels=(), taints=(), system_reserved=(), max_pods=110,
            api_port=0, api_scope="cluster") -> node_object.NodeFacts:
+    memory_pressure, disk_pressure = pressures(state_dir)
     return node_object.NodeFacts(
         name=name, internal_ip=internal_ip, pod_cidr=pod_cidr, cpus=os.cpu_count() or 1,
         memory_bytes=memory_bytes(), os_image=os_image(), kernel_version=os.uname().release,
         container_runtime=container_runtime(oci), labels=tuple(labels), taints=tuple(taints),
         system_reserved=tuple(system_reserved), max_pods=max_pods,
         ephemeral_storage_bytes=storage_bytes(state_dir), api_port=api_port,
-        api_scope=api_scope)
+        api_scope=api_scope, memory_pressure=memory_pressure, disk_pressure=disk_pressure)

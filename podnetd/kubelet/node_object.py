@@ -34,6 +34,8 @@ class NodeFacts:
     ephemeral_storage_bytes: int = 0
     api_port: int = 0                     # the node's --api-listen port, for logs/exec
     api_scope: str = "cluster"            # "cluster" (etcd) or "node-local" (its own store)
+    memory_pressure: bool = False         # below the kubelet's hard eviction thresholds
+    disk_pressure: bool = False           # (see pressures())
 
 
 def arch() -> str:
@@ -121,15 +123,48 @@ def labels(f: NodeFacts) -> dict:
     return out
 
 
-def ready_condition(ready: bool, message: str, previous: dict | None, now: float) -> dict:
-    status = "True" if ready else "False"
+# The kubelet's default hard eviction thresholds (--eviction-hard): memory.available<100Mi,
+# nodefs.available<10%, nodefs.inodesFree<5%.
+MEMORY_AVAILABLE_MIN = 100 * 2**20
+NODEFS_AVAILABLE_MIN = 0.10
+NODEFS_INODES_FREE_MIN = 0.05
+
+PRESSURES = {   # condition -> (reason, message) when False, when True: the kubelet's words
+    "MemoryPressure": (("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                       ("KubeletHasInsufficientMemory",
+                        "kubelet has insufficient memory available")),
+    "DiskPressure": (("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                     ("KubeletHasDiskPressure", "kubelet has disk pressure")),
+}
+
+
+def pressures(memory_available: int, disk_total: int, disk_available: int, inodes_total: int,
+              inodes_free: int) -> tuple[bool, bool]:
+    """(memory pressure, disk pressure) against the kubelet's default thresholds; unknown
+    totals (0) are no pressure."""
+    memory = 0 <= memory_available < MEMORY_AVAILABLE_MIN
+    disk = bool(disk_total) and disk_available < disk_total * NODEFS_AVAILABLE_MIN \
+        or bool(inodes_total) and inodes_free < inodes_total * NODEFS_INODES_FREE_MIN
+    return memory, disk
+
+
+def _condition(kind: str, status: str, reason: str, message: str, previous: dict | None,
+               now: float) -> dict:
     changed = previous is None or previous.get("status") != status
-    return {"type": "Ready", "status": status,
-            "reason": "KubeletReady" if ready else "KubeletNotReady",
-            "message": message,
+    return {"type": kind, "status": status, "reason": reason, "message": message,
             "lastHeartbeatTime": timestamps.rfc3339(now),
             "lastTransitionTime": timestamps.rfc3339(now) if changed
             else previous.get("lastTransitionTime", timestamps.rfc3339(now))}
+
+
+def pressure_condition(kind: str, pressured: bool, previous: dict | None, now: float) -> dict:
+    reason, message = PRESSURES[kind][pressured]
+    return _condition(kind, str(pressured), reason, message, previous, now)
+
+
+def ready_condition(ready: bool, message: str, previous: dict | None, now: float) -> dict:
+    return _condition("Ready", "True" if ready else "False",
+                      "KubeletReady" if ready else "KubeletNotReady", message, previous, now)
 
 
 def node_status(f: NodeFacts, ready: bool, message: str, previous: dict | None,
@@ -137,7 +172,11 @@ def node_status(f: NodeFacts, ready: bool, message: str, previous: dict | None,
     old = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
     return {
         "capacity": capacity(f), "allocatable": allocatable(f),
-        "conditions": [ready_condition(ready, message, old.get("Ready"), now)],
+        "conditions": [
+            pressure_condition("MemoryPressure", f.memory_pressure, old.get("MemoryPressure"),
+                               now),
+            pressure_condition("DiskPressure", f.disk_pressure, old.get("DiskPressure"), now),
+            ready_condition(ready, message, old.get("Ready"), now)],
         "addresses": [{"type": "InternalIP", "address": f.internal_ip},
                       {"type": "Hostname", "address": f.name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": f.api_port}},
