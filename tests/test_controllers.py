@@ -305,3 +305,66 @@ def test_deleted_node_has_its_claim_released_and_its_pods_collected(cluster):
         await access.stop()
         await store.close()
     asyncio.run(run())
+
+
+def test_pressure_conditions_taint_the_node_and_keep_best_effort_pods_off(cluster):
+    """TaintNodesByCondition: MemoryPressure=True gives node.kubernetes.io/memory-pressure
+    NoSchedule (gone when it clears); the scheduler keeps best-effort pods off such a node while
+    pods with requests tolerate it, as Kubernetes does."""
+    async def run():
+        api, access, store = await cluster()
+        admin = api.as_user(ADMIN)
+        pressed = node("n1")
+        pressed["status"]["conditions"].append({"type": "MemoryPressure", "status": "True"})
+        await add_node(admin, pressed)
+        await add_node(admin, node("n2", taints=[{"key": "other", "effect": "NoSchedule"}]))
+        ctl = NodeLifecycleController(api.as_user(CONTROLLER_USER), grace_period=60.0)
+        for name in ("n1", "n2"):        # leases, so the controller does not mark them Unknown
+            await admin.create("leases", "kube-node-lease", {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name}})
+        tasks = [asyncio.create_task(ctl.run())]
+
+        async def taints_of(name):
+            n = await admin.get("nodes", "", name)
+            return {(t["key"], t["effect"]) for t in n["spec"].get("taints") or []}
+
+        async def tainted():
+            return ("node.kubernetes.io/memory-pressure", "NoSchedule") in await taints_of("n1")
+        await wait_for(tainted, what="the memory-pressure taint")
+        assert await taints_of("n2") == {("other", "NoSchedule")}    # no condition, no taint
+        loop = SchedulerLoop(api.as_user(SCHEDULER_USER))
+        tasks.append(asyncio.create_task(loop.run()))
+        await admin.create("pods", "default", pod("besteffort"))
+        burstable = pod("burstable")
+        burstable["spec"]["containers"][0]["resources"] = {"requests": {"memory": "16Mi"}}
+        await admin.create("pods", "default", burstable)
+
+        async def bound(name):
+            return (await admin.get("pods", "default", name))["spec"].get("nodeName")
+        assert await wait_for(lambda: bound("burstable"), what="burstable bound") == "n1"
+
+        async def refused():
+            p = await admin.get("pods", "default", "besteffort")
+            return [c for c in (p.get("status") or {}).get("conditions") or []
+                    if c["type"] == "PodScheduled" and c["status"] == "False"]
+        [cond] = await wait_for(refused, what="the best-effort pod refused")
+        assert "untolerated taint {node.kubernetes.io/memory-pressure: }" in cond["message"]
+        # the pressure clears: the taint goes and the pending pod is placed
+        n1 = await admin.get("nodes", "", "n1")
+        n1["status"]["conditions"] = [{"type": "Ready", "status": "True"},
+                                      {"type": "MemoryPressure", "status": "False"}]
+        await admin.update("nodes", "", n1, "status")
+
+        async def untainted():
+            return ("node.kubernetes.io/memory-pressure", "NoSchedule") not in \
+                await taints_of("n1")
+        await wait_for(untainted, what="the taint lifted")
+        assert await wait_for(lambda: bound("besteffort"), what="besteffort bound") == "n1"
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await access.stop()
+        await store.close()
+    asyncio.run(run())

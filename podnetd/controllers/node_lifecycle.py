@@ -3,7 +3,9 @@ renewed for --node-monitor-grace-period becomes Ready=Unknown with the
 node.kubernetes.io/unreachable:NoExecute taint (node.kubernetes.io/not-ready:NoExecute when it
 says Ready=False itself), its pods turn Ready=False, and the taint manager deletes pods once their
 toleration of the taint runs out (300 s by default, as the API server's
-DefaultTolerationSeconds adds it). A node that renews again loses the taints.
+DefaultTolerationSeconds adds it). A node that renews again loses the taints. A condition such
+as MemoryPressure or DiskPressure that is True becomes its NoSchedule taint
+(TaintNodesByCondition), removed when the condition clears.
 
 Deletion is graceful: a pod on an unreachable node stays Terminating until its node comes back
 and finishes it (stopping the containers first), so a pod never runs twice."""
@@ -22,6 +24,13 @@ log = logging.getLogger(__name__)
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
+# TaintNodesByCondition: a node condition that is True becomes a NoSchedule taint, so the
+# scheduler reads taints, not conditions (pods that tolerate it still go there)
+CONDITION_TAINTS = {"MemoryPressure": "node.kubernetes.io/memory-pressure",
+                    "DiskPressure": "node.kubernetes.io/disk-pressure",
+                    "PIDPressure": "node.kubernetes.io/pid-pressure",
+                    "NetworkUnavailable": "node.kubernetes.io/network-unavailable"}
+CONDITION_TAINT_KEYS = frozenset(CONDITION_TAINTS.values())
 LEASE_NAMESPACE = "kube-node-lease"
 MONITOR_PERIOD = 1.0
 
@@ -33,6 +42,13 @@ def parse_time(text: str | None) -> float | None:
         return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return None
+
+
+def condition_taints(node: dict) -> set[str]:
+    """The NoSchedule taint keys the node's conditions call for."""
+    return {CONDITION_TAINTS[c["type"]] for c in (node.get("status") or {}).get("conditions") or []
+            if isinstance(c, dict) and c.get("type") in CONDITION_TAINTS
+            and c.get("status") == "True"}
 
 
 def ready_status(node: dict) -> str:
@@ -99,6 +115,7 @@ class NodeLifecycleController:
 
     async def _monitor(self) -> None:
         for name, node in list(self.nodes.cache.items()):
+            await self._condition_taints(name, node)
             if self._silent_for(name) > self.grace:
                 if ready_status(node) != "Unknown":
                     await self._mark_unknown(name)
@@ -187,6 +204,28 @@ class NodeLifecycleController:
         if not taints:
             del node["spec"]["taints"]
         await self.client.update("nodes", "", node)
+
+    async def _condition_taints(self, name: str, node: dict) -> None:
+        want = condition_taints(node)
+        have = {t.get("key") for t in (node.get("spec") or {}).get("taints") or []
+                if t.get("effect") == "NoSchedule" and t.get("key") in CONDITION_TAINT_KEYS}
+        if want == have:
+            return
+        node = await self.client.get("nodes", "", name)
+        want = condition_taints(node)
+        taints = [t for t in (node["spec"].get("taints") or [])
+                  if not (t.get("effect") == "NoSchedule"
+                          and t.get("key") in CONDITION_TAINT_KEYS - want)]
+        present = {t.get("key") for t in taints if t.get("effect") == "NoSchedule"}
+        now = timestamps.rfc3339()
+        taints += [{"key": key, "effect": "NoSchedule", "timeAdded": now}
+                   for key in sorted(want - present)]
+        node["spec"]["taints"] = taints
+        if not taints:
+            del node["spec"]["taints"]
+        with contextlib.suppress(objects.Conflict):   # changed meanwhile: the next pass
+            await self.client.update("nodes", "", node)
+        log.info("node %s: condition taints now %s", name, ", ".join(sorted(want)) or "none")
 
     async def _pods_not_ready(self, node_name: str) -> None:
         for key, pod in list(self.pods.cache.items()):

@@ -235,6 +235,29 @@ def _host_ports(spec: dict) -> tuple:
     return tuple(out)
 
 
+MEMORY_PRESSURE = "node.kubernetes.io/memory-pressure"
+
+
+def best_effort(spec: dict) -> bool:
+    """QoS class BestEffort: no container asks for or is limited to any resource."""
+    for group in ("initContainers", "containers"):
+        for c in _l(spec.get(group)):
+            res = _d(_d(c).get("resources"))
+            if _d(res.get("requests")) or _d(res.get("limits")):
+                return False
+    return True
+
+
+def scheduling_tolerations(spec: dict) -> tuple:
+    """The pod's tolerations as the scheduler applies them: Kubernetes takes pods with
+    requests or limits to cope with memory pressure (they tolerate its NoSchedule taint); only
+    best-effort pods stay off such a node."""
+    own = tolerations_of(spec)
+    if best_effort(spec):
+        return own
+    return own + ((MEMORY_PRESSURE, "Exists", "", NO_SCHEDULE),)
+
+
 def tolerations_of(spec: dict) -> tuple:
     """A pod spec's tolerations as (key, operator, value, effect) tuples (what tolerates() reads)."""
     out = []
@@ -403,7 +426,7 @@ def pod_info(pod: dict, strict: bool = True) -> PodInfo:
         terminating=meta.get("deletionTimestamp") is not None,
         requests=requests, checked=_checked(requests), nonzero_cpu=nonzero.get(CPU, 0),
         nonzero_memory=nonzero.get(MEMORY, 0),
-        host_ports=_host_ports(spec), tolerations=tolerations_of(spec),
+        host_ports=_host_ports(spec), tolerations=scheduling_tolerations(spec),
         node_selector=_str_map(spec.get("nodeSelector")),
         required_node_affinity=required_na, preferred_node_affinity=preferred_na,
         required_affinity=r.terms(pa.get(req_key), f"{base}.{req_key}", ns, False),
