@@ -368,3 +368,30 @@ def test_pressure_conditions_taint_the_node_and_keep_best_effort_pods_off(cluste
         await access.stop()
         await store.close()
     asyncio.run(run())
+
+
+def test_a_leaders_work_that_fails_is_logged_and_started_again(cluster, caplog):
+    """A bug in the scheduler or a controller must not leave a leader that holds the lease and
+    does nothing: the failure is logged with its traceback and the work runs again."""
+    async def run():
+        api, access, store = await cluster()
+        runs = []
+
+        async def lead():
+            runs.append(time.monotonic())
+            if len(runs) == 1:
+                raise TypeError("a bug in the first run")
+            await asyncio.Event().wait()
+        elector = LeaderElector(api.as_user(SCHEDULER_USER), "kube-scheduler", "a",
+                                lease_duration=2.0, renew_deadline=1.5, retry_period=0.1,
+                                lead=lead)
+        await elector.start()
+        await wait_for(lambda: _true(len(runs) >= 2), what="the work started again")
+        assert elector.leading
+        await elector.stop()
+        await access.stop()
+        await store.close()
+    with caplog.at_level("ERROR", logger="podnetd.controllers.leader"):
+        asyncio.run(run())
+    failed = [r for r in caplog.records if "the leader's work failed" in r.getMessage()]
+    assert failed and failed[0].exc_info and "a bug in the first run" in str(failed[0].exc_info[1])

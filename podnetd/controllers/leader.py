@@ -62,7 +62,18 @@ class LeaderElector:
                 work.cancel()
                 with contextlib.suppress(BaseException):
                     await work
-            log.warning("%s: %s lost the lease", self.name, self.identity)
+            failure = work.exception() if work.done() and not work.cancelled() else None
+            if failure is not None:
+                # a bug in the work must not leave a leader that does nothing: said, and the
+                # work started again (after a pause: not a hot loop on a lasting fault)
+                log.error("%s: the leader's work failed; starting it again", self.name,
+                          exc_info=failure)
+                await asyncio.sleep(self.retry_period)
+            elif work.done() and not work.cancelled():
+                log.warning("%s: the leader's work ended; starting it again", self.name)
+                await asyncio.sleep(self.retry_period)
+            else:
+                log.warning("%s: %s lost the lease", self.name, self.identity)
 
     async def _keep(self, work: asyncio.Task) -> None:
         """Renew every retry period; give up when no renewal succeeded for renew_deadline."""
