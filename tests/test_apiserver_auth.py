@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from podnetd.apiserver import audit, authn, authz, node_authz, rbac
+from podnetd.apiserver import aggregation, audit, authn, authz, node_authz, rbac
 from podnetd.apiserver.authn import UserInfo
 from podnetd.apiserver.rbac import Attributes
 from podnetd.lab import pki
@@ -457,7 +457,15 @@ def test_bootstrap_policy():
     objs = rbac.bootstrap_objects()
     for obj in objs:
         assert rbac.VALIDATORS[obj["kind"]](obj) == [], obj["metadata"]["name"]
-        assert obj["metadata"]["labels"] == {"kubernetes.io/bootstrapping": "rbac-defaults"}
+        assert obj["metadata"]["labels"]["kubernetes.io/bootstrapping"] == "rbac-defaults"
+    named = {o["metadata"]["name"]: o for o in objs}
+    # view, edit and admin are aggregated as Kubernetes ships them, their rules filled in
+    for name, label in (("view", "view"), ("edit", "edit"), ("admin", "admin")):
+        assert named[name]["aggregationRule"] == {"clusterRoleSelectors": [{"matchLabels": {
+            f"rbac.authorization.k8s.io/aggregate-to-{label}": "true"}}]}
+        assert named[name]["rules"] == aggregation.aggregated_rules(named[name], objs)
+    assert named["view"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"]
+    assert named["edit"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"]
     index = rbac.RbacIndex(objs)
     # cluster-admin is bound to system:masters through RBAC too, as Kubernetes ships it
     d = index.authorize(A(user("x", ["system:masters"]), "delete", "nodes", name="n1"))
@@ -530,9 +538,13 @@ def test_forbidden_message_is_kube_apiservers(attrs, message):
      ["rules[0].verbs[1]: Invalid value: 3: must be a non-empty string"]),
     ("ClusterRole", role("system:x", "prod", [], kind="ClusterRole"),
      ["metadata.namespace: Forbidden: not allowed on this type"]),
-    ("ClusterRole", {**role("c", "", [], kind="ClusterRole"), "aggregationRule": {}},
-     ["aggregationRule: Forbidden: ClusterRole aggregation is not supported by podnet; list the "
-      "rules"]),
+    ("ClusterRole", {**role("c", "", [], kind="ClusterRole"),
+                     "aggregationRule": {"clusterRoleSelectors": [
+                         {"matchExpressions": [{"key": "a", "operator": "Near"}]}],
+                         "extra": 1}},
+     ["aggregationRule.extra: Invalid value: unknown field",
+      "aggregationRule.clusterRoleSelectors[0].matchExpressions[0].operator: Unsupported value: "
+      "'Near': supported values: In, NotIn, Exists, DoesNotExist"]),
     ("ClusterRoleBinding", binding("b", "", "Role", "r", [{"kind": "User", "name": "a"}]),
      ['roleRef.kind: Unsupported value: "Role": supported values: "ClusterRole"']),
     ("RoleBinding", binding("b", "prod", "Role", "", [{"kind": "Robot", "name": "a"}]),
@@ -875,3 +887,25 @@ def test_can_i_resource_argument():
     assert rbac.parse_resource("Roles.rbac.authorization.k8s.io") == ("roles", "", rbac.GROUP)
     assert rbac.parse_resource("widgets", {"widgets": "example.com"}) == \
         ("widgets", "", "example.com")
+
+
+def test_aggregated_rules_pick_by_label_in_name_order_each_rule_once():
+    def cr(name, rules, labels=None, selectors=None):
+        obj = {**role(name, "", rules, kind="ClusterRole")}
+        obj["metadata"]["labels"] = labels or {}
+        if selectors is not None:
+            obj["aggregationRule"] = {"clusterRoleSelectors": selectors}
+        return obj
+    pick = [{"matchLabels": {"agg": "yes"}}]
+    target = cr("target", [rule(["get"], ["stale"])], selectors=pick)
+    roles = [target, cr("b", [rule(["get"], ["pods"]), rule(["list"], ["pods"])], {"agg": "yes"}),
+             cr("a", [rule(["get"], ["pods"]), rule(["get"], ["nodes"])], {"agg": "yes"}),
+             cr("c", [rule(["delete"], ["pods"])], {"agg": "no"}),
+             cr("self", [rule(["get"], ["x"])], {"agg": "yes"}, selectors=pick)]
+    assert aggregation.aggregated_rules(target, roles) == [
+        rule(["get"], ["pods"]), rule(["get"], ["nodes"]), rule(["list"], ["pods"]),
+        rule(["get"], ["x"])]
+    # a role never picks itself; a role without aggregationRule is not aggregated
+    assert rule(["get"], ["x"]) not in aggregation.aggregated_rules(roles[-1], roles)
+    assert aggregation.aggregated_rules(roles[1], roles) is None
+    assert aggregation.aggregated_rules(cr("none", [], selectors=[]), roles) == []

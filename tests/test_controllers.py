@@ -14,6 +14,7 @@ from podnetd.apiserver.authn import UserInfo
 from podnetd.apiserver.registry import Registry
 from podnetd.apiserver.storage.sqlite import SqliteStore
 from podnetd.controllers import tolerations
+from podnetd.controllers.clusterrole_aggregation import ClusterRoleAggregationController
 from podnetd.controllers.leader import LeaderElector
 from podnetd.controllers.namespaces import NamespaceController
 from podnetd.controllers.node_lifecycle import NodeLifecycleController
@@ -395,3 +396,80 @@ def test_a_leaders_work_that_fails_is_logged_and_started_again(cluster, caplog):
         asyncio.run(run())
     failed = [r for r in caplog.records if "the leader's work failed" in r.getMessage()]
     assert failed and failed[0].exc_info and "a bug in the first run" in str(failed[0].exc_info[1])
+
+
+def test_clusterrole_aggregation_extends_view_edit_and_admin(cluster):
+    """A ClusterRole labelled aggregate-to-view flows into view, and through view into edit and
+    admin; a user bound to view gains it, and loses it when the label goes. An aggregated role
+    takes cluster-admin privileges to create, as in Kubernetes."""
+    async def run():
+        api, access, store = await cluster()
+        admin = api.as_user(ADMIN)
+        ctl = ClusterRoleAggregationController(api.as_user(CONTROLLER_USER))
+        task = asyncio.create_task(ctl.run())
+        await admin.create("namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
+                                              "metadata": {"name": "team"}})
+        await admin.create("rolebindings", "team", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "viewers", "namespace": "team"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": "vera"}]})
+        vera = UserInfo("vera", "", ("system:authenticated",))
+        extra = {"apiGroups": ["stable.example.com"], "resources": ["crontabs"],
+                 "verbs": ["get", "list"]}
+        assert not api.can(vera, "get", "crontabs.stable.example.com", "team")[0]
+        await admin.create("clusterroles", "", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "crontab-viewer",
+                         "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+            "rules": [extra]})
+
+        async def in_all():
+            roles = {n: await admin.get("clusterroles", "", n) for n in ("view", "edit", "admin")}
+            return all(extra in r["rules"] for r in roles.values())
+        await wait_for(in_all, what="the rule aggregated into view, edit and admin")
+        await wait_for(lambda: _true(api.can(vera, "get", "crontabs.stable.example.com",
+                                             "team")[0]), what="vera may get crontabs")
+        role = await admin.get("clusterroles", "", "crontab-viewer")
+        role["metadata"]["labels"] = {}
+        await admin.update("clusterroles", "", role)
+
+        async def gone():
+            view = await admin.get("clusterroles", "", "view")
+            return extra not in view["rules"] and any(r.get("resources") == ["pods"] or
+                                                      "pods" in r.get("resources", [])
+                                                      for r in view["rules"])
+        await wait_for(gone, what="the rule gone with the label")
+        # only who may escalate may create an aggregated role
+        await admin.create("clusterrolebindings", "", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "role-writer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "role-writer"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": "rita"}]})
+        await admin.create("clusterroles", "", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "role-writer"},
+            "rules": [{"apiGroups": ["rbac.authorization.k8s.io"],
+                       "resources": ["clusterroles"], "verbs": ["create"]}]})
+        rita = api.as_user(UserInfo("rita", "", ("system:authenticated",)))
+
+        async def refused():
+            try:
+                await rita.create("clusterroles", "", {
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": "grab-all"},
+                    "aggregationRule": {"clusterRoleSelectors": [{}]}})
+            except objects.Forbidden as e:   # before the binding is in effect: RBAC's words
+                return e.message if "aggregationRule" in e.message else None
+            raise AssertionError("an aggregated role was created without escalate")
+        message = await wait_for(refused, what="rita's role-writer binding in effect")
+        assert "must have cluster-admin privileges to use the aggregationRule" in message
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await access.stop()
+        await store.close()
+    asyncio.run(run())

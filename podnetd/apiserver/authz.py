@@ -96,6 +96,9 @@ class Authorizer:
             escalate = Attributes(user, "escalate", attrs.resource, "", ns, name, rbac.GROUP)
             if self.decide(escalate).allowed:
                 return None
+            if attrs.resource == "clusterroles" and obj.get("aggregationRule") is not None:
+                # an aggregated role takes whatever rules its selectors will pick, later too
+                return "must have cluster-admin privileges to use the aggregationRule"
             servant = obj.get("rules") or []
         elif attrs.resource in ("rolebindings", "clusterrolebindings"):
             ref = obj.get("roleRef") if isinstance(obj.get("roleRef"), dict) else {}

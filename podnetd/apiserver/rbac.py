@@ -22,6 +22,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Iterable
 
+from . import aggregation
+
 if TYPE_CHECKING:
     from podnetd.apiserver.authn import UserInfo
 
@@ -474,10 +476,7 @@ def validate_role(obj: dict) -> list[str]:
 
 def validate_cluster_role(obj: dict) -> list[str]:
     errors = _meta_errors(obj, namespaced=False) + _rules_errors(obj, namespaced=False)
-    if obj.get("aggregationRule") is not None:
-        # Silently ignoring it would leave an empty role whose author expects it filled.
-        errors.append("aggregationRule: Forbidden: ClusterRole aggregation is not supported by "
-                      "podnet; list the rules")
+    errors += aggregation.validate(obj.get("aggregationRule"))
     return errors + _unknown(obj, {"apiVersion", "kind", "metadata", "rules",
                                    "aggregationRule"}, "")
 
@@ -580,9 +579,36 @@ def _meta(name: str) -> dict:
     return {"name": name, **{k: dict(v) for k, v in _BOOTSTRAP_META.items()}}
 
 
-def _cluster_role(name: str, rules: list[dict]) -> dict:
-    return {"apiVersion": API_VERSION, "kind": "ClusterRole", "metadata": _meta(name),
+def _cluster_role(name: str, rules: list[dict], aggregate_to: str = "",
+                  aggregates: str = "") -> dict:
+    """aggregate_to: the role's rules flow into that built-in role (its label);
+    aggregates: the role is aggregated from the roles labelled aggregate-to-<aggregates>."""
+    role = {"apiVersion": API_VERSION, "kind": "ClusterRole", "metadata": _meta(name),
             "rules": rules}
+    if aggregate_to:
+        role["metadata"]["labels"][aggregation.AGGREGATE_TO + aggregate_to] = "true"
+    if aggregates:
+        role["aggregationRule"] = {"clusterRoleSelectors": [
+            {"matchLabels": {aggregation.AGGREGATE_TO + aggregates: "true"}}]}
+    return role
+
+
+def _aggregated_bootstrap_roles() -> list[dict]:
+    """view, edit and admin as Kubernetes ships them: aggregated from the
+    system:aggregate-to-* roles (and view into edit, edit into admin), their rules filled in
+    here as the aggregation controller would, so they work before it first runs."""
+    view = _view_rules()
+    edit_only = _edit_rules()[len(view):]
+    admin_only = _admin_rules()[len(_edit_rules()):]
+    roles = [_cluster_role("system:aggregate-to-view", view, aggregate_to="view"),
+             _cluster_role("system:aggregate-to-edit", edit_only, aggregate_to="edit"),
+             _cluster_role("system:aggregate-to-admin", admin_only, aggregate_to="admin"),
+             _cluster_role("view", [], aggregate_to="edit", aggregates="view"),
+             _cluster_role("edit", [], aggregate_to="admin", aggregates="edit"),
+             _cluster_role("admin", [], aggregates="admin")]
+    for role in roles[3:]:      # in this order each one's sources are already filled
+        role["rules"] = aggregation.aggregated_rules(role, roles)
+    return roles
 
 
 def _cluster_binding(name: str, role: str, kind: str, subject: str) -> dict:
@@ -592,7 +618,7 @@ def _cluster_binding(name: str, role: str, kind: str, subject: str) -> dict:
 
 
 # What a namespace's users see and edit, the kinds podnet has and those the next issues add
-# (Kubernetes aggregates these from system:aggregate-to-*; podnet writes them out).
+# (the rules of system:aggregate-to-view/edit/admin, aggregated into view, edit and admin).
 _VIEW_CORE = ["pods", "pods/log", "pods/status", "events", "configmaps", "endpoints",
               "persistentvolumeclaims", "replicationcontrollers", "serviceaccounts", "services",
               "services/status", "limitranges", "resourcequotas", "namespaces/status", "bindings"]
@@ -683,6 +709,9 @@ def _controller_manager_rules() -> list[dict]:
         _rule(_READ, [""], ["services", "configmaps", "serviceaccounts"]),
         _rule(["create"], ["authentication.k8s.io"], ["tokenreviews"]),
         _rule(["create"], ["authorization.k8s.io"], ["subjectaccessreviews"]),
+        # the clusterrole-aggregation controller writes rules it need not hold itself
+        _rule(["escalate", "get", "list", "patch", "update", "watch"], [GROUP],
+              ["clusterroles"]),
         # the namespace controller empties a namespace being deleted, whatever it holds (as
         # Kubernetes' system:controller:namespace-controller)
         _rule(["get", "list", "delete", "deletecollection"], ["*"], ["*"]),
@@ -696,9 +725,7 @@ def bootstrap_objects() -> list[dict]:
     roles = [
         _cluster_role("cluster-admin", [_rule(["*"], ["*"], ["*"]),
                                         {"nonResourceURLs": ["*"], "verbs": ["*"]}]),
-        _cluster_role("admin", _admin_rules()),
-        _cluster_role("edit", _edit_rules()),
-        _cluster_role("view", _view_rules()),
+        *_aggregated_bootstrap_roles(),
         # Everyone may ask who they are and what they may do (kubectl auth whoami / can-i).
         _cluster_role("system:basic-user", [
             _rule(["create"], ["authentication.k8s.io"], ["selfsubjectreviews"]),

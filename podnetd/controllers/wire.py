@@ -8,6 +8,7 @@ import dataclasses
 
 from .. import config
 from ..wiring import DaemonContext, Feature
+from .clusterrole_aggregation import ClusterRoleAggregationController
 from .event_recorder import ApiEventRecorder
 from .leader import LeaderElector
 from .namespaces import NamespaceController
@@ -80,7 +81,8 @@ class ControlPlane:
             self.lifecycle = NodeLifecycleController(
                 cm_client, cfg.node_monitor_grace_period,
                 ApiEventRecorder(cm_client, "node-controller"), release_claim)
-            await asyncio.gather(self.lifecycle.run(), NamespaceController(cm_client).run())
+            await asyncio.gather(self.lifecycle.run(), NamespaceController(cm_client).run(),
+                                 ClusterRoleAggregationController(cm_client).run())
         timing = dict(lease_duration=cfg.lease_duration, renew_deadline=cfg.renew_deadline,
                       retry_period=cfg.retry_period)
         self.electors = [LeaderElector(sched_client, "kube-scheduler", identity, lead=schedule,
