@@ -115,6 +115,12 @@ def test_pods_pull_the_registry_image_on_every_node(lab):
             assert pulled["involvedObject"]["uid"] == p["metadata"]["uid"]
             assert (NS, n, "Running") in {(r.namespace, r.name, r.phase)
                                           for r in cluster_api.runtime_pods(lab, node)}
+        # each node reports the image it now holds in its status (what ImageLocality reads)
+        for node in ("n1", "n2", "n3"):
+            held = probe.until(lambda: [i for i in c.get("nodes", node)["status"].get("images")
+                                        or [] if image in i["names"]] or None,
+                               60, f"node {node} reporting {image}", 0.5)
+            assert held[0]["sizeBytes"] > 0, held
 
 
 def test_a_missing_tag_is_err_image_pull_then_image_pull_back_off(lab):

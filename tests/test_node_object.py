@@ -1,5 +1,7 @@
 """The Node a podnetd registers (podnetd/kubelet/node_object.py, facts.py): its conditions as
 the kubelet writes them, and the pressure thresholds (the kubelet's default hard eviction)."""
+from podnetd.apiserver import kinds
+from podnetd.apiserver.validation import Errors
 from podnetd.kubelet import facts, node_object
 from podnetd.kubelet.node_object import NodeFacts
 
@@ -50,3 +52,38 @@ def _disk(path: str):
     import os
     st = os.statvfs(path)
     return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize, st.f_files, st.f_favail
+
+
+def test_node_images_as_the_kubelet_reports_them():
+    store = [{"name": "busybox:latest", "id": "a", "size": 5 * MI},
+             {"name": "busybox:1.36", "id": "a", "size": 5 * MI},
+             {"name": "10.0.0.1:5000/web:2", "id": "b", "size": 300 * MI},
+             {"name": "team/tool:1", "id": "c", "size": 1}]
+    images = node_object.node_images(store)
+    assert images == (
+        (("10.0.0.1:5000/web:2",), 300 * MI),
+        (("busybox:1.36", "busybox:latest", "docker.io/library/busybox:1.36",
+          "docker.io/library/busybox:latest"), 5 * MI),
+        (("docker.io/team/tool:1", "team/tool:1"), 1))
+    many = [{"name": f"i{n}:1", "id": str(n), "size": n} for n in range(80)]
+    assert len(node_object.node_images(many)) == node_object.MAX_IMAGES
+    status = node_object.node_status(make(images=images), True, "ready", None, 1000.0)
+    assert status["images"][0] == {"names": ["10.0.0.1:5000/web:2"], "sizeBytes": 300 * MI}
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "spec": {},
+            "status": status}
+    e = Errors()
+    kinds.BY_RESOURCE["nodes"].validate(node, e)
+    assert not e, e.items
+
+
+def test_hostile_node_images_are_refused():
+    for images, want in (
+            ("x", "status.images"),
+            ([{"names": ["a"], "sizeBytes": -1}], "status.images[0].sizeBytes"),
+            ([{"names": ["a" * 2000], "sizeBytes": 1}], "status.images[0].names[0]"),
+            ([{"names": [""], "sizeBytes": 1, "extra": 1}], "status.images[0]"),
+            ([{"names": ["a"], "sizeBytes": 1}] * 101, "status.images")):
+        e = Errors()
+        kinds.BY_RESOURCE["nodes"].validate(
+            {"metadata": {"name": "n1"}, "spec": {}, "status": {"images": images}}, e)
+        assert any(item.startswith(want) for item in e.items), (images, e.items)

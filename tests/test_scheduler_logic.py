@@ -736,3 +736,31 @@ def test_node_selector_requirements_are_checked():
     assert not sel.node_selector(term).matches("n", {"gen": "5"})   # the bad term matches nothing
     # no terms at all: no node matches
     assert sel.node_selector({"nodeSelectorTerms": []}).terms == ()
+
+
+def test_image_locality_prefers_the_node_that_holds_a_large_image():
+    """ImageLocality: a node holding the pod's image scores by its size, scaled by how many
+    nodes hold it; images under 23 MB count for nothing; Docker Hub names match either way."""
+    from podnetd.scheduler import scores
+    from podnetd.scheduler.objects import image_name
+    assert image_name("busybox") == image_name("docker.io/library/busybox:latest") == \
+        "busybox:latest"
+    assert image_name("10.0.0.1:5000/web") == "10.0.0.1:5000/web:latest"
+
+    def holding(name, images):
+        n = node(name)
+        n["status"]["images"] = [{"names": names, "sizeBytes": size} for names, size in images]
+        return n
+    big, small = 600 * 2**20, 5 * 2**20
+    snap = Snapshot([holding("n1", []), holding("n2", [(["docker.io/library/busybox:latest"],
+                                                        big)]),
+                     holding("n3", [(["busybox:latest"], small)])])
+    p = pod("web")
+    assert place(snap, p).node_name == "n2"
+    info = pod_info(pod("again"))
+    feasible = sorted(snap.schedulable_nodes(), key=lambda n: n.name)
+    got = scores.image_locality(info, snap, feasible)
+    # n2: 600 MB held by 2 of 3 nodes -> 400 MB, of the 23 MB..1000 MB range; n3's 5 MB and n1's
+    # nothing are below the threshold
+    assert got == [0, 100 * (400 * 2**20 - scores.IMAGE_MIN) // (scores.IMAGE_MAX_PER_CONTAINER
+                                                                 - scores.IMAGE_MIN), 0]

@@ -149,6 +149,17 @@ def _validate_node_status(obj: dict, e: Errors) -> None:
         v.enum(e, a, "type", f"status.addresses[{i}]",
                ("InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"), True)
         v.string(e, a, "address", f"status.addresses[{i}]", required=True, maxlen=253)
+    for i, img in enumerate(v.sequence(e, status, "images", "status", 100)):
+        where = f"status.images[{i}]"
+        if not isinstance(img, dict):
+            e.add(where, "Invalid value: must be an object")
+            continue
+        v.only(e, img, where, {"names", "sizeBytes"})
+        v.integer(e, img, "sizeBytes", where, 0, 2**63 - 1)
+        for j, name in enumerate(v.sequence(e, img, "names", where, 32)):
+            if not isinstance(name, str) or not name or len(name) > 1024:
+                e.add(f"{where}.names[{j}]", "Invalid value: must be a non-empty string of at "
+                      "most 1024 characters")
 
 
 # -- Lease (coordination.k8s.io/v1) ------------------------------------------------------------

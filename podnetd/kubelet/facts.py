@@ -74,7 +74,7 @@ def storage_bytes(path: str) -> int:
 
 def gather(name: str, internal_ip: str, pod_cidr: str, oci: str, state_dir: str, *,
            labels=(), taints=(), system_reserved=(), max_pods=110,
-           api_port=0, api_scope="cluster") -> node_object.NodeFacts:
+           api_port=0, api_scope="cluster", images=()) -> node_object.NodeFacts:
     memory_pressure, disk_pressure = pressures(state_dir)
     return node_object.NodeFacts(
         name=name, internal_ip=internal_ip, pod_cidr=pod_cidr, cpus=os.cpu_count() or 1,
@@ -82,4 +82,5 @@ def gather(name: str, internal_ip: str, pod_cidr: str, oci: str, state_dir: str,
         container_runtime=container_runtime(oci), labels=tuple(labels), taints=tuple(taints),
         system_reserved=tuple(system_reserved), max_pods=max_pods,
         ephemeral_storage_bytes=storage_bytes(state_dir), api_port=api_port,
-        api_scope=api_scope, memory_pressure=memory_pressure, disk_pressure=disk_pressure)
+        api_scope=api_scope, memory_pressure=memory_pressure, disk_pressure=disk_pressure,
+        images=tuple(images))

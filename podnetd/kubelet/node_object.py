@@ -36,6 +36,7 @@ class NodeFacts:
     api_scope: str = "cluster"            # "cluster" (etcd) or "node-local" (its own store)
     memory_pressure: bool = False         # below the kubelet's hard eviction thresholds
     disk_pressure: bool = False           # (see pressures())
+    images: tuple = ()                    # ((name, ...), size in bytes): what the node holds
 
 
 def arch() -> str:
@@ -123,6 +124,26 @@ def labels(f: NodeFacts) -> dict:
     return out
 
 
+MAX_IMAGES = 50     # the kubelet's nodeStatusMaxImages
+
+
+def node_images(images: list[dict]) -> tuple:
+    """The runtime's images (ImageStore.list(): name, id, size) as node.status.images reports
+    them: one entry per image with all its names (a Docker Hub one also under its full
+    docker.io/library/ name), largest first, at most MAX_IMAGES."""
+    by_id: dict[str, tuple[set, int]] = {}
+    for img in images:
+        names, _ = by_id.setdefault(img.get("id", ""), (set(), int(img.get("size") or 0)))
+        name = img.get("name", "")
+        names.add(name)
+        first = name.split("/", 1)[0]
+        if "/" not in name or not ("." in first or ":" in first or first == "localhost"):
+            names.add("docker.io/" + ("" if "/" in name else "library/") + name)
+    entries = sorted(((tuple(sorted(n)), size) for n, size in by_id.values()),
+                     key=lambda e: (-e[1], e[0]))
+    return tuple(entries[:MAX_IMAGES])
+
+
 # The kubelet's default hard eviction thresholds (--eviction-hard): memory.available<100Mi,
 # nodefs.available<10%, nodefs.inodesFree<5%.
 MEMORY_AVAILABLE_MIN = 100 * 2**20
@@ -180,6 +201,7 @@ def node_status(f: NodeFacts, ready: bool, message: str, previous: dict | None,
         "addresses": [{"type": "InternalIP", "address": f.internal_ip},
                       {"type": "Hostname", "address": f.name}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": f.api_port}},
+        "images": [{"names": list(names), "sizeBytes": size} for names, size in f.images],
         "nodeInfo": {"osImage": f.os_image, "kernelVersion": f.kernel_version,
                      "containerRuntimeVersion": f.container_runtime,
                      "kubeletVersion": f"podnet/{__version__}",

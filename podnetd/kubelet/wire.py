@@ -76,10 +76,11 @@ class KubeletComponent:
             plan = ctx.node.plan  # the node is set up before components start
             ip = plan.node_ip or vxlan.default_route_address() or "127.0.0.1"
             port = int(api_listen.rpartition(":")[2]) if api_listen else 0
+            images = node_object.node_images(runtime.images.list()) if runtime else ()
             return facts.gather(node_name, ip, plan.pod_cidr, oci, ctx.config.state_dir,
                                 labels=kc.labels, taints=kc.taints,
                                 system_reserved=kc.system_reserved, max_pods=kc.max_pods,
-                                api_port=port, api_scope=scope)
+                                api_port=port, api_scope=scope, images=images)
         self.registration = NodeRegistration(self.client, gather, lambda: ctx.node.status(),
                                              kc.lease_renew)
         self.pods = PodSync(self.client, runtime, node_name) if runtime else None

@@ -21,6 +21,7 @@ import threading
 import time
 import zlib
 
+from ..image_names import normalize
 from .image_archive import ImageError, ImageSpec, LayerRef, Limits, read_image
 from .layer_unpack import Budget, LayerUnpacker
 
@@ -34,18 +35,6 @@ MAX_OUTER_LINK_HOPS = 8
 _CHUNK = 1 << 20
 # what a corrupt layer stream raises from gzip, zlib and tarfile
 _STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, OverflowError)
-
-
-def normalize(name: str) -> str:
-    """busybox -> busybox:latest; docker.io/library/busybox -> busybox:latest."""
-    name = name.strip()
-    for prefix in ("docker.io/library/", "docker.io/", "localhost/"):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    last = name.rsplit("/", 1)[-1]
-    if "@" not in last and ":" not in last:
-        name += ":latest"
-    return name
 
 
 def _check_name(name: str) -> str:

@@ -30,6 +30,7 @@ SCORE_PLUGINS = (
     ("InterPodAffinity", 2, lambda pod, snap, feasible: affinity.score(pod, snap, feasible)),
     ("PodTopologySpread", 2, None),            # needs every node: called below
     ("SelectorSpread", 1, scores.selector_spread),
+    ("ImageLocality", 1, scores.image_locality),
 )
 
 

@@ -12,6 +12,7 @@ import dataclasses
 from decimal import ROUND_CEILING
 from typing import Mapping
 
+from podnetd import image_names
 from podnetd.runtime.manifest import parse_quantity
 from podnetd.scheduler import labels as sel
 
@@ -128,6 +129,7 @@ class PodInfo:
     spread: tuple                     # SpreadConstraint
     owner_uid: str | None             # the controller's uid (ownerReferences controller=true)
     priority: int
+    images: tuple = ()                # its containers' images, normalized (image_name)
 
     @property
     def key(self) -> str:
@@ -236,6 +238,7 @@ def _host_ports(spec: dict) -> tuple:
 
 
 MEMORY_PRESSURE = "node.kubernetes.io/memory-pressure"
+MAX_NODE_IMAGES = 50        # the kubelet reports at most 50 images (nodeStatusMaxImages)
 
 
 def best_effort(spec: dict) -> bool:
@@ -434,7 +437,9 @@ def pod_info(pod: dict, strict: bool = True) -> PodInfo:
         preferred_affinity=r.terms(pa.get(pref_key), f"{base}.{pref_key}", ns, True),
         preferred_anti_affinity=r.terms(paa.get(pref_key), f"{anti}.{pref_key}", ns, True),
         spread=r.spread(spec, pod_labels), owner_uid=owner,
-        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0)
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+        images=tuple(image_name(_d(c).get("image")) for group in ("initContainers", "containers")
+                     for c in _l(spec.get(group)) if isinstance(_d(c).get("image"), str)))
 
 
 def matches_node_affinity(pod: PodInfo, name: str, node_labels: Mapping[str, str]) -> bool:
@@ -449,6 +454,12 @@ def matches_node_affinity(pod: PodInfo, name: str, node_labels: Mapping[str, str
 
 # -- nodes ---------------------------------------------------------------------------------
 
+def image_name(name: str) -> str:
+    """An image reference as ImageLocality compares them: the name the node's image store keeps
+    it under (Docker Hub's implied registry and library/ dropped, ":latest" added)."""
+    return image_names.normalize(name)
+
+
 @dataclasses.dataclass(slots=True)
 class NodeSpec:
     """The static half of a NodeInfo, read from the Node object."""
@@ -457,6 +468,7 @@ class NodeSpec:
     unschedulable: bool
     taints: tuple               # (key, value, effect), with the condition taints implied
     allocatable: dict           # resource -> amount (cpu in millicores)
+    images: dict = dataclasses.field(default_factory=dict)   # image name -> size in bytes
 
 
 def _ready_status(status: dict) -> str:
@@ -490,5 +502,12 @@ def node_spec(node: dict) -> NodeSpec:
                                     "status.allocatable")
     except InvalidObject as e:
         raise InvalidObject(f"node {name}: {e}") from None
+    images = {}
+    for img in _l(status.get("images"))[:MAX_NODE_IMAGES]:
+        size = _d(img).get("sizeBytes")
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            for n in _l(_d(img).get("names")):
+                if isinstance(n, str) and n:
+                    images[image_name(n)] = size
     return NodeSpec(name, _str_map(meta.get("labels")), spec.get("unschedulable") is True,
-                    tuple(taints), allocatable)
+                    tuple(taints), allocatable, images)

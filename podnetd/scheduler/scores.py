@@ -116,3 +116,26 @@ def selector_spread(pod: PodInfo, snapshot: Snapshot, feasible: list[NodeInfo]):
             f = f * (1 - ZONE_WEIGHTING) + ZONE_WEIGHTING * zs
         out.append(int(f))
     return out
+
+
+# ImageLocality's thresholds: an image below 23 MB counts as nothing, one container's up to 1 GB
+IMAGE_MIN = 23 * 1024 * 1024
+IMAGE_MAX_PER_CONTAINER = 1000 * 1024 * 1024
+
+
+def image_locality(pod: PodInfo, snapshot: Snapshot, feasible: list[NodeInfo]):
+    """kube-scheduler's ImageLocality: the sizes of the pod's images a node already holds, each
+    scaled by the share of nodes that hold it (an image everywhere says little), clamped to
+    [23 MB, 1 GB x containers] and mapped to 0..100. No normalization across nodes."""
+    if not pod.images:
+        return None
+    nodes = snapshot.schedulable_nodes()
+    spread = {img: sum(1 for n in nodes if img in n.spec.images) for img in set(pod.images)}
+    high = IMAGE_MAX_PER_CONTAINER * len(pod.images)
+    out = []
+    for node in feasible:
+        total = sum(node.spec.images[img] * spread[img] // len(nodes)
+                    for img in pod.images if img in node.spec.images)
+        total = min(max(total, IMAGE_MIN), high)
+        out.append(MAX * (total - IMAGE_MIN) // (high - IMAGE_MIN))
+    return out
